@@ -1,0 +1,32 @@
+//! pacpool keeps pools of Arch Linux machines on the same package versions.
+//!
+//! # Layout
+//! The library holds everything; the binaries in `src/bin/` only parse arguments, set up
+//! logging and call into it.
+//!
+//! Package-state engine (no I/O beyond reading pacman's files):
+//! - [`version`]: `vercmp`, a port of libalpm's version comparison.
+//! - [`names`]: validated package names, versions, repository names and architectures.
+//! - [`desc`]: the `%KEY%` format of local and sync database entries.
+//! - [`localdb`]: reads `DBPath/local`.
+//! - [`syncdb`]: reads `DBPath/sync/*.db` (gzip, zstd or plain tar).
+//! - [`cache`]: lists package files in the cache directories.
+//! - [`pacman_conf`]: reads `pacman.conf` (with `Include`) for repositories and paths.
+//! - [`snapshot`]: canonical package sets with a content hash, and deltas between them.
+//! - [`plan`]: current vs target state into ordered actions, conflicts and a status.
+//! - [`machine`]: this machine's state from pacman's files, located via pacman.conf.
+//!
+//! Local state:
+//! - [`store`]: the SQLite snapshot history.
+
+pub mod cache;
+pub mod desc;
+pub mod localdb;
+pub mod machine;
+pub mod names;
+pub mod pacman_conf;
+pub mod plan;
+pub mod snapshot;
+pub mod store;
+pub mod syncdb;
+pub mod version;
