@@ -58,7 +58,7 @@ fn write_db(db: &Path) {
             "%NAME%\n{name}\n\n%VERSION%\n{version}\n\n%BASE%\n{name}\n\n%DESC%\nSynthetic package {i}\n\n\
              %URL%\nhttps://example.org/{name}\n\n%ARCH%\nx86_64\n\n%BUILDDATE%\n1700000000\n\n\
              %INSTALLDATE%\n1700000100\n\n%PACKAGER%\nBench <bench@example.org>\n\n%SIZE%\n123456\n\n\
-             {reason}%LICENSE%\nMIT\n\n%VALIDATION%\nsha256\n\n%DEPENDS%\nglibc\nbash>=5\n\n\
+             {reason}%LICENSE%\nMIT\n\n%VALIDATION%\nsha256\n\n%DEPENDS%\npkg0002\npkg0003>=1.0\n\n\
              %PROVIDES%\nlib{name}.so=1-64\n\n%XDATA%\npkgtype=pkg\n\n"
         );
         std::fs::write(dir.join("desc"), desc).unwrap();
@@ -191,7 +191,7 @@ fn main() {
             filename: format!("{}-{}-{}.pkg.tar.zst", p.name, p.version, p.arch),
             sha256: None,
             csize: None,
-            depends: vec!["glibc".into()],
+            depends: vec!["pkg0000".into()],
             provides: vec![],
             conflicts: vec![],
             replaces: vec![],
@@ -212,6 +212,22 @@ fn main() {
         last = Some((d.len(), p.actions.len(), s));
     });
     let (delta_len, actions, (st, _)) = last.unwrap();
+    let conflicts = plan(&current, &target, &local, &avail, &policy)
+        .conflicts
+        .len();
+    let diff_only = time_n(200, || {
+        std::hint::black_box(current.diff(&target));
+    });
+    let plan_only = time_n(
+        if std::env::var_os("PLAN_PROFILE").is_some() {
+            3000
+        } else {
+            200
+        },
+        || {
+            std::hint::black_box(plan(&current, &target, &local, &avail, &policy));
+        },
+    );
 
     // 4. A large sync database.
     let sync_path = tmp.path().join("extra.db");
@@ -244,8 +260,13 @@ fn main() {
         ms(pac) / ms(recheck)
     );
     println!(
-        "  diff + plan + status, 100 changes  {:8.3} ms  (goal < 1 ms; delta {delta_len}, {actions} actions, {st:?})",
+        "  diff + plan + status, 100 changes  {:8.3} ms  (goal < 1 ms; delta {delta_len}, {actions} actions, {conflicts} conflicts, {st:?})",
         ms(plan_time)
+    );
+    println!(
+        "    of which diff {:.3} ms, plan {:.3} ms",
+        ms(diff_only),
+        ms(plan_only)
     );
     println!(
         "  sync db read, {sync_entries} entries ({} KiB gz) {:6.3} ms",

@@ -1,8 +1,6 @@
 //! The `desc` format shared by pacman's local database and sync databases:
-//! `%KEY%` on a line, then value lines, then a blank line. Unknown keys are kept in the raw
-//! map and ignored by the typed readers.
-
-use std::collections::BTreeMap;
+//! `%KEY%` on a line, then value lines, then a blank line. Unknown keys are kept and ignored
+//! by the typed readers. Parsing borrows from the text: two allocations per entry.
 
 use crate::names::{Arch, NameError, PkgName, PkgVersion};
 
@@ -25,26 +23,35 @@ pub enum DescError {
     NotUtf8,
 }
 
-/// A parsed `desc` file: each key with its value lines.
+/// A parsed `desc` file, borrowing from its text: each key with its value lines.
 #[derive(Debug, Default)]
-pub struct Desc {
-    fields: BTreeMap<String, Vec<String>>,
+pub struct Desc<'a> {
+    /// Every value line, in file order.
+    lines: Vec<&'a str>,
+    /// Each key with the range of its value lines in `lines`.
+    sections: Vec<(&'a str, std::ops::Range<usize>)>,
 }
 
-impl Desc {
+impl<'a> Desc<'a> {
     /// Parses the text of a `desc` file.
-    pub fn parse(text: &str) -> Result<Self, DescError> {
-        let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut current: Option<String> = None;
+    pub fn parse(text: &'a str) -> Result<Self, DescError> {
+        let mut d = Desc {
+            lines: Vec::with_capacity(32),
+            sections: Vec::with_capacity(24),
+        };
+        let mut in_section = false;
         for (i, line) in text.lines().enumerate() {
             if line.is_empty() {
-                current = None;
+                in_section = false;
             } else if line.len() > 2 && line.starts_with('%') && line.ends_with('%') {
-                let key = line[1..line.len() - 1].to_owned();
-                fields.entry(key.clone()).or_default();
-                current = Some(key);
-            } else if let Some(key) = &current {
-                fields.entry(key.clone()).or_default().push(line.to_owned());
+                let at = d.lines.len();
+                d.sections.push((&line[1..line.len() - 1], at..at));
+                in_section = true;
+            } else if in_section {
+                d.lines.push(line);
+                if let Some((_, range)) = d.sections.last_mut() {
+                    range.end = d.lines.len();
+                }
             } else {
                 return Err(DescError::ValueWithoutKey {
                     line: i + 1,
@@ -52,25 +59,33 @@ impl Desc {
                 });
             }
         }
-        Ok(Self { fields })
+        Ok(d)
     }
 
     /// Parses raw bytes, refusing anything that is not UTF-8.
-    pub fn parse_bytes(bytes: &[u8]) -> Result<Self, DescError> {
+    pub fn parse_bytes(bytes: &'a [u8]) -> Result<Self, DescError> {
         Self::parse(std::str::from_utf8(bytes).map_err(|_| DescError::NotUtf8)?)
     }
 
-    /// All value lines of `key` (empty when absent).
-    pub fn list(&self, key: &str) -> &[String] {
-        self.fields.get(key).map_or(&[], Vec::as_slice)
+    /// All value lines of `key` (empty when absent; the first section when repeated).
+    pub fn list(&self, key: &str) -> &[&'a str] {
+        self.sections
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(&[], |(_, r)| &self.lines[r.clone()])
+    }
+
+    /// All value lines of `key`, owned.
+    pub fn strings(&self, key: &str) -> Vec<String> {
+        self.list(key).iter().map(|s| s.to_string()).collect()
     }
 
     /// The first value line of `key`.
-    pub fn first(&self, key: &str) -> Option<&str> {
-        self.list(key).first().map(String::as_str)
+    pub fn first(&self, key: &str) -> Option<&'a str> {
+        self.list(key).first().copied()
     }
 
-    pub fn require(&self, key: &'static str) -> Result<&str, DescError> {
+    pub fn require(&self, key: &'static str) -> Result<&'a str, DescError> {
         self.first(key).ok_or(DescError::Missing(key))
     }
 

@@ -90,6 +90,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LocalDbError + '_ {
 /// Reads every package of the local database under `dbpath`, sorted by name.
 pub fn read_local_db(dbpath: &Path) -> Result<Vec<LocalPackage>, LocalDbError> {
     let dirs = list_entries(dbpath)?;
+    // Entries are opened relative to `local/`, so the kernel resolves two path components
+    // per file instead of the whole absolute path.
+    let local_path = dbpath.join("local");
+    let local = File::open(&local_path).map_err(io_err(&local_path))?;
+    let local = &local;
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, 8);
@@ -100,9 +105,9 @@ pub fn read_local_db(dbpath: &Path) -> Result<Vec<LocalPackage>, LocalDbError> {
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
-                    let mut buf = Vec::with_capacity(8192);
+                    let mut buf = vec![0u8; 16 * 1024];
                     part.iter()
-                        .map(|dir| read_entry(dir, &mut buf))
+                        .map(|dir| read_entry(local, dir, &mut buf))
                         .collect::<Result<Vec<_>, _>>()
                 })
             })
@@ -155,17 +160,37 @@ fn list_entries(dbpath: &Path) -> Result<Vec<PathBuf>, LocalDbError> {
     Ok(dirs)
 }
 
-fn read_entry(dir: &Path, buf: &mut Vec<u8>) -> Result<LocalPackage, LocalDbError> {
+/// Reads a whole small file into `buf` (grown as needed) and returns its length.
+///
+/// `desc` files are about 1 KiB, so one `read` usually gets everything: open, read, close,
+/// where `std::fs::read` adds a `statx` and a second `read`. A short read from a regular file
+/// means end of file.
+fn read_small_file(dir: &File, relative: &Path, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use rustix::fs::{Mode, OFlags, openat};
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
+    let mut f = File::from(openat(dir, relative, flags, Mode::empty())?);
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize((buf.len() * 2).max(4096), 0);
+        }
+        let n = f.read(&mut buf[len..])?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            return Ok(len);
+        }
+    }
+}
+
+fn read_entry(local: &File, dir: &Path, buf: &mut Vec<u8>) -> Result<LocalPackage, LocalDbError> {
     let path = dir.join("desc");
-    buf.clear();
-    File::open(&path)
-        .and_then(|mut f| f.read_to_end(buf))
-        .map_err(io_err(&path))?;
+    let relative = Path::new(dir.file_name().unwrap_or_default()).join("desc");
+    let len = read_small_file(local, &relative, buf).map_err(io_err(&path))?;
     let entry_err = |source| LocalDbError::Entry {
         path: path.clone(),
         source,
     };
-    let desc = Desc::parse_bytes(buf).map_err(entry_err)?;
+    let desc = Desc::parse_bytes(&buf[..len]).map_err(entry_err)?;
     let name = desc.name().map_err(entry_err)?;
     let version = desc.version().map_err(entry_err)?;
     let expected = format!("{name}-{version}");
@@ -186,12 +211,12 @@ fn read_entry(dir: &Path, buf: &mut Vec<u8>) -> Result<LocalPackage, LocalDbErro
         arch: desc.arch().map_err(entry_err)?,
         install_date: desc.number("INSTALLDATE").map_err(entry_err)?,
         size: desc.number("SIZE").map_err(entry_err)?,
-        validation: desc.list("VALIDATION").to_vec(),
-        depends: desc.list("DEPENDS").to_vec(),
-        provides: desc.list("PROVIDES").to_vec(),
-        conflicts: desc.list("CONFLICTS").to_vec(),
-        replaces: desc.list("REPLACES").to_vec(),
-        groups: desc.list("GROUPS").to_vec(),
+        validation: desc.strings("VALIDATION"),
+        depends: desc.strings("DEPENDS"),
+        provides: desc.strings("PROVIDES"),
+        conflicts: desc.strings("CONFLICTS"),
+        replaces: desc.strings("REPLACES"),
+        groups: desc.strings("GROUPS"),
         name,
         version,
         reason,

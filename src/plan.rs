@@ -9,6 +9,8 @@
 //! removals, then install-reason changes. Within a group, by name.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::PathBuf;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -101,11 +103,12 @@ impl Policy {
 }
 
 impl CompiledPolicy {
+    // `GlobSet::is_match` builds a path candidate per call: skip it for empty sets.
     pub fn is_ignored(&self, name: &str) -> bool {
-        self.ignore.is_match(name)
+        !self.ignore.is_empty() && self.ignore.is_match(name)
     }
     pub fn is_protected(&self, name: &str) -> bool {
-        self.protected.is_match(name)
+        !self.protected.is_empty() && self.protected.is_match(name)
     }
 }
 
@@ -280,6 +283,7 @@ struct Offer {
     repo: RepoName,
     version: PkgVersion,
     depends: Vec<String>,
+    provides: Vec<String>,
     conflicts: Vec<String>,
 }
 
@@ -323,6 +327,7 @@ impl Availability {
             repo: p.repo,
             version: p.version,
             depends: p.depends,
+            provides: p.provides,
             conflicts: p.conflicts,
         });
     }
@@ -474,8 +479,9 @@ pub fn status(
 
 /// Plans the way from `current` to `target`.
 ///
-/// `local` (the current local database, for dependency checks of packages that stay) may be
-/// empty; then only the sync repositories' dependency data is checked.
+/// `local` (the current local database sorted by name, as [`crate::localdb::read_local_db`]
+/// returns it; for dependency checks of packages that stay) may be empty; then only the sync
+/// repositories' dependency data is checked.
 pub fn plan(
     current: &Snapshot,
     target: &Snapshot,
@@ -633,47 +639,70 @@ fn dependency_conflicts(
     local: &[LocalPackage],
     avail: &Availability,
 ) -> Vec<Conflict> {
-    // The resulting state: current, minus removals, plus installs at their target versions.
-    let removed: BTreeSet<&str> = removals.iter().map(|a| a.name().as_str()).collect();
-    let mut result: BTreeMap<&str, &str> = current
-        .packages()
-        .iter()
-        .filter(|p| !removed.contains(p.name.as_str()))
-        .map(|p| (p.name.as_str(), p.version.as_str()))
-        .collect();
+    let removed: HashSet<&str> = removals.iter().map(|a| a.name().as_str()).collect();
+    // The resulting state, each package with the dependency data we have for it: the sync
+    // repository's for packages being installed, the local database's for those that stay.
+    let mut result: Vec<(&str, &str, &[String], &[String])> = Vec::with_capacity(current.len());
+    let mut installing = HashSet::with_capacity_and_hasher(installs.len(), Default::default());
     for a in installs {
-        if let Some(t) = target.get(a.name().as_str()) {
-            result.insert(t.name.as_str(), t.version.as_str());
+        let Some(t) = target.get(a.name().as_str()) else {
+            continue;
+        };
+        installing.insert(t.name.as_str());
+        let offer = avail
+            .offers
+            .get(&t.name)
+            .and_then(|os| os.iter().find(|o| o.version == t.version));
+        let (depends, provides) =
+            offer.map_or((&[][..], &[][..]), |o| (&o.depends[..], &o.provides[..]));
+        result.push((t.name.as_str(), t.version.as_str(), depends, provides));
+    }
+    // Both `current` and `local` are sorted by name: walk them together.
+    let mut local = local.iter().peekable();
+    for p in current.packages() {
+        let name = p.name.as_str();
+        while local.next_if(|lp| lp.name.as_str() < name).is_some() {}
+        let lp = local.next_if(|lp| lp.name == p.name && lp.version == p.version);
+        if removed.contains(name) || installing.contains(name) {
+            continue;
+        }
+        let (depends, provides) =
+            lp.map_or((&[][..], &[][..]), |lp| (&lp.depends[..], &lp.provides[..]));
+        result.push((name, p.version.as_str(), depends, provides));
+    }
+    // Everything the result provides: name -> versions, as chains in one arena (no
+    // allocation per name; a name usually has one provider).
+    let mut head: HashMap<&str, usize> =
+        HashMap::with_capacity_and_hasher(result.len() * 2, Default::default());
+    let mut arena: Vec<(Option<&str>, usize)> = Vec::with_capacity(result.len() * 2);
+    let mut provide = |name, version| {
+        let next = head.get(name).copied().unwrap_or(usize::MAX);
+        head.insert(name, arena.len());
+        arena.push((version, next));
+    };
+    for (name, version, _, provides) in &result {
+        provide(name, Some(*version));
+        for p in *provides {
+            provide(dep_name(p), p.split_once('=').map(|(_, v)| v));
         }
     }
-    // What each resulting package provides (name -> versions), from the local database.
-    let local_by_name: BTreeMap<&str, &LocalPackage> =
-        local.iter().map(|p| (p.name.as_str(), p)).collect();
-    let mut provided: BTreeMap<&str, Vec<Option<&str>>> = BTreeMap::new();
-    for (name, version) in &result {
-        provided.entry(name).or_default().push(Some(version));
-        if let Some(lp) = local_by_name
-            .get(name)
-            .filter(|lp| lp.version.as_str() == *version)
-        {
-            for p in &lp.provides {
-                let ver = p.split_once('=').map(|(_, v)| v);
-                provided.entry(dep_name(p)).or_default().push(ver);
-            }
-        }
-    }
+    let (head, arena) = (&head, &arena);
+    let versions_of = |name: &str| {
+        let mut at = head.get(name).copied().unwrap_or(usize::MAX);
+        std::iter::from_fn(move || {
+            let (version, next) = *arena.get(at)?;
+            at = next;
+            Some(version)
+        })
+    };
     let mut out = Vec::new();
-    let mut check = |owner: &str, deps: &[String]| {
-        for dep in deps {
-            let name = dep_name(dep);
-            let ok = provided
-                .get(name)
-                .is_some_and(|versions| match dep_constraint(dep) {
-                    None => true,
-                    Some((op, want)) => versions
-                        .iter()
-                        .any(|v| v.is_none_or(|v| satisfies(v, op, want))),
-                });
+    for (owner, _, depends, _) in &result {
+        for dep in *depends {
+            let mut candidates = versions_of(dep_name(dep));
+            let ok = match dep_constraint(dep) {
+                None => candidates.next().is_some(),
+                Some((op, want)) => candidates.any(|v| v.is_none_or(|v| satisfies(v, op, want))),
+            };
             if !ok && let Ok(owner) = owner.parse() {
                 out.push(Conflict::DependencyConflict {
                     name: owner,
@@ -681,24 +710,8 @@ fn dependency_conflicts(
                 });
             }
         }
-    };
-    for (name, version) in &result {
-        let installed_here = installs.iter().any(|a| a.name().as_str() == *name);
-        if installed_here {
-            if let Some(o) = avail
-                .offers
-                .get(*name)
-                .and_then(|os| os.iter().find(|o| o.version.as_str() == *version))
-            {
-                check(name, &o.depends);
-            }
-        } else if let Some(lp) = local_by_name
-            .get(name)
-            .filter(|lp| lp.version.as_str() == *version)
-        {
-            check(name, &lp.depends);
-        }
     }
+    out.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
     out
 }
 

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -99,12 +100,22 @@ impl<'de> Deserialize<'de> for SnapshotHash {
     }
 }
 
-/// A canonical package set: sorted by name, names unique.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// A canonical package set: sorted by name, names unique. Immutable once built, so its
+/// hash is computed once, on first use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(try_from = "SnapshotWire", into = "SnapshotWire")]
 pub struct Snapshot {
     packages: Vec<PackageState>,
+    hash: OnceLock<SnapshotHash>,
 }
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.packages == other.packages
+    }
+}
+
+impl Eq for Snapshot {}
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotWire {
@@ -133,7 +144,10 @@ impl Snapshot {
         if let Some(w) = packages.windows(2).find(|w| w[0].name == w[1].name) {
             return Err(SnapshotError::Duplicate(w[0].name.clone()));
         }
-        Ok(Self { packages })
+        Ok(Self {
+            packages,
+            hash: OnceLock::new(),
+        })
     }
 
     /// Builds a snapshot from the local database; `repo_of` names the sync repository that
@@ -245,7 +259,9 @@ impl Snapshot {
 
     /// The content hash: SHA-256 of the canonical text form.
     pub fn hash(&self) -> SnapshotHash {
-        SnapshotHash(Sha256::digest(self.encode().as_bytes()).into())
+        *self
+            .hash
+            .get_or_init(|| SnapshotHash(Sha256::digest(self.encode().as_bytes()).into()))
     }
 
     /// What turns `self` into `to`.
@@ -399,9 +415,7 @@ impl Delta {
                 return Err(inconsistent("adds present package", &p.name));
             }
         }
-        let result = Snapshot {
-            packages: map.into_values().collect(),
-        };
+        let result = Snapshot::new(map.into_values().collect()).expect("a map has unique names");
         let actual = result.hash();
         if actual != self.target {
             return Err(DeltaError::WrongResult {
