@@ -711,7 +711,7 @@ fn dependency_conflicts(
             }
         }
     }
-    out.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+    out.sort_by_cached_key(|c| c.to_string());
     out
 }
 

@@ -57,6 +57,16 @@ if ! have cargo && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
 fi
 have cargo || die "cargo not found: install Rust 1.85 or newer (https://rustup.rs), then rerun"
 
+# Style and lints guard main too, where the toolchain has them (rustup's default profile does).
+if cargo fmt --version >/dev/null 2>&1; then
+	step "cargo fmt --check"
+	cargo fmt --check
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+	step "cargo clippy --all-targets --locked -- -D warnings"
+	cargo clippy --all-targets --locked -- -D warnings
+fi
+
 step "cargo build --all-targets --locked"
 cargo build --all-targets --locked
 
