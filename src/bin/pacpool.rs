@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pacpool: {e:#}");
+            eprintln!("pacpool: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -193,6 +193,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The error and its causes on one line. Library errors already name their cause in their
+/// message, so a cause whose text is already there is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
 }
 
 /// Reads a snapshot from a file holding either the canonical text form or JSON.
