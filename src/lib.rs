@@ -16,16 +16,23 @@
 //! - [`plan`]: current vs target state into ordered actions, conflicts and a status.
 //! - [`machine`]: this machine's state from pacman's files, located via pacman.conf.
 //!
+//! Wire types:
+//! - [`proto`]: coordinator REST bodies and WebSocket messages (shared by all programs).
+//!
 //! Local state:
 //! - [`store`]: the SQLite snapshot history.
 
+pub mod apply;
 pub mod cache;
+pub mod coordinator;
 pub mod desc;
+pub mod exec;
 pub mod localdb;
 pub mod machine;
 pub mod names;
 pub mod pacman_conf;
 pub mod plan;
+pub mod proto;
 pub mod snapshot;
 pub mod store;
 pub mod syncdb;

@@ -1,0 +1,432 @@
+//! Wire types between the coordinator and its clients (endpoint daemons, admin CLI,
+//! dashboards): REST bodies under `/api/v1` and WebSocket messages.
+//!
+//! Architecture Invariant: only this module defines coordinator wire types. Evolution is
+//! additive: a field added later carries `#[serde(default)]` and a doc line saying what older
+//! peers send; a message type added later is ignored by older peers (`Unknown` variants).
+//! Both sides exchange [`PROTOCOL_VERSION`] first and refuse a mismatch with a message that
+//! names both versions.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Counts, Policy};
+use crate::snapshot::{Delta, Snapshot, SnapshotHash};
+
+/// Bumped on any incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Every REST path starts with this.
+pub const API_PREFIX: &str = "/api/v1";
+
+/// The body of every error response: a stable machine-readable `code` and a human `message`
+/// that says what failed and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    /// Extra data for some codes, e.g. the current target on `revision_conflict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools and policy
+
+/// How a pool resolves a package both sides changed (used when merging, not when syncing to
+/// a target).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConflictStrategy {
+    #[default]
+    Manual,
+    Newest,
+    Oldest,
+}
+
+/// What an endpoint does when its pool's target changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AutoSyncMode {
+    /// Nothing beyond showing "behind".
+    Off,
+    /// Tell the desktop user (tray notification).
+    #[default]
+    Notify,
+    /// Sync on its own, inside the window when one is set.
+    Apply,
+}
+
+/// A pool's policy: the planning policy plus pool-level behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolPolicy {
+    /// What a sync manages: scope, ignore and protected globs, removal cap.
+    pub plan: Policy,
+    pub conflict_strategy: ConflictStrategy,
+    pub auto_sync: AutoSyncMode,
+    /// Daily window for `apply`, local time of the endpoint, `HH:MM-HH:MM`.
+    pub auto_sync_window: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatePool {
+    pub name: String,
+    #[serde(default)]
+    pub policy: PoolPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdatePool {
+    pub name: Option<String>,
+    pub policy: Option<PoolPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub id: i64,
+    pub name: String,
+    pub policy: PoolPolicy,
+    /// `None` until some endpoint sets the first target.
+    pub target: Option<TargetInfo>,
+    pub endpoint_count: u64,
+    pub created_at: i64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration and tokens
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreateJoinToken {
+    /// Seconds until the token expires; `None` = 7 days.
+    pub expires_in: Option<u64>,
+    /// How many endpoints may register with it; `None` = unlimited until it expires.
+    pub max_uses: Option<u32>,
+}
+
+/// A join token as created: the secret is shown only in this response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub id: i64,
+    pub pool_id: i64,
+    pub token: String,
+    pub expires_at: i64,
+    pub max_uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub join_token: String,
+    /// The name the endpoint wants (its hostname); the coordinator makes it unique in the pool.
+    pub name: String,
+}
+
+/// The endpoint's own credentials: the token is shown only in this response and stored by
+/// the coordinator only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub endpoint_id: i64,
+    pub endpoint_token: String,
+    pub name: String,
+    pub pool_id: i64,
+    pub pool_name: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets, snapshots and status
+
+/// A pool's target revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub pool_id: i64,
+    /// Starts at 1 and only grows.
+    pub revision: u64,
+    pub snapshot: SnapshotHash,
+    pub package_count: u64,
+    /// The endpoint whose state this is, when set by an endpoint.
+    pub set_by_endpoint: Option<i64>,
+    /// Who set it: an endpoint's name or `admin`.
+    pub set_by: String,
+    pub set_at: i64,
+    /// For reverts by an admin: the revision this one copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted_from: Option<u64>,
+}
+
+/// An endpoint's report of its state: a delta against the last state the coordinator
+/// acknowledged, or the full state when they disagree (or on first contact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateReport {
+    Full { snapshot: Snapshot },
+    Delta { delta: Delta },
+}
+
+/// The coordinator's answer to a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReportAck {
+    /// Stored: the coordinator now knows this endpoint's state as `state`.
+    Accepted { state: SnapshotHash },
+    /// The delta's base is not what the coordinator has for this endpoint: send the full
+    /// state. `known` is what it has (if anything).
+    NeedFull { known: Option<SnapshotHash> },
+}
+
+/// "Set as latest": make `snapshot` (already reported by this endpoint) the pool target, if
+/// the target is still at `expected_revision` (0 = the pool has no target yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetTargetRequest {
+    pub expected_revision: u64,
+    pub snapshot: SnapshotHash,
+}
+
+/// Admin: point the pool's target at an earlier revision's snapshot (as a new revision).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevertTargetRequest {
+    pub to_revision: u64,
+    pub expected_revision: u64,
+}
+
+/// An endpoint's state, computed by the coordinator from the last reported snapshot and the
+/// pool target; never taken from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointState {
+    InSync,
+    Behind,
+    Ahead,
+    Diverged,
+    /// An operation is running.
+    Syncing,
+    /// The last operation failed.
+    Error,
+    /// No heartbeat within the configured time.
+    Offline,
+    /// Never reported, or the pool has no target.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub id: i64,
+    pub name: String,
+    pub pool_id: i64,
+    pub state: EndpointState,
+    /// Changes a sync would make (zero when unknown).
+    pub counts: Counts,
+    pub current: Option<SnapshotHash>,
+    pub target_revision: Option<u64>,
+    pub last_seen: Option<i64>,
+    pub active_operation: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperationKind {
+    SyncToLatest,
+    SetAsLatest,
+    Revert,
+}
+
+/// pending → in_progress → completed | failed | cancelled (pending may also be cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl OperationState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Whether the state machine allows `self -> next`.
+    pub fn can_become(self, next: OperationState) -> bool {
+        use OperationState::*;
+        matches!(
+            (self, next),
+            (Pending, InProgress | Cancelled | Failed)
+                | (InProgress, InProgress | Completed | Failed | Cancelled)
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateOperation {
+    pub kind: OperationKind,
+    /// For `revert`: the endpoint-local snapshot to go back to (default: the previous one).
+    #[serde(default)]
+    pub to_snapshot: Option<SnapshotHash>,
+    /// A retried request with the same key returns the first result.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Progress of a running operation.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// e.g. `planning`, `downloading`, `installing`, `removing`, `verifying`.
+    pub stage: String,
+    pub percent: u8,
+    /// e.g. `upgrading foo`.
+    #[serde(default)]
+    pub current: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageFailure {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationResult {
+    pub state: OperationState,
+    pub message: String,
+    /// Packages that did not reach their target; non-empty with `completed` means partial
+    /// success.
+    #[serde(default)]
+    pub failures: Vec<PackageFailure>,
+    /// The endpoint's state afterwards.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotHash>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: i64,
+    pub endpoint_id: i64,
+    pub pool_id: i64,
+    pub kind: OperationKind,
+    pub state: OperationState,
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    #[serde(default)]
+    pub result: Option<OperationResult>,
+    pub idempotency_key: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A page of a list; `next` is the cursor for the following page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket: `GET /api/v1/endpoints/ws` with `Authorization: Bearer <endpoint token>`.
+
+/// Endpoint → coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EndpointMsg {
+    /// First message: protocol version and the state the endpoint believes the coordinator
+    /// has acknowledged.
+    Hello {
+        protocol: u32,
+        agent: String,
+        acked_state: Option<SnapshotHash>,
+    },
+    Report {
+        report: StateReport,
+    },
+    Progress {
+        operation: i64,
+        progress: Progress,
+    },
+    Result {
+        operation: i64,
+        result: OperationResult,
+    },
+    Heartbeat,
+}
+
+/// Coordinator → endpoint (and admin subscribers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Answer to `Hello`: what the coordinator knows and whether it needs a report.
+    Welcome {
+        protocol: u32,
+        endpoint_id: i64,
+        pool_id: i64,
+        target: Option<TargetInfo>,
+        /// The state the coordinator has for this endpoint; a report should be a delta
+        /// against it, or full when `None` or different from the endpoint's belief.
+        known_state: Option<SnapshotHash>,
+    },
+    ReportAck {
+        ack: ReportAck,
+    },
+    TargetChanged {
+        target: TargetInfo,
+        /// What the change did relative to the previous target.
+        summary: Counts,
+    },
+    OperationRequested {
+        operation: Operation,
+    },
+    CancelRequested {
+        operation: i64,
+    },
+    PolicyChanged {
+        policy: PoolPolicy,
+    },
+    /// For admin subscribers: an endpoint's computed status changed.
+    EndpointStatusChanged {
+        status: EndpointStatus,
+    },
+    /// For admin subscribers: an operation changed state or progress.
+    OperationUpdated {
+        operation: Operation,
+    },
+    Error {
+        error: ApiError,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_machine() {
+        use OperationState::*;
+        assert!(Pending.can_become(InProgress));
+        assert!(Pending.can_become(Cancelled));
+        assert!(InProgress.can_become(Completed));
+        assert!(!Completed.can_become(InProgress));
+        assert!(!Cancelled.can_become(Completed));
+        assert!(!Pending.can_become(Completed));
+        assert!(Failed.is_terminal() && !InProgress.is_terminal());
+    }
+
+    #[test]
+    fn messages_are_tagged() {
+        let hello = EndpointMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent: "pacpoold/0.1".into(),
+            acked_state: None,
+        };
+        let json = serde_json::to_string(&hello).unwrap();
+        assert!(json.starts_with(r#"{"type":"hello""#), "{json}");
+        assert_eq!(serde_json::from_str::<EndpointMsg>(&json).unwrap(), hello);
+        assert!(serde_json::from_str::<EndpointMsg>(r#"{"type":"rm -rf"}"#).is_err());
+        let policy: PoolPolicy =
+            serde_json::from_str(r#"{"plan":{"scope":"explicit-only"},"auto_sync":"apply"}"#).unwrap();
+        assert_eq!(policy.plan.scope, crate::plan::Scope::ExplicitOnly);
+        assert_eq!(policy.plan.removal_cap, crate::plan::DEFAULT_REMOVAL_CAP);
+        assert!(serde_json::from_str::<PoolPolicy>(r#"{"plan":{"scop":"full"}}"#).is_err());
+    }
+}
