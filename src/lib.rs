@@ -19,12 +19,17 @@
 //! Wire types:
 //! - [`proto`]: coordinator REST bodies and WebSocket messages (shared by all programs).
 //!
+//! Programs (library-first; `src/bin/` only parses arguments):
+//! - [`daemon`]: pacpoold, the endpoint daemon, and the client side of its socket.
+//! - [`coordinator`]: the coordinator server.
+//!
 //! Local state:
 //! - [`store`]: the SQLite snapshot history.
 
 pub mod apply;
 pub mod cache;
 pub mod coordinator;
+pub mod daemon;
 pub mod desc;
 pub mod exec;
 pub mod localdb;

@@ -324,6 +324,26 @@ pub struct Page<T> {
     pub next: Option<i64>,
 }
 
+/// One entry of the coordinator's audit log (`GET /api/v1/audit`, newest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// `admin`, `endpoint:<id>` or `registration`.
+    pub actor: String,
+    /// e.g. `pool.create`, `target.set`, `operation.cancel`.
+    pub action: String,
+    /// What was acted on, e.g. `pool:3`, `endpoint:7`, `operation:12`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The client's IP address as seen on the socket.
+    #[serde(default)]
+    pub peer: Option<String>,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // WebSocket: `GET /api/v1/endpoints/ws` with `Authorization: Bearer <endpoint token>`.
 
@@ -424,7 +444,8 @@ mod tests {
         assert_eq!(serde_json::from_str::<EndpointMsg>(&json).unwrap(), hello);
         assert!(serde_json::from_str::<EndpointMsg>(r#"{"type":"rm -rf"}"#).is_err());
         let policy: PoolPolicy =
-            serde_json::from_str(r#"{"plan":{"scope":"explicit-only"},"auto_sync":"apply"}"#).unwrap();
+            serde_json::from_str(r#"{"plan":{"scope":"explicit-only"},"auto_sync":"apply"}"#)
+                .unwrap();
         assert_eq!(policy.plan.scope, crate::plan::Scope::ExplicitOnly);
         assert_eq!(policy.plan.removal_cap, crate::plan::DEFAULT_REMOVAL_CAP);
         assert!(serde_json::from_str::<PoolPolicy>(r#"{"plan":{"scop":"full"}}"#).is_err());

@@ -27,6 +27,25 @@ const MIGRATIONS: &[&str] = &[
         trigger TEXT NOT NULL
      ) STRICT;
      CREATE INDEX history_hash ON history(hash);",
+    // 2: daemon state: small settings, the outbox of unsent messages, local operations.
+    "CREATE TABLE kv (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE operations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER
+     ) STRICT;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +345,164 @@ impl Store {
     }
 }
 
+/// A message waiting to be delivered to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub kind: String,
+    /// JSON.
+    pub body: String,
+    pub created_at: i64,
+}
+
+/// A local operation (sync, set-latest, revert) as the daemon recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalOperation {
+    pub id: i64,
+    pub kind: String,
+    /// `running`, `completed`, `failed`, `cancelled` or `interrupted`.
+    pub state: String,
+    pub message: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl Store {
+    /// A small named value (endpoint id, cached target, acknowledged state…).
+    pub fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    pub fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    pub fn unset(&self, key: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM kv WHERE key = ?1", [key])
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// Queues a message for the coordinator; it stays until [`Store::outbox_done`].
+    pub fn outbox_push(&self, kind: &str, body: &str, now: i64) -> Result<i64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO outbox (kind, body, created_at) VALUES (?1, ?2, ?3)",
+                params![kind, body, now],
+            )
+            .map_err(self.err())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The oldest queued messages, oldest first.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, kind, body, created_at FROM outbox ORDER BY id LIMIT ?1",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(OutboxItem {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    body: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    pub fn outbox_done(&self, id: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE id = ?1", [id])
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// Records the start of a local operation.
+    pub fn operation_begin(&self, kind: &str, now: i64) -> Result<i64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO operations (kind, state, started_at) VALUES (?1, 'running', ?2)",
+                params![kind, now],
+            )
+            .map_err(self.err())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn operation_end(
+        &self,
+        id: i64,
+        state: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE operations SET state = ?2, message = ?3, finished_at = ?4 WHERE id = ?1",
+                params![id, state, message, now],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// Marks operations left `running` by a daemon that died as `interrupted`, and returns them.
+    pub fn interrupt_running(&self, now: i64) -> Result<Vec<LocalOperation>, StoreError> {
+        let running: Vec<LocalOperation> = self
+            .operations(1000)?
+            .into_iter()
+            .filter(|o| o.state == "running")
+            .collect();
+        for o in &running {
+            self.operation_end(
+                o.id,
+                "interrupted",
+                "the daemon stopped while this operation ran",
+                now,
+            )?;
+        }
+        Ok(running)
+    }
+
+    /// Local operations, newest first.
+    pub fn operations(&self, limit: usize) -> Result<Vec<LocalOperation>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, kind, state, message, started_at, finished_at
+                 FROM operations ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(LocalOperation {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    state: r.get(2)?,
+                    message: r.get(3)?,
+                    started_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+}
+
 /// Maps SQLite's error codes to the errors a user can act on.
 fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
     let path = path.to_owned();
@@ -414,6 +591,38 @@ mod tests {
         for e in s.history(100).unwrap() {
             assert!(s.snapshot(&e.hash).unwrap().is_some());
         }
+    }
+
+    #[test]
+    fn kv_outbox_and_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.set("endpoint_id", "7").unwrap();
+            s.set("endpoint_id", "8").unwrap();
+            let a = s.outbox_push("report", "{}", 1).unwrap();
+            s.outbox_push("result", "{\"x\":1}", 2).unwrap();
+            s.outbox_done(a).unwrap();
+            let op = s.operation_begin("sync", 5).unwrap();
+            let done = s.operation_begin("revert", 6).unwrap();
+            s.operation_end(done, "completed", "ok", 7).unwrap();
+            assert_eq!(s.operations(10).unwrap()[1].id, op);
+        }
+        // After a crash: the outbox survives, the running operation becomes interrupted.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.get("endpoint_id").unwrap().as_deref(), Some("8"));
+        assert!(s.get("nothing").unwrap().is_none());
+        let items = s.outbox(10).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].kind, "result");
+        let interrupted = s.interrupt_running(9).unwrap();
+        assert_eq!(interrupted.len(), 1);
+        assert_eq!(interrupted[0].kind, "sync");
+        let ops = s.operations(10).unwrap();
+        assert_eq!(ops[1].state, "interrupted");
+        assert_eq!(ops[0].state, "completed");
+        assert!(s.interrupt_running(10).unwrap().is_empty());
     }
 
     #[test]

@@ -1,1 +1,278 @@
-//! (being written)
+//! The coordinator server (`pacpool-coordinator`): pools, endpoints, target revisions,
+//! snapshots and operations over REST (`/api/v1`) and WebSocket, stored in SQLite.
+//!
+//! # Layout
+//! - [`settings`]: the TOML configuration and its commented example.
+//! - `error`: [`CoordinatorError`] (start-up) and the per-request `ApiErr` (always answered
+//!   as a [`crate::proto::ApiError`]).
+//! - `db`: the SQLite database (WAL, migrations, one writer path) and row helpers.
+//! - `auth`: token generation and hashing; the `Admin` / `EndpointAuth` extractors.
+//! - `service`: the operations behind both REST and WebSocket (reports, targets, operations,
+//!   computed status), each one transaction plus the events it publishes.
+//! - `hub`: per-pool fan-out of server events to sockets.
+//! - `api`: the router, REST handlers, metrics and health.
+//! - `ws`: the endpoint socket and the admin subscription socket.
+//!
+//! The entry point is [`launch`]; the binary only parses flags, loads [`Settings`] and waits
+//! for a signal.
+
+mod api;
+mod auth;
+mod db;
+mod error;
+mod hub;
+mod service;
+pub mod settings;
+mod ws;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+pub use error::CoordinatorError;
+pub use settings::{EXAMPLE_CONFIG, Secret, Settings, SettingsError};
+
+use crate::snapshot::{Snapshot, SnapshotHash};
+
+/// Shared state of one running coordinator.
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Inner>);
+
+pub(crate) struct Inner {
+    settings: Settings,
+    db: db::Db,
+    admin_hash: [u8; 32],
+    hub: hub::Hub,
+    metrics: Metrics,
+    snapshots: SnapshotCache,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Inner {
+    fn is_admin_token(&self, token: &str) -> bool {
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        h == self.admin_hash
+    }
+}
+
+/// Counters for `GET /metrics`.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    ws_endpoints: AtomicI64,
+    ws_admins: AtomicI64,
+    reports_accepted: AtomicU64,
+    reports_need_full: AtomicU64,
+    target_changes: AtomicU64,
+    operations_created: AtomicU64,
+}
+
+impl Metrics {
+    fn request(&self, route: &str, status: u16) {
+        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((route.to_owned(), status)).or_default() += 1;
+    }
+
+    fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        out.push_str("# HELP pacpool_http_requests_total HTTP requests by route and status.\n");
+        out.push_str("# TYPE pacpool_http_requests_total counter\n");
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "pacpool_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let gauges = [
+            (
+                "pacpool_websockets_endpoints",
+                "gauge",
+                "Connected endpoint WebSockets.",
+                self.ws_endpoints.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "pacpool_websockets_admins",
+                "gauge",
+                "Connected admin subscription WebSockets.",
+                self.ws_admins.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "pacpool_reports_accepted_total",
+                "counter",
+                "State reports accepted.",
+                self.reports_accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "pacpool_reports_need_full_total",
+                "counter",
+                "Delta reports answered with need_full.",
+                self.reports_need_full.load(Ordering::Relaxed),
+            ),
+            (
+                "pacpool_target_changes_total",
+                "counter",
+                "Pool target revisions created.",
+                self.target_changes.load(Ordering::Relaxed),
+            ),
+            (
+                "pacpool_operations_created_total",
+                "counter",
+                "Operations created.",
+                self.operations_created.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}
+
+/// Decoded snapshots by hash, so status computation does not re-parse the same target for
+/// every endpoint. Bounded: cleared when full (entries are cheap to rebuild).
+#[derive(Default)]
+pub(crate) struct SnapshotCache(Mutex<HashMap<SnapshotHash, Arc<Snapshot>>>);
+
+const SNAPSHOT_CACHE_MAX: usize = 512;
+
+impl SnapshotCache {
+    fn get(&self, hash: &SnapshotHash) -> Option<Arc<Snapshot>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    fn insert(&self, snap: Arc<Snapshot>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SNAPSHOT_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(snap.hash(), snap);
+    }
+}
+
+/// Resolves the admin token hash from the settings, creating a token file when needed.
+fn admin_hash(settings: &Settings) -> Result<[u8; 32], CoordinatorError> {
+    if let Some(Secret(token)) = &settings.admin_token {
+        return Ok(Sha256::digest(token.as_bytes()).into());
+    }
+    if let Some(hex_hash) = &settings.admin_token_sha256 {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_hash.trim(), &mut out)
+            .map_err(|_| CoordinatorError::BadAdminHash)?;
+        return Ok(out);
+    }
+    let path = &settings.admin_token_file;
+    let io = |source| CoordinatorError::AdminToken {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(CoordinatorError::EmptyAdminToken { path: path.clone() });
+            }
+            Ok(Sha256::digest(token.as_bytes()).into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token =
+                auth::new_token("ppa_").map_err(|e| io(std::io::Error::other(e.message)))?;
+            write_secret_file(path, &token).map_err(io)?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a new admin token; read it from this file (readable by this user only)"
+            );
+            Ok(Sha256::digest(token.as_bytes()).into())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_secret_file(path: &Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// Runs the coordinator on `listener` until `shutdown` completes; then stops accepting,
+/// sends a close frame on every WebSocket and waits for in-flight requests.
+///
+/// The database is opened (and migrated) before serving starts, so a bad database fails here
+/// rather than on the first request.
+pub async fn launch(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
+    let admin_hash = admin_hash(&settings)?;
+    let db_path = settings.database.clone();
+    let db = tokio::task::spawn_blocking(move || db::Db::open(&db_path))
+        .await
+        .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))??;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState(Arc::new(Inner {
+        settings,
+        db,
+        admin_hash,
+        hub: hub::Hub::default(),
+        metrics: Metrics::default(),
+        snapshots: SnapshotCache::default(),
+        shutdown: stop_rx.clone(),
+    }));
+    let app = api::router(state);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "coordinator listening");
+    }
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("coordinator shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let mut stop = stop_rx;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await
+    .map_err(CoordinatorError::Serve)
+}

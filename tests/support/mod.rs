@@ -335,3 +335,40 @@ fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// Settings and paths for pacpool's own code, pointing at a sandbox.
+impl Sandbox {
+    /// [`pacpool::exec::PacmanSettings`] with every sandbox path set (lock wait 5 s).
+    pub fn pacman_settings(&self) -> pacpool::exec::PacmanSettings {
+        pacpool::exec::PacmanSettings {
+            program: PathBuf::from("pacman"),
+            root: Some(self.root()),
+            dbpath: Some(self.dbpath()),
+            config: Some(self.config()),
+            cachedir: Some(self.cachedir()),
+            hookdir: Some(self.hookdir()),
+            logfile: Some(self.logfile()),
+            lock_wait: 5,
+        }
+    }
+
+    /// [`pacpool::machine::PacmanPaths`] reading this sandbox through its pacman.conf.
+    pub fn pacman_paths(&self) -> pacpool::machine::PacmanPaths {
+        pacpool::machine::PacmanPaths {
+            config: Some(self.config()),
+            ..Default::default()
+        }
+    }
+
+    /// pacman's lock file, `DBPath/db.lck`.
+    pub fn lock_file(&self) -> PathBuf {
+        self.dbpath().join("db.lck")
+    }
+
+    /// pacman's log as it is now ("" if not written yet): equal before and after means no
+    /// pacman transaction started.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(self.logfile()).unwrap_or_default()
+    }
+}
+pub mod daemon;

@@ -1,5 +1,8 @@
-//! `pacpool`: the command line. This build has the local commands that read pacman's state
-//! directly; the daemon-backed actions (status, sync, set-latest, revert) come with pacpoold.
+//! `pacpool`: the command line. The actions (status, preview, sync, set-latest, revert, …)
+//! go through pacpoold's socket; `snapshot`, `plan` and `vercmp` read pacman's files directly
+//! and change nothing.
+
+mod remote;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use pacpool::daemon::protocol::Request;
 use pacpool::machine::PacmanPaths;
 use pacpool::plan::{Policy, plan, status};
 use pacpool::snapshot::Snapshot;
@@ -20,6 +24,9 @@ use pacpool::snapshot::Snapshot;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// pacpoold's socket
+    #[arg(long, global = true, env = "PACPOOL_SOCKET", default_value = pacpool::daemon::config::DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +61,66 @@ impl PacmanArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show this machine's state against the pool target
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// print Waybar custom-module JSON (text, tooltip, class)
+        #[arg(long, conflicts_with = "json")]
+        waybar: bool,
+    },
+    /// Show what a sync would do (changes nothing)
+    Preview {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install, upgrade, downgrade and remove packages until this machine matches the pool target
+    Sync {
+        /// don't ask for confirmation
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make this machine's package state the pool's new target
+    SetLatest {
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go back to the previous recorded package state (works offline)
+    Revert {
+        /// a recorded state: its id or hash prefix (see `pacpool snapshots`)
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The local operations: syncs, set-latests, reverts
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The recorded package states (what revert can go back to)
+    Snapshots {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel the running operation (honoured until pacman starts)
+    Cancel,
+    /// Pause automatic syncs
+    PauseAutoSync,
+    /// Resume automatic syncs
+    ResumeAutoSync,
+    /// Tell pacpoold that pacman changed something (run by the pacman hook)
+    Notify,
     /// Print this machine's package state as a snapshot (canonical text, or JSON)
     Snapshot {
         #[command(flatten)]
@@ -64,7 +131,7 @@ enum Command {
         #[arg(long, conflicts_with = "json")]
         hash: bool,
     },
-    /// Show what changes between two snapshot files
+    /// Show what changes between two snapshots: files, or recorded ids / hash prefixes
     Diff {
         from: PathBuf,
         to: PathBuf,
@@ -95,7 +162,44 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let socket = cli.socket.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build the runtime");
+    let remote = match cli.command {
+        Command::Status { json, waybar } => Some(rt.block_on(remote::status(&socket, json, waybar))),
+        Command::Preview { json } => Some(rt.block_on(remote::preview(&socket, json))),
+        Command::Sync { yes, json } => Some(rt.block_on(remote::sync(&socket, yes, json))),
+        Command::SetLatest { yes, json } => Some(rt.block_on(remote::set_latest(&socket, yes, json))),
+        Command::Revert { ref to, yes, json } => {
+            Some(rt.block_on(remote::revert(&socket, to.clone(), yes, json)))
+        }
+        Command::History { limit, json } => Some(rt.block_on(remote::history(&socket, limit, json))),
+        Command::Snapshots { limit, json } => Some(rt.block_on(remote::snapshots(&socket, limit, json))),
+        Command::Cancel => Some(rt.block_on(remote::simple(&socket, Request::Cancel))),
+        Command::PauseAutoSync => Some(rt.block_on(remote::simple(&socket, Request::PauseAutoSync { paused: true }))),
+        Command::ResumeAutoSync => Some(rt.block_on(remote::simple(&socket, Request::PauseAutoSync { paused: false }))),
+        // From a pacman hook: never fail the transaction because the daemon is down.
+        Command::Notify => Some(match rt.block_on(remote::simple(&socket, Request::Notify)) {
+            Err(f) if f.code == remote::exit::UNREACHABLE => {
+                tracing::info!("pacpoold is not running: {}", f.message);
+                Ok(remote::exit::SUCCESS)
+            }
+            other => other,
+        }),
+        _ => None,
+    };
+    match remote {
+        Some(Ok(code)) => return ExitCode::from(code),
+        Some(Err(f)) => {
+            eprintln!("pacpool: {}", f.message);
+            return ExitCode::from(f.code);
+        }
+        None => {}
+    }
+    match rt.block_on(async { run(cli.command, &socket).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pacpool: {}", report(&e));
@@ -104,8 +208,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+async fn run(command: Command, socket: &Path) -> anyhow::Result<()> {
+    match command {
         Command::Snapshot { pacman, json, hash } => {
             let state = pacman.paths().read()?;
             if hash {
@@ -117,7 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Diff { from, to, json } => {
-            let (a, b) = (load_snapshot(&from)?, load_snapshot(&to)?);
+            let (a, b) = (load_snapshot(&from, socket).await?, load_snapshot(&to, socket).await?);
             let delta = a.diff(&b);
             if json {
                 println!("{}", serde_json::to_string_pretty(&delta)?);
@@ -144,7 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             policy,
             json,
         } => {
-            let target = load_snapshot(&target)?;
+            let target = load_snapshot(&target, socket).await?;
             let policy = match policy {
                 Some(p) => {
                     let text = std::fs::read_to_string(&p)
@@ -191,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vercmp { a, b } => {
             println!("{}", pacpool::version::vercmp(&a, &b) as i8);
         }
+        _ => unreachable!("remote commands are handled in main"),
     }
     Ok(())
 }
@@ -211,8 +316,17 @@ fn report(e: &anyhow::Error) -> String {
     out
 }
 
-/// Reads a snapshot from a file holding either the canonical text form or JSON.
-fn load_snapshot(path: &Path) -> anyhow::Result<Snapshot> {
+/// Reads a snapshot from a file holding either the canonical text form or JSON, or, when no
+/// such file exists, a recorded state (history id or hash prefix) from pacpoold.
+async fn load_snapshot(path: &Path, socket: &Path) -> anyhow::Result<Snapshot> {
+    if !path.exists()
+        && let Some(id) = path.to_str().filter(|s| !s.contains('/'))
+    {
+        let text = remote::snapshot_text(socket, id)
+            .await
+            .map_err(|f| anyhow::anyhow!("{} is neither a file nor a recorded state: {}", path.display(), f.message))?;
+        return Snapshot::decode(&text).context("pacpoold sent an unreadable snapshot");
+    }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read snapshot file {}", path.display()))?;
     if text.trim_start().starts_with('{') {

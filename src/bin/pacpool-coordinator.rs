@@ -1,0 +1,117 @@
+//! `pacpool-coordinator`: the server every endpoint daemon talks to.
+//!
+//! Settings come in layers: defaults, the TOML file (`--config`), the environment
+//! (`PACPOOL_COORDINATOR_LISTEN`, `PACPOOL_COORDINATOR_DATABASE`), then flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pacpool::coordinator::{self, EXAMPLE_CONFIG, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pacpool-coordinator",
+    version,
+    about = "The pacpool coordinator server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or SIGINT.
+    Serve {
+        /// TOML configuration file (see `default-config`).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the file and PACPOOL_COORDINATOR_LISTEN).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// SQLite database file (overrides the file and PACPOOL_COORDINATOR_DATABASE).
+        #[arg(long, value_name = "FILE")]
+        database: Option<PathBuf>,
+    },
+    /// Print a commented example configuration with every default.
+    DefaultConfig,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DefaultConfig => {
+            print!("{EXAMPLE_CONFIG}");
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            listen,
+            database,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let mut settings = match &config {
+                Some(path) => Settings::load(path)?,
+                None => Settings::default(),
+            };
+            if let Ok(v) = std::env::var("PACPOOL_COORDINATOR_LISTEN") {
+                settings.listen = v.parse().with_context(|| {
+                    format!(
+                        "PACPOOL_COORDINATOR_LISTEN={v:?} is not an address like 127.0.0.1:7300"
+                    )
+                })?;
+            }
+            if let Some(v) = std::env::var_os("PACPOOL_COORDINATOR_DATABASE") {
+                settings.database = v.into();
+            }
+            if let Some(l) = listen {
+                settings.listen = l;
+            }
+            if let Some(d) = database {
+                settings.database = d;
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(serve(settings))
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another coordinator running? change `listen` or --listen",
+                settings.listen
+            )
+        })?;
+    coordinator::launch(settings, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,426 @@
+//! The commands that talk to pacpoold over its socket.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use pacpool::daemon::client::Client;
+use pacpool::daemon::protocol::{ErrorCode, LinkState, LocalStatus, Outcome, Preview, Reply, Request};
+use pacpool::plan::{Action, Counts};
+use pacpool::proto::{EndpointState, Progress};
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    pub const SUCCESS: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const NOTHING_TO_DO: u8 = 3;
+    pub const REFUSED: u8 = 4;
+    pub const CONFLICT: u8 = 5;
+    pub const PACMAN: u8 = 6;
+    pub const UNREACHABLE: u8 = 7;
+}
+
+/// A failure with the exit code that says what kind it was.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn code_for(code: ErrorCode) -> u8 {
+    match code {
+        ErrorCode::NothingToDo => exit::NOTHING_TO_DO,
+        ErrorCode::Refused | ErrorCode::NeedsConfirmation | ErrorCode::Cancelled => exit::REFUSED,
+        ErrorCode::Conflict => exit::CONFLICT,
+        ErrorCode::PacmanFailed | ErrorCode::Busy => exit::PACMAN,
+        ErrorCode::Offline => exit::UNREACHABLE,
+        _ => exit::FAILURE,
+    }
+}
+
+pub async fn connect(socket: &Path) -> Result<Client, Failure> {
+    Client::connect(socket)
+        .await
+        .map_err(|e| Failure::new(exit::UNREACHABLE, e.to_string()))
+}
+
+async fn ask(client: &mut Client, request: Request, quiet: bool) -> Result<Reply, Failure> {
+    let mut last_stage = String::new();
+    let reply = client
+        .request(request, |p: &Progress| {
+            if !quiet && p.stage != last_stage {
+                eprintln!(":: {}{}", p.stage, p.current.as_deref().map(|c| format!(" ({c})")).unwrap_or_default());
+                last_stage = p.stage.clone();
+            }
+        })
+        .await
+        .map_err(|e| Failure::new(exit::UNREACHABLE, e.to_string()))?;
+    match reply {
+        Reply::Error { code, message } => Err(Failure::new(code_for(code), message)),
+        other => Ok(other),
+    }
+}
+
+fn unexpected(reply: Reply) -> Failure {
+    Failure::new(exit::FAILURE, format!("pacpoold answered unexpectedly: {reply:?}"))
+}
+
+pub async fn status(socket: &Path, json: bool, waybar: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket).await.map_err(|f| {
+        if waybar {
+            // Waybar shows whatever we print; say the daemon is down instead of failing.
+            println!("{}", serde_json::json!({"text": "pacpool: down", "tooltip": f.message, "class": "not-running", "alt": "not-running"}));
+        }
+        f
+    })?;
+    let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
+        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a status"));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+    } else if waybar {
+        println!("{}", waybar_line(&status));
+    } else {
+        print_status(&status);
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn state_word(s: &LocalStatus) -> &'static str {
+    match (s.link, s.state) {
+        (_, EndpointState::Syncing) => "syncing",
+        (_, EndpointState::Error) => "error",
+        (LinkState::Offline, _) => "offline",
+        (_, EndpointState::InSync) => "in-sync",
+        (_, EndpointState::Behind) => "behind",
+        (_, EndpointState::Ahead) => "ahead",
+        (_, EndpointState::Diverged) => "diverged",
+        (_, EndpointState::Offline) => "offline",
+        (_, EndpointState::Unknown) => "unknown",
+    }
+}
+
+pub fn counts_line(c: &Counts) -> String {
+    let mut parts = Vec::new();
+    for (n, one, many) in [
+        (c.install, "install", "installs"),
+        (c.upgrade, "upgrade", "upgrades"),
+        (c.downgrade, "downgrade", "downgrades"),
+        (c.remove, "removal", "removals"),
+        (c.reason, "reason change", "reason changes"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {}", if n == 1 { one } else { many }));
+        }
+    }
+    if parts.is_empty() {
+        "no changes".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn waybar_line(s: &LocalStatus) -> String {
+    let word = state_word(s);
+    let text = match s.state {
+        EndpointState::Behind | EndpointState::Diverged | EndpointState::Ahead => {
+            format!("pacpool: {word} ({})", s.counts.total())
+        }
+        _ => format!("pacpool: {word}"),
+    };
+    serde_json::json!({
+        "text": text,
+        "alt": word,
+        "class": word,
+        "tooltip": tooltip(s),
+    })
+    .to_string()
+}
+
+fn tooltip(s: &LocalStatus) -> String {
+    let mut lines = Vec::new();
+    if let Some(pool) = &s.pool {
+        lines.push(format!("pool {pool}"));
+    }
+    if let Some(t) = &s.target {
+        lines.push(format!("target revision {} set by {}", t.revision, t.set_by));
+    }
+    lines.push(counts_line(&s.counts));
+    if let Some(e) = &s.last_error {
+        lines.push(format!("last error: {e}"));
+    }
+    lines.join("\n")
+}
+
+fn print_status(s: &LocalStatus) {
+    println!("state:       {}", state_word(s));
+    println!(
+        "coordinator: {}",
+        match s.link {
+            LinkState::NotConfigured => "not configured (local-only)",
+            LinkState::Unregistered => "not registered",
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Offline => "offline",
+        }
+    );
+    if let Some(pool) = &s.pool {
+        println!("pool:        {pool} (this machine: {})", s.endpoint.as_deref().unwrap_or("?"));
+    }
+    match &s.target {
+        Some(t) => println!("target:      revision {} set by {} ({} packages)", t.revision, t.set_by, t.package_count),
+        None => println!("target:      none yet"),
+    }
+    println!("pending:     {}", counts_line(&s.counts));
+    if let Some(c) = &s.current {
+        println!("current:     {} ({} packages, recorded #{})", c.hash.short(), c.package_count, c.id);
+    }
+    if let Some(p) = &s.previous {
+        println!("previous:    {} ({} packages, #{}) — `pacpool revert` goes back to it", p.hash.short(), p.package_count, p.id);
+    }
+    if let Some(op) = &s.operation {
+        println!("running:     {}", op.kind);
+    }
+    if let Some(e) = &s.last_error {
+        println!("last error:  {e}");
+    }
+    if !s.can_act {
+        println!("note:        {}", s.why_not.as_deref().unwrap_or("you may not run actions"));
+    }
+}
+
+pub fn print_preview(p: &Preview) {
+    println!("{}", counts_line(&p.counts));
+    for a in &p.actions {
+        println!("  {}", describe(a));
+    }
+    for c in &p.conflicts {
+        println!("conflict: {c}");
+    }
+    if let Some(n) = &p.needs_confirmation {
+        println!("note: {} removals exceed the cap of {}; you will be asked to confirm", n.removals, n.cap);
+    }
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Install { name, version, .. } => format!("install   {name} {version}"),
+        Action::Upgrade { name, from, to, .. } => format!("upgrade   {name} {from} -> {to}"),
+        Action::Downgrade { name, from, to, .. } => format!("downgrade {name} {from} -> {to}"),
+        Action::Remove { name, version } => format!("remove    {name} {version}"),
+        Action::MarkDependency { name } => format!("mark      {name} as a dependency"),
+        Action::MarkExplicit { name } => format!("mark      {name} as explicitly installed"),
+    }
+}
+
+pub async fn preview(socket: &Path, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket).await?;
+    let Reply::Preview { preview } = ask(&mut client, Request::Preview, true).await? else {
+        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a preview"));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&preview).expect("preview serializes"));
+    } else {
+        print_preview(&preview);
+    }
+    Ok(if !preview.conflicts.is_empty() {
+        exit::CONFLICT
+    } else if preview.actions.is_empty() {
+        exit::NOTHING_TO_DO
+    } else {
+        exit::SUCCESS
+    })
+}
+
+/// Asks a yes/no question on the terminal; without a terminal, refuses (use --yes).
+fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(
+            exit::REFUSED,
+            "not confirmed: no terminal to ask on; pass --yes to go ahead without asking",
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::new(exit::REFUSED, "cancelled: nothing was changed"))
+    }
+}
+
+fn finish(outcome: Outcome, json: bool) -> Result<u8, Failure> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome).expect("outcome serializes"));
+    } else {
+        println!("{}", outcome.message);
+        for f in &outcome.failures {
+            println!("  {}: {}", f.name, f.reason);
+        }
+    }
+    Ok(if !outcome.ok {
+        exit::FAILURE
+    } else if outcome.counts.total() == 0 && outcome.kind != "set-latest" {
+        exit::NOTHING_TO_DO
+    } else {
+        exit::SUCCESS
+    })
+}
+
+pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket).await?;
+    let Reply::Preview { preview } = ask(&mut client, Request::Preview, true).await? else {
+        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a preview"));
+    };
+    if preview.conflicts.is_empty() && preview.actions.is_empty() {
+        if !json {
+            println!("nothing to do: this machine is at the pool target");
+        }
+        return Ok(exit::NOTHING_TO_DO);
+    }
+    if !json {
+        print_preview(&preview);
+    }
+    // Conflicts are re-checked by the daemon (it may refresh its databases first).
+    let confirm_removals = preview.needs_confirmation.is_some();
+    confirm(&format!("Sync to pool target revision {}?", preview.target_revision.unwrap_or(0)), yes)?;
+    match ask(&mut client, Request::Sync { confirm_removals }, json).await? {
+        Reply::Done { outcome } => finish(outcome, json),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn set_latest(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket).await?;
+    let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
+        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a status"));
+    };
+    let pool = status.pool.clone().unwrap_or_else(|| "the pool".into());
+    let packages = status.current.as_ref().map_or(0, |c| c.package_count);
+    confirm(
+        &format!("Make this machine's {packages} packages the new target of {pool}? Every other machine in it will be behind."),
+        yes,
+    )?;
+    match ask(&mut client, Request::SetLatest, json).await? {
+        Reply::Done { outcome } => finish(outcome, json),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn revert(socket: &Path, to: Option<String>, yes: bool, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket).await?;
+    let what = match &to {
+        Some(id) => format!("recorded state {id}"),
+        None => {
+            let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
+                return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a status"));
+            };
+            match status.previous {
+                Some(p) => format!("the previous state {} (#{}, {} packages)", p.hash.short(), p.id, p.package_count),
+                None => return Err(Failure::new(exit::NOTHING_TO_DO, "there is no previous state to revert to")),
+            }
+        }
+    };
+    confirm(&format!("Revert this machine to {what}?"), yes)?;
+    // Removals over the cap were confirmed by answering the question above.
+    match ask(&mut client, Request::Revert { to, confirm_removals: yes }, json).await? {
+        Reply::Done { outcome } => finish(outcome, json),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn simple(socket: &Path, request: Request) -> Result<u8, Failure> {
+    let mut client = connect(socket).await?;
+    match ask(&mut client, request, true).await? {
+        Reply::Ok => Ok(exit::SUCCESS),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn snapshots(socket: &Path, limit: usize, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket).await?;
+    let Reply::History { entries } = ask(&mut client, Request::History { limit }, true).await? else {
+        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with the history"));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries).expect("history serializes"));
+    } else {
+        println!("{:>6}  {:<12}  {:>8}  {:<20}  trigger", "id", "hash", "packages", "taken (UTC)");
+        for e in entries {
+            println!("{:>6}  {:<12}  {:>8}  {:<20}  {}", e.id, e.hash.short(), e.package_count, utc(e.taken_at), e.trigger);
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+pub async fn history(socket: &Path, limit: usize, json: bool) -> Result<u8, Failure> {
+    let mut client = connect(socket).await?;
+    let Reply::Operations { operations } = ask(&mut client, Request::Operations { limit }, true).await? else {
+        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with the operations"));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&operations).expect("operations serialize"));
+    } else {
+        for o in operations {
+            println!("{:>6}  {:<20}  {:<10}  {:<11}  {}", o.id, utc(o.started_at), o.kind, o.state, o.message);
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// A recorded snapshot's text, for `diff` with history ids.
+pub async fn snapshot_text(socket: &Path, id: &str) -> Result<String, Failure> {
+    let mut client = connect(socket).await?;
+    match ask(&mut client, Request::Snapshot { id: id.to_owned() }, true).await? {
+        Reply::Snapshot { text, .. } => Ok(text),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` from Unix seconds (civil-from-days, proleptic Gregorian).
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_305_600 + 3_661), "2026-11-22 01:01:01");
+    }
+
+    #[test]
+    fn counts_wording() {
+        let c = Counts { upgrade: 3, downgrade: 1, remove: 1, ..Counts::default() };
+        assert_eq!(counts_line(&c), "3 upgrades, 1 downgrade, 1 removal");
+        assert_eq!(counts_line(&Counts::default()), "no changes");
+    }
+}

@@ -1,0 +1,990 @@
+//! The router and the REST handlers under [`crate::proto::API_PREFIX`].
+//!
+//! Every error, including malformed JSON, unknown routes and oversized bodies, is answered as
+//! a [`crate::proto::ApiError`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State,
+};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rusqlite::{OptionalExtension, params};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::auth::{Admin, Caller, EndpointAuth, new_token, token_hash};
+use super::db::{self, now};
+use super::error::ApiErr;
+use super::hub::Audience;
+use super::service::Actor;
+use super::ws;
+use crate::proto::{
+    AuditEntry, CreateJoinToken, CreateOperation, CreatePool, EndpointStatus, JoinToken, Operation,
+    OperationResult, Page, Pool, PoolPolicy, Progress, RegisterRequest, RegisterResponse,
+    ReportAck, RevertTargetRequest, ServerMsg, SetTargetRequest, StateReport, TargetInfo,
+    UpdatePool,
+};
+use crate::snapshot::SnapshotHash;
+
+// ---------------------------------------------------------------------------------------------
+// Extractors whose rejections are ApiErrors.
+
+/// A JSON body; a malformed one is `400 invalid_request`, an oversized one
+/// `413 payload_too_large`.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiErr> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(rej) => Err(json_rejection(rej)),
+        }
+    }
+}
+
+fn json_rejection(rej: JsonRejection) -> ApiErr {
+    match rej.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiErr::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        _ => ApiErr::invalid(format!("malformed request body: {}", rej.body_text())),
+    }
+}
+
+fn too_large() -> ApiErr {
+    ApiErr::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than the coordinator's body_limit: send a delta instead of a full state, or raise body_limit in the coordinator configuration",
+    )
+}
+
+/// A path parameter; a malformed one is `400 invalid_request`.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiErr> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|rej: PathRejection| ApiErr::invalid(format!("bad path: {}", rej.body_text())))
+    }
+}
+
+/// A query string; a malformed one is `400 invalid_request`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiErr> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|rej: QueryRejection| {
+                ApiErr::invalid(format!("bad query string: {}", rej.body_text()))
+            })
+    }
+}
+
+fn peer(ci: &ConnectInfo<SocketAddr>) -> Option<IpAddr> {
+    Some(ci.0.ip())
+}
+
+type ApiResult<T> = Result<Json<T>, ApiErr>;
+
+// ---------------------------------------------------------------------------------------------
+// Router
+
+pub(crate) fn router(state: AppState) -> Router {
+    let api = Router::new()
+        // admin
+        .route("/pools", post(create_pool).get(list_pools))
+        .route(
+            "/pools/{id}",
+            get(get_pool).patch(update_pool).delete(delete_pool),
+        )
+        .route("/pools/{id}/join-tokens", post(create_join_token))
+        .route("/pools/{id}/endpoints", get(pool_endpoints))
+        .route("/pools/{id}/targets", get(pool_targets))
+        .route("/pools/{id}/target/revert", post(revert_target))
+        .route("/pools/{id}/ws", get(ws::admin_socket))
+        .route("/endpoints/{id}", get(get_endpoint).delete(delete_endpoint))
+        .route("/endpoints/{id}/revoke", post(revoke_endpoint))
+        .route("/endpoints/{id}/operations", post(admin_create_operation))
+        .route("/audit", get(list_audit))
+        .route("/operations", get(list_operations))
+        .route("/operations/{id}", get(get_operation))
+        .route("/operations/{id}/cancel", post(cancel_operation))
+        // registration
+        .route("/register", post(register))
+        // endpoint
+        .route("/endpoint/report", post(endpoint_report))
+        .route(
+            "/endpoint/target",
+            get(endpoint_target).post(endpoint_set_target),
+        )
+        .route("/endpoint/status", get(endpoint_status))
+        .route(
+            "/endpoint/operations",
+            post(endpoint_create_operation).get(endpoint_operations),
+        )
+        .route(
+            "/endpoint/operations/{id}/progress",
+            post(endpoint_progress),
+        )
+        .route("/endpoint/operations/{id}/result", post(endpoint_result))
+        .route("/endpoints/ws", get(ws::endpoint_socket))
+        // both
+        .route("/snapshots/{hash}", get(get_snapshot))
+        // unauthenticated
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics));
+    let body_limit = state.settings.body_limit;
+    Router::new()
+        .nest(crate::proto::API_PREFIX, api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts every request by route and status, and bounds non-WebSocket requests in time.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = if route.ends_with("/ws") {
+        next.run(req).await
+    } else {
+        let limit = Duration::from_secs(state.settings.request_timeout_secs.max(1));
+        match tokio::time::timeout(limit, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiErr::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took longer than the coordinator's request_timeout_secs: retry later",
+            )
+            .into_response(),
+        }
+    };
+    state.metrics.request(&route, response.status().as_u16());
+    response
+}
+
+async fn not_found() -> ApiErr {
+    ApiErr::not_found("no such route: the API is under /api/v1 (see the coordinator documentation)")
+}
+
+async fn method_not_allowed() -> ApiErr {
+    ApiErr::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that HTTP method",
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health and metrics
+
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiErr> {
+    state
+        .db
+        .read(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.message))?;
+    Ok(Json(serde_json::json!({ "status": "ok" })))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools (admin)
+
+fn check_name(kind: &str, name: &str) -> Result<(), ApiErr> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiErr::invalid(format!(
+            "{kind} name {:?} is invalid: use 1 to 64 characters from A-Z a-z 0-9 . - _",
+            name.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+fn check_policy(policy: &PoolPolicy) -> Result<(), ApiErr> {
+    policy
+        .plan
+        .compile()
+        .map_err(|e| ApiErr::invalid(format!("{e}: fix the pattern")))?;
+    if let Some(w) = &policy.auto_sync_window {
+        let valid = w.split_once('-').is_some_and(|(a, b)| hhmm(a) && hhmm(b));
+        if !valid {
+            return Err(ApiErr::invalid(format!(
+                "auto_sync_window {w:?} is invalid: use HH:MM-HH:MM, e.g. 02:00-05:00"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn hhmm(s: &str) -> bool {
+    let Some((h, m)) = s.split_once(':') else {
+        return false;
+    };
+    h.len() == 2
+        && m.len() == 2
+        && h.parse::<u8>().is_ok_and(|h| h < 24)
+        && m.parse::<u8>().is_ok_and(|m| m < 60)
+}
+
+fn unique_to_name_taken(e: rusqlite::Error, name: &str) -> ApiErr {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+    {
+        return ApiErr::conflict(
+            "name_taken",
+            format!("a pool named {name:?} already exists: choose another name"),
+        );
+    }
+    e.into()
+}
+
+fn load_pool(conn: &rusqlite::Connection, id: i64) -> Result<Option<Pool>, ApiErr> {
+    let row: Option<(String, String, i64)> = conn
+        .prepare_cached("SELECT name, policy, created_at FROM pools WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((name, policy, created_at)) = row else {
+        return Ok(None);
+    };
+    let policy = serde_json::from_str(&policy).map_err(|e| {
+        tracing::error!(pool = id, error = %e, "stored pool policy is unreadable");
+        ApiErr::internal("a stored pool policy is unreadable: see the coordinator log")
+    })?;
+    let endpoint_count: i64 = conn
+        .prepare_cached("SELECT count(*) FROM endpoints WHERE pool_id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    Ok(Some(Pool {
+        id,
+        name,
+        policy,
+        target: db::current_target(conn, id)?,
+        endpoint_count: endpoint_count as u64,
+        created_at,
+    }))
+}
+
+fn no_pool(id: i64) -> ApiErr {
+    ApiErr::not_found(format!("no pool {id}: list pools with GET /api/v1/pools"))
+}
+
+async fn create_pool(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<CreatePool>,
+) -> Result<(StatusCode, Json<Pool>), ApiErr> {
+    check_name("pool", &req.name)?;
+    check_policy(&req.policy)?;
+    let peer = peer(&ci);
+    let pool = state
+        .db
+        .write(move |tx| {
+            let policy =
+                serde_json::to_string(&req.policy).map_err(|e| ApiErr::internal(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO pools (name, policy, created_at) VALUES (?1, ?2, ?3)",
+                params![req.name, policy, now()],
+            )
+            .map_err(|e| unique_to_name_taken(e, &req.name))?;
+            let id = tx.last_insert_rowid();
+            db::audit(
+                tx,
+                "admin",
+                "pool.create",
+                Some(format!("pool:{id}")),
+                peer,
+                Some(req.name.clone()),
+            )?;
+            load_pool(tx, id)?.ok_or_else(|| ApiErr::internal("new pool vanished"))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(pool)))
+}
+
+async fn list_pools(_: Admin, State(state): State<AppState>) -> ApiResult<Vec<Pool>> {
+    let pools = state
+        .db
+        .read(|conn| {
+            let ids = conn
+                .prepare_cached("SELECT id FROM pools ORDER BY id")?
+                .query_map([], |r| r.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(load_pool(conn, id)?);
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok(Json(pools))
+}
+
+async fn get_pool(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Pool> {
+    let pool = state.db.read(move |conn| load_pool(conn, id)).await?;
+    pool.map(Json).ok_or_else(|| no_pool(id))
+}
+
+async fn update_pool(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<UpdatePool>,
+) -> ApiResult<Pool> {
+    if let Some(name) = &req.name {
+        check_name("pool", name)?;
+    }
+    if let Some(policy) = &req.policy {
+        check_policy(policy)?;
+    }
+    let peer = peer(&ci);
+    let new_policy = req.policy.clone();
+    let (pool, policy_changed) = state
+        .db
+        .write(move |tx| {
+            let old = load_pool(tx, id)?.ok_or_else(|| no_pool(id))?;
+            if let Some(name) = &req.name {
+                tx.execute(
+                    "UPDATE pools SET name = ?1 WHERE id = ?2",
+                    params![name, id],
+                )
+                .map_err(|e| unique_to_name_taken(e, name))?;
+            }
+            let mut policy_changed = false;
+            if let Some(policy) = &req.policy {
+                policy_changed = *policy != old.policy;
+                let text =
+                    serde_json::to_string(policy).map_err(|e| ApiErr::internal(e.to_string()))?;
+                tx.execute(
+                    "UPDATE pools SET policy = ?1 WHERE id = ?2",
+                    params![text, id],
+                )?;
+            }
+            let mut what = Vec::new();
+            if let Some(name) = &req.name {
+                what.push(format!("name={name}"));
+            }
+            if policy_changed {
+                what.push("policy".to_owned());
+            }
+            db::audit(
+                tx,
+                "admin",
+                "pool.update",
+                Some(format!("pool:{id}")),
+                peer,
+                Some(what.join(" ")),
+            )?;
+            Ok((
+                load_pool(tx, id)?.ok_or_else(|| no_pool(id))?,
+                policy_changed,
+            ))
+        })
+        .await?;
+    if policy_changed && let Some(policy) = new_policy {
+        state
+            .hub
+            .publish(id, Audience::All, &ServerMsg::PolicyChanged { policy });
+        // Status depends on the policy.
+        if state.hub.has_admins(id)
+            && let Ok(all) = state.pool_statuses(id).await
+        {
+            for status in all {
+                state.hub.publish(
+                    id,
+                    Audience::Admins,
+                    &ServerMsg::EndpointStatusChanged { status },
+                );
+            }
+        }
+    }
+    Ok(Json(pool))
+}
+
+async fn delete_pool(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiErr> {
+    let peer = peer(&ci);
+    state
+        .db
+        .write(move |tx| {
+            let pool = load_pool(tx, id)?.ok_or_else(|| no_pool(id))?;
+            if pool.endpoint_count > 0 {
+                return Err(ApiErr::conflict(
+                    "pool_not_empty",
+                    format!(
+                        "pool {id} still has {} endpoints: remove them first (DELETE /api/v1/endpoints/{{id}})",
+                        pool.endpoint_count
+                    ),
+                ));
+            }
+            tx.execute("DELETE FROM pools WHERE id = ?1", [id])?;
+            db::audit(tx, "admin", "pool.delete", Some(format!("pool:{id}")), peer, Some(pool.name))?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+const DEFAULT_JOIN_TTL: u64 = 7 * 24 * 3600;
+const MAX_JOIN_TTL: u64 = 366 * 24 * 3600;
+
+async fn create_join_token(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(pool_id): ApiPath<i64>,
+    ApiJson(req): ApiJson<CreateJoinToken>,
+) -> Result<(StatusCode, Json<JoinToken>), ApiErr> {
+    let ttl = req.expires_in.unwrap_or(DEFAULT_JOIN_TTL);
+    if ttl == 0 || ttl > MAX_JOIN_TTL {
+        return Err(ApiErr::invalid(format!(
+            "expires_in must be 1 to {MAX_JOIN_TTL} seconds"
+        )));
+    }
+    if req.max_uses == Some(0) {
+        return Err(ApiErr::invalid(
+            "max_uses must be at least 1 (or absent for unlimited)",
+        ));
+    }
+    let token = new_token("ppj_")?;
+    let hash = token_hash(&token);
+    let peer = peer(&ci);
+    let expires_at = now() + ttl as i64;
+    let id = state
+        .db
+        .write(move |tx| {
+            if db::policy_of(tx, pool_id)?.is_none() {
+                return Err(no_pool(pool_id));
+            }
+            tx.execute(
+                "INSERT INTO join_tokens (pool_id, token_hash, expires_at, max_uses, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![pool_id, hash, expires_at, req.max_uses, now()],
+            )?;
+            let id = tx.last_insert_rowid();
+            db::audit(
+                tx,
+                "admin",
+                "join_token.create",
+                Some(format!("pool:{pool_id}")),
+                peer,
+                Some(format!("join token {id}")),
+            )?;
+            Ok(id)
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinToken {
+            id,
+            pool_id,
+            token,
+            expires_at,
+            max_uses: req.max_uses,
+        }),
+    ))
+}
+
+async fn pool_endpoints(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Vec<EndpointStatus>> {
+    Ok(Json(state.pool_statuses(id).await?))
+}
+
+async fn pool_targets(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Vec<TargetInfo>> {
+    let targets = state
+        .db
+        .read(move |conn| {
+            if db::policy_of(conn, id)?.is_none() {
+                return Err(no_pool(id));
+            }
+            db::targets(conn, id)
+        })
+        .await?;
+    Ok(Json(targets))
+}
+
+async fn revert_target(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<RevertTargetRequest>,
+) -> ApiResult<TargetInfo> {
+    Ok(Json(state.revert_target(id, req, peer(&ci)).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints (admin)
+
+async fn get_endpoint(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<EndpointStatus> {
+    Ok(Json(state.endpoint_status(id).await?))
+}
+
+async fn delete_endpoint(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiErr> {
+    let peer = peer(&ci);
+    let pool_id = state
+        .db
+        .write(move |tx| {
+            let row: (i64, String) = tx
+                .query_row(
+                    "SELECT pool_id, name FROM endpoints WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
+            tx.execute("DELETE FROM endpoints WHERE id = ?1", [id])?;
+            db::audit(
+                tx,
+                "admin",
+                "endpoint.delete",
+                Some(format!("endpoint:{id}")),
+                peer,
+                Some(row.1),
+            )?;
+            Ok(row.0)
+        })
+        .await?;
+    state.hub.disconnect(pool_id, id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_endpoint(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiErr> {
+    let peer = peer(&ci);
+    let pool_id = state
+        .db
+        .write(move |tx| {
+            let pool_id: i64 = tx
+                .query_row("SELECT pool_id FROM endpoints WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
+            tx.execute("UPDATE endpoints SET token_hash = NULL WHERE id = ?1", [id])?;
+            db::audit(
+                tx,
+                "admin",
+                "endpoint.revoke",
+                Some(format!("endpoint:{id}")),
+                peer,
+                None,
+            )?;
+            Ok(pool_id)
+        })
+        .await?;
+    state.hub.disconnect(pool_id, id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn admin_create_operation(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<CreateOperation>,
+) -> Result<(StatusCode, Json<Operation>), ApiErr> {
+    let (op, created) = state
+        .create_operation(Actor::Admin, id, req, peer(&ci))
+        .await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(op),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit and operations (admin)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    cursor: Option<i64>,
+    limit: Option<i64>,
+    endpoint: Option<i64>,
+    pool: Option<i64>,
+}
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+
+fn page_limit(q: &PageQuery) -> Result<i64, ApiErr> {
+    match q.limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) if (1..=MAX_PAGE).contains(&l) => Ok(l),
+        Some(_) => Err(ApiErr::invalid(format!("limit must be 1 to {MAX_PAGE}"))),
+    }
+}
+
+async fn list_audit(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Page<AuditEntry>> {
+    let limit = page_limit(&q)?;
+    let items = state
+        .db
+        .read(move |conn| db::audit_page(conn, q.cursor, limit))
+        .await?;
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(Page { items, next }))
+}
+
+async fn operations_page(
+    state: &AppState,
+    endpoint: Option<i64>,
+    pool: Option<i64>,
+    cursor: Option<i64>,
+    limit: i64,
+) -> Result<Page<Operation>, ApiErr> {
+    let items = state
+        .db
+        .read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM operations
+                 WHERE id < ?1 AND (?2 IS NULL OR endpoint_id = ?2) AND (?3 IS NULL OR pool_id = ?3)
+                 ORDER BY id DESC LIMIT ?4",
+                db::OP_COLS
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(
+                    params![cursor.unwrap_or(i64::MAX), endpoint, pool, limit],
+                    db::op_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(db::finish_op)
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|o| o.id))
+        .flatten();
+    Ok(Page { items, next })
+}
+
+async fn list_operations(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Page<Operation>> {
+    let limit = page_limit(&q)?;
+    Ok(Json(
+        operations_page(&state, q.endpoint, q.pool, q.cursor, limit).await?,
+    ))
+}
+
+async fn get_operation(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Operation> {
+    let op = state
+        .db
+        .read(move |conn| db::operation(conn, id))
+        .await?
+        .ok_or_else(|| ApiErr::not_found(format!("no operation {id}")))?;
+    if let Caller::Endpoint(ep) = caller
+        && ep.id != op.endpoint_id
+    {
+        return Err(ApiErr::forbidden(format!(
+            "operation {id} belongs to another endpoint"
+        )));
+    }
+    Ok(Json(op))
+}
+
+async fn cancel_operation(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Operation> {
+    Ok(Json(state.cancel(id, peer(&ci)).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration
+
+async fn register(
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiErr> {
+    check_name("endpoint", &req.name)?;
+    let peer = peer(&ci);
+    let join_hash = token_hash(&req.join_token);
+    let token = new_token("ppe_")?;
+    let endpoint_hash = token_hash(&token);
+    let resp = state
+        .db
+        .write(move |tx| {
+            let row: Option<(i64, i64, i64, Option<i64>, i64)> = tx
+                .query_row(
+                    "SELECT id, pool_id, expires_at, max_uses, uses FROM join_tokens WHERE token_hash = ?1",
+                    [&join_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            let Some((jt_id, pool_id, expires_at, max_uses, uses)) = row else {
+                return Err(ApiErr::unauthorized(
+                    "unknown join token: ask the coordinator's admin for a join token of the pool",
+                ));
+            };
+            if expires_at <= now() {
+                return Err(ApiErr::unauthorized("this join token has expired: ask the admin for a new one"));
+            }
+            if max_uses.is_some_and(|m| uses >= m) {
+                return Err(ApiErr::unauthorized("this join token is used up: ask the admin for a new one"));
+            }
+            tx.execute("UPDATE join_tokens SET uses = uses + 1 WHERE id = ?1", [jt_id])?;
+            // A new endpoint every time: the name is made unique, never matched to an
+            // existing endpoint.
+            let mut name = req.name.clone();
+            let mut n = 1;
+            loop {
+                let taken: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM endpoints WHERE pool_id = ?1 AND name = ?2)")?
+                    .query_row(params![pool_id, name], |r| r.get(0))?;
+                if !taken {
+                    break;
+                }
+                n += 1;
+                let suffix = format!("-{n}");
+                let base: String = req.name.chars().take(64 - suffix.len()).collect();
+                name = format!("{base}{suffix}");
+            }
+            tx.execute(
+                "INSERT INTO endpoints (pool_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![pool_id, name, endpoint_hash, now()],
+            )?;
+            let id = tx.last_insert_rowid();
+            let pool_name: String = tx.query_row("SELECT name FROM pools WHERE id = ?1", [pool_id], |r| r.get(0))?;
+            db::audit(
+                tx,
+                &Actor::Registration.to_string(),
+                "endpoint.register",
+                Some(format!("endpoint:{id}")),
+                peer,
+                Some(format!("{name} in pool:{pool_id} with join token {jt_id}")),
+            )?;
+            Ok(RegisterResponse {
+                endpoint_id: id,
+                endpoint_token: token,
+                name,
+                pool_id,
+                pool_name,
+            })
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(resp)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoint (own token)
+
+async fn endpoint_report(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiJson(report): ApiJson<StateReport>,
+) -> ApiResult<ReportAck> {
+    Ok(Json(state.report(&ep, report, peer(&ci)).await?))
+}
+
+async fn endpoint_target(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+) -> ApiResult<Option<TargetInfo>> {
+    let pool = ep.pool_id;
+    Ok(Json(
+        state
+            .db
+            .read(move |conn| db::current_target(conn, pool))
+            .await?,
+    ))
+}
+
+async fn endpoint_set_target(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<SetTargetRequest>,
+) -> ApiResult<TargetInfo> {
+    Ok(Json(state.set_target(&ep, req, peer(&ci)).await?))
+}
+
+async fn endpoint_status(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+) -> ApiResult<EndpointStatus> {
+    Ok(Json(state.endpoint_status(ep.id).await?))
+}
+
+async fn endpoint_create_operation(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<CreateOperation>,
+) -> Result<(StatusCode, Json<Operation>), ApiErr> {
+    let (op, created) = state
+        .create_operation(Actor::Endpoint(ep.id), ep.id, req, peer(&ci))
+        .await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(op),
+    ))
+}
+
+async fn endpoint_operations(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Page<Operation>> {
+    let limit = page_limit(&q)?;
+    Ok(Json(
+        operations_page(&state, Some(ep.id), None, q.cursor, limit).await?,
+    ))
+}
+
+async fn endpoint_progress(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(progress): ApiJson<Progress>,
+) -> ApiResult<Operation> {
+    Ok(Json(state.progress(&ep, id, progress, peer(&ci)).await?))
+}
+
+async fn endpoint_result(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(result): ApiJson<OperationResult>,
+) -> ApiResult<Operation> {
+    Ok(Json(state.result(&ep, id, result, peer(&ci)).await?))
+}
+
+/// The canonical text form of a snapshot ([`crate::snapshot::Snapshot::encode`]). An
+/// endpoint may fetch its own current state and any target revision of its pool; an admin
+/// any snapshot.
+async fn get_snapshot(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(hash): ApiPath<String>,
+) -> Result<Response, ApiErr> {
+    let hash: SnapshotHash = hash
+        .parse()
+        .map_err(|e: crate::snapshot::SnapshotError| ApiErr::invalid(e.to_string()))?;
+    let body = state
+        .db
+        .read(move |conn| {
+            if let Caller::Endpoint(ep) = &caller {
+                let allowed: bool = conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM endpoints WHERE id = ?1 AND current = ?2)
+                         OR EXISTS (SELECT 1 FROM targets WHERE pool_id = ?3 AND snapshot = ?2)",
+                    params![ep.id, hash.to_hex(), ep.pool_id],
+                    |r| r.get(0),
+                )?;
+                if !allowed {
+                    return Err(ApiErr::not_found(format!(
+                        "snapshot {hash} is neither this endpoint's state nor a target of its pool"
+                    )));
+                }
+            }
+            db::snapshot_body(conn, &hash)?
+                .ok_or_else(|| ApiErr::not_found(format!("no snapshot {hash}")))
+        })
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}

@@ -1,0 +1,129 @@
+//! Tokens and the request extractors that check them.
+//!
+//! Every token is 32 random bytes (hex, with a prefix naming its kind: `ppa_` admin, `ppj_`
+//! join, `ppe_` endpoint). Only SHA-256 hashes are stored; a presented token is checked by
+//! hashing it and looking the hash up, so no stored secret can be replayed.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use rusqlite::OptionalExtension;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::ApiErr;
+
+/// A new random token: `prefix` + 64 hex digits (256 bits).
+pub fn new_token(prefix: &str) -> Result<String, ApiErr> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        tracing::error!(error = %e, "no randomness from the operating system");
+        ApiErr::internal("the coordinator could not get random bytes from the OS: see its log")
+    })?;
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
+}
+
+/// Hex SHA-256 of a token, as stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+}
+
+/// The request carries the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+/// The request carries a valid, unrevoked endpoint token; the endpoint it belongs to.
+#[derive(Debug, Clone)]
+pub struct EndpointAuth {
+    pub id: i64,
+    pub pool_id: i64,
+    pub name: String,
+}
+
+/// Either kind of caller (for routes both may use).
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Admin,
+    Endpoint(EndpointAuth),
+}
+
+/// Looks an endpoint token up; `None` when unknown or revoked.
+pub async fn endpoint_by_token(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<EndpointAuth>, ApiErr> {
+    let hash = token_hash(token);
+    state
+        .db
+        .read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, pool_id, name FROM endpoints WHERE token_hash = ?1")?
+                .query_row([hash], |r| {
+                    Ok(EndpointAuth {
+                        id: r.get(0)?,
+                        pool_id: r.get(1)?,
+                        name: r.get(2)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+}
+
+fn missing() -> ApiErr {
+    ApiErr::unauthorized(
+        "missing bearer token: send `Authorization: Bearer <token>` (the admin token, or the endpoint token from registration)",
+    )
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiErr> {
+        let token = bearer(parts).ok_or_else(missing)?;
+        if state.is_admin_token(token) {
+            return Ok(Caller::Admin);
+        }
+        match endpoint_by_token(state, token).await? {
+            Some(ep) => Ok(Caller::Endpoint(ep)),
+            None => Err(ApiErr::unauthorized(
+                "unknown or revoked token: endpoints must register again with a join token",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiErr> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin => Ok(Admin),
+            Caller::Endpoint(_) => Err(ApiErr::forbidden(
+                "this route needs the admin token; an endpoint token may only act on its own endpoint under /api/v1/endpoint/",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for EndpointAuth {
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiErr> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Endpoint(ep) => Ok(ep),
+            Caller::Admin => Err(ApiErr::forbidden(
+                "this route is for endpoints (their own token); admins use the /pools and /endpoints/{id} routes",
+            )),
+        }
+    }
+}

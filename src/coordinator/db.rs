@@ -1,0 +1,479 @@
+//! The coordinator's SQLite database: WAL mode, numbered migrations in `PRAGMA user_version`,
+//! one writer connection and a small pool of readers.
+//!
+//! Architecture Invariant: every write goes through [`Db::write`], which holds the single
+//! writer connection for one `BEGIN IMMEDIATE` transaction, so writers queue in the process
+//! instead of failing with "database is locked"; readers use their own connections and never
+//! block the writer (WAL). `busy_timeout` is only a second line of defence.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+};
+
+use super::error::{ApiErr, CoordinatorError};
+use crate::proto::{AuditEntry, Operation, OperationKind, OperationState, PoolPolicy, TargetInfo};
+use crate::snapshot::{Snapshot, SnapshotHash};
+
+/// Each entry upgrades the schema by one version; never edit a released entry.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE pools (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        policy TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE snapshots (
+        hash TEXT PRIMARY KEY NOT NULL,
+        body TEXT NOT NULL,
+        package_count INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE join_tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
+        token_hash TEXT NOT NULL UNIQUE,
+        expires_at INTEGER NOT NULL,
+        max_uses INTEGER,
+        uses INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE endpoints (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        pool_id INTEGER NOT NULL REFERENCES pools(id),
+        name TEXT NOT NULL,
+        token_hash TEXT UNIQUE,
+        current TEXT REFERENCES snapshots(hash),
+        last_seen INTEGER,
+        created_at INTEGER NOT NULL,
+        UNIQUE (pool_id, name)
+     ) STRICT;
+     CREATE TABLE targets (
+        pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
+        revision INTEGER NOT NULL,
+        snapshot TEXT NOT NULL REFERENCES snapshots(hash),
+        set_by_endpoint INTEGER,
+        set_by TEXT NOT NULL,
+        set_at INTEGER NOT NULL,
+        reverted_from INTEGER,
+        PRIMARY KEY (pool_id, revision)
+     ) STRICT;
+     CREATE TABLE operations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+        pool_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        to_snapshot TEXT,
+        progress TEXT,
+        result TEXT,
+        idempotency_key TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (endpoint_id, idempotency_key)
+     ) STRICT;
+     CREATE INDEX operations_endpoint ON operations(endpoint_id, id);
+     CREATE INDEX operations_pool ON operations(pool_id, id);
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT,
+        peer TEXT,
+        detail TEXT
+     ) STRICT;",
+];
+
+/// Readers kept open between requests.
+const MAX_IDLE_READERS: usize = 8;
+
+#[derive(Clone)]
+pub struct Db {
+    path: Arc<PathBuf>,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), %mode, "coordinator database is not in WAL mode");
+    }
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA trusted_schema = OFF;",
+    )?;
+    Ok(conn)
+}
+
+impl Db {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, CoordinatorError> {
+        let db_err = |e: rusqlite::Error| CoordinatorError::Database {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| CoordinatorError::Database {
+                path: path.to_owned(),
+                detail: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let mut conn = open_conn(path).map_err(db_err)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err)?;
+        let supported = MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(CoordinatorError::NewerSchema {
+                path: path.to_owned(),
+                found,
+                supported,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = conn.transaction().map_err(db_err)?;
+            tx.execute_batch(sql).map_err(db_err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            tracing::info!(path = %path.display(), version = i + 1, "migrated coordinator database");
+        }
+        Ok(Self {
+            path: Arc::new(path.to_owned()),
+            writer: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer connection; commits when
+    /// `f` returns `Ok`, rolls back otherwise.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiErr>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, ApiErr> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` on a reader connection (a consistent snapshot when `f` uses one statement
+    /// or its own transaction).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiErr>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match idle {
+                Some(c) => c,
+                None => open_conn(&path)?,
+            };
+            let out = f(&conn);
+            let mut idle = readers.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row helpers shared by the service functions. All take a plain `&Connection` (a
+// `Transaction` derefs to one).
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> ApiErr {
+    tracing::error!(%what, error = %e, "unreadable row in the coordinator database");
+    ApiErr::internal(format!(
+        "the coordinator database holds an unreadable {what}: see its log"
+    ))
+}
+
+pub fn parse_hash(s: &str) -> Result<SnapshotHash, ApiErr> {
+    s.parse().map_err(|e| corrupt("snapshot hash", e))
+}
+
+pub fn enum_to_sql<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => unreachable!("unit enum serializes as a string: {other:?}"),
+    }
+}
+
+pub fn enum_from_sql<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, ApiErr> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| corrupt("enum", e))
+}
+
+pub fn policy_of(conn: &Connection, pool_id: i64) -> Result<Option<PoolPolicy>, ApiErr> {
+    let text: Option<String> = conn
+        .query_row("SELECT policy FROM pools WHERE id = ?1", [pool_id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("pool policy", e)))
+        .transpose()
+}
+
+pub fn put_snapshot(conn: &Connection, snap: &Snapshot) -> Result<(), ApiErr> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO snapshots (hash, body, package_count, created_at)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        snap.hash().to_hex(),
+        snap.encode(),
+        snap.len() as i64,
+        now()
+    ])?;
+    Ok(())
+}
+
+pub fn snapshot_body(conn: &Connection, hash: &SnapshotHash) -> Result<Option<String>, ApiErr> {
+    Ok(conn
+        .prepare_cached("SELECT body FROM snapshots WHERE hash = ?1")?
+        .query_row([hash.to_hex()], |r| r.get(0))
+        .optional()?)
+}
+
+const TARGET_COLS: &str = "t.pool_id, t.revision, t.snapshot, s.package_count, t.set_by_endpoint, \
+     t.set_by, t.set_at, t.reverted_from";
+
+type TargetRow = (i64, i64, String, i64, Option<i64>, String, i64, Option<i64>);
+
+fn target_row(r: &Row<'_>) -> rusqlite::Result<TargetRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn finish_target(row: TargetRow) -> Result<TargetInfo, ApiErr> {
+    let (pool_id, revision, hash, count, set_by_endpoint, set_by, set_at, reverted_from) = row;
+    Ok(TargetInfo {
+        pool_id,
+        revision: revision as u64,
+        snapshot: parse_hash(&hash)?,
+        package_count: count as u64,
+        set_by_endpoint,
+        set_by,
+        set_at,
+        reverted_from: reverted_from.map(|v| v as u64),
+    })
+}
+
+/// The pool's newest target revision.
+pub fn current_target(conn: &Connection, pool_id: i64) -> Result<Option<TargetInfo>, ApiErr> {
+    let sql = format!(
+        "SELECT {TARGET_COLS} FROM targets t JOIN snapshots s ON s.hash = t.snapshot
+         WHERE t.pool_id = ?1 ORDER BY t.revision DESC LIMIT 1"
+    );
+    conn.prepare_cached(&sql)?
+        .query_row([pool_id], target_row)
+        .optional()?
+        .map(finish_target)
+        .transpose()
+}
+
+pub fn target_at(
+    conn: &Connection,
+    pool_id: i64,
+    revision: u64,
+) -> Result<Option<TargetInfo>, ApiErr> {
+    let sql = format!(
+        "SELECT {TARGET_COLS} FROM targets t JOIN snapshots s ON s.hash = t.snapshot
+         WHERE t.pool_id = ?1 AND t.revision = ?2"
+    );
+    conn.prepare_cached(&sql)?
+        .query_row(params![pool_id, revision as i64], target_row)
+        .optional()?
+        .map(finish_target)
+        .transpose()
+}
+
+/// Target history, newest first.
+pub fn targets(conn: &Connection, pool_id: i64) -> Result<Vec<TargetInfo>, ApiErr> {
+    let sql = format!(
+        "SELECT {TARGET_COLS} FROM targets t JOIN snapshots s ON s.hash = t.snapshot
+         WHERE t.pool_id = ?1 ORDER BY t.revision DESC"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([pool_id], target_row)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(finish_target(row?)?);
+    }
+    Ok(out)
+}
+
+pub const OP_COLS: &str = "id, endpoint_id, pool_id, kind, state, progress, result, \
+     idempotency_key, created_at, updated_at";
+
+type OpRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+pub fn op_row(r: &Row<'_>) -> rusqlite::Result<OpRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+pub fn finish_op(row: OpRow) -> Result<Operation, ApiErr> {
+    let (id, endpoint_id, pool_id, kind, state, progress, result, key, created_at, updated_at) =
+        row;
+    Ok(Operation {
+        id,
+        endpoint_id,
+        pool_id,
+        kind: enum_from_sql::<OperationKind>(&kind)?,
+        state: enum_from_sql::<OperationState>(&state)?,
+        progress: progress
+            .map(|p| serde_json::from_str(&p).map_err(|e| corrupt("operation progress", e)))
+            .transpose()?,
+        result: result
+            .map(|p| serde_json::from_str(&p).map_err(|e| corrupt("operation result", e)))
+            .transpose()?,
+        idempotency_key: key,
+        created_at,
+        updated_at,
+    })
+}
+
+pub fn operation(conn: &Connection, id: i64) -> Result<Option<Operation>, ApiErr> {
+    let sql = format!("SELECT {OP_COLS} FROM operations WHERE id = ?1");
+    conn.prepare_cached(&sql)?
+        .query_row([id], op_row)
+        .optional()?
+        .map(finish_op)
+        .transpose()
+}
+
+/// The endpoint's pending or in-progress operation, if any.
+pub fn active_operation(conn: &Connection, endpoint_id: i64) -> Result<Option<Operation>, ApiErr> {
+    let sql = format!(
+        "SELECT {OP_COLS} FROM operations
+         WHERE endpoint_id = ?1 AND state IN ('pending', 'in_progress') ORDER BY id DESC LIMIT 1"
+    );
+    conn.prepare_cached(&sql)?
+        .query_row([endpoint_id], op_row)
+        .optional()?
+        .map(finish_op)
+        .transpose()
+}
+
+/// The endpoint's newest finished operation's state, if any.
+pub fn last_finished_state(
+    conn: &Connection,
+    endpoint_id: i64,
+) -> Result<Option<OperationState>, ApiErr> {
+    let s: Option<String> = conn
+        .prepare_cached(
+            "SELECT state FROM operations
+             WHERE endpoint_id = ?1 AND state IN ('completed', 'failed', 'cancelled')
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([endpoint_id], |r| r.get(0))
+        .optional()?;
+    s.map(|s| enum_from_sql(&s)).transpose()
+}
+
+/// Appends an audit entry (in the caller's transaction, so it commits with the change).
+pub fn audit(
+    conn: &Connection,
+    actor: &str,
+    action: &str,
+    subject: Option<String>,
+    peer: Option<std::net::IpAddr>,
+    detail: Option<String>,
+) -> Result<(), ApiErr> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, actor, action, subject, peer, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![now(), actor, action, subject, peer.map(|p| p.to_string()), detail])?;
+    Ok(())
+}
+
+pub fn audit_page(
+    conn: &Connection,
+    cursor: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AuditEntry>, ApiErr> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, actor, action, subject, peer, detail FROM audit
+         WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![cursor.unwrap_or(i64::MAX), limit], |r| {
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            subject: r.get(4)?,
+            peer: r.get(5)?,
+            detail: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

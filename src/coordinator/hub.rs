@@ -1,0 +1,140 @@
+//! Fan-out of server events to WebSocket connections.
+//!
+//! One `broadcast` channel per pool with at least one connected socket. Every event names
+//! its audience; each socket's task filters what it forwards. Messages are serialized once,
+//! however many sockets receive them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::broadcast;
+
+use crate::proto::ServerMsg;
+
+/// Events a slow socket may fall behind by before it is disconnected (it then reconnects and
+/// gets the current state in `Welcome`).
+const CHANNEL_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Every endpoint of the pool and every admin subscriber.
+    All,
+    /// Admin subscribers only.
+    Admins,
+    /// One endpoint (and admin subscribers).
+    Endpoint(i64),
+}
+
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// A serialized [`ServerMsg`].
+    Msg(Arc<str>),
+    /// Close the endpoint's sockets (token revoked or endpoint removed).
+    Disconnect,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub to: Audience,
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// Whether an endpoint socket should act on this event.
+    pub fn for_endpoint(&self, id: i64) -> bool {
+        match self.to {
+            Audience::All => true,
+            Audience::Admins => false,
+            Audience::Endpoint(e) => e == id,
+        }
+    }
+
+    /// Whether an admin socket should forward this event.
+    pub fn for_admin(&self) -> bool {
+        matches!(self.kind, EventKind::Msg(_))
+    }
+}
+
+struct PoolChannel {
+    tx: broadcast::Sender<Event>,
+    admins: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    pools: Mutex<HashMap<i64, PoolChannel>>,
+}
+
+/// Counts an admin subscriber while alive.
+pub struct AdminGuard(Arc<AtomicUsize>);
+
+impl Drop for AdminGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Hub {
+    fn with_pool<T>(&self, pool_id: i64, f: impl FnOnce(&PoolChannel) -> T) -> T {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let ch = pools.entry(pool_id).or_insert_with(|| PoolChannel {
+            tx: broadcast::channel(CHANNEL_CAPACITY).0,
+            admins: Arc::new(AtomicUsize::new(0)),
+        });
+        f(ch)
+    }
+
+    pub fn subscribe(&self, pool_id: i64) -> broadcast::Receiver<Event> {
+        self.with_pool(pool_id, |ch| ch.tx.subscribe())
+    }
+
+    pub fn subscribe_admin(&self, pool_id: i64) -> (broadcast::Receiver<Event>, AdminGuard) {
+        self.with_pool(pool_id, |ch| {
+            ch.admins.fetch_add(1, Ordering::Relaxed);
+            (ch.tx.subscribe(), AdminGuard(ch.admins.clone()))
+        })
+    }
+
+    /// Whether any admin subscribes to the pool (so admin-only events are worth computing).
+    pub fn has_admins(&self, pool_id: i64) -> bool {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .get(&pool_id)
+            .is_some_and(|ch| ch.admins.load(Ordering::Relaxed) > 0)
+    }
+
+    fn send(&self, pool_id: i64, event: Event) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = pools.get(&pool_id)
+            && ch.tx.send(event).is_err()
+        {
+            // Nobody listens any more: drop the channel (a new subscriber recreates it).
+            pools.remove(&pool_id);
+        }
+    }
+
+    pub fn publish(&self, pool_id: i64, to: Audience, msg: &ServerMsg) {
+        match serde_json::to_string(msg) {
+            Ok(json) => self.send(
+                pool_id,
+                Event {
+                    to,
+                    kind: EventKind::Msg(json.into()),
+                },
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot serialize a server message"),
+        }
+    }
+
+    pub fn disconnect(&self, pool_id: i64, endpoint_id: i64) {
+        self.send(
+            pool_id,
+            Event {
+                to: Audience::Endpoint(endpoint_id),
+                kind: EventKind::Disconnect,
+            },
+        );
+    }
+}

@@ -1,0 +1,764 @@
+//! What the coordinator does, independent of transport: REST handlers and the endpoint
+//! WebSocket both call these, so the two cannot drift. Each state change is one write
+//! transaction (with its audit entry); events are published after it commits.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::AppState;
+use super::auth::EndpointAuth;
+use super::db::{self, enum_to_sql, now};
+use super::error::ApiErr;
+use super::hub::Audience;
+use crate::plan::{self, Counts, SyncStatus};
+use crate::proto::{
+    CreateOperation, EndpointState, EndpointStatus, Operation, OperationKind, OperationResult,
+    OperationState, PoolPolicy, Progress, ReportAck, RevertTargetRequest, ServerMsg,
+    SetTargetRequest, StateReport, TargetInfo,
+};
+use crate::snapshot::{Snapshot, SnapshotHash};
+
+/// Who makes a request, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Admin,
+    Endpoint(i64),
+    Registration,
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Admin => f.write_str("admin"),
+            Actor::Endpoint(id) => write!(f, "endpoint:{id}"),
+            Actor::Registration => f.write_str("registration"),
+        }
+    }
+}
+
+/// An endpoint row as needed for status.
+struct EndpointRow {
+    id: i64,
+    name: String,
+    pool_id: i64,
+    current: Option<String>,
+    last_seen: Option<i64>,
+}
+
+const ENDPOINT_COLS: &str = "id, name, pool_id, current, last_seen";
+
+fn endpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRow> {
+    Ok(EndpointRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        pool_id: r.get(2)?,
+        current: r.get(3)?,
+        last_seen: r.get(4)?,
+    })
+}
+
+fn compile(policy: &PoolPolicy) -> Result<plan::CompiledPolicy, ApiErr> {
+    policy.plan.compile().map_err(|e| {
+        tracing::error!(error = %e, "stored pool policy does not compile");
+        ApiErr::internal(format!("the pool's stored policy is invalid: {e}"))
+    })
+}
+
+impl AppState {
+    /// A snapshot by hash, from the cache or the database.
+    pub(crate) fn load_snapshot(
+        &self,
+        conn: &Connection,
+        hash: &SnapshotHash,
+    ) -> Result<Option<Arc<Snapshot>>, ApiErr> {
+        if let Some(s) = self.snapshots.get(hash) {
+            return Ok(Some(s));
+        }
+        let Some(body) = db::snapshot_body(conn, hash)? else {
+            return Ok(None);
+        };
+        let snap = Snapshot::decode(&body).map_err(|e| {
+            tracing::error!(%hash, error = %e, "stored snapshot does not decode");
+            ApiErr::internal(format!(
+                "stored snapshot {hash} is unreadable: see the coordinator log"
+            ))
+        })?;
+        let snap = Arc::new(snap);
+        self.snapshots.insert(snap.clone());
+        Ok(Some(snap))
+    }
+
+    fn status_of(
+        &self,
+        conn: &Connection,
+        row: EndpointRow,
+        target: Option<&TargetInfo>,
+        policy: &plan::CompiledPolicy,
+    ) -> Result<EndpointStatus, ApiErr> {
+        let current = row.current.as_deref().map(db::parse_hash).transpose()?;
+        let active = db::active_operation(conn, row.id)?;
+        let mut counts = Counts::default();
+        let mut sync = None;
+        if let (Some(cur), Some(t)) = (current, target) {
+            let a = self.load_snapshot(conn, &cur)?;
+            let b = self.load_snapshot(conn, &t.snapshot)?;
+            if let (Some(a), Some(b)) = (a, b) {
+                let (s, c) = plan::status(&a, &b, policy);
+                counts = c;
+                sync = Some(s);
+            }
+        }
+        let offline_after = self.settings.offline_after_secs as i64;
+        let state = if row.last_seen.is_some_and(|t| now() - t > offline_after) {
+            EndpointState::Offline
+        } else if active
+            .as_ref()
+            .is_some_and(|o| o.state == OperationState::InProgress)
+        {
+            EndpointState::Syncing
+        } else if active.is_none()
+            && db::last_finished_state(conn, row.id)? == Some(OperationState::Failed)
+        {
+            EndpointState::Error
+        } else {
+            match sync {
+                None => EndpointState::Unknown,
+                Some(SyncStatus::InSync) => EndpointState::InSync,
+                Some(SyncStatus::Behind) => EndpointState::Behind,
+                Some(SyncStatus::Ahead) => EndpointState::Ahead,
+                Some(SyncStatus::Diverged) => EndpointState::Diverged,
+            }
+        };
+        Ok(EndpointStatus {
+            id: row.id,
+            name: row.name,
+            pool_id: row.pool_id,
+            state,
+            counts,
+            current,
+            target_revision: target.map(|t| t.revision),
+            last_seen: row.last_seen,
+            active_operation: active.map(|o| o.id),
+        })
+    }
+
+    /// One endpoint's computed status.
+    pub(crate) async fn endpoint_status(&self, id: i64) -> Result<EndpointStatus, ApiErr> {
+        let st = self.clone();
+        self.db
+            .read(move |conn| {
+                let sql = format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = ?1");
+                let row = conn
+                    .prepare_cached(&sql)?
+                    .query_row([id], endpoint_row)
+                    .optional()?
+                    .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
+                let policy = db::policy_of(conn, row.pool_id)?.unwrap_or_default();
+                let target = db::current_target(conn, row.pool_id)?;
+                st.status_of(conn, row, target.as_ref(), &compile(&policy)?)
+            })
+            .await
+    }
+
+    /// Computed status of every endpoint in a pool, by id.
+    pub(crate) async fn pool_statuses(&self, pool_id: i64) -> Result<Vec<EndpointStatus>, ApiErr> {
+        let st = self.clone();
+        self.db
+            .read(move |conn| {
+                let policy = db::policy_of(conn, pool_id)?
+                    .ok_or_else(|| ApiErr::not_found(format!("no pool {pool_id}")))?;
+                let policy = compile(&policy)?;
+                let target = db::current_target(conn, pool_id)?;
+                let sql =
+                    format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE pool_id = ?1 ORDER BY id");
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt
+                    .query_map([pool_id], endpoint_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                rows.into_iter()
+                    .map(|row| st.status_of(conn, row, target.as_ref(), &policy))
+                    .collect()
+            })
+            .await
+    }
+
+    /// Tells admin subscribers an endpoint's status changed (only computed when one listens).
+    pub(crate) async fn status_changed(&self, pool_id: i64, endpoint_id: i64) {
+        if !self.hub.has_admins(pool_id) {
+            return;
+        }
+        match self.endpoint_status(endpoint_id).await {
+            Ok(status) => self.hub.publish(
+                pool_id,
+                Audience::Admins,
+                &ServerMsg::EndpointStatusChanged { status },
+            ),
+            Err(e) => tracing::warn!(endpoint_id, error = %e, "cannot compute endpoint status"),
+        }
+    }
+
+    /// Publishes a new target to the pool (with the change summary) and the new statuses.
+    async fn target_changed(&self, target: TargetInfo, previous: Option<TargetInfo>) {
+        self.metrics.target_changes.fetch_add(1, Ordering::Relaxed);
+        let pool_id = target.pool_id;
+        let st = self.clone();
+        let new_hash = target.snapshot;
+        let summary = self
+            .db
+            .read(move |conn| {
+                let policy = compile(&db::policy_of(conn, pool_id)?.unwrap_or_default())?;
+                let new = st
+                    .load_snapshot(conn, &new_hash)?
+                    .ok_or_else(|| ApiErr::internal("target snapshot vanished"))?;
+                let old = match previous {
+                    Some(p) => st.load_snapshot(conn, &p.snapshot)?,
+                    None => None,
+                }
+                .unwrap_or_default();
+                Ok(plan::status(&old, &new, &policy).1)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot compute the target change summary");
+                Counts::default()
+            });
+        self.hub.publish(
+            pool_id,
+            Audience::All,
+            &ServerMsg::TargetChanged { target, summary },
+        );
+        if self.hub.has_admins(pool_id)
+            && let Ok(all) = self.pool_statuses(pool_id).await
+        {
+            for status in all {
+                self.hub.publish(
+                    pool_id,
+                    Audience::Admins,
+                    &ServerMsg::EndpointStatusChanged { status },
+                );
+            }
+        }
+    }
+
+    /// Marks the endpoint as seen now.
+    pub(crate) async fn heartbeat(&self, ep: &EndpointAuth) -> Result<(), ApiErr> {
+        let id = ep.id;
+        self.db
+            .write(move |tx| {
+                tx.prepare_cached("UPDATE endpoints SET last_seen = ?1 WHERE id = ?2")?
+                    .execute(params![now(), id])?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Stores a state report. A delta is applied only to the endpoint's currently known
+    /// snapshot; anything else is answered with `NeedFull` and nothing is stored.
+    pub(crate) async fn report(
+        &self,
+        ep: &EndpointAuth,
+        report: StateReport,
+        peer: Option<IpAddr>,
+    ) -> Result<ReportAck, ApiErr> {
+        let id = ep.id;
+        let (new, base) = match report {
+            StateReport::Full { snapshot } => (Arc::new(snapshot), None),
+            StateReport::Delta { delta } => {
+                let st = self.clone();
+                let outcome = self
+                    .db
+                    .read(move |conn| {
+                        let known: Option<String> = conn
+                            .prepare_cached("SELECT current FROM endpoints WHERE id = ?1")?
+                            .query_row([id], |r| r.get(0))
+                            .optional()?
+                            .flatten();
+                        let known = known.as_deref().map(db::parse_hash).transpose()?;
+                        if known != Some(delta.base) {
+                            return Ok(Err(known));
+                        }
+                        let Some(base) = st.load_snapshot(conn, &delta.base)? else {
+                            return Ok(Err(known));
+                        };
+                        match delta.apply(&base) {
+                            Ok(new) => Ok(Ok((Arc::new(new), delta.base))),
+                            Err(e) => {
+                                tracing::info!(endpoint = id, error = %e, "delta refused");
+                                Ok(Err(known))
+                            }
+                        }
+                    })
+                    .await?;
+                match outcome {
+                    Ok((new, base)) => (new, Some(base)),
+                    Err(known) => {
+                        self.metrics
+                            .reports_need_full
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Ok(ReportAck::NeedFull { known });
+                    }
+                }
+            }
+        };
+        let hash = new.hash();
+        let stored = new.clone();
+        let actor = Actor::Endpoint(id).to_string();
+        let outcome = self
+            .db
+            .write(move |tx| {
+                let known: Option<String> = tx
+                    .prepare_cached("SELECT current FROM endpoints WHERE id = ?1")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| ApiErr::unauthorized("this endpoint was removed"))?;
+                let known = known.as_deref().map(db::parse_hash).transpose()?;
+                // The endpoint's state may have moved since the delta was checked.
+                if let Some(base) = base
+                    && known != Some(base)
+                {
+                    return Ok(Err(known));
+                }
+                db::put_snapshot(tx, &stored)?;
+                tx.prepare_cached(
+                    "UPDATE endpoints SET current = ?1, last_seen = ?2 WHERE id = ?3",
+                )?
+                .execute(params![hash.to_hex(), now(), id])?;
+                let changed = known != Some(hash);
+                if changed {
+                    db::audit(
+                        tx,
+                        &actor,
+                        "endpoint.report",
+                        Some(format!("endpoint:{id}")),
+                        peer,
+                        Some(format!("state {hash} ({} packages)", stored.len())),
+                    )?;
+                }
+                Ok(Ok(changed))
+            })
+            .await?;
+        match outcome {
+            Ok(changed) => {
+                self.snapshots.insert(new);
+                self.metrics
+                    .reports_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+                if changed {
+                    self.status_changed(ep.pool_id, id).await;
+                }
+                Ok(ReportAck::Accepted { state: hash })
+            }
+            Err(known) => {
+                self.metrics
+                    .reports_need_full
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(ReportAck::NeedFull { known })
+            }
+        }
+    }
+
+    /// "Set as latest": the endpoint's current state becomes the pool target, if the target
+    /// is still at the expected revision.
+    pub(crate) async fn set_target(
+        &self,
+        ep: &EndpointAuth,
+        req: SetTargetRequest,
+        peer: Option<IpAddr>,
+    ) -> Result<TargetInfo, ApiErr> {
+        let ep = ep.clone();
+        let (info, previous) = self
+            .db
+            .write(move |tx| {
+                let current: Option<String> = tx
+                    .prepare_cached("SELECT current FROM endpoints WHERE id = ?1")?
+                    .query_row([ep.id], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+                if current.as_deref() != Some(req.snapshot.to_hex().as_str()) {
+                    return Err(ApiErr::conflict(
+                        "snapshot_not_current",
+                        format!(
+                            "snapshot {} is not this endpoint's current reported state: report the state first, then set it",
+                            req.snapshot.short()
+                        ),
+                    ));
+                }
+                let previous = db::current_target(tx, ep.pool_id)?;
+                let revision = previous.as_ref().map_or(0, |t| t.revision);
+                if revision != req.expected_revision {
+                    return Err(ApiErr::conflict(
+                        "revision_conflict",
+                        format!(
+                            "the pool target is at revision {revision}, not {}: someone set it meanwhile; review the new target and retry with expected_revision {revision}",
+                            req.expected_revision
+                        ),
+                    )
+                    .with_detail(&previous));
+                }
+                let next = revision + 1;
+                tx.prepare_cached(
+                    "INSERT INTO targets (pool_id, revision, snapshot, set_by_endpoint, set_by, set_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![ep.pool_id, next as i64, req.snapshot.to_hex(), ep.id, ep.name, now()])?;
+                db::audit(
+                    tx,
+                    &Actor::Endpoint(ep.id).to_string(),
+                    "target.set",
+                    Some(format!("pool:{}", ep.pool_id)),
+                    peer,
+                    Some(format!("revision {next} = {}", req.snapshot)),
+                )?;
+                let info = db::target_at(tx, ep.pool_id, next)?
+                    .ok_or_else(|| ApiErr::internal("new target vanished"))?;
+                Ok((info, previous))
+            })
+            .await?;
+        self.target_changed(info.clone(), previous).await;
+        Ok(info)
+    }
+
+    /// Admin: a new revision copying an earlier one's snapshot.
+    pub(crate) async fn revert_target(
+        &self,
+        pool_id: i64,
+        req: RevertTargetRequest,
+        peer: Option<IpAddr>,
+    ) -> Result<TargetInfo, ApiErr> {
+        let (info, previous) = self
+            .db
+            .write(move |tx| {
+                if db::policy_of(tx, pool_id)?.is_none() {
+                    return Err(ApiErr::not_found(format!("no pool {pool_id}")));
+                }
+                let previous = db::current_target(tx, pool_id)?;
+                let revision = previous.as_ref().map_or(0, |t| t.revision);
+                if revision != req.expected_revision {
+                    return Err(ApiErr::conflict(
+                        "revision_conflict",
+                        format!(
+                            "the pool target is at revision {revision}, not {}: review it and retry with expected_revision {revision}",
+                            req.expected_revision
+                        ),
+                    )
+                    .with_detail(&previous));
+                }
+                let old = db::target_at(tx, pool_id, req.to_revision)?.ok_or_else(|| {
+                    ApiErr::not_found(format!(
+                        "pool {pool_id} has no target revision {}: list them with GET /api/v1/pools/{pool_id}/targets",
+                        req.to_revision
+                    ))
+                })?;
+                let next = revision + 1;
+                tx.prepare_cached(
+                    "INSERT INTO targets (pool_id, revision, snapshot, set_by_endpoint, set_by, set_at, reverted_from)
+                     VALUES (?1, ?2, ?3, NULL, 'admin', ?4, ?5)",
+                )?
+                .execute(params![pool_id, next as i64, old.snapshot.to_hex(), now(), req.to_revision as i64])?;
+                db::audit(
+                    tx,
+                    "admin",
+                    "target.revert",
+                    Some(format!("pool:{pool_id}")),
+                    peer,
+                    Some(format!("revision {next} = revision {}", req.to_revision)),
+                )?;
+                let info = db::target_at(tx, pool_id, next)?
+                    .ok_or_else(|| ApiErr::internal("new target vanished"))?;
+                Ok((info, previous))
+            })
+            .await?;
+        self.target_changed(info.clone(), previous).await;
+        Ok(info)
+    }
+
+    /// Creates an operation for `endpoint_id` (by itself or by an admin). Returns the
+    /// operation and whether it is new (`false`: an earlier request had the same key).
+    pub(crate) async fn create_operation(
+        &self,
+        actor: Actor,
+        endpoint_id: i64,
+        req: CreateOperation,
+        peer: Option<IpAddr>,
+    ) -> Result<(Operation, bool), ApiErr> {
+        if let Some(key) = &req.idempotency_key
+            && (key.is_empty() || key.len() > 128)
+        {
+            return Err(ApiErr::invalid(
+                "idempotency_key must be 1 to 128 characters",
+            ));
+        }
+        let (op, created) = self
+            .db
+            .write(move |tx| {
+                let pool_id: i64 = tx
+                    .prepare_cached("SELECT pool_id FROM endpoints WHERE id = ?1")?
+                    .query_row([endpoint_id], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| ApiErr::not_found(format!("no endpoint {endpoint_id}")))?;
+                if let Some(key) = &req.idempotency_key {
+                    let sql = format!(
+                        "SELECT {} FROM operations WHERE endpoint_id = ?1 AND idempotency_key = ?2",
+                        db::OP_COLS
+                    );
+                    if let Some(row) = tx
+                        .prepare_cached(&sql)?
+                        .query_row(params![endpoint_id, key], db::op_row)
+                        .optional()?
+                    {
+                        let op = db::finish_op(row)?;
+                        if op.kind != req.kind {
+                            return Err(ApiErr::conflict(
+                                "idempotency_key_reused",
+                                format!(
+                                    "idempotency key {key:?} was used for operation {} of another kind: use a new key",
+                                    op.id
+                                ),
+                            )
+                            .with_detail(&op));
+                        }
+                        return Ok((op, false));
+                    }
+                }
+                if let Some(active) = db::active_operation(tx, endpoint_id)? {
+                    return Err(ApiErr::conflict(
+                        "operation_active",
+                        format!(
+                            "operation {} ({}, {}) is still active on this endpoint: wait for it to finish or cancel it",
+                            active.id,
+                            enum_to_sql(&active.kind),
+                            enum_to_sql(&active.state)
+                        ),
+                    )
+                    .with_detail(&active));
+                }
+                if req.kind == OperationKind::SyncToLatest && db::current_target(tx, pool_id)?.is_none() {
+                    return Err(ApiErr::conflict(
+                        "no_target",
+                        "the pool has no target yet: set one (set as latest) before syncing to it",
+                    ));
+                }
+                let t = now();
+                tx.prepare_cached(
+                    "INSERT INTO operations (endpoint_id, pool_id, kind, state, to_snapshot, idempotency_key, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?6)",
+                )?
+                .execute(params![
+                    endpoint_id,
+                    pool_id,
+                    enum_to_sql(&req.kind),
+                    req.to_snapshot.map(|h| h.to_hex()),
+                    req.idempotency_key,
+                    t
+                ])?;
+                let id = tx.last_insert_rowid();
+                db::audit(
+                    tx,
+                    &actor.to_string(),
+                    "operation.create",
+                    Some(format!("operation:{id}")),
+                    peer,
+                    Some(format!("{} on endpoint:{endpoint_id}", enum_to_sql(&req.kind))),
+                )?;
+                let op = db::operation(tx, id)?.ok_or_else(|| ApiErr::internal("new operation vanished"))?;
+                Ok((op, true))
+            })
+            .await?;
+        if created {
+            self.metrics
+                .operations_created
+                .fetch_add(1, Ordering::Relaxed);
+            if actor != Actor::Endpoint(endpoint_id) {
+                self.hub.publish(
+                    op.pool_id,
+                    Audience::Endpoint(endpoint_id),
+                    &ServerMsg::OperationRequested {
+                        operation: op.clone(),
+                    },
+                );
+            }
+            self.operation_updated(&op).await;
+        }
+        Ok((op, created))
+    }
+
+    async fn operation_updated(&self, op: &Operation) {
+        self.hub.publish(
+            op.pool_id,
+            Audience::Admins,
+            &ServerMsg::OperationUpdated {
+                operation: op.clone(),
+            },
+        );
+        self.status_changed(op.pool_id, op.endpoint_id).await;
+    }
+
+    /// Moves an endpoint's own operation to `next` (checked by the state machine).
+    async fn transition(
+        &self,
+        ep: &EndpointAuth,
+        op_id: i64,
+        next: OperationState,
+        progress: Option<Progress>,
+        result: Option<OperationResult>,
+        peer: Option<IpAddr>,
+    ) -> Result<Operation, ApiErr> {
+        let endpoint_id = ep.id;
+        let op = self
+            .db
+            .write(move |tx| {
+                let op = db::operation(tx, op_id)?
+                    .ok_or_else(|| ApiErr::not_found(format!("no operation {op_id}")))?;
+                if op.endpoint_id != endpoint_id {
+                    return Err(ApiErr::forbidden(format!(
+                        "operation {op_id} belongs to another endpoint: an endpoint may only update its own operations"
+                    )));
+                }
+                if !op.state.can_become(next) {
+                    return Err(ApiErr::conflict(
+                        "invalid_transition",
+                        format!(
+                            "operation {op_id} is {}; it cannot become {}",
+                            enum_to_sql(&op.state),
+                            enum_to_sql(&next)
+                        ),
+                    )
+                    .with_detail(&op));
+                }
+                let progress_json = match &progress {
+                    Some(p) => Some(serde_json::to_string(p).map_err(|e| ApiErr::internal(e.to_string()))?),
+                    None => None,
+                };
+                let result_json = match &result {
+                    Some(r) => Some(serde_json::to_string(r).map_err(|e| ApiErr::internal(e.to_string()))?),
+                    None => None,
+                };
+                tx.prepare_cached(
+                    "UPDATE operations SET state = ?1, progress = COALESCE(?2, progress),
+                     result = COALESCE(?3, result), updated_at = ?4 WHERE id = ?5",
+                )?
+                .execute(params![enum_to_sql(&next), progress_json, result_json, now(), op_id])?;
+                tx.prepare_cached("UPDATE endpoints SET last_seen = ?1 WHERE id = ?2")?
+                    .execute(params![now(), endpoint_id])?;
+                if op.state != next {
+                    db::audit(
+                        tx,
+                        &Actor::Endpoint(endpoint_id).to_string(),
+                        "operation.update",
+                        Some(format!("operation:{op_id}")),
+                        peer,
+                        Some(format!("{} -> {}", enum_to_sql(&op.state), enum_to_sql(&next))),
+                    )?;
+                }
+                db::operation(tx, op_id)?.ok_or_else(|| ApiErr::internal("operation vanished"))
+            })
+            .await?;
+        self.operation_updated(&op).await;
+        Ok(op)
+    }
+
+    pub(crate) async fn progress(
+        &self,
+        ep: &EndpointAuth,
+        op_id: i64,
+        progress: Progress,
+        peer: Option<IpAddr>,
+    ) -> Result<Operation, ApiErr> {
+        if progress.percent > 100 || progress.stage.is_empty() || progress.stage.len() > 64 {
+            return Err(ApiErr::invalid(
+                "progress needs a stage of 1 to 64 characters and a percent from 0 to 100",
+            ));
+        }
+        if progress.current.as_ref().is_some_and(|c| c.len() > 1024) {
+            return Err(ApiErr::invalid(
+                "progress.current is longer than 1024 bytes",
+            ));
+        }
+        self.transition(
+            ep,
+            op_id,
+            OperationState::InProgress,
+            Some(progress),
+            None,
+            peer,
+        )
+        .await
+    }
+
+    pub(crate) async fn result(
+        &self,
+        ep: &EndpointAuth,
+        op_id: i64,
+        result: OperationResult,
+        peer: Option<IpAddr>,
+    ) -> Result<Operation, ApiErr> {
+        if !result.state.is_terminal() {
+            return Err(ApiErr::invalid(
+                "a result's state must be completed, failed or cancelled; report progress with /progress",
+            ));
+        }
+        if result.message.len() > 64 * 1024 || result.failures.len() > 100_000 {
+            return Err(ApiErr::invalid("result message or failure list too large"));
+        }
+        self.transition(ep, op_id, result.state, None, Some(result), peer)
+            .await
+    }
+
+    /// Admin: cancels a pending operation at once; asks the endpoint to stop a running one
+    /// (it then reports `cancelled` as its result).
+    pub(crate) async fn cancel(
+        &self,
+        op_id: i64,
+        peer: Option<IpAddr>,
+    ) -> Result<Operation, ApiErr> {
+        let op = self
+            .db
+            .write(move |tx| {
+                let op = db::operation(tx, op_id)?
+                    .ok_or_else(|| ApiErr::not_found(format!("no operation {op_id}")))?;
+                if op.state.is_terminal() {
+                    return Err(ApiErr::conflict(
+                        "operation_finished",
+                        format!("operation {op_id} is already {}", enum_to_sql(&op.state)),
+                    )
+                    .with_detail(&op));
+                }
+                if op.state == OperationState::Pending {
+                    let result = OperationResult {
+                        state: OperationState::Cancelled,
+                        message: "cancelled by an admin before it started".into(),
+                        failures: Vec::new(),
+                        snapshot: None,
+                    };
+                    tx.prepare_cached(
+                        "UPDATE operations SET state = 'cancelled', result = ?1, updated_at = ?2 WHERE id = ?3",
+                    )?
+                    .execute(params![
+                        serde_json::to_string(&result).map_err(|e| ApiErr::internal(e.to_string()))?,
+                        now(),
+                        op_id
+                    ])?;
+                }
+                db::audit(
+                    tx,
+                    "admin",
+                    "operation.cancel",
+                    Some(format!("operation:{op_id}")),
+                    peer,
+                    Some(format!("was {}", enum_to_sql(&op.state))),
+                )?;
+                db::operation(tx, op_id)?.ok_or_else(|| ApiErr::internal("operation vanished"))
+            })
+            .await?;
+        self.hub.publish(
+            op.pool_id,
+            Audience::Endpoint(op.endpoint_id),
+            &ServerMsg::CancelRequested { operation: op.id },
+        );
+        self.operation_updated(&op).await;
+        Ok(op)
+    }
+}

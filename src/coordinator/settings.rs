@@ -1,0 +1,145 @@
+//! The coordinator's configuration: defaults, then a TOML file, then (in the binary)
+//! environment variables and flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The commented example printed by `pacpool-coordinator default-config`; every value in it
+/// is the default.
+pub const EXAMPLE_CONFIG: &str = r#"# pacpool-coordinator configuration (TOML). Every value below is the default.
+
+# Address and port to listen on. The default only accepts connections from this machine;
+# use "0.0.0.0:7300" (behind a TLS-terminating proxy: TLS is not built in yet) for a network.
+listen = "127.0.0.1:7300"
+
+# The SQLite database (created on first start, WAL mode).
+database = "/var/lib/pacpool-coordinator/coordinator.db"
+
+# File holding the admin token. If it does not exist on start, a random token is generated
+# and written there (mode 0600); give it to `pacpool admin` as the bearer token.
+admin_token_file = "/var/lib/pacpool-coordinator/admin-token"
+
+# Instead of a token file: the hex SHA-256 of the admin token (`printf %s TOKEN | sha256sum`).
+# When set, admin_token_file is not read or created.
+# admin_token_sha256 = "..."
+
+# An endpoint that has not reported or sent a heartbeat for this many seconds is "offline".
+offline_after_secs = 90
+
+# Largest accepted request body, in bytes (a full 1,500-package state is about 150 KiB).
+body_limit = 8388608
+
+# Largest accepted WebSocket message, in bytes.
+ws_message_limit = 8388608
+
+# A REST request that takes longer than this many seconds is answered with 503 `timeout`.
+request_timeout_secs = 30
+"#;
+
+/// A secret that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Default `127.0.0.1:7300`.
+    pub listen: SocketAddr,
+    /// Default `/var/lib/pacpool-coordinator/coordinator.db`.
+    pub database: PathBuf,
+    /// Default `/var/lib/pacpool-coordinator/admin-token`; created (0600) when missing.
+    pub admin_token_file: PathBuf,
+    /// Hex SHA-256 of the admin token; when set, `admin_token_file` is ignored.
+    pub admin_token_sha256: Option<String>,
+    /// An explicit admin token (programmatic use, e.g. tests); never read from or written to
+    /// a file, kept in memory only as its hash. Takes precedence over the other two.
+    #[serde(skip)]
+    pub admin_token: Option<Secret>,
+    /// Default 90 seconds.
+    pub offline_after_secs: u64,
+    /// Default 8 MiB.
+    pub body_limit: usize,
+    /// Default 8 MiB.
+    pub ws_message_limit: usize,
+    /// Default 30 seconds.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
+            database: PathBuf::from("/var/lib/pacpool-coordinator/coordinator.db"),
+            admin_token_file: PathBuf::from("/var/lib/pacpool-coordinator/admin-token"),
+            admin_token_sha256: None,
+            admin_token: None,
+            offline_after_secs: 90,
+            body_limit: 8 * 1024 * 1024,
+            ws_message_limit: 8 * 1024 * 1024,
+            request_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "configuration file {path} is invalid: {source}\nto fix: compare it with `pacpool-coordinator default-config`"
+    )]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+impl Settings {
+    /// Parses a TOML configuration; missing keys keep their defaults, unknown keys are errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, SettingsError> {
+        toml::from_str(text).map_err(|source| SettingsError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Reads and parses a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_is_the_default() {
+        let parsed = Settings::from_toml(EXAMPLE_CONFIG, Path::new("example")).unwrap();
+        assert_eq!(parsed, Settings::default());
+        assert!(Settings::from_toml("listne = \"x\"", Path::new("x")).is_err());
+        let s = Settings {
+            admin_token: Some(Secret("hunter2".into())),
+            ..Settings::default()
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

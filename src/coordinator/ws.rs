@@ -1,0 +1,339 @@
+//! WebSockets: the endpoint socket (`GET /api/v1/endpoints/ws`, endpoint token) and the admin
+//! subscription socket (`GET /api/v1/pools/{id}/ws`, admin token).
+//!
+//! Endpoint flow: the endpoint sends [`EndpointMsg::Hello`] first (within 30 s); a protocol
+//! mismatch is answered with [`ServerMsg::Error`] (code `protocol_mismatch`, naming both
+//! versions) and a close frame; otherwise [`ServerMsg::Welcome`] with the pool target and the
+//! state the coordinator knows. Then reports, progress, results and heartbeats are handled by
+//! the same service functions as the REST routes (a report is answered with
+//! [`ServerMsg::ReportAck`], a failed request with [`ServerMsg::Error`]), while pool events
+//! are pushed. One task owns each socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use super::api::ApiPath;
+use super::auth::{Admin, EndpointAuth};
+use super::db;
+use super::error::ApiErr;
+use super::hub::EventKind;
+use crate::proto::{EndpointMsg, PROTOCOL_VERSION, ServerMsg};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Close code for "your credentials are no longer valid" (private range 4000-4999).
+const CLOSE_REVOKED: u16 = 4001;
+/// Close code for "fell behind on events; reconnect to resynchronise".
+const CLOSE_LAGGED: u16 = 4002;
+
+fn upgrade(
+    up: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    limit: usize,
+) -> Result<WebSocketUpgrade, ApiErr> {
+    let up = up.map_err(|e| {
+        ApiErr::invalid(format!(
+            "this route needs a WebSocket upgrade: {}",
+            e.body_text()
+        ))
+    })?;
+    Ok(up.max_message_size(limit).max_frame_size(limit))
+}
+
+/// Decrements a gauge when the socket task ends.
+struct Gauge<'a>(&'a AtomicI64);
+
+impl<'a> Gauge<'a> {
+    fn new(g: &'a AtomicI64) -> Self {
+        g.fetch_add(1, Ordering::Relaxed);
+        Self(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {
+    let json = serde_json::to_string(msg).map_err(axum::Error::new)?;
+    socket.send(Message::Text(json.into())).await
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// Completes when the coordinator shuts down.
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn error_msg(e: ApiErr) -> ServerMsg {
+    ServerMsg::Error { error: e.body() }
+}
+
+/// The next text message; `None` when the peer closed or the connection failed.
+async fn next_text(socket: &mut WebSocket) -> Option<Result<String, ApiErr>> {
+    loop {
+        match socket.recv().await? {
+            Ok(Message::Text(t)) => return Some(Ok(t.to_string())),
+            Ok(Message::Binary(_)) => {
+                return Some(Err(ApiErr::invalid("send JSON text messages, not binary")));
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => return None,
+        }
+    }
+}
+
+pub(crate) async fn endpoint_socket(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    up: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiErr> {
+    let up = upgrade(up, state.settings.ws_message_limit)?;
+    Ok(up.on_upgrade(move |socket| run_endpoint(state, ep, addr.ip(), socket)))
+}
+
+async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socket: WebSocket) {
+    let _gauge = Gauge::new(&state.metrics.ws_endpoints);
+    let mut shutdown = state.shutdown.clone();
+    let first = tokio::select! {
+        r = tokio::time::timeout(HELLO_TIMEOUT, next_text(&mut socket)) => r,
+        _ = stopped(&mut shutdown) => {
+            close(&mut socket, close_code::AWAY, "coordinator shutting down").await;
+            return;
+        }
+    };
+    let text = match first {
+        Err(_) => {
+            close(
+                &mut socket,
+                close_code::POLICY,
+                "no hello within 30 seconds",
+            )
+            .await;
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(Err(e))) => {
+            let _ = send(&mut socket, &error_msg(e)).await;
+            close(&mut socket, close_code::PROTOCOL, "expected hello").await;
+            return;
+        }
+        Ok(Some(Ok(t))) => t,
+    };
+    let protocol = match serde_json::from_str::<EndpointMsg>(&text) {
+        Ok(EndpointMsg::Hello { protocol, .. }) => protocol,
+        Ok(_) => {
+            let e = ApiErr::invalid("the first message must be hello");
+            let _ = send(&mut socket, &error_msg(e)).await;
+            close(&mut socket, close_code::PROTOCOL, "expected hello").await;
+            return;
+        }
+        Err(e) => {
+            let e = ApiErr::invalid(format!("malformed hello: {e}"));
+            let _ = send(&mut socket, &error_msg(e)).await;
+            close(&mut socket, close_code::PROTOCOL, "expected hello").await;
+            return;
+        }
+    };
+    if protocol != PROTOCOL_VERSION {
+        let e = ApiErr::conflict(
+            "protocol_mismatch",
+            format!(
+                "this coordinator speaks protocol {PROTOCOL_VERSION}, the endpoint speaks protocol {protocol}: upgrade the older of pacpoold and pacpool-coordinator"
+            ),
+        )
+        .with_detail(serde_json::json!({ "coordinator": PROTOCOL_VERSION, "endpoint": protocol }));
+        let _ = send(&mut socket, &error_msg(e)).await;
+        close(
+            &mut socket,
+            close_code::PROTOCOL,
+            "protocol version mismatch",
+        )
+        .await;
+        return;
+    }
+    // Subscribe before reading the target, so no change falls between the two.
+    let mut events = state.hub.subscribe(ep.pool_id);
+    let welcome = async {
+        state.heartbeat(&ep).await?;
+        let (id, pool_id) = (ep.id, ep.pool_id);
+        state
+            .db
+            .read(move |conn| {
+                let known: Option<String> =
+                    conn.query_row("SELECT current FROM endpoints WHERE id = ?1", [id], |r| {
+                        r.get(0)
+                    })?;
+                Ok(ServerMsg::Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    endpoint_id: id,
+                    pool_id,
+                    target: db::current_target(conn, pool_id)?,
+                    known_state: known.as_deref().map(db::parse_hash).transpose()?,
+                })
+            })
+            .await
+    }
+    .await;
+    match welcome {
+        Ok(w) => {
+            if send(&mut socket, &w).await.is_err() {
+                return;
+            }
+        }
+        Err(e) => {
+            let _ = send(&mut socket, &error_msg(e)).await;
+            close(&mut socket, close_code::ERROR, "internal error").await;
+            return;
+        }
+    }
+    tracing::debug!(endpoint = ep.id, "endpoint socket connected");
+    state.status_changed(ep.pool_id, ep.id).await;
+    loop {
+        tokio::select! {
+            incoming = next_text(&mut socket) => {
+                let reply = match incoming {
+                    None => break,
+                    Some(Err(e)) => Some(error_msg(e)),
+                    Some(Ok(text)) => handle(&state, &ep, peer, &text).await,
+                };
+                if let Some(reply) = reply
+                    && send(&mut socket, &reply).await.is_err()
+                {
+                    break;
+                }
+            }
+            event = events.recv() => match event {
+                Ok(ev) if ev.for_endpoint(ep.id) => match ev.kind {
+                    EventKind::Msg(json) => {
+                        if socket.send(Message::Text(json.to_string().into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    EventKind::Disconnect => {
+                        close(&mut socket, CLOSE_REVOKED, "endpoint token revoked or endpoint removed").await;
+                        break;
+                    }
+                },
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(endpoint = ep.id, missed = n, "endpoint socket fell behind; closing it");
+                    close(&mut socket, CLOSE_LAGGED, "fell behind on events: reconnect").await;
+                    break;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = stopped(&mut shutdown) => {
+                close(&mut socket, close_code::AWAY, "coordinator shutting down").await;
+                break;
+            }
+        }
+    }
+    tracing::debug!(endpoint = ep.id, "endpoint socket closed");
+}
+
+/// One message after hello; the reply to send, if any.
+async fn handle(
+    state: &AppState,
+    ep: &EndpointAuth,
+    peer: IpAddr,
+    text: &str,
+) -> Option<ServerMsg> {
+    let msg = match serde_json::from_str::<EndpointMsg>(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(error_msg(ApiErr::invalid(format!(
+                "malformed message: {e}"
+            ))));
+        }
+    };
+    let peer = Some(peer);
+    match msg {
+        EndpointMsg::Hello { .. } => Some(error_msg(ApiErr::invalid("hello was already sent"))),
+        EndpointMsg::Report { report } => Some(match state.report(ep, report, peer).await {
+            Ok(ack) => ServerMsg::ReportAck { ack },
+            Err(e) => error_msg(e),
+        }),
+        EndpointMsg::Progress {
+            operation,
+            progress,
+        } => state
+            .progress(ep, operation, progress, peer)
+            .await
+            .err()
+            .map(error_msg),
+        EndpointMsg::Result { operation, result } => state
+            .result(ep, operation, result, peer)
+            .await
+            .err()
+            .map(error_msg),
+        EndpointMsg::Heartbeat => state.heartbeat(ep).await.err().map(error_msg),
+    }
+}
+
+pub(crate) async fn admin_socket(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(pool_id): ApiPath<i64>,
+    up: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiErr> {
+    let up = upgrade(up, state.settings.ws_message_limit)?;
+    let exists = state
+        .db
+        .read(move |conn| Ok(db::policy_of(conn, pool_id)?.is_some()))
+        .await?;
+    if !exists {
+        return Err(ApiErr::not_found(format!("no pool {pool_id}")));
+    }
+    Ok(up.on_upgrade(move |socket| run_admin(state, pool_id, socket)))
+}
+
+async fn run_admin(state: AppState, pool_id: i64, mut socket: WebSocket) {
+    let _gauge = Gauge::new(&state.metrics.ws_admins);
+    let mut shutdown = state.shutdown.clone();
+    let (mut events, _guard) = state.hub.subscribe_admin(pool_id);
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            },
+            event = events.recv() => match event {
+                Ok(ev) if ev.for_admin() => {
+                    if let EventKind::Msg(json) = ev.kind
+                        && socket.send(Message::Text(json.to_string().into())).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    close(&mut socket, CLOSE_LAGGED, "fell behind on events: reconnect").await;
+                    break;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = stopped(&mut shutdown) => {
+                close(&mut socket, close_code::AWAY, "coordinator shutting down").await;
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! pacpoold's configuration: `/etc/pacpool/pacpoold.toml`, then `PACPOOLD_*` environment
+//! overrides, then command-line flags. Every pacman path is configurable so tests and the
+//! demo run against sandboxes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exec::PacmanSettings;
+use crate::machine::PacmanPaths;
+use crate::plan::Policy;
+use crate::proto::AutoSyncMode;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pacpool/pacpoold.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pacpool";
+pub const DEFAULT_SOCKET: &str = "/run/pacpool/pacpoold.sock";
+
+/// The commented example printed by `pacpoold default-config`.
+pub const EXAMPLE: &str = include_str!("pacpoold.example.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Coordinator base URL, e.g. `http://coordinator.lan:7300`; unset = local-only mode.
+    pub coordinator_url: Option<String>,
+    /// Pool join token for the first registration (not needed once registered).
+    pub join_token: Option<String>,
+    /// The endpoint name to register with (default: the hostname).
+    pub name: Option<String>,
+    /// Where the SQLite state and the endpoint token live.
+    pub state_dir: PathBuf,
+    /// The local socket for the CLI and the tray.
+    pub socket: PathBuf,
+    /// Members of this group (and root) may run actions; everyone may read status.
+    pub socket_group: String,
+    /// Seconds between safety-net checks of the pacman database.
+    pub check_interval: u64,
+    /// History entries kept locally.
+    pub history_keep: usize,
+    /// How pacman is run.
+    pub pacman: PacmanSettings,
+    /// Where pacman's state is read from (pacman.conf, dbpath, cache dirs, archive URL).
+    pub paths: PacmanPaths,
+    /// Local policy, used when the coordinator has not sent the pool's.
+    pub policy: Policy,
+    /// Local override of the pool's auto-sync mode.
+    pub auto_sync: Option<AutoSyncMode>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            coordinator_url: None,
+            join_token: None,
+            name: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: "wheel".into(),
+            check_interval: 300,
+            history_keep: 200,
+            pacman: PacmanSettings::default(),
+            paths: PacmanPaths {
+                config: Some(PathBuf::from("/etc/pacman.conf")),
+                ..PacmanPaths::default()
+            },
+            policy: Policy::default(),
+            auto_sync: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid value {value:?} in environment variable {var}: {why}")]
+    Env {
+        var: String,
+        value: String,
+        why: String,
+    },
+}
+
+impl DaemonConfig {
+    /// Reads `path`; a missing file at the default path means "all defaults".
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
+                Ok(Self::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Applies `PACPOOLD_COORDINATOR_URL`, `PACPOOLD_JOIN_TOKEN`, `PACPOOLD_STATE_DIR`,
+    /// `PACPOOLD_SOCKET` from `vars` (the process environment in production).
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            match var.as_str() {
+                "PACPOOLD_COORDINATOR_URL" => self.coordinator_url = Some(value),
+                "PACPOOLD_JOIN_TOKEN" => self.join_token = Some(value),
+                "PACPOOLD_STATE_DIR" => self.state_dir = PathBuf::from(value),
+                "PACPOOLD_SOCKET" => self.socket = PathBuf::from(value),
+                "PACPOOLD_CHECK_INTERVAL" => {
+                    self.check_interval = value.parse().map_err(|_| ConfigError::Env {
+                        var: var.clone(),
+                        value: value.clone(),
+                        why: "expected seconds".into(),
+                    })?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    pub fn token_path(&self) -> PathBuf {
+        self.state_dir.join("endpoint-token")
+    }
+
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_secs(self.check_interval.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_matches_defaults_where_commented() {
+        let c = DaemonConfig::parse(EXAMPLE, Path::new("example")).unwrap();
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.policy, Policy::default());
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_env() {
+        let err = DaemonConfig::parse("coordinator = \"x\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("t.toml"), "{err}");
+        let mut c = DaemonConfig::default();
+        c.apply_env([("PACPOOLD_STATE_DIR".to_string(), "/tmp/x".to_string())])
+            .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        assert!(
+            c.apply_env([("PACPOOLD_CHECK_INTERVAL".to_string(), "soon".to_string())])
+                .is_err()
+        );
+    }
+}

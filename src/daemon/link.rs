@@ -1,0 +1,675 @@
+//! The coordinator link: registration, one WebSocket owned by one task, reports as deltas
+//! against the state the coordinator acknowledged, target changes, and requested operations.
+//!
+//! Reconnects use exponential backoff with full jitter (1 s doubling to a 60 s cap, each wait
+//! drawn uniformly below the bound) so a coordinator restart does not bring every endpoint
+//! back at the same instant. While offline everything local keeps working; the current
+//! state is reported on reconnect, and results of requested operations wait in the outbox.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::protocol::{ErrorCode, LinkState, Outcome};
+use super::service::{ActionError, Daemon, keys, now};
+use crate::proto::{
+    API_PREFIX, ApiError, EndpointMsg, OperationKind, OperationResult, OperationState,
+    PROTOCOL_VERSION, RegisterRequest, RegisterResponse, ReportAck, ServerMsg,
+    SetTargetRequest, StateReport, TargetInfo,
+};
+use crate::snapshot::{Snapshot, SnapshotHash};
+
+const HEARTBEAT: Duration = Duration::from_secs(30);
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// The wait before reconnect attempt `attempt` (0-based): uniform in [0, min(cap, base·2^n)].
+pub fn backoff(attempt: u32, random: u64) -> Duration {
+    let bound = BACKOFF_BASE
+        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+        .min(BACKOFF_CAP);
+    let millis = bound.as_millis() as u64;
+    Duration::from_millis(if millis == 0 { 0 } else { random % (millis + 1) })
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap_or_default();
+    u64::from_le_bytes(b)
+}
+
+/// Where and how to reach the coordinator.
+struct Endpoint {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Endpoint {
+    fn url(&self, path: &str) -> String {
+        format!("{}{API_PREFIX}{path}", self.base)
+    }
+
+    fn ws_url(&self) -> String {
+        let ws = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.base.clone()
+        };
+        format!("{ws}{API_PREFIX}/endpoints/ws")
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, CallError> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        if status.is_success() {
+            serde_json::from_slice(&body).map_err(|e| {
+                CallError::Api(ApiError {
+                    code: "bad_response".into(),
+                    message: format!("the coordinator sent an unreadable answer: {e}"),
+                    detail: None,
+                })
+            })
+        } else {
+            Err(CallError::Api(serde_json::from_slice(&body).unwrap_or(ApiError {
+                code: status.as_str().into(),
+                message: format!(
+                    "the coordinator answered {status}: {}",
+                    String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
+                ),
+                detail: None,
+            })))
+        }
+    }
+
+    async fn fetch_snapshot(&self, hash: &SnapshotHash) -> Result<Snapshot, CallError> {
+        let snap: Snapshot = self
+            .call(self.http.get(self.url(&format!("/snapshots/{hash}"))).header("accept", "application/json"))
+            .await?;
+        if snap.hash() != *hash {
+            return Err(CallError::Api(ApiError {
+                code: "bad_response".into(),
+                message: format!("the coordinator sent a snapshot that does not match {}", hash.short()),
+                detail: None,
+            }));
+        }
+        Ok(snap)
+    }
+}
+
+#[derive(Debug)]
+enum CallError {
+    Unreachable(String),
+    Api(ApiError),
+}
+
+impl From<CallError> for ActionError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(m) => ActionError::new(
+                ErrorCode::Offline,
+                format!("the coordinator is unreachable ({m}): try again when it is back"),
+            ),
+            CallError::Api(a) if a.code == "revision_conflict" => {
+                ActionError::new(ErrorCode::Conflict, a.message)
+            }
+            CallError::Api(a) => ActionError::new(
+                ErrorCode::Internal,
+                format!("the coordinator refused: {} ({})", a.message, a.code),
+            ),
+        }
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("pacpoold/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// The stored endpoint token, if registered.
+fn read_token(daemon: &Daemon) -> Option<String> {
+    std::fs::read_to_string(daemon.config().token_path())
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// Writes the endpoint token with mode 0600, replacing any old one atomically.
+fn write_token(daemon: &Daemon, token: &str) -> std::io::Result<()> {
+    let path = daemon.config().token_path();
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Registers with the join token if there is no endpoint token yet.
+async fn ensure_registered(daemon: &Daemon, base: &str) -> Result<Endpoint, String> {
+    let http = http_client();
+    if let Some(token) = read_token(daemon) {
+        return Ok(Endpoint {
+            base: base.to_owned(),
+            token,
+            http,
+        });
+    }
+    let Some(join) = daemon.config().join_token.clone() else {
+        return Err("not registered: set join_token in pacpoold.toml (ask the pool admin for one)".into());
+    };
+    let name = daemon.config().name.clone().unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
+    let resp = http
+        .post(format!("{base}{API_PREFIX}/register"))
+        .json(&RegisterRequest {
+            join_token: join,
+            name,
+        })
+        .send()
+        .await
+        .map_err(|e| format!("registration failed, coordinator unreachable: {e}"))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<ApiError>(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| status.to_string());
+        return Err(format!("registration refused: {msg}"));
+    }
+    let reg: RegisterResponse =
+        serde_json::from_slice(&body).map_err(|e| format!("unreadable registration answer: {e}"))?;
+    write_token(daemon, &reg.endpoint_token)
+        .map_err(|e| format!("cannot store the endpoint token: {e}"))?;
+    let _ = daemon
+        .store()
+        .set(keys::ENDPOINT_ID, &reg.endpoint_id.to_string());
+    daemon.set_identity(&reg.name, &reg.pool_name);
+    tracing::info!(endpoint = reg.endpoint_id, name = %reg.name, pool = %reg.pool_name, "registered with the coordinator");
+    Ok(Endpoint {
+        base: base.to_owned(),
+        token: reg.endpoint_token,
+        http,
+    })
+}
+
+/// The link task: registers, then keeps a WebSocket session up until `stop`.
+pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    let Some(base) = daemon
+        .config()
+        .coordinator_url
+        .clone()
+        .map(|u| u.trim_end_matches('/').to_owned())
+    else {
+        daemon.set_link_state(LinkState::NotConfigured);
+        return;
+    };
+    let mut attempt = 0u32;
+    let endpoint = loop {
+        match ensure_registered(&daemon, &base).await {
+            Ok(e) => break e,
+            Err(why) => {
+                tracing::warn!("{why}");
+                daemon.set_link_state(LinkState::Unregistered);
+                let wait = backoff(attempt, random_u64());
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    let endpoint = Arc::new(endpoint);
+    let mut attempt = 0u32;
+    loop {
+        daemon.set_link_state(LinkState::Connecting);
+        match session(&daemon, &endpoint, &mut stop).await {
+            SessionEnd::Stopped => return,
+            SessionEnd::Lost { was_up, why } => {
+                tracing::warn!(%why, "coordinator connection lost");
+                if was_up {
+                    attempt = 0;
+                }
+            }
+        }
+        daemon.set_link_state(LinkState::Offline);
+        let wait = backoff(attempt, random_u64());
+        attempt = attempt.saturating_add(1);
+        tracing::debug!(?wait, attempt, "reconnecting to the coordinator after a pause");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Lost { was_up: bool, why: String },
+}
+
+fn lost(was_up: bool, why: impl std::fmt::Display) -> SessionEnd {
+    SessionEnd::Lost {
+        was_up,
+        why: why.to_string(),
+    }
+}
+
+/// The report that brings the coordinator from `known` to our current state.
+fn report_for(daemon: &Daemon, known: Option<SnapshotHash>) -> Option<StateReport> {
+    let current = daemon.current_snapshot()?;
+    if known == Some(current.hash()) {
+        return None;
+    }
+    let base = known.and_then(|h| daemon.store().snapshot(&h).ok().flatten());
+    Some(match base {
+        Some(base) => StateReport::Delta {
+            delta: base.diff(&current),
+        },
+        None => StateReport::Full { snapshot: current },
+    })
+}
+
+fn encode(msg: &EndpointMsg) -> Message {
+    Message::text(serde_json::to_string(msg).expect("messages serialize"))
+}
+
+async fn session(
+    daemon: &Arc<Daemon>,
+    endpoint: &Arc<Endpoint>,
+    stop: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let mut request = match endpoint.ws_url().into_client_request() {
+        Ok(r) => r,
+        Err(e) => return lost(false, format!("bad coordinator URL: {e}")),
+    };
+    let auth = format!("Bearer {}", endpoint.token);
+    match auth.parse() {
+        Ok(v) => {
+            request.headers_mut().insert("authorization", v);
+        }
+        Err(_) => return lost(false, "the stored endpoint token is not a valid header value"),
+    }
+    let ws = tokio::select! {
+        r = tokio_tungstenite::connect_async(request) => r,
+        _ = stop.changed() => return SessionEnd::Stopped,
+    };
+    let (mut ws, _) = match ws {
+        Ok(ws) => ws,
+        Err(e) => return lost(false, e),
+    };
+    let acked: Option<SnapshotHash> = daemon
+        .store()
+        .get(keys::ACKED_STATE)
+        .ok()
+        .flatten()
+        .and_then(|h| h.parse().ok());
+    let hello = EndpointMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: concat!("pacpoold/", env!("CARGO_PKG_VERSION")).into(),
+        acked_state: acked,
+    };
+    if let Err(e) = ws.send(encode(&hello)).await {
+        return lost(false, e);
+    }
+    let mut known: Option<SnapshotHash> = None;
+    let mut welcomed = false;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (results_tx, mut results_rx) = mpsc::unbounded_channel::<EndpointMsg>();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                let _ = ws.close(None).await;
+                return SessionEnd::Stopped;
+            }
+            _ = heartbeat.tick(), if welcomed => {
+                if let Err(e) = ws.send(encode(&EndpointMsg::Heartbeat)).await {
+                    return lost(true, e);
+                }
+            }
+            _ = daemon.state_changed.notified(), if welcomed => {
+                if let Some(report) = report_for(daemon, known)
+                    && let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await
+                {
+                    return lost(true, e);
+                }
+            }
+            Some(msg) = results_rx.recv() => {
+                if let Err(e) = ws.send(encode(&msg)).await {
+                    queue_unsent(daemon, &msg);
+                    return lost(true, e);
+                }
+            }
+            frame = ws.next() => {
+                let text = match frame {
+                    None => return lost(welcomed, "the coordinator closed the connection"),
+                    Some(Err(e)) => return lost(welcomed, e),
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) => return lost(welcomed, "the coordinator closed the connection"),
+                    Some(Ok(_)) => continue,
+                };
+                let msg: ServerMsg = match serde_json::from_str(&text) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring an unreadable message from the coordinator");
+                        continue;
+                    }
+                };
+                match msg {
+                    ServerMsg::Welcome { target, known_state, .. } => {
+                        welcomed = true;
+                        known = known_state;
+                        daemon.set_link_state(LinkState::Connected);
+                        flush_outbox(daemon, &results_tx);
+                        if let Some(t) = target {
+                            adopt_target(daemon, endpoint, t).await;
+                        }
+                        if let Some(report) = report_for(daemon, known)
+                            && let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await
+                        {
+                            return lost(true, e);
+                        }
+                    }
+                    ServerMsg::ReportAck { ack } => match ack {
+                        ReportAck::Accepted { state } => {
+                            known = Some(state);
+                            let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
+                            // Our state may have moved on while the report travelled.
+                            if let Some(report) = report_for(daemon, known)
+                                && let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await
+                            {
+                                return lost(true, e);
+                            }
+                        }
+                        ReportAck::NeedFull { known: k } => {
+                            known = k;
+                            if let Some(snapshot) = daemon.current_snapshot() {
+                                let report = StateReport::Full { snapshot };
+                                if let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await {
+                                    return lost(true, e);
+                                }
+                            }
+                        }
+                    },
+                    ServerMsg::TargetChanged { target, .. } => {
+                        adopt_target(daemon, endpoint, target).await;
+                        if daemon.auto_sync_wanted() {
+                            let d = daemon.clone();
+                            tokio::spawn(async move {
+                                match d.sync(false, |_| {}).await {
+                                    Ok(o) => tracing::info!(message = %o.message, "automatic sync"),
+                                    Err(e) => tracing::warn!(error = %e, "automatic sync did not run"),
+                                }
+                            });
+                        }
+                    }
+                    ServerMsg::OperationRequested { operation } => {
+                        let d = daemon.clone();
+                        let tx = results_tx.clone();
+                        tokio::spawn(async move { run_requested(d, operation, tx).await });
+                    }
+                    ServerMsg::CancelRequested { .. } => {
+                        let _ = daemon.cancel();
+                    }
+                    ServerMsg::PolicyChanged { policy } => daemon.set_pool_policy(policy),
+                    ServerMsg::Error { error } => {
+                        tracing::warn!(code = %error.code, message = %error.message, "the coordinator reported an error");
+                        if error.code == "protocol_mismatch" || error.code == "unauthorized" {
+                            return lost(false, error.message);
+                        }
+                    }
+                    ServerMsg::EndpointStatusChanged { .. } | ServerMsg::OperationUpdated { .. } => {}
+                }
+            }
+        }
+    }
+}
+
+/// Fetches and stores a new pool target unless we already have it.
+async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) {
+    if daemon.target_info().as_ref() == Some(&target) {
+        return;
+    }
+    match endpoint.fetch_snapshot(&target.snapshot).await {
+        Ok(snap) => {
+            let revision = target.revision;
+            match daemon.set_target(target, snap) {
+                Ok(summary) => tracing::info!(revision, changes = summary.total(), "new pool target"),
+                Err(e) => tracing::warn!(error = %e, "cannot store the pool target"),
+            }
+        }
+        Err(e) => tracing::warn!(error = ?e, "cannot fetch the pool target's snapshot"),
+    }
+}
+
+/// Runs an operation the coordinator asked for and sends its progress and result.
+async fn run_requested(
+    daemon: Arc<Daemon>,
+    operation: crate::proto::Operation,
+    tx: mpsc::UnboundedSender<EndpointMsg>,
+) {
+    let id = operation.id;
+    let progress_tx = tx.clone();
+    let progress = move |progress| {
+        let _ = progress_tx.send(EndpointMsg::Progress {
+            operation: id,
+            progress,
+        });
+    };
+    let result = match operation.kind {
+        OperationKind::SyncToLatest => daemon.sync(false, progress).await,
+        OperationKind::Revert => daemon.revert(None, false, progress).await,
+        OperationKind::SetAsLatest => set_latest(&daemon).await,
+    };
+    let result = to_result(result);
+    let msg = EndpointMsg::Result {
+        operation: id,
+        result,
+    };
+    if tx.send(msg.clone()).is_err() {
+        queue_unsent(&daemon, &msg);
+    }
+}
+
+fn to_result(r: Result<Outcome, ActionError>) -> OperationResult {
+    match r {
+        Ok(o) => OperationResult {
+            state: if o.ok {
+                OperationState::Completed
+            } else {
+                OperationState::Failed
+            },
+            message: o.message,
+            failures: o.failures,
+            snapshot: o.snapshot,
+        },
+        Err(e) => OperationResult {
+            state: if e.code == ErrorCode::Cancelled {
+                OperationState::Cancelled
+            } else {
+                OperationState::Failed
+            },
+            message: e.message,
+            failures: Vec::new(),
+            snapshot: None,
+        },
+    }
+}
+
+/// Keeps a result that could not be sent for the next connection.
+fn queue_unsent(daemon: &Daemon, msg: &EndpointMsg) {
+    if let EndpointMsg::Result { .. } = msg
+        && let Ok(body) = serde_json::to_string(msg)
+        && let Err(e) = daemon.store().outbox_push("result", &body, now())
+    {
+        tracing::error!(error = %e, "cannot queue an operation result; it is lost");
+    }
+}
+
+/// Sends queued results through the session's writer, removing each once handed over.
+fn flush_outbox(daemon: &Daemon, tx: &mpsc::UnboundedSender<EndpointMsg>) {
+    let items = daemon.store().outbox(1000).unwrap_or_default();
+    for item in items {
+        match serde_json::from_str::<EndpointMsg>(&item.body) {
+            Ok(msg) => {
+                if tx.send(msg).is_ok() {
+                    let _ = daemon.store().outbox_done(item.id);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, id = item.id, "dropping an unreadable queued message");
+                let _ = daemon.store().outbox_done(item.id);
+            }
+        }
+    }
+}
+
+/// "Set as latest": report the current state, then make it the pool target if the target is
+/// still the revision we know. On a lost race, say who won.
+pub async fn set_latest(daemon: &Daemon) -> Result<Outcome, ActionError> {
+    let _guard = daemon.begin("set-latest")?;
+    let Some(base) = daemon.config().coordinator_url.clone() else {
+        return Err(ActionError::new(
+            ErrorCode::Offline,
+            "no coordinator configured: set coordinator_url in pacpoold.toml",
+        ));
+    };
+    let base = base.trim_end_matches('/').to_owned();
+    let Some(token) = read_token(daemon) else {
+        return Err(ActionError::new(
+            ErrorCode::Offline,
+            "not registered with the coordinator yet: check join_token and the daemon's log",
+        ));
+    };
+    let endpoint = Endpoint {
+        base,
+        token,
+        http: http_client(),
+    };
+    let op = daemon
+        .store()
+        .operation_begin("set-latest", now())
+        .map_err(|e| ActionError::new(ErrorCode::Internal, e.to_string()))?;
+    let result = set_latest_inner(daemon, &endpoint).await;
+    let (state, message) = match &result {
+        Ok(o) => ("completed", o.message.clone()),
+        Err(e) => ("failed", e.message.clone()),
+    };
+    let _ = daemon.store().operation_end(op, state, &message, now());
+    result
+}
+
+async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcome, ActionError> {
+    daemon
+        .refresh("set-latest", true)
+        .await
+        .map_err(|e| ActionError::new(ErrorCode::Internal, format!("{e:#}")))?;
+    let snapshot = daemon
+        .current_snapshot()
+        .ok_or_else(|| ActionError::new(ErrorCode::Internal, "pacman's state has not been read"))?;
+    let hash = snapshot.hash();
+    let ack: ReportAck = endpoint
+        .call(
+            endpoint
+                .http
+                .post(endpoint.url("/endpoint/report"))
+                .json(&StateReport::Full { snapshot: snapshot.clone() }),
+        )
+        .await?;
+    if let ReportAck::Accepted { state } = ack {
+        let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
+    }
+    let expected = daemon.target_info().map_or(0, |t| t.revision);
+    let result: Result<TargetInfo, CallError> = endpoint
+        .call(endpoint.http.post(endpoint.url("/endpoint/target")).json(&SetTargetRequest {
+            expected_revision: expected,
+            snapshot: hash,
+        }))
+        .await;
+    match result {
+        Ok(info) => {
+            let revision = info.revision;
+            daemon.set_target(info, snapshot.clone())?;
+            Ok(Outcome {
+                kind: "set-latest".into(),
+                ok: true,
+                message: format!(
+                    "this machine's {} packages are now the pool target (revision {revision})",
+                    snapshot.len()
+                ),
+                counts: Default::default(),
+                failures: Vec::new(),
+                snapshot: Some(hash),
+            })
+        }
+        Err(CallError::Api(e)) if e.code == "revision_conflict" => {
+            let winner: Option<TargetInfo> = e
+                .detail
+                .as_ref()
+                .and_then(|d| serde_json::from_value(d.get("current").unwrap_or(d).clone()).ok());
+            let mut message = format!("the pool target moved while you were deciding: {}", e.message);
+            if let Some(w) = winner {
+                message = format!(
+                    "the pool target moved: revision {} was set by {} (you expected revision {expected}); review `pacpool preview` and try again",
+                    w.revision, w.set_by
+                );
+                if let Ok(snap) = endpoint.fetch_snapshot(&w.snapshot).await {
+                    let _ = daemon.set_target(w, snap);
+                }
+            }
+            Err(ActionError::new(ErrorCode::Conflict, message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        assert!(backoff(0, u64::MAX) <= Duration::from_secs(1));
+        assert_eq!(backoff(3, 8_000), Duration::from_millis(8_000));
+        assert_eq!(backoff(3, 8_001), Duration::from_millis(0));
+        for attempt in [6, 10, 40, u32::MAX] {
+            assert!(backoff(attempt, u64::MAX - 1) <= BACKOFF_CAP);
+        }
+        // Different random draws spread the waits.
+        let waits: std::collections::BTreeSet<_> =
+            (0..50u64).map(|r| backoff(5, r * 7919)).collect();
+        assert!(waits.len() > 40);
+    }
+}

@@ -1,0 +1,869 @@
+//! The daemon's state and operations.
+//!
+//! One operation (sync, set-latest, revert) runs at a time; a second request gets "busy".
+//! Every operation re-reads pacman's state before planning and after applying, records the
+//! result in the local history, and verifies that the machine reached the state it aimed for.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, broadcast, watch};
+
+use super::config::DaemonConfig;
+use super::protocol::{
+    ErrorCode, Event, LinkState, LocalStatus, Outcome, Preview, RunningOperation,
+};
+use crate::localdb::Fingerprint;
+use crate::machine::MachineState;
+use crate::plan::{Conflict, Counts, Plan, SyncStatus, plan, status};
+use crate::proto::{AutoSyncMode, EndpointState, PackageFailure, PoolPolicy, Progress, TargetInfo};
+use crate::snapshot::Snapshot;
+use crate::store::{HistoryEntry, LocalOperation, Store};
+
+/// Keys of the daemon's small settings in the store.
+pub(crate) mod keys {
+    pub const TARGET_INFO: &str = "target_info";
+    pub const TARGET_SNAPSHOT: &str = "target_snapshot";
+    pub const POOL_POLICY: &str = "pool_policy";
+    pub const POOL_NAME: &str = "pool_name";
+    pub const ENDPOINT_NAME: &str = "endpoint_name";
+    pub const ENDPOINT_ID: &str = "endpoint_id";
+    pub const ACKED_STATE: &str = "acked_state";
+    pub const LAST_SYNC: &str = "last_sync";
+    pub const AUTO_SYNC_PAUSED: &str = "auto_sync_paused";
+}
+
+/// Why an action did not run or did not finish; the socket turns it into an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ActionError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ActionError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::Internal, e.to_string())
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    machine: Option<MachineState>,
+    fingerprint: Option<Fingerprint>,
+    current: Option<HistoryEntry>,
+    target: Option<(TargetInfo, Snapshot)>,
+    pool_policy: Option<PoolPolicy>,
+    pool_name: Option<String>,
+    endpoint_name: Option<String>,
+    link: Option<LinkState>,
+    running: Option<RunningOperation>,
+    last_error: Option<String>,
+    last_sync: Option<i64>,
+    paused: bool,
+}
+
+pub struct Daemon {
+    config: DaemonConfig,
+    store: Mutex<Store>,
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+    operation: tokio::sync::Mutex<()>,
+    cancel: watch::Sender<bool>,
+    /// Woken whenever the local state changes, so the link reports it.
+    pub(crate) state_changed: Notify,
+}
+
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Daemon {
+    /// Opens the state directory and store, marks operations a previous run left behind as
+    /// interrupted, loads the cached pool target and takes the first snapshot.
+    pub async fn open(config: DaemonConfig) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .with_context(|| {
+                format!(
+                    "cannot create the state directory {}",
+                    config.state_dir.display()
+                )
+            })?;
+        let store = Store::open(&config.store_path())?;
+        let mut state = State::default();
+        for op in store.interrupt_running(now())? {
+            tracing::warn!(operation = op.id, kind = %op.kind, "operation was interrupted by a daemon stop");
+            state.last_error = Some(format!(
+                "{} (operation {}) was interrupted when the daemon stopped; the state below is what pacman recorded",
+                op.kind, op.id
+            ));
+        }
+        if let (Some(info), Some(text)) = (
+            store.get(keys::TARGET_INFO)?,
+            store.get(keys::TARGET_SNAPSHOT)?,
+        ) {
+            match (
+                serde_json::from_str::<TargetInfo>(&info),
+                Snapshot::decode(&text),
+            ) {
+                (Ok(info), Ok(snap)) if snap.hash() == info.snapshot => {
+                    state.target = Some((info, snap))
+                }
+                _ => tracing::warn!("ignoring an unreadable cached pool target"),
+            }
+        }
+        state.pool_policy = store
+            .get(keys::POOL_POLICY)?
+            .and_then(|p| serde_json::from_str(&p).ok());
+        state.pool_name = store.get(keys::POOL_NAME)?;
+        state.endpoint_name = store.get(keys::ENDPOINT_NAME)?;
+        state.last_sync = store.get(keys::LAST_SYNC)?.and_then(|s| s.parse().ok());
+        state.paused = store.get(keys::AUTO_SYNC_PAUSED)?.as_deref() == Some("true");
+        let (events, _) = broadcast::channel(256);
+        let daemon = Self {
+            config,
+            store: Mutex::new(store),
+            state: Mutex::new(state),
+            events,
+            operation: tokio::sync::Mutex::new(()),
+            cancel: watch::channel(false).0,
+            state_changed: Notify::new(),
+        };
+        daemon.refresh("start", true).await?;
+        Ok(daemon)
+    }
+
+    pub fn config(&self) -> &DaemonConfig {
+        &self.config
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+
+    fn emit_status(&self) {
+        self.emit(Event::Status {
+            status: Box::new(self.status(true, None)),
+        });
+    }
+
+    /// Re-reads pacman's state when it changed (or always, with `force`), records it in the
+    /// history and tells the link. Returns whether a new history entry was added.
+    pub async fn refresh(&self, trigger: &str, force: bool) -> anyhow::Result<bool> {
+        let paths = self.config.paths.clone();
+        let dbpath = paths.dbpath.clone().unwrap_or_else(|| self.config.pacman.dbpath());
+        let previous = self.state().fingerprint;
+        let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let fp = Fingerprint::of(&dbpath)?;
+            if !force && previous == Some(fp) {
+                return Ok(None);
+            }
+            Ok(Some((fp, paths.read()?)))
+        })
+        .await??;
+        let Some((fingerprint, machine)) = read else {
+            return Ok(false);
+        };
+        let recorded = {
+            let mut store = self.store();
+            let r = store.record(&machine.snapshot, trigger, now())?;
+            if matches!(r, crate::store::Recorded::New(_)) {
+                store.apply_retention(self.config.history_keep)?;
+            }
+            r
+        };
+        let new = matches!(recorded, crate::store::Recorded::New(_));
+        {
+            let mut s = self.state();
+            s.fingerprint = Some(fingerprint);
+            s.machine = Some(machine);
+            s.current = Some(recorded.entry().clone());
+        }
+        if new {
+            tracing::info!(trigger, hash = %recorded.entry().hash.short(), packages = recorded.entry().package_count, "recorded a new package state");
+            self.state_changed.notify_one();
+            self.emit_status();
+        }
+        Ok(new)
+    }
+
+    /// The current snapshot (after the last refresh).
+    pub fn current_snapshot(&self) -> Option<Snapshot> {
+        self.state().machine.as_ref().map(|m| m.snapshot.clone())
+    }
+
+    fn policy(&self, s: &State) -> crate::plan::Policy {
+        s.pool_policy
+            .as_ref()
+            .map_or_else(|| self.config.policy.clone(), |p| p.plan.clone())
+    }
+
+    /// The status as a peer sees it; `can_act` / `why_not` describe that peer's rights.
+    pub fn status(&self, can_act: bool, why_not: Option<String>) -> LocalStatus {
+        let s = self.state();
+        let (mut state, counts) = match (&s.machine, &s.target) {
+            (Some(m), Some((_, target))) => match self.policy(&s).compile() {
+                Ok(policy) => {
+                    let (st, counts) = status(&m.snapshot, target, &policy);
+                    (
+                        match st {
+                            SyncStatus::InSync => EndpointState::InSync,
+                            SyncStatus::Behind => EndpointState::Behind,
+                            SyncStatus::Ahead => EndpointState::Ahead,
+                            SyncStatus::Diverged => EndpointState::Diverged,
+                        },
+                        counts,
+                    )
+                }
+                Err(_) => (EndpointState::Error, Counts::default()),
+            },
+            _ => (EndpointState::Unknown, Counts::default()),
+        };
+        if s.running.is_some() {
+            state = EndpointState::Syncing;
+        }
+        let link = s.link.unwrap_or(if self.config.coordinator_url.is_some() {
+            LinkState::Connecting
+        } else {
+            LinkState::NotConfigured
+        });
+        let previous = self.store().previous_entry().ok().flatten();
+        LocalStatus {
+            state,
+            counts,
+            endpoint: s.endpoint_name.clone(),
+            pool: s.pool_name.clone(),
+            link,
+            target: s.target.as_ref().map(|(t, _)| t.clone()),
+            current: s.current.clone(),
+            previous,
+            operation: s.running.clone(),
+            last_error: s.last_error.clone(),
+            last_sync: s.last_sync,
+            auto_sync: self.auto_sync_mode_locked(&s),
+            auto_sync_paused: s.paused,
+            can_act,
+            why_not,
+        }
+    }
+
+    fn auto_sync_mode_locked(&self, s: &State) -> AutoSyncMode {
+        self.config
+            .auto_sync
+            .or(s.pool_policy.as_ref().map(|p| p.auto_sync))
+            .unwrap_or_default()
+    }
+
+    /// What a sync to the pool target would do.
+    pub async fn preview(&self) -> Result<Preview, ActionError> {
+        self.refresh("preview", false)
+            .await
+            .map_err(ActionError::internal)?;
+        let (target, info) = self.target()?;
+        let plan = self.plan_to(&target)?;
+        Ok(preview_of(&plan, Some(info.revision)))
+    }
+
+    fn target(&self) -> Result<(Snapshot, TargetInfo), ActionError> {
+        let s = self.state();
+        match &s.target {
+            Some((info, snap)) => Ok((snap.clone(), info.clone())),
+            None => Err(ActionError::new(
+                ErrorCode::NotFound,
+                match self.config.coordinator_url {
+                    None => "no pool target: this daemon has no coordinator configured (set coordinator_url in pacpoold.toml)",
+                    Some(_) => "no pool target yet: run `pacpool set-latest` on the machine whose packages the pool should follow, or wait for the coordinator connection",
+                },
+            )),
+        }
+    }
+
+    fn plan_to(&self, target: &Snapshot) -> Result<Plan, ActionError> {
+        let s = self.state();
+        let machine = s
+            .machine
+            .as_ref()
+            .ok_or_else(|| ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet"))?;
+        let policy = self
+            .policy(&s)
+            .compile()
+            .map_err(|e| ActionError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        Ok(plan(
+            &machine.snapshot,
+            target,
+            &machine.local,
+            &machine.availability,
+            &policy,
+        ))
+    }
+
+    /// Sync to the pool's target.
+    pub async fn sync(
+        &self,
+        confirm_removals: bool,
+        progress: impl FnMut(Progress) + Send,
+    ) -> Result<Outcome, ActionError> {
+        let (target, _) = self.target()?;
+        self.run_to("sync", target, confirm_removals, true, progress).await
+    }
+
+    /// Go back to a recorded state: `to` is a history id or a hash prefix; default the
+    /// previous entry.
+    pub async fn revert(
+        &self,
+        to: Option<&str>,
+        confirm_removals: bool,
+        progress: impl FnMut(Progress) + Send,
+    ) -> Result<Outcome, ActionError> {
+        let entry = match to {
+            Some(id) => self.find_entry(id)?,
+            None => self
+                .store()
+                .previous_entry()
+                .map_err(ActionError::internal)?
+                .ok_or_else(|| {
+                    ActionError::new(
+                        ErrorCode::NothingToDo,
+                        "there is no previous state to revert to: the history has one entry",
+                    )
+                })?,
+        };
+        let snap = self
+            .store()
+            .snapshot(&entry.hash)
+            .map_err(ActionError::internal)?
+            .ok_or_else(|| ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored"))?;
+        self.run_to("revert", snap, confirm_removals, false, progress)
+            .await
+    }
+
+    /// Finds a history entry by id or by (unique) hash prefix.
+    pub fn find_entry(&self, id: &str) -> Result<HistoryEntry, ActionError> {
+        let store = self.store();
+        let entries = store.history(100_000).map_err(ActionError::internal)?;
+        let found: Vec<&HistoryEntry> = match id.parse::<i64>() {
+            Ok(n) if id.len() < 12 => entries.iter().filter(|e| e.id == n).collect(),
+            _ if id.len() >= 4 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                let mut seen = std::collections::BTreeSet::new();
+                entries
+                    .iter()
+                    .filter(|e| e.hash.to_hex().starts_with(&id.to_ascii_lowercase()))
+                    .filter(|e| seen.insert(e.hash))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        match found[..] {
+            [one] => Ok(one.clone()),
+            [] => Err(ActionError::new(
+                ErrorCode::NotFound,
+                format!("no recorded state {id:?}: see `pacpool history`"),
+            )),
+            _ => Err(ActionError::new(
+                ErrorCode::InvalidRequest,
+                format!("{id:?} matches several states: give more of the hash"),
+            )),
+        }
+    }
+
+    /// The common path of sync and revert: plan to `target`, apply, verify, record.
+    async fn run_to(
+        &self,
+        kind: &str,
+        target: Snapshot,
+        confirm_removals: bool,
+        may_refresh_databases: bool,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<Outcome, ActionError> {
+        let _guard = self.begin(kind)?;
+        let op = self
+            .store()
+            .operation_begin(kind, now())
+            .map_err(ActionError::internal)?;
+        let _ = self.cancel.send(false);
+        let result = self
+            .plan_apply_verify(kind, &target, confirm_removals, may_refresh_databases, &mut progress)
+            .await;
+        self.finish(op, kind, &result);
+        result
+    }
+
+    async fn plan_apply_verify(
+        &self,
+        kind: &str,
+        target: &Snapshot,
+        confirm_removals: bool,
+        may_refresh_databases: bool,
+        progress: &mut (impl FnMut(Progress) + Send),
+    ) -> Result<Outcome, ActionError> {
+        let mut report = |p: Progress| {
+            self.state().running = Some(RunningOperation {
+                kind: kind.to_owned(),
+                progress: Some(p.clone()),
+            });
+            self.emit(Event::Progress {
+                progress: p.clone(),
+            });
+            progress(p);
+        };
+        report(stage("planning", 0, None));
+        self.refresh(kind, false)
+            .await
+            .map_err(ActionError::internal)?;
+        let mut plan = self.plan_to(target)?;
+        let unavailable = |p: &Plan| {
+            p.conflicts.iter().any(|c| {
+                matches!(
+                    c,
+                    Conflict::VersionUnavailable { .. } | Conflict::RepositoryUnavailable { .. }
+                )
+            })
+        };
+        if may_refresh_databases && unavailable(&plan) {
+            report(stage("refreshing databases", 5, None));
+            actions::refresh_databases(&self.config.pacman, self.cancel.subscribe())
+                .await?;
+            self.refresh(kind, true)
+                .await
+                .map_err(ActionError::internal)?;
+            plan = self.plan_to(target)?;
+        }
+        if !plan.conflicts.is_empty() {
+            let list: Vec<String> = plan.conflicts.iter().map(|c| c.to_string()).collect();
+            return Err(ActionError::new(
+                ErrorCode::Conflict,
+                format!("cannot {kind}: {}", list.join("; ")),
+            ));
+        }
+        if let Some(cap) = &plan.needs_confirmation
+            && !confirm_removals
+        {
+            return Err(ActionError::new(
+                ErrorCode::NeedsConfirmation,
+                format!(
+                    "{kind} would remove {} packages, more than the cap of {}: confirm to go ahead",
+                    cap.removals, cap.cap
+                ),
+            ));
+        }
+        let counts = plan.counts();
+        if plan.actions.is_empty() {
+            return Ok(Outcome {
+                kind: kind.to_owned(),
+                ok: true,
+                message: "nothing to do: already at the target state".into(),
+                counts,
+                failures: Vec::new(),
+                snapshot: self.state().current.as_ref().map(|c| c.hash),
+            });
+        }
+        let applied = actions::apply(
+            &plan,
+            &self.config.pacman,
+            confirm_removals,
+            self.cancel.subscribe(),
+            &mut report,
+        )
+        .await;
+        report(stage("verifying", 95, None));
+        // Whatever happened, record what pacman's database now says.
+        self.refresh(kind, true)
+            .await
+            .map_err(ActionError::internal)?;
+        let mut failures = applied?;
+        let after = self.current_snapshot().unwrap_or_default();
+        failures.extend(differences(&after, target, &self.policy(&self.state())));
+        failures.sort_by(|a, b| a.name.cmp(&b.name));
+        failures.dedup_by(|a, b| a.name == b.name);
+        let ok = failures.is_empty();
+        if ok && kind == "sync" {
+            let t = now();
+            self.state().last_sync = Some(t);
+            let _ = self.store().set(keys::LAST_SYNC, &t.to_string());
+        }
+        Ok(Outcome {
+            kind: kind.to_owned(),
+            ok,
+            message: if ok {
+                format!("{kind} done: {} change(s)", counts.total())
+            } else {
+                format!(
+                    "{kind} finished, but {} package(s) differ from the target",
+                    failures.len()
+                )
+            },
+            counts,
+            failures,
+            snapshot: Some(after.hash()),
+        })
+    }
+
+    /// Takes the one-operation lock or says which operation holds it.
+    pub(crate) fn begin(&self, kind: &str) -> Result<OperationGuard<'_>, ActionError> {
+        let guard = self.operation.try_lock().map_err(|_| {
+            let running = self
+                .state()
+                .running
+                .as_ref()
+                .map_or_else(|| "another operation".to_owned(), |r| r.kind.clone());
+            ActionError::new(
+                ErrorCode::Busy,
+                format!("busy with {running}: wait for it to finish (or `pacpool cancel`)"),
+            )
+        })?;
+        self.state().running = Some(RunningOperation {
+            kind: kind.to_owned(),
+            progress: None,
+        });
+        self.emit(Event::OperationStarted {
+            kind: kind.to_owned(),
+        });
+        Ok(OperationGuard {
+            daemon: self,
+            _guard: guard,
+        })
+    }
+
+    fn finish(&self, op: i64, kind: &str, result: &Result<Outcome, ActionError>) {
+        let (state, message) = match result {
+            Ok(o) if o.ok => ("completed", o.message.clone()),
+            Ok(o) => ("failed", o.message.clone()),
+            Err(e) if e.code == ErrorCode::Cancelled => ("cancelled", e.message.clone()),
+            Err(e) => ("failed", e.message.clone()),
+        };
+        if let Err(e) = self.store().operation_end(op, state, &message, now()) {
+            tracing::error!(error = %e, "cannot record the end of operation {op}");
+        }
+        self.state().last_error = (state == "failed").then(|| message.clone());
+        let outcome = match result {
+            Ok(o) => o.clone(),
+            Err(e) => Outcome {
+                kind: kind.to_owned(),
+                ok: false,
+                message: e.message.clone(),
+                counts: Counts::default(),
+                failures: Vec::new(),
+                snapshot: self.state().current.as_ref().map(|c| c.hash),
+            },
+        };
+        tracing::info!(kind, state, message = %outcome.message, "operation finished");
+        self.emit(Event::OperationFinished { outcome });
+    }
+
+    /// Asks the running operation to stop; honoured until pacman starts.
+    pub fn cancel(&self) -> Result<(), ActionError> {
+        if self.state().running.is_none() {
+            return Err(ActionError::new(
+                ErrorCode::NothingToDo,
+                "no operation is running",
+            ));
+        }
+        let _ = self.cancel.send(true);
+        Ok(())
+    }
+
+    pub fn set_paused(&self, paused: bool) -> Result<(), ActionError> {
+        self.store()
+            .set(keys::AUTO_SYNC_PAUSED, if paused { "true" } else { "false" })
+            .map_err(ActionError::internal)?;
+        self.state().paused = paused;
+        self.emit_status();
+        Ok(())
+    }
+
+    pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, ActionError> {
+        self.store().history(limit).map_err(ActionError::internal)
+    }
+
+    pub fn operations(&self, limit: usize) -> Result<Vec<LocalOperation>, ActionError> {
+        self.store().operations(limit).map_err(ActionError::internal)
+    }
+
+    pub fn snapshot_text(&self, id: &str) -> Result<(HistoryEntry, String), ActionError> {
+        let entry = self.find_entry(id)?;
+        let snap = self
+            .store()
+            .snapshot(&entry.hash)
+            .map_err(ActionError::internal)?
+            .ok_or_else(|| ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored"))?;
+        Ok((entry, snap.encode()))
+    }
+
+    // ---- called by the link ----
+
+    pub(crate) fn set_link_state(&self, link: LinkState) {
+        let changed = {
+            let mut s = self.state();
+            let changed = s.link != Some(link);
+            s.link = Some(link);
+            changed
+        };
+        if changed {
+            self.emit_status();
+        }
+    }
+
+    pub(crate) fn set_identity(&self, endpoint: &str, pool: &str) {
+        let store = self.store();
+        let _ = store.set(keys::ENDPOINT_NAME, endpoint);
+        let _ = store.set(keys::POOL_NAME, pool);
+        drop(store);
+        let mut s = self.state();
+        s.endpoint_name = Some(endpoint.to_owned());
+        s.pool_name = Some(pool.to_owned());
+    }
+
+    pub(crate) fn set_pool_policy(&self, policy: PoolPolicy) {
+        if let Ok(json) = serde_json::to_string(&policy) {
+            let _ = self.store().set(keys::POOL_POLICY, &json);
+        }
+        self.state().pool_policy = Some(policy);
+        self.emit_status();
+    }
+
+    /// The cached pool target.
+    pub(crate) fn target_info(&self) -> Option<TargetInfo> {
+        self.state().target.as_ref().map(|(t, _)| t.clone())
+    }
+
+    /// Stores a new pool target (its snapshot already verified against its hash) and tells
+    /// subscribers; returns the change summary against the previous target.
+    pub(crate) fn set_target(&self, info: TargetInfo, snap: Snapshot) -> Result<Counts, ActionError> {
+        if snap.hash() != info.snapshot {
+            return Err(ActionError::new(
+                ErrorCode::Internal,
+                "the coordinator sent a target snapshot that does not match its hash",
+            ));
+        }
+        {
+            let store = self.store();
+            let json = serde_json::to_string(&info).map_err(ActionError::internal)?;
+            store.set(keys::TARGET_SNAPSHOT, &snap.encode()).map_err(ActionError::internal)?;
+            store.set(keys::TARGET_INFO, &json).map_err(ActionError::internal)?;
+        }
+        let summary = {
+            let mut s = self.state();
+            let summary = match (&s.target, self.policy(&s).compile()) {
+                (Some((_, old)), Ok(policy)) => status(old, &snap, &policy).1,
+                _ => Counts::default(),
+            };
+            s.target = Some((info.clone(), snap));
+            summary
+        };
+        self.emit(Event::TargetChanged {
+            target: info,
+            summary,
+        });
+        self.emit_status();
+        Ok(summary)
+    }
+
+    pub(crate) fn auto_sync_wanted(&self) -> bool {
+        let s = self.state();
+        !s.paused && self.auto_sync_mode_locked(&s) == AutoSyncMode::Apply
+    }
+}
+
+/// Holds the one-operation lock; clears the running marker when dropped.
+pub(crate) struct OperationGuard<'a> {
+    daemon: &'a Daemon,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for OperationGuard<'_> {
+    fn drop(&mut self) {
+        self.daemon.state().running = None;
+        self.daemon.emit_status();
+    }
+}
+
+fn stage(name: &str, percent: u8, current: Option<String>) -> Progress {
+    Progress {
+        stage: name.to_owned(),
+        percent,
+        current,
+    }
+}
+
+pub(crate) fn preview_of(plan: &Plan, target_revision: Option<u64>) -> Preview {
+    Preview {
+        target_revision,
+        counts: plan.counts(),
+        actions: plan.actions.clone(),
+        conflicts: plan.conflicts.clone(),
+        skipped: plan.skipped.clone(),
+        needs_confirmation: plan.needs_confirmation.clone(),
+    }
+}
+
+/// Packages where `after` still differs from `target` under `policy`, with the reason.
+fn differences(after: &Snapshot, target: &Snapshot, policy: &crate::plan::Policy) -> Vec<PackageFailure> {
+    let Ok(policy) = policy.compile() else {
+        return Vec::new();
+    };
+    let empty = crate::plan::Availability::default();
+    let residual = plan(after, target, &[], &empty, &policy);
+    let mut out: Vec<PackageFailure> = residual
+        .actions
+        .iter()
+        .map(|a| PackageFailure {
+            name: a.name().to_string(),
+            reason: format!("still differs from the target: {}", serde_json::to_value(a).map(|v| v["action"].to_string()).unwrap_or_default()),
+        })
+        .collect();
+    out.extend(residual.conflicts.iter().map(|c| PackageFailure {
+        name: match c {
+            Conflict::VersionUnavailable { name, .. }
+            | Conflict::MissingPackage { name }
+            | Conflict::RepositoryUnavailable { name, .. }
+            | Conflict::DependencyConflict { name, .. } => name.to_string(),
+        },
+        reason: c.to_string(),
+    }));
+    out
+}
+
+/// The safety-net timer: a cheap unchanged check every `check_interval`, and a forced full
+/// read every tenth tick (catches anything the fingerprint could miss).
+pub async fn timer(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(daemon.config().check_interval());
+    // A late tick after a suspend should not fire a burst of catch-up checks.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        n += 1;
+        if let Err(e) = daemon.refresh("timer", n % 10 == 0).await {
+            tracing::warn!(error = %e, "periodic check of pacman's state failed");
+        }
+    }
+}
+
+/// The only place the daemon reaches pacman: through `crate::apply` and `crate::exec`.
+mod actions {
+    use super::*;
+    use crate::apply::{ApplyError, ApplyEvent, ApplyOptions};
+    use crate::exec::{ExecError, PacmanEvent, PacmanOp, PacmanSettings};
+
+    /// `pacman -Sy` alone: the caller re-plans against the fresh databases and then applies
+    /// the whole target state, so nothing is left partially upgraded.
+    pub(super) async fn refresh_databases(
+        settings: &PacmanSettings,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<(), ActionError> {
+        crate::exec::run(&PacmanOp::RefreshDatabases, settings, &mut |_| {}, &cancel)
+            .await
+            .map(drop)
+            .map_err(exec_error)
+    }
+
+    /// Applies `plan`; returns the packages that did not reach their target.
+    pub(super) async fn apply(
+        plan: &Plan,
+        settings: &PacmanSettings,
+        confirm_removals: bool,
+        cancel: watch::Receiver<bool>,
+        report: &mut (impl FnMut(Progress) + Send),
+    ) -> Result<Vec<PackageFailure>, ActionError> {
+        let opts = ApplyOptions {
+            confirm_removals,
+            archive_dir: None,
+        };
+        // Transactions share 10–90 %; within one, pacman's own counter moves the bar.
+        let (mut index, mut total) = (0usize, 1usize);
+        let mut on_event = |e: ApplyEvent| {
+            let at = |i: usize, total: usize, within: u8| {
+                (10 + 80 * (i * 100 + usize::from(within.min(100))) / (total.max(1) * 100)) as u8
+            };
+            let p = match e {
+                ApplyEvent::Fetching { name, .. } => {
+                    stage("downloading", 8, Some(name.to_string()))
+                }
+                ApplyEvent::Transaction { index: i, total: t, .. } => {
+                    (index, total) = (i, t);
+                    stage("starting pacman", at(i, t, 0), None)
+                }
+                ApplyEvent::Pacman {
+                    event: PacmanEvent::Progress(p),
+                    ..
+                } => {
+                    let name = serde_json::to_value(p.stage)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    stage(
+                        &name,
+                        at(index, total, p.percent.unwrap_or(0)),
+                        p.package.map(|n| n.to_string()),
+                    )
+                }
+                ApplyEvent::Pacman {
+                    event: PacmanEvent::WaitingForLock { .. },
+                    ..
+                } => stage("waiting for pacman's lock", at(index, total, 0), None),
+                ApplyEvent::Pacman { .. } => return,
+            };
+            report(p);
+        };
+        let failures = match crate::apply::apply(plan, settings, &opts, &mut on_event, &cancel).await
+        {
+            Ok(r) => r.failures,
+            Err(ApplyError::Failed { report }) => report.failures,
+            Err(ApplyError::NotStarted { source }) => return Err(exec_error(source)),
+            Err(e @ ApplyError::Conflicts(_)) => {
+                return Err(ActionError::new(ErrorCode::Conflict, e.to_string()));
+            }
+            Err(e @ ApplyError::NeedsConfirmation(_)) => {
+                return Err(ActionError::new(ErrorCode::NeedsConfirmation, e.to_string()));
+            }
+            Err(e) => return Err(ActionError::new(ErrorCode::PacmanFailed, e.to_string())),
+        };
+        Ok(failures
+            .into_iter()
+            .map(|(name, reason)| PackageFailure {
+                name: name.to_string(),
+                reason,
+            })
+            .collect())
+    }
+
+    fn exec_error(e: ExecError) -> ActionError {
+        let code = match &e {
+            ExecError::Busy { .. } => ErrorCode::Busy,
+            ExecError::Cancelled => ErrorCode::Cancelled,
+            ExecError::Invalid { .. } => ErrorCode::InvalidRequest,
+            _ => ErrorCode::PacmanFailed,
+        };
+        ActionError::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,390 @@
+//! The local Unix socket: newline-delimited JSON, many clients at once, authorization by the
+//! peer's credentials (SO_PEERCRED).
+//!
+//! Anyone may read status; actions need root, the daemon's own user, or a member of the
+//! configured group (default `wheel`). The socket directory is created root-owned 0755, a
+//! symlink in its place is refused, and a stale socket is removed only after a connection
+//! attempt shows no daemon behind it.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::protocol::{Envelope, ErrorCode, LOCAL_PROTOCOL, MAX_REQUEST_LINE, Reply, Request};
+use super::service::{ActionError, Daemon};
+
+/// Most clients served at once; more wait for a slot.
+const MAX_CLIENTS: usize = 64;
+
+/// A bound socket plus the group whose members may act.
+pub struct Listener {
+    listener: UnixListener,
+    group: Option<u32>,
+}
+
+/// Creates the socket directory safely and binds the socket.
+pub fn bind(path: &Path, group_name: &str) -> anyhow::Result<Listener> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .context("the socket path has no directory")?;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("refusing the socket directory {}: it is a symlink", dir.display())
+        }
+        Ok(m) if !m.is_dir() => bail!("{} is not a directory", dir.display()),
+        Ok(m) if m.uid() != rustix::process::geteuid().as_raw() => bail!(
+            "refusing the socket directory {}: it is owned by uid {}, not by this daemon",
+            dir.display(),
+            m.uid()
+        ),
+        Ok(m) if m.mode() & 0o022 != 0 => bail!(
+            "refusing the socket directory {}: others may write to it (mode {:o})",
+            dir.display(),
+            m.mode() & 0o7777
+        ),
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another pacpoold is already listening on {}: stop it first",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        }
+        Ok(_) => bail!(
+            "refusing to replace {}: it exists and is not a socket",
+            path.display()
+        ),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Everyone may connect (to read status); actions are checked per request.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let group = group_id(group_name);
+    if group.is_none() {
+        tracing::warn!(group = group_name, "socket group not found: only root may run actions");
+    }
+    Ok(Listener { listener, group })
+}
+
+/// Removes the socket on shutdown.
+pub fn remove(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The gid of `name` from /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// The supplementary groups of process `pid`, from /proc.
+fn process_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the peer may run actions, and if not, why.
+fn authorize(stream: &UnixStream, group: Option<u32>) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the caller's credentials: {e}"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == me {
+        return Ok(());
+    }
+    if let Some(g) = group
+        && (cred.gid() == g
+            || cred
+                .pid()
+                .is_some_and(|pid| process_groups(pid).contains(&g)))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "uid {} may not change packages: actions need root or membership in the socket group",
+        cred.uid()
+    ))
+}
+
+/// Accepts clients until `stop`.
+pub async fn serve(daemon: Arc<Daemon>, listener: Listener, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let daemon = daemon.clone();
+                let group = listener.group;
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(daemon, stream, group, stop).await {
+                        tracing::debug!(error = %e, "socket client ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a socket client failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn write(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).expect("replies serialize");
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<ActionError> for Reply {
+    fn from(e: ActionError) -> Self {
+        error(e.code, e.message)
+    }
+}
+
+/// Serves one client: one request per line, until it disconnects.
+async fn handle(
+    daemon: Arc<Daemon>,
+    stream: UnixStream,
+    group: Option<u32>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let auth = authorize(&stream, group);
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut r)
+            .take(MAX_REQUEST_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_REQUEST_LINE {
+            write(&mut w, &error(ErrorCode::InvalidRequest, "request line too long")).await?;
+            return Ok(());
+        }
+        let envelope: Envelope = match serde_json::from_slice(&line) {
+            Ok(e) => e,
+            Err(e) => {
+                let v = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("v").and_then(|v| v.as_u64()));
+                let reply = match v {
+                    Some(v) if v != u64::from(LOCAL_PROTOCOL) => error(
+                        ErrorCode::ProtocolMismatch,
+                        format!("client speaks local protocol {v}, this pacpoold speaks {LOCAL_PROTOCOL}: use matching pacpool versions"),
+                    ),
+                    _ => error(ErrorCode::InvalidRequest, format!("malformed request: {e}")),
+                };
+                write(&mut w, &reply).await?;
+                continue;
+            }
+        };
+        if envelope.v != LOCAL_PROTOCOL {
+            write(
+                &mut w,
+                &error(
+                    ErrorCode::ProtocolMismatch,
+                    format!(
+                        "client speaks local protocol {}, this pacpoold speaks {LOCAL_PROTOCOL}: use matching pacpool versions",
+                        envelope.v
+                    ),
+                ),
+            )
+            .await?;
+            continue;
+        }
+        let request = envelope.request;
+        if request.is_action()
+            && let Err(why) = &auth
+        {
+            write(&mut w, &error(ErrorCode::Refused, why.clone())).await?;
+            continue;
+        }
+        match request {
+            Request::Subscribe => return subscribe(&daemon, &mut w, auth, stop).await,
+            request => {
+                let reply = dispatch(&daemon, request, &auth, &mut w).await?;
+                write(&mut w, &reply).await?;
+            }
+        }
+    }
+}
+
+/// Streams events until the client goes away or the daemon stops.
+async fn subscribe(
+    daemon: &Daemon,
+    w: &mut (impl AsyncWriteExt + Unpin),
+    auth: Result<(), String>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use super::protocol::Event;
+    let mut events = daemon.subscribe();
+    let (can_act, why_not) = (auth.is_ok(), auth.clone().err());
+    let first = Event::Status {
+        status: Box::new(daemon.status(can_act, why_not.clone())),
+    };
+    write(w, &Reply::Event { event: first }).await?;
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = stop.changed() => return Ok(()),
+        };
+        let event = match event {
+            // Status events carry the daemon's view; restate the rights of this peer.
+            Ok(Event::Status { .. }) => Event::Status {
+                status: Box::new(daemon.status(can_act, why_not.clone())),
+            },
+            Ok(e) => e,
+            // A slow client missed events: send the current status instead.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::Status {
+                status: Box::new(daemon.status(can_act, why_not.clone())),
+            },
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        write(w, &Reply::Event { event }).await?;
+    }
+}
+
+async fn dispatch(
+    daemon: &Arc<Daemon>,
+    request: Request,
+    auth: &Result<(), String>,
+    w: &mut (impl AsyncWriteExt + Unpin),
+) -> std::io::Result<Reply> {
+    Ok(match request {
+        Request::Status => Reply::Status {
+            status: Box::new(daemon.status(auth.is_ok(), auth.clone().err())),
+        },
+        Request::Preview => match daemon.preview().await {
+            Ok(preview) => Reply::Preview { preview },
+            Err(e) => e.into(),
+        },
+        Request::History { limit } => match daemon.history(limit.min(10_000)) {
+            Ok(entries) => Reply::History { entries },
+            Err(e) => e.into(),
+        },
+        Request::Operations { limit } => match daemon.operations(limit.min(10_000)) {
+            Ok(operations) => Reply::Operations { operations },
+            Err(e) => e.into(),
+        },
+        Request::Snapshot { id } => match daemon.snapshot_text(&id) {
+            Ok((entry, text)) => Reply::Snapshot { entry, text },
+            Err(e) => e.into(),
+        },
+        Request::Notify => match daemon.refresh("hook", true).await {
+            Ok(_) => Reply::Ok,
+            Err(e) => error(ErrorCode::Internal, format!("{e:#}")),
+        },
+        Request::Cancel => match daemon.cancel() {
+            Ok(()) => Reply::Ok,
+            Err(e) => e.into(),
+        },
+        Request::PauseAutoSync { paused } => match daemon.set_paused(paused) {
+            Ok(()) => Reply::Ok,
+            Err(e) => e.into(),
+        },
+        Request::SetLatest => match super::link::set_latest(daemon).await {
+            Ok(outcome) => Reply::Done { outcome },
+            Err(e) => e.into(),
+        },
+        Request::Sync { confirm_removals } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let fut = daemon.sync(confirm_removals, move |p| {
+                let _ = tx.send(p);
+            });
+            with_progress(fut, rx, w).await?
+        }
+        Request::Revert {
+            to,
+            confirm_removals,
+        } => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let fut = daemon.revert(to.as_deref(), confirm_removals, move |p| {
+                let _ = tx.send(p);
+            });
+            with_progress(fut, rx, w).await?
+        }
+        Request::Subscribe => unreachable!("handled by the caller"),
+    })
+}
+
+/// Runs an action, writing its progress as it comes; the action goes on even if the client
+/// disconnects.
+async fn with_progress(
+    fut: impl std::future::Future<Output = Result<super::protocol::Outcome, ActionError>>,
+    mut rx: mpsc::UnboundedReceiver<crate::proto::Progress>,
+    w: &mut (impl AsyncWriteExt + Unpin),
+) -> std::io::Result<Reply> {
+    tokio::pin!(fut);
+    let mut client_gone = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut fut => break r,
+            Some(progress) = rx.recv() => {
+                if !client_gone && write(w, &Reply::Progress { progress }).await.is_err() {
+                    client_gone = true;
+                }
+            }
+        }
+    };
+    while let Ok(progress) = rx.try_recv() {
+        if !client_gone {
+            let _ = write(w, &Reply::Progress { progress }).await;
+        }
+    }
+    Ok(match result {
+        Ok(outcome) => Reply::Done { outcome },
+        Err(e) => e.into(),
+    })
+}

@@ -1,0 +1,1147 @@
+//! The coordinator end to end: the real server on 127.0.0.1:0 (bound before launch, so no
+//! waiting for it to start), real HTTP (reqwest) and WebSocket (tokio-tungstenite) clients.
+//! Timeouts below only turn a hang into a failure; nothing asserts on timing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use pacpool::coordinator::{CoordinatorError, Secret, Settings, launch};
+use pacpool::localdb::Reason;
+use pacpool::proto::{
+    ApiError, EndpointMsg, EndpointState, EndpointStatus, JoinToken, Operation, OperationState,
+    PROTOCOL_VERSION, Page, Pool, RegisterResponse, ReportAck, ServerMsg, StateReport, TargetInfo,
+};
+use pacpool::snapshot::{PackageState, Snapshot};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+const ADMIN: &str = "test-admin-token";
+/// Upper bound for any single wait; only there so a bug fails instead of hanging.
+const HANG: Duration = Duration::from_secs(20);
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), CoordinatorError>>,
+}
+
+async fn start(dir: &Path) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = Settings {
+        database: dir.join("coordinator.db"),
+        admin_token_file: dir.join("admin-token"),
+        admin_token: Some(Secret(ADMIN.into())),
+        body_limit: 1024 * 1024,
+        ws_message_limit: 1024 * 1024,
+        ..Settings::default()
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(launch(settings, listener, async {
+        let _ = rx.await;
+    }));
+    Server {
+        base: format!("http://{addr}/api/v1"),
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        stop: Some(tx),
+        handle,
+    }
+}
+
+impl Server {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = tokio::time::timeout(HANG, req.send())
+            .await
+            .expect("request hung")
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    async fn ok<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> T {
+        let (status, v) = self.call(method.clone(), path, Some(token), body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        serde_json::from_value(v).unwrap()
+    }
+
+    async fn pool(&self, name: &str) -> Pool {
+        self.ok(Method::POST, "/pools", ADMIN, Some(json!({ "name": name })))
+            .await
+    }
+
+    async fn join_token(&self, pool: i64) -> String {
+        let jt: JoinToken = self
+            .ok(
+                Method::POST,
+                &format!("/pools/{pool}/join-tokens"),
+                ADMIN,
+                Some(json!({})),
+            )
+            .await;
+        jt.token
+    }
+
+    async fn register(&self, join: &str, name: &str) -> RegisterResponse {
+        self.ok(
+            Method::POST,
+            "/register",
+            "unused",
+            Some(json!({ "join_token": join, "name": name })),
+        )
+        .await
+    }
+
+    async fn report_full(&self, token: &str, snap: &Snapshot) -> ReportAck {
+        let body = serde_json::to_value(StateReport::Full {
+            snapshot: snap.clone(),
+        })
+        .unwrap();
+        self.ok(Method::POST, "/endpoint/report", token, Some(body))
+            .await
+    }
+
+    async fn status(&self, token: &str) -> EndpointStatus {
+        self.ok(Method::GET, "/endpoint/status", token, None).await
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(HANG, self.handle)
+            .await
+            .expect("shutdown hung")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn err(v: &Value) -> ApiError {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("not an ApiError ({e}): {v}"))
+}
+
+fn snap(pkgs: &[(&str, &str)]) -> Snapshot {
+    Snapshot::new(
+        pkgs.iter()
+            .map(|(n, v)| PackageState {
+                name: n.parse().unwrap(),
+                version: v.parse().unwrap(),
+                arch: "x86_64".parse().unwrap(),
+                reason: Reason::Explicit,
+                repo: Some("core".parse().unwrap()),
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+/// A pool with `n` registered endpoints (tokens in order).
+async fn pool_with(server: &Server, name: &str, n: usize) -> (Pool, Vec<RegisterResponse>) {
+    let pool = server.pool(name).await;
+    let join = server.join_token(pool.id).await;
+    let mut eps = Vec::new();
+    for i in 0..n {
+        eps.push(server.register(&join, &format!("host{i}")).await);
+    }
+    (pool, eps)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(server: &Server, path: &str, token: &str) -> Ws {
+    let url = format!("{}{path}", server.base.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio::time::timeout(HANG, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect hung")
+        .unwrap();
+    ws
+}
+
+async fn ws_send(ws: &mut Ws, msg: &EndpointMsg) {
+    ws.send(Message::Text(serde_json::to_string(msg).unwrap().into()))
+        .await
+        .unwrap();
+}
+
+/// The next server message; `None` on a close frame (returned in `closed`).
+async fn ws_next(ws: &mut Ws) -> Result<ServerMsg, Option<tungstenite::protocol::CloseFrame>> {
+    loop {
+        let msg = tokio::time::timeout(HANG, ws.next())
+            .await
+            .expect("socket hung");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame),
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => return Err(None),
+        }
+    }
+}
+
+async fn endpoint_ws(server: &Server, token: &str) -> (Ws, ServerMsg) {
+    let mut ws = ws_connect(server, "/endpoints/ws", token).await;
+    ws_send(
+        &mut ws,
+        &EndpointMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent: "test".into(),
+            acked_state: None,
+        },
+    )
+    .await;
+    let welcome = ws_next(&mut ws).await.unwrap();
+    assert!(matches!(welcome, ServerMsg::Welcome { .. }), "{welcome:?}");
+    (ws, welcome)
+}
+
+#[tokio::test]
+async fn registration_and_auth_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+
+    // No token, a wrong token, a wrong admin token: 401 with an ApiError.
+    let (st, v) = s.call(Method::GET, "/pools", None, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(err(&v).code, "unauthorized");
+    let (st, v) = s.get("/pools", "not-a-token").await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+
+    let (pool, eps) = pool_with(&s, "lab", 0).await;
+    let join = s.join_token(pool.id).await;
+    // Re-registering with the same name gives a new identity and a unique name.
+    let a = s.register(&join, "box").await;
+    let b = s.register(&join, "box").await;
+    assert!(eps.is_empty());
+    assert_ne!(a.endpoint_id, b.endpoint_id);
+    assert_ne!(a.endpoint_token, b.endpoint_token);
+    assert_eq!((a.name.as_str(), b.name.as_str()), ("box", "box-2"));
+    assert!(a.endpoint_token.len() >= 64);
+    // Bad join token, bad name.
+    let (st, v) = s
+        .post(
+            "/register",
+            "x",
+            json!({ "join_token": "nope", "name": "c" }),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let (st, v) = s
+        .post(
+            "/register",
+            "x",
+            json!({ "join_token": join, "name": "a b;rm" }),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+
+    // An endpoint token cannot use admin routes; the admin token cannot act as an endpoint.
+    for path in [
+        "/pools",
+        "/audit",
+        "/operations",
+        &format!("/pools/{}/endpoints", pool.id),
+    ] {
+        let (st, v) = s.get(path, &a.endpoint_token).await;
+        assert_eq!(
+            (st, err(&v).code.as_str()),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{path}"
+        );
+    }
+    let (st, _) = s
+        .post(
+            &format!("/endpoints/{}/revoke", b.endpoint_id),
+            &a.endpoint_token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = s.get("/endpoint/status", ADMIN).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // A cannot touch B's operation.
+    s.report_full(&b.endpoint_token, &snap(&[("bash", "5.2-1")]))
+        .await;
+    let op: Operation = s
+        .ok(
+            Method::POST,
+            "/endpoint/operations",
+            &b.endpoint_token,
+            Some(json!({ "kind": "revert" })),
+        )
+        .await;
+    let (st, v) = s
+        .post(
+            &format!("/endpoint/operations/{}/progress", op.id),
+            &a.endpoint_token,
+            json!({ "stage": "x", "percent": 1 }),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let (st, _) = s
+        .get(&format!("/operations/{}", op.id), &a.endpoint_token)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // A cannot read B's snapshot (not a target of the pool).
+    let b_state = snap(&[("bash", "5.2-1")]).hash();
+    let (st, _) = s
+        .get(&format!("/snapshots/{b_state}"), &a.endpoint_token)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, body) = s
+        .get(&format!("/snapshots/{b_state}"), &b.endpoint_token)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body.as_str().unwrap(), snap(&[("bash", "5.2-1")]).encode());
+
+    // Revoked token: 401 everywhere, including the WebSocket.
+    let (st, _) = s
+        .post(
+            &format!("/endpoints/{}/revoke", a.endpoint_id),
+            ADMIN,
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, v) = s.get("/endpoint/status", &a.endpoint_token).await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let url = format!("{}/endpoints/ws", s.base.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", a.endpoint_token).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), StatusCode::UNAUTHORIZED),
+        other => panic!("revoked token opened a socket: {other:?}"),
+    }
+    // The revocation and registrations are audited.
+    let audit: Page<pacpool::proto::AuditEntry> = s.ok(Method::GET, "/audit", ADMIN, None).await;
+    let actions: Vec<&str> = audit.items.iter().map(|e| e.action.as_str()).collect();
+    assert!(
+        actions.contains(&"endpoint.revoke") && actions.contains(&"endpoint.register"),
+        "{actions:?}"
+    );
+    assert!(
+        audit
+            .items
+            .iter()
+            .all(|e| e.peer.as_deref() == Some("127.0.0.1"))
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_as_latest_race_has_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "race", 2).await;
+    let (a, b) = (&eps[0], &eps[1]);
+    let sa = snap(&[("bash", "5.2-1")]);
+    let sb = snap(&[("bash", "5.1-1")]);
+    s.report_full(&a.endpoint_token, &sa).await;
+    s.report_full(&b.endpoint_token, &sb).await;
+    let set = |token: String, hash| {
+        let s = &s;
+        async move {
+            s.post(
+                "/endpoint/target",
+                &token,
+                json!({ "expected_revision": 0, "snapshot": hash }),
+            )
+            .await
+        }
+    };
+    let (ra, rb) = tokio::join!(
+        set(a.endpoint_token.clone(), sa.hash()),
+        set(b.endpoint_token.clone(), sb.hash())
+    );
+    let (win, lose) = if ra.0 == StatusCode::OK {
+        (ra, rb)
+    } else {
+        (rb, ra)
+    };
+    assert_eq!(win.0, StatusCode::OK, "{win:?} {lose:?}");
+    assert_eq!(lose.0, StatusCode::CONFLICT, "{lose:?}");
+    let e = err(&lose.1);
+    assert_eq!(e.code, "revision_conflict");
+    let current: TargetInfo = serde_json::from_value(e.detail.unwrap()).unwrap();
+    let won: TargetInfo = serde_json::from_value(win.1).unwrap();
+    assert_eq!((current.revision, won.revision), (1, 1));
+    assert_eq!(current, won);
+    let history: Vec<TargetInfo> = s
+        .ok(
+            Method::GET,
+            &format!("/pools/{}/targets", pool.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(history.len(), 1);
+    // The loser retries against the current revision and wins revision 2.
+    let loser = if won.set_by_endpoint == Some(a.endpoint_id) {
+        b
+    } else {
+        a
+    };
+    let loser_hash = if loser.endpoint_id == a.endpoint_id {
+        sa.hash()
+    } else {
+        sb.hash()
+    };
+    let (st, v) = s
+        .post(
+            "/endpoint/target",
+            &loser.endpoint_token,
+            json!({ "expected_revision": 1, "snapshot": loser_hash }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["revision"], 2);
+    // Setting a snapshot that is not the endpoint's current state is refused.
+    let (st, v) = s
+        .post(
+            "/endpoint/target",
+            &loser.endpoint_token,
+            json!({ "expected_revision": 2, "snapshot": snap(&[]).hash() }),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::CONFLICT, "snapshot_not_current")
+    );
+    // Admin revert to revision 1 makes revision 3.
+    let t: TargetInfo = s
+        .ok(
+            Method::POST,
+            &format!("/pools/{}/target/revert", pool.id),
+            ADMIN,
+            Some(json!({ "to_revision": 1, "expected_revision": 2 })),
+        )
+        .await;
+    assert_eq!(
+        (t.revision, t.reverted_from, t.snapshot),
+        (3, Some(1), won.snapshot)
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn delta_reports_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (_, eps) = pool_with(&s, "deltas", 1).await;
+    let t = &eps[0].endpoint_token;
+    let a = snap(&[("bash", "5.2-1"), ("zlib", "1.3-1")]);
+    let b = snap(&[("bash", "5.2-2"), ("zlib", "1.3-1")]);
+    let c = snap(&[("bash", "5.2-3"), ("zlib", "1.3-1")]);
+    let delta = |from: &Snapshot, to: &Snapshot| {
+        serde_json::to_value(StateReport::Delta {
+            delta: from.diff(to),
+        })
+        .unwrap()
+    };
+
+    // A delta before any full state: need full, nothing known.
+    let ack: ReportAck = s
+        .ok(Method::POST, "/endpoint/report", t, Some(delta(&a, &b)))
+        .await;
+    assert_eq!(ack, ReportAck::NeedFull { known: None });
+    assert_eq!(
+        s.report_full(t, &a).await,
+        ReportAck::Accepted { state: a.hash() }
+    );
+    let ack: ReportAck = s
+        .ok(Method::POST, "/endpoint/report", t, Some(delta(&a, &b)))
+        .await;
+    assert_eq!(ack, ReportAck::Accepted { state: b.hash() });
+    assert_eq!(s.status(t).await.current, Some(b.hash()));
+    // Against a stale base: need full, and the state stays b.
+    let ack: ReportAck = s
+        .ok(Method::POST, "/endpoint/report", t, Some(delta(&a, &c)))
+        .await;
+    assert_eq!(
+        ack,
+        ReportAck::NeedFull {
+            known: Some(b.hash())
+        }
+    );
+    // A tampered delta (right base, result does not hash to its target): refused whole.
+    let mut bad = b.diff(&c);
+    bad.target = a.hash();
+    let body = serde_json::to_value(StateReport::Delta { delta: bad }).unwrap();
+    let ack: ReportAck = s.ok(Method::POST, "/endpoint/report", t, Some(body)).await;
+    assert_eq!(
+        ack,
+        ReportAck::NeedFull {
+            known: Some(b.hash())
+        }
+    );
+    assert_eq!(s.status(t).await.current, Some(b.hash()));
+    let (st, _) = s.get(&format!("/snapshots/{}", c.hash()), ADMIN).await;
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "nothing stored for a refused delta"
+    );
+    // Recovery: full state, then deltas again.
+    assert_eq!(
+        s.report_full(t, &c).await,
+        ReportAck::Accepted { state: c.hash() }
+    );
+    let ack: ReportAck = s
+        .ok(Method::POST, "/endpoint/report", t, Some(delta(&c, &a)))
+        .await;
+    assert_eq!(ack, ReportAck::Accepted { state: a.hash() });
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn operations_are_idempotent_and_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "ops", 1).await;
+    let t = &eps[0].endpoint_token;
+    s.report_full(t, &snap(&[("bash", "5.2-1")])).await;
+
+    // No target yet: sync-to-latest is refused.
+    let (st, v) = s
+        .post(
+            "/endpoint/operations",
+            t,
+            json!({ "kind": "sync-to-latest" }),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::CONFLICT, "no_target")
+    );
+    s.post(
+        "/endpoint/target",
+        t,
+        json!({ "expected_revision": 0, "snapshot": snap(&[("bash", "5.2-1")]).hash() }),
+    )
+    .await;
+
+    let body = json!({ "kind": "sync-to-latest", "idempotency_key": "k1" });
+    let (st, first) = s.post("/endpoint/operations", t, body.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{first}");
+    let (st, again) = s.post("/endpoint/operations", t, body.clone()).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(first, again, "a retry returns the first operation");
+    let first: Operation = serde_json::from_value(first).unwrap();
+
+    // A second operation while the first is active: 409 naming it.
+    let (st, v) = s
+        .post("/endpoint/operations", t, json!({ "kind": "revert" }))
+        .await;
+    let e = err(&v);
+    assert_eq!(
+        (st, e.code.as_str()),
+        (StatusCode::CONFLICT, "operation_active")
+    );
+    assert_eq!(e.detail.unwrap()["id"], first.id);
+    assert!(e.message.contains(&first.id.to_string()), "{}", e.message);
+
+    // The state machine: progress, then a result, then nothing more.
+    let op: Operation = s
+        .ok(
+            Method::POST,
+            &format!("/endpoint/operations/{}/progress", first.id),
+            t,
+            Some(json!({ "stage": "installing", "percent": 40, "current": "upgrading bash" })),
+        )
+        .await;
+    assert_eq!(op.state, OperationState::InProgress);
+    assert_eq!(s.status(t).await.state, EndpointState::Syncing);
+    let (st, v) = s
+        .post(
+            &format!("/endpoint/operations/{}/progress", first.id),
+            t,
+            json!({ "stage": "x", "percent": 101 }),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let op: Operation = s
+        .ok(Method::POST, &format!("/endpoint/operations/{}/result", first.id), t, Some(json!({ "state": "failed", "message": "mirror down", "failures": [{ "name": "bash", "reason": "404" }] })))
+        .await;
+    assert_eq!(op.state, OperationState::Failed);
+    assert_eq!(op.result.unwrap().failures.len(), 1);
+    assert_eq!(s.status(t).await.state, EndpointState::Error);
+    let (st, v) = s
+        .post(
+            &format!("/endpoint/operations/{}/progress", first.id),
+            t,
+            json!({ "stage": "x", "percent": 1 }),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::CONFLICT, "invalid_transition")
+    );
+    // The same key still returns the first (finished) operation, not a new one.
+    let (st, v) = s.post("/endpoint/operations", t, body).await;
+    assert_eq!((st, v["id"].as_i64()), (StatusCode::OK, Some(first.id)));
+
+    // Now a new one may start; an admin cancels it while pending.
+    let (st, v) = s
+        .post("/endpoint/operations", t, json!({ "kind": "revert" }))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let second: Operation = serde_json::from_value(v).unwrap();
+    let op: Operation = s
+        .ok(
+            Method::POST,
+            &format!("/operations/{}/cancel", second.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(op.state, OperationState::Cancelled);
+    let (st, v) = s
+        .post(
+            &format!("/operations/{}/cancel", second.id),
+            ADMIN,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::CONFLICT, "operation_finished")
+    );
+
+    // History, paginated, newest first.
+    let page: Page<Operation> = s
+        .ok(
+            Method::GET,
+            &format!("/operations?pool={}&limit=1", pool.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(page.items[0].id, second.id);
+    let next = page.next.unwrap();
+    let page: Page<Operation> = s
+        .ok(
+            Method::GET,
+            &format!("/operations?pool={}&limit=1&cursor={next}", pool.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(page.items[0].id, first.id);
+    let page: Page<Operation> = s
+        .ok(
+            Method::GET,
+            &format!("/operations?endpoint={}", eps[0].endpoint_id),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!((page.items.len(), page.next), (2, None));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_is_computed_against_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "status", 5).await;
+    let target = snap(&[("bash", "5.2-1"), ("zlib", "1.3-1")]);
+    let states = [
+        target.clone(),
+        snap(&[("bash", "5.1-1"), ("zlib", "1.3-1")]), // behind: upgrade
+        snap(&[("bash", "5.3-1")]),                    // diverged: downgrade + install
+        snap(&[("bash", "5.2-1"), ("vim", "9.1-1"), ("zlib", "1.3-1")]), // ahead: remove
+    ];
+    for (ep, st) in eps.iter().zip(&states) {
+        s.report_full(&ep.endpoint_token, st).await;
+    }
+    // Before any target: unknown.
+    assert_eq!(
+        s.status(&eps[0].endpoint_token).await.state,
+        EndpointState::Unknown
+    );
+    s.post(
+        "/endpoint/target",
+        &eps[0].endpoint_token,
+        json!({ "expected_revision": 0, "snapshot": target.hash() }),
+    )
+    .await;
+    let all: Vec<EndpointStatus> = s
+        .ok(
+            Method::GET,
+            &format!("/pools/{}/endpoints", pool.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    let by_state: Vec<EndpointState> = all.iter().map(|e| e.state).collect();
+    assert_eq!(
+        by_state,
+        [
+            EndpointState::InSync,
+            EndpointState::Behind,
+            EndpointState::Diverged,
+            EndpointState::Ahead,
+            EndpointState::Unknown
+        ]
+    );
+    assert_eq!((all[1].counts.upgrade, all[1].counts.total()), (1, 1));
+    assert_eq!((all[2].counts.downgrade, all[2].counts.install), (1, 1));
+    assert_eq!(all[3].counts.remove, 1);
+    assert!(all.iter().all(|e| e.target_revision == Some(1)));
+    assert_eq!(all[4].current, None);
+    // The endpoint sees the same about itself.
+    assert_eq!(s.status(&eps[1].endpoint_token).await, all[1]);
+    // Its target and the target snapshot are readable by every endpoint of the pool.
+    let t: Option<TargetInfo> = s
+        .ok(
+            Method::GET,
+            "/endpoint/target",
+            &eps[4].endpoint_token,
+            None,
+        )
+        .await;
+    assert_eq!(t.unwrap().snapshot, target.hash());
+    let (st, body) = s
+        .get(
+            &format!("/snapshots/{}", target.hash()),
+            &eps[4].endpoint_token,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(Snapshot::decode(body.as_str().unwrap()).unwrap(), target);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_flow_and_target_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "ws", 2).await;
+    let (a, b) = (&eps[0], &eps[1]);
+    let old = snap(&[("bash", "5.1-1")]);
+    let new = snap(&[("bash", "5.2-1"), ("zlib", "1.3-1")]);
+
+    // Protocol mismatch: an error naming both versions, then a close frame.
+    let mut ws = ws_connect(&s, "/endpoints/ws", &b.endpoint_token).await;
+    ws_send(
+        &mut ws,
+        &EndpointMsg::Hello {
+            protocol: 999,
+            agent: "future".into(),
+            acked_state: None,
+        },
+    )
+    .await;
+    match ws_next(&mut ws).await {
+        Ok(ServerMsg::Error { error }) => {
+            assert_eq!(error.code, "protocol_mismatch");
+            assert!(
+                error
+                    .message
+                    .contains(&format!("protocol {PROTOCOL_VERSION}"))
+                    && error.message.contains("999"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(ws_next(&mut ws).await.is_err(), "closed after the mismatch");
+
+    // B connects properly and reports over the socket.
+    let (mut wb, welcome) = endpoint_ws(&s, &b.endpoint_token).await;
+    let ServerMsg::Welcome {
+        endpoint_id,
+        pool_id,
+        target,
+        known_state,
+        ..
+    } = welcome
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (endpoint_id, pool_id, target, known_state),
+        (b.endpoint_id, pool.id, None, None)
+    );
+    ws_send(
+        &mut wb,
+        &EndpointMsg::Report {
+            report: StateReport::Full {
+                snapshot: old.clone(),
+            },
+        },
+    )
+    .await;
+    assert_eq!(
+        ws_next(&mut wb).await.unwrap(),
+        ServerMsg::ReportAck {
+            ack: ReportAck::Accepted { state: old.hash() }
+        }
+    );
+    ws_send(&mut wb, &EndpointMsg::Heartbeat).await;
+    // A hostile message is an error message, not a dropped connection.
+    wb.send(Message::Text(r#"{"type":"report","report":{"kind":"full","snapshot":{"packages":[{"name":"--config=x","version":"1-1","arch":"any","reason":"explicit"}]}}}"#.into())).await.unwrap();
+    match ws_next(&mut wb).await {
+        Ok(ServerMsg::Error { error }) => assert_eq!(error.code, "invalid_request"),
+        other => panic!("{other:?}"),
+    }
+    // An admin subscribes to the pool.
+    let mut admin = ws_connect(&s, &format!("/pools/{}/ws", pool.id), ADMIN).await;
+
+    // A sets the target over REST; B is told, with the change summary.
+    s.report_full(&a.endpoint_token, &new).await;
+    let set: TargetInfo = s
+        .ok(
+            Method::POST,
+            "/endpoint/target",
+            &a.endpoint_token,
+            Some(json!({ "expected_revision": 0, "snapshot": new.hash() })),
+        )
+        .await;
+    match ws_next(&mut wb).await.unwrap() {
+        ServerMsg::TargetChanged { target, summary } => {
+            assert_eq!(target, set);
+            assert_eq!(target.set_by_endpoint, Some(a.endpoint_id));
+            assert_eq!(summary.install, 2, "{summary:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut saw_target = false;
+    let mut saw_b_behind = false;
+    while !(saw_target && saw_b_behind) {
+        match ws_next(&mut admin).await.unwrap() {
+            ServerMsg::TargetChanged { target, .. } => saw_target = target == set,
+            ServerMsg::EndpointStatusChanged { status } if status.id == b.endpoint_id => {
+                saw_b_behind |= status.state == EndpointState::Behind;
+            }
+            _ => {}
+        }
+    }
+    // An admin-requested operation reaches B; B reports progress over the socket.
+    let op: Operation = s
+        .ok(
+            Method::POST,
+            &format!("/endpoints/{}/operations", b.endpoint_id),
+            ADMIN,
+            Some(json!({ "kind": "sync-to-latest" })),
+        )
+        .await;
+    match ws_next(&mut wb).await.unwrap() {
+        ServerMsg::OperationRequested { operation } => assert_eq!(operation.id, op.id),
+        other => panic!("{other:?}"),
+    }
+    ws_send(
+        &mut wb,
+        &EndpointMsg::Progress {
+            operation: op.id,
+            progress: pacpool::proto::Progress {
+                stage: "downloading".into(),
+                percent: 10,
+                current: None,
+            },
+        },
+    )
+    .await;
+    // Progress over the socket has no ack; the admin subscriber sees it applied.
+    loop {
+        if let ServerMsg::OperationUpdated { operation } = ws_next(&mut admin).await.unwrap()
+            && operation.id == op.id
+            && operation.state == OperationState::InProgress
+        {
+            break;
+        }
+    }
+    s.ok::<Operation>(
+        Method::POST,
+        &format!("/operations/{}/cancel", op.id),
+        ADMIN,
+        None,
+    )
+    .await;
+    match ws_next(&mut wb).await.unwrap() {
+        ServerMsg::CancelRequested { operation } => assert_eq!(operation, op.id),
+        other => panic!("{other:?}"),
+    }
+    // Policy changes are pushed too.
+    let p: Pool = s
+        .ok(
+            Method::PATCH,
+            &format!("/pools/{}", pool.id),
+            ADMIN,
+            Some(json!({ "policy": { "auto_sync": "apply" } })),
+        )
+        .await;
+    match ws_next(&mut wb).await.unwrap() {
+        ServerMsg::PolicyChanged { policy } => assert_eq!(policy, p.policy),
+        other => panic!("{other:?}"),
+    }
+    // Shutdown sends a close frame ("going away") to open sockets.
+    let stop = s.shutdown();
+    let closed = async {
+        match ws_next(&mut wb).await {
+            Err(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+            other => panic!("{other:?}"),
+        }
+    };
+    tokio::join!(stop, closed);
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_input_is_refused_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "bad", 1).await;
+    let t = &eps[0].endpoint_token;
+    let url = format!("{}/endpoint/report", s.base);
+    let send_raw = |body: Vec<u8>, ctype: &'static str| {
+        s.http
+            .post(&url)
+            .bearer_auth(t)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+    };
+    let check = |resp: reqwest::Response, status: StatusCode, code: &'static str| async move {
+        assert_eq!(resp.status(), status);
+        let e: ApiError = resp.json().await.unwrap();
+        assert_eq!(e.code, code, "{}", e.message);
+        assert!(!e.message.is_empty());
+    };
+    check(
+        send_raw(b"{not json".to_vec(), "application/json")
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    check(
+        send_raw(b"{}".to_vec(), "text/plain").await.unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "invalid_request",
+    )
+    .await;
+    // Hostile package names are refused by the types.
+    for name in ["--config=x", "../../etc", "a b", "bash;rm"] {
+        let body = json!({ "kind": "full", "snapshot": { "packages": [{ "name": name, "version": "1-1", "arch": "any", "reason": "explicit" }] } });
+        let (st, v) = s.post("/endpoint/report", t, body).await;
+        assert_eq!(
+            (st, err(&v).code.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{name}"
+        );
+    }
+    // Duplicate packages, a bad version.
+    let body = json!({ "kind": "full", "snapshot": { "packages": [
+        { "name": "a", "version": "1-1", "arch": "any", "reason": "explicit" },
+        { "name": "a", "version": "2-1", "arch": "any", "reason": "explicit" }] } });
+    let (st, _) = s.post("/endpoint/report", t, body).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // Oversized (over the 1 MiB limit of this server), with and without a length header.
+    let mut big = br#"{"kind":"full","snapshot":{"packages":[],"pad":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024));
+    big.extend(br#""}}"#);
+    check(
+        send_raw(big.clone(), "application/json").await.unwrap(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    // Chunked (no Content-Length): written by hand, as reqwest here has no streaming bodies.
+    let addr = s
+        .base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/endpoint/report HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    for chunk in big.chunks(64 * 1024) {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        // The server may answer and close before the whole body is sent.
+        if tcp.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = tcp.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(HANG, tcp.read_to_end(&mut answer))
+        .await
+        .expect("hung");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+    // Bad path and query values, unknown routes and methods: ApiErrors too.
+    let (st, v) = s.get("/pools/abc", ADMIN).await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (st, v) = s.get("/operations?limit=0", ADMIN).await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (st, v) = s.get("/snapshots/xyz", ADMIN).await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (st, v) = s.get("/nope", ADMIN).await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (st, v) = s.call(Method::PUT, "/pools", Some(ADMIN), None).await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let (st, v) = s
+        .post(
+            "/pools",
+            ADMIN,
+            json!({ "name": "x", "policy": { "plan": { "ignore": ["[unclosed"] } } }),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (st, v) = s.post("/pools", ADMIN, json!({ "name": "bad" })).await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::CONFLICT, "name_taken")
+    );
+
+    // Nothing was stored: no state, no report in the audit log, one pool.
+    assert_eq!(s.status(t).await.current, None);
+    let audit: Page<pacpool::proto::AuditEntry> = s.ok(Method::GET, "/audit", ADMIN, None).await;
+    assert!(audit.items.iter().all(|e| e.action != "endpoint.report"));
+    let pools: Vec<Pool> = s.ok(Method::GET, "/pools", ADMIN, None).await;
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0].id, pool.id);
+    // Health and metrics.
+    let (st, _) = s.call(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, m) = s.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    let m = m.as_str().unwrap().to_owned();
+    assert!(
+        m.contains(
+            r#"pacpool_http_requests_total{route="/api/v1/endpoint/report",status="413"} 2"#
+        ),
+        "{m}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "keep", 1).await;
+    let t = eps[0].endpoint_token.clone();
+    let state = snap(&[("bash", "5.2-1")]);
+    s.report_full(&t, &state).await;
+    s.post(
+        "/endpoint/target",
+        &t,
+        json!({ "expected_revision": 0, "snapshot": state.hash() }),
+    )
+    .await;
+    s.shutdown().await;
+
+    let s = start(dir.path()).await;
+    let p: Pool = s
+        .ok(Method::GET, &format!("/pools/{}", pool.id), ADMIN, None)
+        .await;
+    assert_eq!((p.name.as_str(), p.endpoint_count), ("keep", 1));
+    assert_eq!(
+        p.target.as_ref().map(|t| (t.revision, t.snapshot)),
+        Some((1, state.hash()))
+    );
+    let st = s.status(&t).await;
+    assert_eq!(
+        (st.state, st.current),
+        (EndpointState::InSync, Some(state.hash()))
+    );
+    // The delta base survived too.
+    let next = snap(&[("bash", "5.2-2")]);
+    let body = serde_json::to_value(StateReport::Delta {
+        delta: state.diff(&next),
+    })
+    .unwrap();
+    let ack: ReportAck = s.ok(Method::POST, "/endpoint/report", &t, Some(body)).await;
+    assert_eq!(ack, ReportAck::Accepted { state: next.hash() });
+    s.shutdown().await;
+}
