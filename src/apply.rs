@@ -11,9 +11,10 @@
 //! order (see [`transactions`]):
 //! 1. the removals at the start of the plan (those an install conflicts with): one `-R`;
 //! 2. packages a sync repository offers in exactly the wanted version: one
-//!    `-S --needed -- repo/name=version…` (pinned: see [`SyncTarget`]) for upgrades, downgrades and new explicit packages (pacman
-//!    keeps an upgraded package's install reason), then one `-S --needed --asdeps` for new
-//!    dependencies (often a no-op: pacman already pulled them in as dependencies);
+//!    `-S --needed -- repo/name=version…` (pinned, see [`SyncTarget`]) for upgrades,
+//!    downgrades and new explicit packages (pacman keeps an upgraded package's install
+//!    reason), then one `-S --needed --asdeps` for new dependencies (often a no-op: pacman
+//!    already pulled them in as dependencies of the first);
 //! 3. package files (cache, or fetched from the archive): `-U -- file…`, then
 //!    `-U --asdeps -- file…` for new dependencies;
 //! 4. the other removals: one `-R`;
@@ -33,9 +34,15 @@
 //! while waiting for pacman's lock): then nothing has changed. From then on the remaining
 //! transactions run to the end: stopping between them would leave a state nobody asked for.
 //! When a transaction fails, the ones after it are not run, and the error carries an
-//! [`ApplyReport`] listing every package that did not reach its target. pacman's
-//! transactions are all-or-nothing in practice, but the caller should re-snapshot and compare
-//! with the target rather than trust any report.
+//! [`ApplyReport`] listing every package that did not reach its target. A failed transaction
+//! has usually changed nothing (pacman checks dependencies, files and package integrity
+//! before it commits), but a failure during the commit can leave part of it done: the caller
+//! re-snapshots and compares with the target rather than trusting any report.
+//!
+//! Known limit: a leading removal (one an install conflicts with) that another installed
+//! package depends on fails, since pacman checks dependencies per transaction; replacing a
+//! package in one step needs pacman's interactive conflict question, which `--noconfirm`
+//! answers "no".
 
 use std::path::{Path, PathBuf};
 
@@ -65,7 +72,7 @@ pub struct ApplyOptions {
 }
 
 impl ApplyOptions {
-    fn archive_dir(&self, settings: &PacmanSettings) -> PathBuf {
+    fn resolved_archive_dir(&self, settings: &PacmanSettings) -> PathBuf {
         self.archive_dir
             .clone()
             .or_else(|| settings.cachedir.clone())
@@ -380,7 +387,7 @@ pub async fn apply(
         fetches,
         cached,
         transactions,
-    } = group(plan, &opts.archive_dir(settings))?;
+    } = group(plan, &opts.resolved_archive_dir(settings))?;
     // A cache cleaned since planning would otherwise fail halfway through the transactions.
     for (name, path) in &cached {
         if !tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()) {
@@ -451,7 +458,7 @@ pub async fn apply(
                 let mut seen = std::collections::BTreeSet::new();
                 for (i, later) in transactions.iter().enumerate().skip(index) {
                     let why = if i == index {
-                        format!("pacman failed: {error}")
+                        error.clone()
                     } else {
                         "not attempted: an earlier pacman transaction failed".to_owned()
                     };

@@ -620,6 +620,11 @@ async fn spawn_and_stream(
     progress(PacmanEvent::Started {
         command: command.to_owned(),
     });
+    progress(PacmanEvent::Progress(Progress {
+        stage: Stage::Starting,
+        package: None,
+        percent: None,
+    }));
     let (tx, mut rx) = mpsc::channel(64);
     let out = child.stdout.take().map(|o| {
         let tx = tx.clone();

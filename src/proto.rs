@@ -324,6 +324,16 @@ pub struct Page<T> {
     pub next: Option<i64>,
 }
 
+/// Admin: rename an endpoint or move it to another pool (`PATCH /api/v1/endpoints/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateEndpoint {
+    /// A new name, unique in the (new) pool.
+    pub name: Option<String>,
+    /// Another pool; refused while the endpoint has an active operation.
+    pub pool_id: Option<i64>,
+}
+
 /// One entry of the coordinator's audit log (`GET /api/v1/audit`, newest first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

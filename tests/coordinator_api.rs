@@ -1145,3 +1145,144 @@ async fn restart_keeps_everything() {
     assert_eq!(ack, ReportAck::Accepted { state: next.hash() });
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn offline_detection_uses_last_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "offline", 2).await;
+    let state = snap(&[("bash", "5.2-1")]);
+    for ep in &eps {
+        s.report_full(&ep.endpoint_token, &state).await;
+    }
+    s.post(
+        "/endpoint/target",
+        &eps[0].endpoint_token,
+        json!({ "expected_revision": 0, "snapshot": state.hash() }),
+    )
+    .await;
+    // Age endpoint 1's last contact past the 90 s default, as if it had been silent.
+    let db = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
+    db.busy_timeout(HANG).unwrap();
+    db.execute(
+        "UPDATE endpoints SET last_seen = last_seen - 1000 WHERE id = ?1",
+        [eps[1].endpoint_id],
+    )
+    .unwrap();
+    let all: Vec<EndpointStatus> = s
+        .ok(
+            Method::GET,
+            &format!("/pools/{}/endpoints", pool.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(
+        all.iter().map(|e| e.state).collect::<Vec<_>>(),
+        [EndpointState::InSync, EndpointState::Offline]
+    );
+    // A heartbeat over the socket brings it back.
+    let (mut ws, _) = endpoint_ws(&s, &eps[1].endpoint_token).await;
+    ws_send(&mut ws, &EndpointMsg::Heartbeat).await;
+    // Hello already refreshed last_seen; the status is in sync again.
+    assert_eq!(
+        s.status(&eps[1].endpoint_token).await.state,
+        EndpointState::InSync
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn endpoints_are_renamed_moved_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (a_pool, eps) = pool_with(&s, "a", 2).await;
+    let b_pool = s.pool("b").await;
+    let ep = &eps[0];
+    // Rename onto a taken name: 409.
+    let (st, v) = s
+        .call(
+            Method::PATCH,
+            &format!("/endpoints/{}", ep.endpoint_id),
+            Some(ADMIN),
+            Some(json!({ "name": eps[1].name })),
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::CONFLICT, "name_taken")
+    );
+    // Move while connected: the socket is closed so it reconnects into the new pool.
+    let (mut ws, _) = endpoint_ws(&s, &ep.endpoint_token).await;
+    let moved: EndpointStatus = s
+        .ok(
+            Method::PATCH,
+            &format!("/endpoints/{}", ep.endpoint_id),
+            ADMIN,
+            Some(json!({ "pool_id": b_pool.id, "name": "moved" })),
+        )
+        .await;
+    assert_eq!((moved.pool_id, moved.name.as_str()), (b_pool.id, "moved"));
+    match ws_next(&mut ws).await {
+        Err(Some(frame)) => assert_eq!(u16::from(frame.code), 4001),
+        other => panic!("{other:?}"),
+    }
+    let (_ws, welcome) = endpoint_ws(&s, &ep.endpoint_token).await;
+    assert!(matches!(welcome, ServerMsg::Welcome { pool_id, .. } if pool_id == b_pool.id));
+    // A pool with endpoints cannot be deleted; an empty one can.
+    let (st, v) = s
+        .call(
+            Method::DELETE,
+            &format!("/pools/{}", a_pool.id),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::CONFLICT, "pool_not_empty")
+    );
+    let (st, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/endpoints/{}", eps[1].endpoint_id),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = s.get("/endpoint/status", &eps[1].endpoint_token).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/pools/{}", a_pool.id),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, v) = s.get(&format!("/pools/{}", a_pool.id), ADMIN).await;
+    assert_eq!(
+        (st, err(&v).code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_websocket_message_ends_the_socket_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (_, eps) = pool_with(&s, "big", 1).await;
+    let t = &eps[0].endpoint_token;
+    let (mut ws, _) = endpoint_ws(&s, t).await;
+    let huge = "x".repeat(2 * 1024 * 1024);
+    // The server may drop the connection while the frame is still being written.
+    let _ = ws.send(Message::Text(huge.into())).await;
+    assert!(ws_next(&mut ws).await.is_err(), "socket ended");
+    // Nothing else is affected.
+    let (_ws, _) = endpoint_ws(&s, t).await;
+    assert_eq!(s.status(t).await.current, None);
+    s.shutdown().await;
+}

@@ -125,7 +125,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/pools/{id}/targets", get(pool_targets))
         .route("/pools/{id}/target/revert", post(revert_target))
         .route("/pools/{id}/ws", get(ws::admin_socket))
-        .route("/endpoints/{id}", get(get_endpoint).delete(delete_endpoint))
+        .route(
+            "/endpoints/{id}",
+            get(get_endpoint)
+                .patch(update_endpoint)
+                .delete(delete_endpoint),
+        )
         .route("/endpoints/{id}/revoke", post(revoke_endpoint))
         .route("/endpoints/{id}/operations", post(admin_create_operation))
         .route("/audit", get(list_audit))
@@ -275,16 +280,18 @@ fn hhmm(s: &str) -> bool {
         && m.parse::<u8>().is_ok_and(|m| m < 60)
 }
 
-fn unique_to_name_taken(e: rusqlite::Error, name: &str) -> ApiErr {
+/// A UNIQUE violation becomes `409 name_taken` with `message`; other errors stay.
+fn name_taken(e: rusqlite::Error, message: impl FnOnce() -> String) -> ApiErr {
     if let rusqlite::Error::SqliteFailure(f, _) = &e
         && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
     {
-        return ApiErr::conflict(
-            "name_taken",
-            format!("a pool named {name:?} already exists: choose another name"),
-        );
+        return ApiErr::conflict("name_taken", message());
     }
     e.into()
+}
+
+fn pool_name_taken(name: &str) -> impl FnOnce() -> String + '_ {
+    move || format!("a pool named {name:?} already exists: choose another name")
 }
 
 fn load_pool(conn: &rusqlite::Connection, id: i64) -> Result<Option<Pool>, ApiErr> {
@@ -334,7 +341,7 @@ async fn create_pool(
                 "INSERT INTO pools (name, policy, created_at) VALUES (?1, ?2, ?3)",
                 params![req.name, policy, now()],
             )
-            .map_err(|e| unique_to_name_taken(e, &req.name))?;
+            .map_err(|e| name_taken(e, pool_name_taken(&req.name)))?;
             let id = tx.last_insert_rowid();
             db::audit(
                 tx,
@@ -401,7 +408,7 @@ async fn update_pool(
                     "UPDATE pools SET name = ?1 WHERE id = ?2",
                     params![name, id],
                 )
-                .map_err(|e| unique_to_name_taken(e, name))?;
+                .map_err(|e| name_taken(e, pool_name_taken(name)))?;
             }
             let mut policy_changed = false;
             if let Some(policy) = &req.policy {
@@ -586,6 +593,74 @@ async fn get_endpoint(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<EndpointStatus> {
     Ok(Json(state.endpoint_status(id).await?))
+}
+
+async fn update_endpoint(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<UpdateEndpoint>,
+) -> ApiResult<EndpointStatus> {
+    if let Some(name) = &req.name {
+        check_name("endpoint", name)?;
+    }
+    let peer = peer(&ci);
+    let (old_pool, new_pool) = state
+        .db
+        .write(move |tx| {
+            let (old_pool, old_name): (i64, String) = tx
+                .query_row(
+                    "SELECT pool_id, name FROM endpoints WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
+            let new_pool = req.pool_id.unwrap_or(old_pool);
+            let name = req.name.clone().unwrap_or(old_name);
+            if new_pool != old_pool {
+                if db::policy_of(tx, new_pool)?.is_none() {
+                    return Err(no_pool(new_pool));
+                }
+                if let Some(active) = db::active_operation(tx, id)? {
+                    return Err(ApiErr::conflict(
+                        "operation_active",
+                        format!(
+                            "endpoint {id} has operation {} active: wait for it or cancel it before moving the endpoint",
+                            active.id
+                        ),
+                    )
+                    .with_detail(&active));
+                }
+            }
+            tx.execute(
+                "UPDATE endpoints SET pool_id = ?1, name = ?2 WHERE id = ?3",
+                params![new_pool, name, id],
+            )
+            .map_err(|e| {
+                name_taken(e, || {
+                    format!("pool {new_pool} already has an endpoint named {name:?}: choose another name")
+                })
+            })?;
+            db::audit(
+                tx,
+                "admin",
+                "endpoint.update",
+                Some(format!("endpoint:{id}")),
+                peer,
+                Some(format!("name={name} pool:{old_pool} -> pool:{new_pool}")),
+            )?;
+            Ok((old_pool, new_pool))
+        })
+        .await?;
+    if old_pool != new_pool {
+        // Its socket is subscribed to the old pool: make it reconnect (and get a new Welcome).
+        state.hub.disconnect(old_pool, id);
+    }
+    let status = state.endpoint_status(id).await?;
+    state.status_changed(new_pool, id).await;
+    Ok(Json(status))
 }
 
 async fn delete_endpoint(

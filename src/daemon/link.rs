@@ -101,16 +101,40 @@ impl Endpoint {
         }
     }
 
+    /// Fetches a snapshot (canonical text) and checks it against its hash.
     async fn fetch_snapshot(&self, hash: &SnapshotHash) -> Result<Snapshot, CallError> {
-        let snap: Snapshot = self
-            .call(self.http.get(self.url(&format!("/snapshots/{hash}"))).header("accept", "application/json"))
-            .await?;
-        if snap.hash() != *hash {
-            return Err(CallError::Api(ApiError {
+        let resp = self
+            .http
+            .get(self.url(&format!("/snapshots/{hash}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let bad = |message: String| {
+            CallError::Api(ApiError {
                 code: "bad_response".into(),
-                message: format!("the coordinator sent a snapshot that does not match {}", hash.short()),
+                message,
                 detail: None,
-            }));
+            })
+        };
+        if !status.is_success() {
+            return Err(match serde_json::from_str::<ApiError>(&body) {
+                Ok(e) => CallError::Api(e),
+                Err(_) => bad(format!("the coordinator answered {status} for snapshot {}", hash.short())),
+            });
+        }
+        let snap = Snapshot::decode(&body)
+            .map_err(|e| bad(format!("the coordinator sent an unreadable snapshot: {e}")))?;
+        if snap.hash() != *hash {
+            return Err(bad(format!(
+                "the coordinator sent a snapshot that does not match {}",
+                hash.short()
+            )));
         }
         Ok(snap)
     }

@@ -1,0 +1,236 @@
+//! The product end to end: a real coordinator on 127.0.0.1, two real pacpoold processes on
+//! two sandbox pacman roots, the real `pacpool` CLI, real WebSockets and real pacman
+//! transactions.
+//!
+//! A sets latest → B is behind → B syncs and matches A; A upgrades and sets latest → B
+//! refreshes its databases and upgrades; a hostile target is refused; B reverts with the
+//! coordinator down and reports it when the coordinator returns.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use pacpool::coordinator::{Secret, Settings, launch};
+use support::daemon::{Daemon, write_config};
+use support::{PkgSpec, Sandbox, host_arch};
+
+const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// A coordinator running on its own runtime thread; stopped on drop or by `stop()`.
+struct Coordinator {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Coordinator {
+    fn start(db: &Path, addr: Option<SocketAddr>) -> Self {
+        let settings = Settings {
+            database: db.to_owned(),
+            admin_token: Some(Secret(ADMIN.into())),
+            ..Settings::default()
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(
+                addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+            ))
+            .expect("bind the coordinator");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            rt.block_on(async move {
+                launch(settings, listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("coordinator runs");
+            });
+        });
+        Self {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            let url = format!("{}/api/v1{path}", self.url());
+            let req = match method {
+                "POST" => client.post(url).json(&body.unwrap_or(serde_json::json!({}))),
+                _ => client.get(url),
+            };
+            let resp = req.bearer_auth(ADMIN).send().await.unwrap();
+            let status = resp.status();
+            let v: serde_json::Value = resp.json().await.unwrap();
+            assert!(status.is_success(), "{method} {path}: {status} {v}");
+            v
+        })
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Subscribes to the daemon's events and returns once `cond` holds for a status event.
+fn wait_status(d: &Daemon, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.write_all(b"{\"v\":1,\"cmd\":\"subscribe\"}\n").unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let mut seen = Vec::new();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("event stream ended while waiting for {what}; saw:\n{}\n--- daemon log\n{}", seen.join("\n"), d.log());
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event"]["event"] == "status" && cond(&v["event"]["status"]) {
+            return v["event"]["status"].clone();
+        }
+        seen.push(line);
+    }
+}
+
+fn publish_everywhere(boxes: &[&Sandbox], specs: &[(&str, &str, &[&str])]) {
+    let built: Vec<PathBuf> = specs
+        .iter()
+        .map(|(n, v, deps)| boxes[0].build_package(&PkgSpec::new(n, v).arch(&host_arch()).depends(deps)))
+        .collect();
+    for sb in boxes {
+        sb.publish(&built);
+    }
+}
+
+fn local_hash(sb: &Sandbox) -> String {
+    sb.pacman_paths().read().unwrap().snapshot.hash().to_hex()
+}
+
+#[test]
+fn set_latest_sync_upgrade_and_offline_revert() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    publish_everywhere(
+        &[&a, &b],
+        &[
+            ("editor", "1.0-1", &["libtext"]),
+            ("libtext", "1.0-1", &[]),
+            ("shell", "2.0-1", &[]),
+            ("oldtool", "1.0-1", &[]),
+        ],
+    );
+    a.pacman_ok(&["-Sy", "editor", "shell"]);
+    b.pacman_ok(&["-Sy", "shell", "oldtool"]);
+
+    let dbdir = tempfile::tempdir().unwrap();
+    let db = dbdir.path().join("coordinator.db");
+    let mut coord = Coordinator::start(&db, None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    wait_status(&da, "A connected", |s| s["link"] == "connected");
+    wait_status(&db_, "B connected", |s| s["link"] == "connected");
+
+    // A sets latest; B learns it is behind (it lacks editor and libtext, has oldtool extra).
+    let out = da.cli_code(&["set-latest", "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    let s = wait_status(&db_, "B sees revision 1", |s| s["target"]["revision"] == 1);
+    assert_eq!(s["state"], "diverged", "B has an extra package and lacks two: {s}");
+    assert_eq!(s["target"]["set_by"], "alice");
+    assert_eq!(s["counts"]["install"], 2);
+    assert_eq!(s["counts"]["remove"], 1);
+
+    // The preview says what a sync does; the sync makes B equal to A.
+    let preview = db_.cli_code(&["preview"], 0);
+    assert!(preview.contains("install   editor 1.0-1") && preview.contains("remove    oldtool"), "{preview}");
+    db_.cli_code(&["sync", "--yes"], 0);
+    assert_eq!(local_hash(&b), local_hash(&a), "B's packages equal A's");
+    let s = wait_status(&db_, "B in sync", |s| s["state"] == "in-sync");
+    assert_eq!(s["counts"]["install"], 0);
+    // The dependency came in as a dependency, as on A.
+    let deps = b.pacman_ok(&["-Qqd"]);
+    assert_eq!(deps.trim(), "libtext");
+
+    // The coordinator computed the same thing from B's report.
+    let endpoints = coord.admin("GET", &format!("/pools/{}/endpoints", pool["id"]), None);
+    let states: Vec<String> = endpoints
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}={}", e["name"].as_str().unwrap(), e["state"].as_str().unwrap()))
+        .collect();
+    assert!(states.contains(&"alice=in-sync".to_string()), "{states:?}");
+
+    // A upgrades (from a newer repo state) and sets latest; B's databases are stale, so its
+    // sync refreshes them first and then upgrades.
+    publish_everywhere(&[&a, &b], &[("editor", "1.1-1", &["libtext>=1.0"])]);
+    a.pacman_ok(&["-Syu"]);
+    da.cli_code(&["notify"], 0);
+    da.cli_code(&["set-latest", "--yes"], 0);
+    let s = wait_status(&db_, "B sees revision 2", |s| s["target"]["revision"] == 2);
+    assert_eq!(s["state"], "behind");
+    assert_eq!(s["counts"]["upgrade"], 1);
+    db_.cli_code(&["sync", "--yes"], 0);
+    assert_eq!(local_hash(&b), local_hash(&a));
+
+    // B reverts to its previous state with the coordinator down...
+    let before_revert = local_hash(&b);
+    coord.stop();
+    wait_status(&db_, "B offline", |s| s["link"] == "offline");
+    db_.cli_code(&["revert", "--yes"], 0);
+    let reverted = local_hash(&b);
+    assert_ne!(reverted, before_revert);
+    assert!(b.pacman_ok(&["-Q", "editor"]).contains("1.0-1"));
+    // ...and reports it when the coordinator is back (same address, same database).
+    let coord = Coordinator::start(&db, Some(coord.addr));
+    wait_status(&db_, "B reconnected", |s| s["link"] == "connected");
+    let b_id = db_.status()["endpoint"].as_str().unwrap().to_owned();
+    let mut reported = false;
+    for _ in 0..200 {
+        let endpoints = coord.admin("GET", &format!("/pools/{}/endpoints", pool["id"]), None);
+        let b_row = endpoints
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == b_id.as_str())
+            .cloned()
+            .unwrap();
+        if b_row["current"] == reverted.as_str() {
+            assert_eq!(b_row["state"], "behind");
+            reported = true;
+            break;
+        }
+        // The report travels over the WebSocket after the welcome; wait for it briefly.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(reported, "B's reverted state reached the coordinator\n{}", db_.log());
+}
