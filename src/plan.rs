@@ -442,8 +442,11 @@ pub fn status(
                 behind = true;
             }
             (Some(cur), None) => {
-                // Explicit-only scope keeps dependencies that the target merely lacks.
-                if policy.scope == Scope::ExplicitOnly && cur.reason == Reason::Dependency {
+                // Explicit-only scope keeps dependencies that the target merely lacks, and
+                // protected packages are never removed: neither is a difference a sync acts on.
+                if (policy.scope == Scope::ExplicitOnly && cur.reason == Reason::Dependency)
+                    || policy.is_protected(cur.name.as_str())
+                {
                     continue;
                 }
                 c.remove += 1;
@@ -957,6 +960,9 @@ mod tests {
         );
         let removed: Vec<&str> = plan1.actions.iter().map(|a| a.name().as_str()).collect();
         assert_eq!(removed, ["a", "b", "c"]);
+        // The status counts what the plan does: protected and ignored packages stay.
+        let (st, counts) = status(&current, &target, &pol.compile().unwrap());
+        assert_eq!((st, counts.remove), (SyncStatus::Ahead, 3));
         assert_eq!(
             plan1.needs_confirmation,
             Some(RemovalCapExceeded {

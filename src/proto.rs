@@ -315,6 +315,10 @@ pub struct Operation {
     pub idempotency_key: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// For `revert`: the snapshot to go back to, as given in [`CreateOperation::to_snapshot`]
+    /// (`None`: the endpoint's previous state). Older coordinators send nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_snapshot: Option<SnapshotHash>,
 }
 
 /// A page of a list; `next` is the cursor for the following page.

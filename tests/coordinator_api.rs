@@ -645,11 +645,17 @@ async fn operations_are_idempotent_and_one_at_a_time() {
     assert_eq!((st, v["id"].as_i64()), (StatusCode::OK, Some(first.id)));
 
     // Now a new one may start; an admin cancels it while pending.
+    let back_to = snap(&[("bash", "5.0-1")]).hash();
     let (st, v) = s
-        .post("/endpoint/operations", t, json!({ "kind": "revert" }))
+        .post(
+            "/endpoint/operations",
+            t,
+            json!({ "kind": "revert", "to_snapshot": back_to }),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
     let second: Operation = serde_json::from_value(v).unwrap();
+    assert_eq!(second.to_snapshot, Some(back_to));
     let op: Operation = s
         .ok(
             Method::POST,
@@ -753,6 +759,12 @@ async fn status_is_computed_against_the_target() {
     assert_eq!(all[3].counts.remove, 1);
     assert!(all.iter().all(|e| e.target_revision == Some(1)));
     assert_eq!(all[4].current, None);
+    // Snapshots are stored once per hash: four distinct states, the target among them.
+    let db = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 4);
     // The endpoint sees the same about itself.
     assert_eq!(s.status(&eps[1].endpoint_token).await, all[1]);
     // Its target and the target snapshot are readable by every endpoint of the pool.
@@ -927,6 +939,22 @@ async fn websocket_flow_and_target_push() {
         ServerMsg::CancelRequested { operation } => assert_eq!(operation, op.id),
         other => panic!("{other:?}"),
     }
+    // A running operation stays running until the endpoint confirms, unless forced.
+    let (_, v) = s.get(&format!("/operations/{}", op.id), ADMIN).await;
+    assert_eq!(v["state"], "in_progress");
+    let forced: Operation = s
+        .ok(
+            Method::POST,
+            &format!("/operations/{}/cancel?force=true", op.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(forced.state, OperationState::Cancelled);
+    assert!(matches!(
+        ws_next(&mut wb).await.unwrap(),
+        ServerMsg::CancelRequested { .. }
+    ));
     // Policy changes are pushed too.
     let p: Pool = s
         .ok(
@@ -1181,10 +1209,8 @@ async fn offline_detection_uses_last_seen() {
         all.iter().map(|e| e.state).collect::<Vec<_>>(),
         [EndpointState::InSync, EndpointState::Offline]
     );
-    // A heartbeat over the socket brings it back.
-    let (mut ws, _) = endpoint_ws(&s, &eps[1].endpoint_token).await;
-    ws_send(&mut ws, &EndpointMsg::Heartbeat).await;
-    // Hello already refreshed last_seen; the status is in sync again.
+    // Connecting counts as contact (hello refreshes last_seen before the welcome).
+    let (_ws, _) = endpoint_ws(&s, &eps[1].endpoint_token).await;
     assert_eq!(
         s.status(&eps[1].endpoint_token).await.state,
         EndpointState::InSync
@@ -1284,5 +1310,55 @@ async fn oversized_websocket_message_ends_the_socket_only() {
     // Nothing else is affected.
     let (_ws, _) = endpoint_ws(&s, t).await;
     assert_eq!(s.status(t).await.current, None);
+    s.shutdown().await;
+}
+
+/// 1,500 packages, varied by `seed` so every endpoint reports a distinct state.
+fn big_state(seed: usize) -> Snapshot {
+    let pkgs: Vec<(String, String)> = (0..1500)
+        .map(|i| (format!("pkg{i:04}"), format!("1.{}-1", (i * 7 + seed) % 13)))
+        .collect();
+    let refs: Vec<(&str, &str)> = pkgs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    snap(&refs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_full_reports_never_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "load", 60).await;
+    let bodies: Vec<Value> = (0..eps.len())
+        .map(|i| {
+            serde_json::to_value(StateReport::Full {
+                snapshot: big_state(i),
+            })
+            .unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let results = futures_util::stream::iter(eps.iter().zip(&bodies))
+        .map(|(ep, body)| s.post("/endpoint/report", &ep.endpoint_token, body.clone()))
+        .buffer_unordered(50)
+        .collect::<Vec<_>>()
+        .await;
+    let elapsed = started.elapsed();
+    for (st, v) in &results {
+        assert_eq!(*st, StatusCode::OK, "{v}");
+        assert_eq!(v["kind"], "accepted");
+    }
+    eprintln!(
+        "{} full 1,500-package reports at concurrency 50 in {elapsed:?} ({:.0}/s, debug build)",
+        results.len(),
+        results.len() as f64 / elapsed.as_secs_f64()
+    );
+    let all: Vec<EndpointStatus> = s
+        .ok(
+            Method::GET,
+            &format!("/pools/{}/endpoints", pool.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert!(all.iter().all(|e| e.current.is_some()));
     s.shutdown().await;
 }

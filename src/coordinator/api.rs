@@ -31,7 +31,7 @@ use crate::proto::{
     AuditEntry, CreateJoinToken, CreateOperation, CreatePool, EndpointStatus, JoinToken, Operation,
     OperationResult, Page, Pool, PoolPolicy, Progress, RegisterRequest, RegisterResponse,
     ReportAck, RevertTargetRequest, ServerMsg, SetTargetRequest, StateReport, TargetInfo,
-    UpdatePool,
+    UpdateEndpoint, UpdatePool,
 };
 use crate::snapshot::SnapshotHash;
 
@@ -853,13 +853,21 @@ async fn get_operation(
     Ok(Json(op))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct CancelQuery {
+    force: bool,
+}
+
+/// `POST /operations/{id}/cancel[?force=true]`.
 async fn cancel_operation(
     _: Admin,
     State(state): State<AppState>,
     ci: ConnectInfo<SocketAddr>,
     ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<CancelQuery>,
 ) -> ApiResult<Operation> {
-    Ok(Json(state.cancel(id, peer(&ci)).await?))
+    Ok(Json(state.cancel(id, q.force, peer(&ci)).await?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1062,4 +1070,36 @@ async fn get_snapshot(
         })
         .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_windows() {
+        assert!(check_name("pool", "lab-1.x_y").is_ok());
+        for bad in ["", "a b", "--x;", "é", &"x".repeat(65)] {
+            assert!(check_name("pool", bad).is_err(), "{bad:?}");
+        }
+        assert!(hhmm("02:00") && hhmm("23:59"));
+        assert!(!hhmm("24:00") && !hhmm("2:00") && !hhmm("02:60") && !hhmm("0200"));
+        let mut policy = PoolPolicy {
+            auto_sync_window: Some("02:00-05:30".into()),
+            ..PoolPolicy::default()
+        };
+        assert!(check_policy(&policy).is_ok());
+        policy.auto_sync_window = Some("late".into());
+        assert!(check_policy(&policy).is_err());
+    }
+
+    #[test]
+    fn tokens_are_256_bit_and_stored_hashed() {
+        let a = new_token("ppe_").unwrap();
+        let b = new_token("ppe_").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4 + 64);
+        assert_eq!(token_hash(&a).len(), 64);
+        assert_ne!(token_hash(&a), token_hash(&b));
+    }
 }

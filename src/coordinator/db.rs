@@ -183,8 +183,8 @@ impl Db {
         .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
     }
 
-    /// Runs `f` on a reader connection (a consistent snapshot when `f` uses one statement
-    /// or its own transaction).
+    /// Runs `f` in a read transaction on a reader connection, so all its statements see
+    /// one consistent state.
     pub async fn read<T, F>(&self, f: F) -> Result<T, ApiErr>
     where
         T: Send + 'static,
@@ -198,7 +198,11 @@ impl Db {
                 Some(c) => c,
                 None => open_conn(&path)?,
             };
-            let out = f(&conn);
+            // One read transaction: every statement in `f` sees the same committed state.
+            let out = match conn.unchecked_transaction() {
+                Ok(tx) => f(&tx),
+                Err(e) => Err(e.into()),
+            };
             let mut idle = readers.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < MAX_IDLE_READERS {
                 idle.push(conn);
@@ -350,54 +354,59 @@ pub fn targets(conn: &Connection, pool_id: i64) -> Result<Vec<TargetInfo>, ApiEr
 }
 
 pub const OP_COLS: &str = "id, endpoint_id, pool_id, kind, state, progress, result, \
-     idempotency_key, created_at, updated_at";
+     idempotency_key, created_at, updated_at, to_snapshot";
 
-type OpRow = (
-    i64,
-    i64,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-);
+/// An `operations` row before its JSON and enum columns are parsed.
+pub struct OpRow {
+    id: i64,
+    endpoint_id: i64,
+    pool_id: i64,
+    kind: String,
+    state: String,
+    progress: Option<String>,
+    result: Option<String>,
+    idempotency_key: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    to_snapshot: Option<String>,
+}
 
+/// Reads the columns of [`OP_COLS`].
 pub fn op_row(r: &Row<'_>) -> rusqlite::Result<OpRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-    ))
+    Ok(OpRow {
+        id: r.get(0)?,
+        endpoint_id: r.get(1)?,
+        pool_id: r.get(2)?,
+        kind: r.get(3)?,
+        state: r.get(4)?,
+        progress: r.get(5)?,
+        result: r.get(6)?,
+        idempotency_key: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+        to_snapshot: r.get(10)?,
+    })
 }
 
 pub fn finish_op(row: OpRow) -> Result<Operation, ApiErr> {
-    let (id, endpoint_id, pool_id, kind, state, progress, result, key, created_at, updated_at) =
-        row;
     Ok(Operation {
-        id,
-        endpoint_id,
-        pool_id,
-        kind: enum_from_sql::<OperationKind>(&kind)?,
-        state: enum_from_sql::<OperationState>(&state)?,
-        progress: progress
+        id: row.id,
+        endpoint_id: row.endpoint_id,
+        pool_id: row.pool_id,
+        kind: enum_from_sql::<OperationKind>(&row.kind)?,
+        state: enum_from_sql::<OperationState>(&row.state)?,
+        progress: row
+            .progress
             .map(|p| serde_json::from_str(&p).map_err(|e| corrupt("operation progress", e)))
             .transpose()?,
-        result: result
+        result: row
+            .result
             .map(|p| serde_json::from_str(&p).map_err(|e| corrupt("operation result", e)))
             .transpose()?,
-        idempotency_key: key,
-        created_at,
-        updated_at,
+        idempotency_key: row.idempotency_key,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        to_snapshot: row.to_snapshot.as_deref().map(parse_hash).transpose()?,
     })
 }
 
@@ -476,4 +485,32 @@ pub fn audit_page(
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/c.db");
+        drop(Db::open(&path).unwrap());
+        drop(Db::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(
+            Db::open(&path),
+            Err(CoordinatorError::NewerSchema { found: 99, .. })
+        ));
+    }
 }

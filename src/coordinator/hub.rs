@@ -138,3 +138,39 @@ impl Hub {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_filter_and_admins_are_counted() {
+        let hub = Hub::default();
+        let mut ep = hub.subscribe(1);
+        assert!(!hub.has_admins(1));
+        let (mut admin, guard) = hub.subscribe_admin(1);
+        assert!(hub.has_admins(1) && !hub.has_admins(2));
+        hub.publish(
+            1,
+            Audience::Endpoint(7),
+            &ServerMsg::CancelRequested { operation: 3 },
+        );
+        hub.disconnect(1, 8);
+        hub.publish(
+            2,
+            Audience::All,
+            &ServerMsg::CancelRequested { operation: 4 },
+        );
+        let first = ep.try_recv().unwrap();
+        assert!(first.for_endpoint(7) && !first.for_endpoint(8) && first.for_admin());
+        let second = ep.try_recv().unwrap();
+        assert!(second.for_endpoint(8) && !second.for_admin());
+        assert!(
+            ep.try_recv().is_err(),
+            "pool 2's event is not delivered to pool 1"
+        );
+        assert!(admin.try_recv().is_ok());
+        drop(guard);
+        assert!(!hub.has_admins(1));
+    }
+}

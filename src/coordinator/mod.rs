@@ -15,6 +15,42 @@
 //!
 //! The entry point is [`launch`]; the binary only parses flags, loads [`Settings`] and waits
 //! for a signal.
+//!
+//! # API (under `/api/v1`; bodies are the [`crate::proto`] types; errors `ApiError`)
+//!
+//! Admin (`Authorization: Bearer <admin token>`; an endpoint token gets `403 forbidden`):
+//! - `POST /pools` (`CreatePool` → 201 `Pool`), `GET /pools`, `GET|PATCH|DELETE /pools/{id}`
+//!   (`UpdatePool`; delete refuses a pool with endpoints: `409 pool_not_empty`)
+//! - `POST /pools/{id}/join-tokens` (`CreateJoinToken` → 201 `JoinToken`, secret shown once)
+//! - `GET /pools/{id}/endpoints` (`[EndpointStatus]`), `GET /pools/{id}/targets` (history,
+//!   newest first), `POST /pools/{id}/target/revert` (`RevertTargetRequest` → `TargetInfo`)
+//! - `GET|PATCH|DELETE /endpoints/{id}` (`UpdateEndpoint`: rename / move),
+//!   `POST /endpoints/{id}/revoke`, `POST /endpoints/{id}/operations` (`CreateOperation`;
+//!   pushes `OperationRequested` to the endpoint)
+//! - `GET /operations?endpoint=&pool=&cursor=&limit=` (`Page<Operation>`, newest first),
+//!   `POST /operations/{id}/cancel[?force=true]`, `GET /audit?cursor=&limit=`
+//!   (`Page<AuditEntry>`)
+//!
+//! Registration (no bearer; the join token is in the body): `POST /register`
+//! (`RegisterRequest` → 201 `RegisterResponse`, always a new endpoint and token).
+//!
+//! Endpoint (`Authorization: Bearer <endpoint token>`; acts only on itself):
+//! - `POST /endpoint/report` (`StateReport` → `ReportAck`)
+//! - `GET /endpoint/target` (`Option<TargetInfo>`), `POST /endpoint/target`
+//!   (`SetTargetRequest` → `TargetInfo`; `409 revision_conflict` with the current target in
+//!   `detail`, `409 snapshot_not_current` when the snapshot is not its reported state)
+//! - `GET /endpoint/status` (`EndpointStatus`)
+//! - `POST /endpoint/operations` (`CreateOperation` → 201 new / 200 same idempotency key;
+//!   `409 operation_active` with the active operation in `detail`), `GET /endpoint/operations`
+//! - `POST /endpoint/operations/{id}/progress` (`Progress`), `.../result` (`OperationResult`),
+//!   both → `Operation`; `409 invalid_transition` when the state machine forbids it
+//! - `GET /endpoints/ws`: the WebSocket (see `ws`)
+//!
+//! Either token: `GET /snapshots/{hash}` (the canonical text form; an endpoint may read its
+//! own state and its pool's targets), `GET /operations/{id}` (an endpoint: only its own).
+//! Admin subscription socket: `GET /pools/{id}/ws` (all pool events plus
+//! `EndpointStatusChanged` / `OperationUpdated`). Unauthenticated: `GET /health/live`,
+//! `GET /health/ready`, `GET /metrics` (Prometheus text).
 
 mod api;
 mod auth;

@@ -321,7 +321,9 @@ impl AppState {
                 {
                     return Ok(Err(known));
                 }
-                db::put_snapshot(tx, &stored)?;
+                if known != Some(hash) {
+                    db::put_snapshot(tx, &stored)?;
+                }
                 tx.prepare_cached(
                     "UPDATE endpoints SET current = ?1, last_seen = ?2 WHERE id = ?3",
                 )?
@@ -708,10 +710,12 @@ impl AppState {
     }
 
     /// Admin: cancels a pending operation at once; asks the endpoint to stop a running one
-    /// (it then reports `cancelled` as its result).
+    /// (it then reports `cancelled` as its result). `force` also marks a running operation
+    /// cancelled without waiting for the endpoint (for an endpoint that is gone).
     pub(crate) async fn cancel(
         &self,
         op_id: i64,
+        force: bool,
         peer: Option<IpAddr>,
     ) -> Result<Operation, ApiErr> {
         let op = self
@@ -726,10 +730,15 @@ impl AppState {
                     )
                     .with_detail(&op));
                 }
-                if op.state == OperationState::Pending {
+                if op.state == OperationState::Pending || force {
+                    let message = if op.state == OperationState::Pending {
+                        "cancelled by an admin before it started"
+                    } else {
+                        "cancelled by an admin without the endpoint's confirmation (forced)"
+                    };
                     let result = OperationResult {
                         state: OperationState::Cancelled,
-                        message: "cancelled by an admin before it started".into(),
+                        message: message.into(),
                         failures: Vec::new(),
                         snapshot: None,
                     };
@@ -748,7 +757,11 @@ impl AppState {
                     "operation.cancel",
                     Some(format!("operation:{op_id}")),
                     peer,
-                    Some(format!("was {}", enum_to_sql(&op.state))),
+                    Some(format!(
+                        "was {}{}",
+                        enum_to_sql(&op.state),
+                        if force { ", forced" } else { "" }
+                    )),
                 )?;
                 db::operation(tx, op_id)?.ok_or_else(|| ApiErr::internal("operation vanished"))
             })

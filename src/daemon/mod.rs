@@ -42,6 +42,13 @@ pub async fn run(
     shutdown.await;
     tracing::info!("pacpoold stopping");
     let _ = stop_tx.send(true);
+    // Let a running operation finish: its pacman transaction must not lose its reader.
+    if tokio::time::timeout(std::time::Duration::from_secs(110), daemon.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("an operation is still running after 110 s; stopping anyway");
+    }
     // Every task watches `stop`; give them a bounded time to finish.
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(std::time::Duration::from_secs(10), drain)

@@ -576,6 +576,11 @@ impl Daemon {
         self.emit(Event::OperationFinished { outcome });
     }
 
+    /// Waits until no operation runs (for shutdown: a pacman transaction is never cut short).
+    pub async fn wait_idle(&self) {
+        let _idle = self.operation.lock().await;
+    }
+
     /// Asks the running operation to stop; honoured until pacman starts.
     pub fn cancel(&self) -> Result<(), ActionError> {
         if self.state().running.is_none() {

@@ -2,6 +2,7 @@
 //! go through pacpoold's socket; `snapshot`, `plan` and `vercmp` read pacman's files directly
 //! and change nothing.
 
+mod admin;
 mod remote;
 
 use std::path::{Path, PathBuf};
@@ -121,6 +122,8 @@ enum Command {
     ResumeAutoSync,
     /// Tell pacpoold that pacman changed something (run by the pacman hook)
     Notify,
+    /// Administer a coordinator: pools, join tokens, endpoints, targets, operations, audit
+    Admin(admin::AdminArgs),
     /// Print this machine's package state as a snapshot (canonical text, or JSON)
     Snapshot {
         #[command(flatten)]
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
             }
             other => other,
         }),
+        Command::Admin(ref args) => Some(rt.block_on(admin::run(args))),
         _ => None,
     };
     match remote {

@@ -74,12 +74,11 @@ fn unexpected(reply: Reply) -> Failure {
 }
 
 pub async fn status(socket: &Path, json: bool, waybar: bool) -> Result<u8, Failure> {
-    let mut client = connect(socket).await.map_err(|f| {
+    let mut client = connect(socket).await.inspect_err(|f| {
         if waybar {
             // Waybar shows whatever we print; say the daemon is down instead of failing.
             println!("{}", serde_json::json!({"text": "pacpool: down", "tooltip": f.message, "class": "not-running", "alt": "not-running"}));
         }
-        f
     })?;
     let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
         return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a status"));

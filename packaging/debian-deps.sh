@@ -1,0 +1,46 @@
+# Sourced by tests/run.sh and packaging/demo.sh: makes sure the system tools pacpool's tests
+# and demo drive are installed (Debian 12), and that cargo is on PATH.
+#
+# ensure_tools: installs pacman, repo-add, vercmp, bsdtar, makepkg and zstd from Debian's
+# packages when any is missing (needs root; otherwise says what to run).
+
+have() {
+	local c
+	for c in "$@"; do
+		command -v "$c" >/dev/null 2>&1 || return 1
+	done
+}
+
+die() {
+	printf '%s: error: %s\n' "${0##*/}" "$*" >&2
+	exit 1
+}
+
+ensure_tools() {
+	local apt_packages=()
+	if ! have pacman repo-add vercmp bsdtar makepkg zstd; then
+		apt_packages+=(pacman-package-manager makepkg libarchive-tools zstd)
+	fi
+	# ---- LATER SYSTEM PACKAGES ---------------------------------------------------------
+	# The tray tests (GTK, Xvfb, a tray host, notifications) add their packages here, in the
+	# same form: a check, then the Debian packages to install when it fails.
+	# -------------------------------------------------------------------------------------
+	if ((${#apt_packages[@]} > 0)); then
+		if [[ $(id -u) -ne 0 ]]; then
+			die "missing system packages; as root run:
+  apt-get update && apt-get install -y --no-install-recommends ${apt_packages[*]}
+or run this script as root, which does that."
+		fi
+		have apt-get || die "missing system packages (${apt_packages[*]}) and no apt-get: install their equivalents by hand"
+		printf '\n==> Installing %s\n' "${apt_packages[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update
+		apt-get install -y --no-install-recommends "${apt_packages[@]}"
+		have pacman repo-add vercmp bsdtar makepkg zstd || die "pacman, repo-add, vercmp, bsdtar, makepkg or zstd is still missing after apt-get install"
+	fi
+	# rustup installs into ~/.cargo/bin, which a fresh root shell may not have on PATH.
+	if ! have cargo && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+		PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+	fi
+	have cargo || die "cargo not found: install Rust 1.85 or newer (https://rustup.rs), then rerun"
+}
