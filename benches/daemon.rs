@@ -54,7 +54,10 @@ fn switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
 
 /// Wake-ups between two samples: threads that exited in between are not counted, threads
 /// that started count from zero.
-fn woken(before: &std::collections::BTreeMap<String, u64>, after: &std::collections::BTreeMap<String, u64>) -> u64 {
+fn woken(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> u64 {
     after
         .iter()
         .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
@@ -107,7 +110,11 @@ fn main() {
             name: format!("package-{i:04}").parse().unwrap(),
             version: format!("1.{i}-1").parse().unwrap(),
             arch: "x86_64".parse().unwrap(),
-            reason: if i % 3 == 0 { Reason::Explicit } else { Reason::Dependency },
+            reason: if i % 3 == 0 {
+                Reason::Explicit
+            } else {
+                Reason::Dependency
+            },
             repo: Some("extra".parse().unwrap()),
         })
         .collect();
@@ -115,13 +122,20 @@ fn main() {
     let mut upgraded = state;
     upgraded[1234].version = "2.0-1".parse().unwrap();
     let b = Snapshot::new(upgraded).unwrap();
-    let size = |report: StateReport| serde_json::to_vec(&EndpointMsg::Report { report }).unwrap().len();
+    let size = |report: StateReport| {
+        serde_json::to_vec(&EndpointMsg::Report { report })
+            .unwrap()
+            .len()
+    };
     let delta_bytes = size(StateReport::Delta { delta: a.diff(&b) });
     let full_bytes = size(StateReport::Full { snapshot: b });
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("pacpool daemon benchmark, median of {ROUNDS} rounds");
-    println!("  pacman -S {K} packages (baseline)        {:8.1} ms", ms(direct));
+    println!(
+        "  pacman -S {K} packages (baseline)        {:8.1} ms",
+        ms(direct)
+    );
     println!(
         "  pacpool revert installing the same {K}  {:8.1} ms  overhead {:+.1}% (goal < 10%)",
         ms(ours),

@@ -409,9 +409,7 @@ impl Store {
     pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT id, kind, body, created_at FROM outbox ORDER BY id LIMIT ?1",
-            )
+            .prepare_cached("SELECT id, kind, body, created_at FROM outbox ORDER BY id LIMIT ?1")
             .map_err(self.err())?;
         let rows = stmt
             .query_map([limit as i64], |r| {

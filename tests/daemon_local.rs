@@ -26,11 +26,19 @@ fn revert_to_previous_works_offline_and_reaches_the_recorded_state() {
     let status = d.status();
     assert_eq!(status["link"], "not-configured");
     assert_eq!(status["current"]["hash"], first.as_str());
-    assert_eq!(status["state"], "unknown", "no pool target without a coordinator");
+    assert_eq!(
+        status["state"], "unknown",
+        "no pool target without a coordinator"
+    );
     assert!(status["previous"].is_null());
     // Nothing to revert to yet.
     let out = d.cli(&["revert", "--yes"]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The user changes packages outside pacpool; the hook (here: notify) records it.
     sb.publish(&[pkg(&sb, "alpha", "2.0-1"), pkg(&sb, "gamma", "1.0-1")]);
@@ -47,7 +55,10 @@ fn revert_to_previous_works_offline_and_reaches_the_recorded_state() {
     let first_id = snaps[1]["id"].to_string();
     let second_id = snaps[0]["id"].to_string();
     let diff = d.cli_code(&["diff", &first_id, &second_id], 0);
-    assert!(diff.contains("+ gamma 1.0-1") && diff.contains("~ alpha 1.0-1 -> 2.0-1"), "{diff}");
+    assert!(
+        diff.contains("+ gamma 1.0-1") && diff.contains("~ alpha 1.0-1 -> 2.0-1"),
+        "{diff}"
+    );
 
     // Revert: alpha 1.0 comes from pacman's cache, gamma is removed.
     let out = d.cli_code(&["revert", "--yes", "--json"], 0);
@@ -55,7 +66,11 @@ fn revert_to_previous_works_offline_and_reaches_the_recorded_state() {
     assert_eq!(outcome["ok"], true, "{outcome}");
     assert_eq!(outcome["counts"]["downgrade"], 1);
     assert_eq!(outcome["counts"]["remove"], 1);
-    assert_eq!(local_hash(&sb), first, "the machine is back at the first state");
+    assert_eq!(
+        local_hash(&sb),
+        first,
+        "the machine is back at the first state"
+    );
     let history = d.cli_code(&["history", "--json"], 0);
     let history: serde_json::Value = serde_json::from_str(&history).unwrap();
     assert_eq!(history[0]["kind"], "revert");
@@ -85,15 +100,32 @@ fn pacman_lock_busy_and_authorization() {
     // Another pacman holds the lock: a clear "pacman is in use", nothing changed.
     std::fs::write(sb.lock_file(), "").unwrap();
     let out = d.cli(&["revert", "--yes"]);
-    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("pacman is in use"));
-    assert!(sb.lock_file().exists(), "pacpool never removes someone else's lock");
+    assert!(
+        sb.lock_file().exists(),
+        "pacpool never removes someone else's lock"
+    );
     std::fs::remove_file(sb.lock_file()).unwrap();
     assert_eq!(local_hash(&sb), before);
 
     // An unprivileged user not in the socket group reads status but may not act.
-    let out = cli_as(&d.socket, &["status", "--json"], Some(("nobody", "nogroup")));
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli_as(
+        &d.socket,
+        &["status", "--json"],
+        Some(("nobody", "nogroup")),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["can_act"], false);
     let out = cli_as(&d.socket, &["revert", "--yes"], Some(("nobody", "nogroup")));
@@ -160,7 +192,12 @@ fn daemon_killed_mid_operation_reports_the_truth_on_restart() {
     assert_eq!(history[0]["kind"], "revert");
     assert_eq!(history[0]["state"], "interrupted");
     let status = d.status();
-    assert!(status["last_error"].as_str().unwrap().contains("interrupted"));
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted")
+    );
     assert_eq!(status["current"]["hash"], local_hash(&sb).as_str());
     // And the next revert converges.
     d.cli_code(&["revert", "--yes"], 0);

@@ -73,7 +73,12 @@ impl Coordinator {
         }
     }
 
-    fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -82,7 +87,9 @@ impl Coordinator {
             let client = reqwest::Client::new();
             let url = format!("{}/api/v1{path}", self.url());
             let req = match method {
-                "POST" => client.post(url).json(&body.unwrap_or(serde_json::json!({}))),
+                "POST" => client
+                    .post(url)
+                    .json(&body.unwrap_or(serde_json::json!({}))),
                 _ => client.get(url),
             };
             let resp = req.bearer_auth(ADMIN).send().await.unwrap();
@@ -101,14 +108,22 @@ impl Drop for Coordinator {
 }
 
 /// Subscribes to the daemon's events and returns once `cond` holds for a status event.
-fn wait_status(d: &Daemon, what: &str, cond: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_status(
+    d: &Daemon,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
     s.write_all(b"{\"v\":1,\"cmd\":\"subscribe\"}\n").unwrap();
     let mut lines = BufReader::new(s).lines();
     let mut seen = Vec::new();
     loop {
         let Some(Ok(line)) = lines.next() else {
-            panic!("event stream ended while waiting for {what}; saw:\n{}\n--- daemon log\n{}", seen.join("\n"), d.log());
+            panic!(
+                "event stream ended while waiting for {what}; saw:\n{}\n--- daemon log\n{}",
+                seen.join("\n"),
+                d.log()
+            );
         };
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         if v["event"]["event"] == "status" && cond(&v["event"]["status"]) {
@@ -121,7 +136,9 @@ fn wait_status(d: &Daemon, what: &str, cond: impl Fn(&serde_json::Value) -> bool
 fn publish_everywhere(boxes: &[&Sandbox], specs: &[(&str, &str, &[&str])]) {
     let built: Vec<PathBuf> = specs
         .iter()
-        .map(|(n, v, deps)| boxes[0].build_package(&PkgSpec::new(n, v).arch(&host_arch()).depends(deps)))
+        .map(|(n, v, deps)| {
+            boxes[0].build_package(&PkgSpec::new(n, v).arch(&host_arch()).depends(deps))
+        })
         .collect();
     for sb in boxes {
         sb.publish(&built);
@@ -164,14 +181,20 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(outcome["ok"], true, "{outcome}");
     let s = wait_status(&db_, "B sees revision 1", |s| s["target"]["revision"] == 1);
-    assert_eq!(s["state"], "diverged", "B has an extra package and lacks two: {s}");
+    assert_eq!(
+        s["state"], "diverged",
+        "B has an extra package and lacks two: {s}"
+    );
     assert_eq!(s["target"]["set_by"], "alice");
     assert_eq!(s["counts"]["install"], 2);
     assert_eq!(s["counts"]["remove"], 1);
 
     // The preview says what a sync does; the sync makes B equal to A.
     let preview = db_.cli_code(&["preview"], 0);
-    assert!(preview.contains("install   editor 1.0-1") && preview.contains("remove    oldtool"), "{preview}");
+    assert!(
+        preview.contains("install   editor 1.0-1") && preview.contains("remove    oldtool"),
+        "{preview}"
+    );
     db_.cli_code(&["sync", "--yes"], 0);
     assert_eq!(local_hash(&b), local_hash(&a), "B's packages equal A's");
     let s = wait_status(&db_, "B in sync", |s| s["state"] == "in-sync");
@@ -186,7 +209,13 @@ fn set_latest_sync_upgrade_and_offline_revert() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| format!("{}={}", e["name"].as_str().unwrap(), e["state"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "{}={}",
+                e["name"].as_str().unwrap(),
+                e["state"].as_str().unwrap()
+            )
+        })
         .collect();
     assert!(states.contains(&"alice=in-sync".to_string()), "{states:?}");
 
@@ -232,5 +261,9 @@ fn set_latest_sync_upgrade_and_offline_revert() {
         // The report travels over the WebSocket after the welcome; wait for it briefly.
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(reported, "B's reverted state reached the coordinator\n{}", db_.log());
+    assert!(
+        reported,
+        "B's reverted state reached the coordinator\n{}",
+        db_.log()
+    );
 }

@@ -39,6 +39,16 @@ fn plan_sources_are_real_and_applying_them_reaches_the_target() {
     assert_eq!(libcore.reason, pacpool::localdb::Reason::Dependency);
     assert_eq!(libcore.repo.as_ref().unwrap().as_str(), REPO);
 
+    // Unchanged sync databases and caches are not read again; changed ones are.
+    let again = paths(&sb)
+        .read_reusing(Some((&before.sources, &before.availability)))
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &again.availability,
+        &before.availability
+    ));
+    assert_eq!(again.snapshot, before.snapshot);
+
     // Upgrade everything and add a package: the machine is now ahead of `before`.
     sb.publish(&[
         pkg(&sb, "app", "2.0-1", &["libcore>=1"]),
@@ -46,7 +56,13 @@ fn plan_sources_are_real_and_applying_them_reaches_the_target() {
     ]);
     sb.pacman_ok(&["-Syu"]);
     sb.pacman_ok(&["-S", "extra"]);
-    let after = paths(&sb).read().unwrap();
+    let after = paths(&sb)
+        .read_reusing(Some((&before.sources, &before.availability)))
+        .unwrap();
+    assert!(!std::sync::Arc::ptr_eq(
+        &after.availability,
+        &before.availability
+    ));
     let policy = Policy::default().compile().unwrap();
     assert_eq!(
         status(&after.snapshot, &before.snapshot, &policy).0,

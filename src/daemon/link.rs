@@ -20,8 +20,8 @@ use super::protocol::{ErrorCode, LinkState, Outcome};
 use super::service::{ActionError, Daemon, keys, now};
 use crate::proto::{
     API_PREFIX, ApiError, EndpointMsg, OperationKind, OperationResult, OperationState,
-    PROTOCOL_VERSION, RegisterRequest, RegisterResponse, ReportAck, ServerMsg,
-    SetTargetRequest, StateReport, TargetInfo,
+    PROTOCOL_VERSION, RegisterRequest, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest,
+    StateReport, TargetInfo,
 };
 use crate::snapshot::{Snapshot, SnapshotHash};
 
@@ -35,7 +35,11 @@ pub fn backoff(attempt: u32, random: u64) -> Duration {
         .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
         .min(BACKOFF_CAP);
     let millis = bound.as_millis() as u64;
-    Duration::from_millis(if millis == 0 { 0 } else { random % (millis + 1) })
+    Duration::from_millis(if millis == 0 {
+        0
+    } else {
+        random % (millis + 1)
+    })
 }
 
 fn random_u64() -> u64 {
@@ -90,14 +94,16 @@ impl Endpoint {
                 })
             })
         } else {
-            Err(CallError::Api(serde_json::from_slice(&body).unwrap_or(ApiError {
-                code: status.as_str().into(),
-                message: format!(
+            Err(CallError::Api(serde_json::from_slice(&body).unwrap_or(
+                ApiError {
+                    code: status.as_str().into(),
+                    message: format!(
                     "the coordinator answered {status}: {}",
                     String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
                 ),
-                detail: None,
-            })))
+                    detail: None,
+                },
+            )))
         }
     }
 
@@ -125,7 +131,10 @@ impl Endpoint {
         if !status.is_success() {
             return Err(match serde_json::from_str::<ApiError>(&body) {
                 Ok(e) => CallError::Api(e),
-                Err(_) => bad(format!("the coordinator answered {status} for snapshot {}", hash.short())),
+                Err(_) => bad(format!(
+                    "the coordinator answered {status} for snapshot {}",
+                    hash.short()
+                )),
             });
         }
         let snap = Snapshot::decode(&body)
@@ -206,7 +215,9 @@ async fn ensure_registered(daemon: &Daemon, base: &str) -> Result<Endpoint, Stri
         });
     }
     let Some(join) = daemon.config().join_token.clone() else {
-        return Err("not registered: set join_token in pacpoold.toml (ask the pool admin for one)".into());
+        return Err(
+            "not registered: set join_token in pacpoold.toml (ask the pool admin for one)".into(),
+        );
     };
     let name = daemon.config().name.clone().unwrap_or_else(|| {
         rustix::system::uname()
@@ -231,8 +242,8 @@ async fn ensure_registered(daemon: &Daemon, base: &str) -> Result<Endpoint, Stri
             .unwrap_or_else(|_| status.to_string());
         return Err(format!("registration refused: {msg}"));
     }
-    let reg: RegisterResponse =
-        serde_json::from_slice(&body).map_err(|e| format!("unreadable registration answer: {e}"))?;
+    let reg: RegisterResponse = serde_json::from_slice(&body)
+        .map_err(|e| format!("unreadable registration answer: {e}"))?;
     write_token(daemon, &reg.endpoint_token)
         .map_err(|e| format!("cannot store the endpoint token: {e}"))?;
     let _ = daemon
@@ -290,7 +301,11 @@ pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
         daemon.set_link_state(LinkState::Offline);
         let wait = backoff(attempt, random_u64());
         attempt = attempt.saturating_add(1);
-        tracing::debug!(?wait, attempt, "reconnecting to the coordinator after a pause");
+        tracing::debug!(
+            ?wait,
+            attempt,
+            "reconnecting to the coordinator after a pause"
+        );
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
@@ -343,7 +358,12 @@ async fn session(
         Ok(v) => {
             request.headers_mut().insert("authorization", v);
         }
-        Err(_) => return lost(false, "the stored endpoint token is not a valid header value"),
+        Err(_) => {
+            return lost(
+                false,
+                "the stored endpoint token is not a valid header value",
+            );
+        }
     }
     let ws = tokio::select! {
         r = tokio_tungstenite::connect_async(request) => r,
@@ -490,7 +510,9 @@ async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) 
         Ok(snap) => {
             let revision = target.revision;
             match daemon.set_target(target, snap) {
-                Ok(summary) => tracing::info!(revision, changes = summary.total(), "new pool target"),
+                Ok(summary) => {
+                    tracing::info!(revision, changes = summary.total(), "new pool target")
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot store the pool target"),
             }
         }
@@ -629,7 +651,9 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
             endpoint
                 .http
                 .post(endpoint.url("/endpoint/report"))
-                .json(&StateReport::Full { snapshot: snapshot.clone() }),
+                .json(&StateReport::Full {
+                    snapshot: snapshot.clone(),
+                }),
         )
         .await?;
     if let ReportAck::Accepted { state } = ack {
@@ -637,10 +661,15 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
     }
     let expected = daemon.target_info().map_or(0, |t| t.revision);
     let result: Result<TargetInfo, CallError> = endpoint
-        .call(endpoint.http.post(endpoint.url("/endpoint/target")).json(&SetTargetRequest {
-            expected_revision: expected,
-            snapshot: hash,
-        }))
+        .call(
+            endpoint
+                .http
+                .post(endpoint.url("/endpoint/target"))
+                .json(&SetTargetRequest {
+                    expected_revision: expected,
+                    snapshot: hash,
+                }),
+        )
         .await;
     match result {
         Ok(info) => {
@@ -663,7 +692,10 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
                 .detail
                 .as_ref()
                 .and_then(|d| serde_json::from_value(d.get("current").unwrap_or(d).clone()).ok());
-            let mut message = format!("the pool target moved while you were deciding: {}", e.message);
+            let mut message = format!(
+                "the pool target moved while you were deciding: {}",
+                e.message
+            );
             if let Some(w) = winner {
                 message = format!(
                     "the pool target moved: revision {} was set by {} (you expected revision {expected}); review `pacpool preview` and try again",

@@ -225,12 +225,23 @@ pub struct Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
-    Status { status: Box<LocalStatus> },
+    Status {
+        status: Box<LocalStatus>,
+    },
     /// Another machine set a new pool target.
-    TargetChanged { target: TargetInfo, summary: Counts },
-    OperationStarted { kind: String },
-    Progress { progress: Progress },
-    OperationFinished { outcome: Outcome },
+    TargetChanged {
+        target: TargetInfo,
+        summary: Counts,
+    },
+    OperationStarted {
+        kind: String,
+    },
+    Progress {
+        progress: Progress,
+    },
+    OperationFinished {
+        outcome: Outcome,
+    },
 }
 
 #[cfg(test)]

@@ -177,14 +177,25 @@ impl Daemon {
     /// history and tells the link. Returns whether a new history entry was added.
     pub async fn refresh(&self, trigger: &str, force: bool) -> anyhow::Result<bool> {
         let paths = self.config.paths.clone();
-        let dbpath = paths.dbpath.clone().unwrap_or_else(|| self.config.pacman.dbpath());
-        let previous = self.state().fingerprint;
+        let dbpath = paths
+            .dbpath
+            .clone()
+            .unwrap_or_else(|| self.config.pacman.dbpath());
+        let (previous, reuse) = {
+            let s = self.state();
+            let reuse = s
+                .machine
+                .as_ref()
+                .map(|m| (m.sources.clone(), m.availability.clone()));
+            (s.fingerprint, reuse)
+        };
         let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let fp = Fingerprint::of(&dbpath)?;
             if !force && previous == Some(fp) {
                 return Ok(None);
             }
-            Ok(Some((fp, paths.read()?)))
+            let reuse = reuse.as_ref().map(|(f, a)| (f, a));
+            Ok(Some((fp, paths.read_reusing(reuse)?)))
         })
         .await??;
         let Some((fingerprint, machine)) = read else {
@@ -297,8 +308,12 @@ impl Daemon {
             None => Err(ActionError::new(
                 ErrorCode::NotFound,
                 match self.config.coordinator_url {
-                    None => "no pool target: this daemon has no coordinator configured (set coordinator_url in pacpoold.toml)",
-                    Some(_) => "no pool target yet: run `pacpool set-latest` on the machine whose packages the pool should follow, or wait for the coordinator connection",
+                    None => {
+                        "no pool target: this daemon has no coordinator configured (set coordinator_url in pacpoold.toml)"
+                    }
+                    Some(_) => {
+                        "no pool target yet: run `pacpool set-latest` on the machine whose packages the pool should follow, or wait for the coordinator connection"
+                    }
                 },
             )),
         }
@@ -306,10 +321,9 @@ impl Daemon {
 
     fn plan_to(&self, target: &Snapshot) -> Result<Plan, ActionError> {
         let s = self.state();
-        let machine = s
-            .machine
-            .as_ref()
-            .ok_or_else(|| ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet"))?;
+        let machine = s.machine.as_ref().ok_or_else(|| {
+            ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet")
+        })?;
         let policy = self
             .policy(&s)
             .compile()
@@ -330,7 +344,8 @@ impl Daemon {
         progress: impl FnMut(Progress) + Send,
     ) -> Result<Outcome, ActionError> {
         let (target, _) = self.target()?;
-        self.run_to("sync", target, confirm_removals, true, progress).await
+        self.run_to("sync", target, confirm_removals, true, progress)
+            .await
     }
 
     /// Go back to a recorded state: `to` is a history id or a hash prefix; default the
@@ -358,7 +373,9 @@ impl Daemon {
             .store()
             .snapshot(&entry.hash)
             .map_err(ActionError::internal)?
-            .ok_or_else(|| ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored"))?;
+            .ok_or_else(|| {
+                ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored")
+            })?;
         self.run_to("revert", snap, confirm_removals, false, progress)
             .await
     }
@@ -408,7 +425,13 @@ impl Daemon {
             .map_err(ActionError::internal)?;
         let _ = self.cancel.send(false);
         let result = self
-            .plan_apply_verify(kind, &target, confirm_removals, may_refresh_databases, &mut progress)
+            .plan_apply_verify(
+                kind,
+                &target,
+                confirm_removals,
+                may_refresh_databases,
+                &mut progress,
+            )
             .await;
         self.finish(op, kind, &result);
         result
@@ -447,8 +470,7 @@ impl Daemon {
         };
         if may_refresh_databases && unavailable(&plan) {
             report(stage("refreshing databases", 5, None));
-            actions::refresh_databases(&self.config.pacman, self.cancel.subscribe())
-                .await?;
+            actions::refresh_databases(&self.config.pacman, self.cancel.subscribe()).await?;
             self.refresh(kind, true)
                 .await
                 .map_err(ActionError::internal)?;
@@ -595,7 +617,10 @@ impl Daemon {
 
     pub fn set_paused(&self, paused: bool) -> Result<(), ActionError> {
         self.store()
-            .set(keys::AUTO_SYNC_PAUSED, if paused { "true" } else { "false" })
+            .set(
+                keys::AUTO_SYNC_PAUSED,
+                if paused { "true" } else { "false" },
+            )
             .map_err(ActionError::internal)?;
         self.state().paused = paused;
         self.emit_status();
@@ -607,7 +632,9 @@ impl Daemon {
     }
 
     pub fn operations(&self, limit: usize) -> Result<Vec<LocalOperation>, ActionError> {
-        self.store().operations(limit).map_err(ActionError::internal)
+        self.store()
+            .operations(limit)
+            .map_err(ActionError::internal)
     }
 
     pub fn snapshot_text(&self, id: &str) -> Result<(HistoryEntry, String), ActionError> {
@@ -616,7 +643,9 @@ impl Daemon {
             .store()
             .snapshot(&entry.hash)
             .map_err(ActionError::internal)?
-            .ok_or_else(|| ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored"))?;
+            .ok_or_else(|| {
+                ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored")
+            })?;
         Ok((entry, snap.encode()))
     }
 
@@ -659,7 +688,11 @@ impl Daemon {
 
     /// Stores a new pool target (its snapshot already verified against its hash) and tells
     /// subscribers; returns the change summary against the previous target.
-    pub(crate) fn set_target(&self, info: TargetInfo, snap: Snapshot) -> Result<Counts, ActionError> {
+    pub(crate) fn set_target(
+        &self,
+        info: TargetInfo,
+        snap: Snapshot,
+    ) -> Result<Counts, ActionError> {
         if snap.hash() != info.snapshot {
             return Err(ActionError::new(
                 ErrorCode::Internal,
@@ -669,8 +702,12 @@ impl Daemon {
         {
             let store = self.store();
             let json = serde_json::to_string(&info).map_err(ActionError::internal)?;
-            store.set(keys::TARGET_SNAPSHOT, &snap.encode()).map_err(ActionError::internal)?;
-            store.set(keys::TARGET_INFO, &json).map_err(ActionError::internal)?;
+            store
+                .set(keys::TARGET_SNAPSHOT, &snap.encode())
+                .map_err(ActionError::internal)?;
+            store
+                .set(keys::TARGET_INFO, &json)
+                .map_err(ActionError::internal)?;
         }
         let summary = {
             let mut s = self.state();
@@ -728,7 +765,11 @@ pub(crate) fn preview_of(plan: &Plan, target_revision: Option<u64>) -> Preview {
 }
 
 /// Packages where `after` still differs from `target` under `policy`, with the reason.
-fn differences(after: &Snapshot, target: &Snapshot, policy: &crate::plan::Policy) -> Vec<PackageFailure> {
+fn differences(
+    after: &Snapshot,
+    target: &Snapshot,
+    policy: &crate::plan::Policy,
+) -> Vec<PackageFailure> {
     let Ok(policy) = policy.compile() else {
         return Vec::new();
     };
@@ -739,7 +780,12 @@ fn differences(after: &Snapshot, target: &Snapshot, policy: &crate::plan::Policy
         .iter()
         .map(|a| PackageFailure {
             name: a.name().to_string(),
-            reason: format!("still differs from the target: {}", serde_json::to_value(a).map(|v| v["action"].to_string()).unwrap_or_default()),
+            reason: format!(
+                "still differs from the target: {}",
+                serde_json::to_value(a)
+                    .map(|v| v["action"].to_string())
+                    .unwrap_or_default()
+            ),
         })
         .collect();
     out.extend(residual.conflicts.iter().map(|c| PackageFailure {
@@ -814,7 +860,9 @@ mod actions {
                 ApplyEvent::Fetching { name, .. } => {
                     stage("downloading", 8, Some(name.to_string()))
                 }
-                ApplyEvent::Transaction { index: i, total: t, .. } => {
+                ApplyEvent::Transaction {
+                    index: i, total: t, ..
+                } => {
                     (index, total) = (i, t);
                     stage("starting pacman", at(i, t, 0), None)
                 }
@@ -840,19 +888,22 @@ mod actions {
             };
             report(p);
         };
-        let failures = match crate::apply::apply(plan, settings, &opts, &mut on_event, &cancel).await
-        {
-            Ok(r) => r.failures,
-            Err(ApplyError::Failed { report }) => report.failures,
-            Err(ApplyError::NotStarted { source }) => return Err(exec_error(source)),
-            Err(e @ ApplyError::Conflicts(_)) => {
-                return Err(ActionError::new(ErrorCode::Conflict, e.to_string()));
-            }
-            Err(e @ ApplyError::NeedsConfirmation(_)) => {
-                return Err(ActionError::new(ErrorCode::NeedsConfirmation, e.to_string()));
-            }
-            Err(e) => return Err(ActionError::new(ErrorCode::PacmanFailed, e.to_string())),
-        };
+        let failures =
+            match crate::apply::apply(plan, settings, &opts, &mut on_event, &cancel).await {
+                Ok(r) => r.failures,
+                Err(ApplyError::Failed { report }) => report.failures,
+                Err(ApplyError::NotStarted { source }) => return Err(exec_error(source)),
+                Err(e @ ApplyError::Conflicts(_)) => {
+                    return Err(ActionError::new(ErrorCode::Conflict, e.to_string()));
+                }
+                Err(e @ ApplyError::NeedsConfirmation(_)) => {
+                    return Err(ActionError::new(
+                        ErrorCode::NeedsConfirmation,
+                        e.to_string(),
+                    ));
+                }
+                Err(e) => return Err(ActionError::new(ErrorCode::PacmanFailed, e.to_string())),
+            };
         Ok(failures
             .into_iter()
             .map(|(name, reason)| PackageFailure {

@@ -36,7 +36,10 @@ pub fn bind(path: &Path, group_name: &str) -> anyhow::Result<Listener> {
         .context("the socket path has no directory")?;
     match std::fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => {
-            bail!("refusing the socket directory {}: it is a symlink", dir.display())
+            bail!(
+                "refusing the socket directory {}: it is a symlink",
+                dir.display()
+            )
         }
         Ok(m) if !m.is_dir() => bail!("{} is not a directory", dir.display()),
         Ok(m) if m.uid() != rustix::process::geteuid().as_raw() => bail!(
@@ -75,13 +78,16 @@ pub fn bind(path: &Path, group_name: &str) -> anyhow::Result<Listener> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     // Everyone may connect (to read status); actions are checked per request.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
     let group = group_id(group_name);
     if group.is_none() {
-        tracing::warn!(group = group_name, "socket group not found: only root may run actions");
+        tracing::warn!(
+            group = group_name,
+            "socket group not found: only root may run actions"
+        );
     }
     Ok(Listener { listener, group })
 }
@@ -108,9 +114,11 @@ fn process_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -210,7 +218,11 @@ async fn handle(
             return Ok(());
         }
         if line.len() > MAX_REQUEST_LINE {
-            write(&mut w, &error(ErrorCode::InvalidRequest, "request line too long")).await?;
+            write(
+                &mut w,
+                &error(ErrorCode::InvalidRequest, "request line too long"),
+            )
+            .await?;
             return Ok(());
         }
         let envelope: Envelope = match serde_json::from_slice(&line) {
@@ -222,7 +234,9 @@ async fn handle(
                 let reply = match v {
                     Some(v) if v != u64::from(LOCAL_PROTOCOL) => error(
                         ErrorCode::ProtocolMismatch,
-                        format!("client speaks local protocol {v}, this pacpoold speaks {LOCAL_PROTOCOL}: use matching pacpool versions"),
+                        format!(
+                            "client speaks local protocol {v}, this pacpoold speaks {LOCAL_PROTOCOL}: use matching pacpool versions"
+                        ),
                     ),
                     _ => error(ErrorCode::InvalidRequest, format!("malformed request: {e}")),
                 };

@@ -172,26 +172,42 @@ fn main() -> ExitCode {
         .build()
         .expect("build the runtime");
     let remote = match cli.command {
-        Command::Status { json, waybar } => Some(rt.block_on(remote::status(&socket, json, waybar))),
+        Command::Status { json, waybar } => {
+            Some(rt.block_on(remote::status(&socket, json, waybar)))
+        }
         Command::Preview { json } => Some(rt.block_on(remote::preview(&socket, json))),
         Command::Sync { yes, json } => Some(rt.block_on(remote::sync(&socket, yes, json))),
-        Command::SetLatest { yes, json } => Some(rt.block_on(remote::set_latest(&socket, yes, json))),
+        Command::SetLatest { yes, json } => {
+            Some(rt.block_on(remote::set_latest(&socket, yes, json)))
+        }
         Command::Revert { ref to, yes, json } => {
             Some(rt.block_on(remote::revert(&socket, to.clone(), yes, json)))
         }
-        Command::History { limit, json } => Some(rt.block_on(remote::history(&socket, limit, json))),
-        Command::Snapshots { limit, json } => Some(rt.block_on(remote::snapshots(&socket, limit, json))),
+        Command::History { limit, json } => {
+            Some(rt.block_on(remote::history(&socket, limit, json)))
+        }
+        Command::Snapshots { limit, json } => {
+            Some(rt.block_on(remote::snapshots(&socket, limit, json)))
+        }
         Command::Cancel => Some(rt.block_on(remote::simple(&socket, Request::Cancel))),
-        Command::PauseAutoSync => Some(rt.block_on(remote::simple(&socket, Request::PauseAutoSync { paused: true }))),
-        Command::ResumeAutoSync => Some(rt.block_on(remote::simple(&socket, Request::PauseAutoSync { paused: false }))),
+        Command::PauseAutoSync => Some(rt.block_on(remote::simple(
+            &socket,
+            Request::PauseAutoSync { paused: true },
+        ))),
+        Command::ResumeAutoSync => Some(rt.block_on(remote::simple(
+            &socket,
+            Request::PauseAutoSync { paused: false },
+        ))),
         // From a pacman hook: never fail the transaction because the daemon is down.
-        Command::Notify => Some(match rt.block_on(remote::simple(&socket, Request::Notify)) {
-            Err(f) if f.code == remote::exit::UNREACHABLE => {
-                tracing::info!("pacpoold is not running: {}", f.message);
-                Ok(remote::exit::SUCCESS)
-            }
-            other => other,
-        }),
+        Command::Notify => Some(
+            match rt.block_on(remote::simple(&socket, Request::Notify)) {
+                Err(f) if f.code == remote::exit::UNREACHABLE => {
+                    tracing::info!("pacpoold is not running: {}", f.message);
+                    Ok(remote::exit::SUCCESS)
+                }
+                other => other,
+            },
+        ),
         Command::Admin(ref args) => Some(rt.block_on(admin::run(args))),
         _ => None,
     };
@@ -225,7 +241,10 @@ async fn run(command: Command, socket: &Path) -> anyhow::Result<()> {
             }
         }
         Command::Diff { from, to, json } => {
-            let (a, b) = (load_snapshot(&from, socket).await?, load_snapshot(&to, socket).await?);
+            let (a, b) = (
+                load_snapshot(&from, socket).await?,
+                load_snapshot(&to, socket).await?,
+            );
             let delta = a.diff(&b);
             if json {
                 println!("{}", serde_json::to_string_pretty(&delta)?);
@@ -326,9 +345,13 @@ async fn load_snapshot(path: &Path, socket: &Path) -> anyhow::Result<Snapshot> {
     if !path.exists()
         && let Some(id) = path.to_str().filter(|s| !s.contains('/'))
     {
-        let text = remote::snapshot_text(socket, id)
-            .await
-            .map_err(|f| anyhow::anyhow!("{} is neither a file nor a recorded state: {}", path.display(), f.message))?;
+        let text = remote::snapshot_text(socket, id).await.map_err(|f| {
+            anyhow::anyhow!(
+                "{} is neither a file nor a recorded state: {}",
+                path.display(),
+                f.message
+            )
+        })?;
         return Snapshot::decode(&text).context("pacpoold sent an unreadable snapshot");
     }
     let text = std::fs::read_to_string(path)

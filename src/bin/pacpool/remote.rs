@@ -4,7 +4,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use pacpool::daemon::client::Client;
-use pacpool::daemon::protocol::{ErrorCode, LinkState, LocalStatus, Outcome, Preview, Reply, Request};
+use pacpool::daemon::protocol::{
+    ErrorCode, LinkState, LocalStatus, Outcome, Preview, Reply, Request,
+};
 use pacpool::plan::{Action, Counts};
 use pacpool::proto::{EndpointState, Progress};
 
@@ -57,7 +59,14 @@ async fn ask(client: &mut Client, request: Request, quiet: bool) -> Result<Reply
     let reply = client
         .request(request, |p: &Progress| {
             if !quiet && p.stage != last_stage {
-                eprintln!(":: {}{}", p.stage, p.current.as_deref().map(|c| format!(" ({c})")).unwrap_or_default());
+                eprintln!(
+                    ":: {}{}",
+                    p.stage,
+                    p.current
+                        .as_deref()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default()
+                );
                 last_stage = p.stage.clone();
             }
         })
@@ -70,7 +79,10 @@ async fn ask(client: &mut Client, request: Request, quiet: bool) -> Result<Reply
 }
 
 fn unexpected(reply: Reply) -> Failure {
-    Failure::new(exit::FAILURE, format!("pacpoold answered unexpectedly: {reply:?}"))
+    Failure::new(
+        exit::FAILURE,
+        format!("pacpoold answered unexpectedly: {reply:?}"),
+    )
 }
 
 pub async fn status(socket: &Path, json: bool, waybar: bool) -> Result<u8, Failure> {
@@ -81,10 +93,16 @@ pub async fn status(socket: &Path, json: bool, waybar: bool) -> Result<u8, Failu
         }
     })?;
     let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
-        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a status"));
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with a status",
+        ));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
     } else if waybar {
         println!("{}", waybar_line(&status));
     } else {
@@ -150,7 +168,10 @@ fn tooltip(s: &LocalStatus) -> String {
         lines.push(format!("pool {pool}"));
     }
     if let Some(t) = &s.target {
-        lines.push(format!("target revision {} set by {}", t.revision, t.set_by));
+        lines.push(format!(
+            "target revision {} set by {}",
+            t.revision, t.set_by
+        ));
     }
     lines.push(counts_line(&s.counts));
     if let Some(e) = &s.last_error {
@@ -172,18 +193,34 @@ fn print_status(s: &LocalStatus) {
         }
     );
     if let Some(pool) = &s.pool {
-        println!("pool:        {pool} (this machine: {})", s.endpoint.as_deref().unwrap_or("?"));
+        println!(
+            "pool:        {pool} (this machine: {})",
+            s.endpoint.as_deref().unwrap_or("?")
+        );
     }
     match &s.target {
-        Some(t) => println!("target:      revision {} set by {} ({} packages)", t.revision, t.set_by, t.package_count),
+        Some(t) => println!(
+            "target:      revision {} set by {} ({} packages)",
+            t.revision, t.set_by, t.package_count
+        ),
         None => println!("target:      none yet"),
     }
     println!("pending:     {}", counts_line(&s.counts));
     if let Some(c) = &s.current {
-        println!("current:     {} ({} packages, recorded #{})", c.hash.short(), c.package_count, c.id);
+        println!(
+            "current:     {} ({} packages, recorded #{})",
+            c.hash.short(),
+            c.package_count,
+            c.id
+        );
     }
     if let Some(p) = &s.previous {
-        println!("previous:    {} ({} packages, #{}) — `pacpool revert` goes back to it", p.hash.short(), p.package_count, p.id);
+        println!(
+            "previous:    {} ({} packages, #{}) — `pacpool revert` goes back to it",
+            p.hash.short(),
+            p.package_count,
+            p.id
+        );
     }
     if let Some(op) = &s.operation {
         println!("running:     {}", op.kind);
@@ -192,7 +229,10 @@ fn print_status(s: &LocalStatus) {
         println!("last error:  {e}");
     }
     if !s.can_act {
-        println!("note:        {}", s.why_not.as_deref().unwrap_or("you may not run actions"));
+        println!(
+            "note:        {}",
+            s.why_not.as_deref().unwrap_or("you may not run actions")
+        );
     }
 }
 
@@ -205,7 +245,10 @@ pub fn print_preview(p: &Preview) {
         println!("conflict: {c}");
     }
     if let Some(n) = &p.needs_confirmation {
-        println!("note: {} removals exceed the cap of {}; you will be asked to confirm", n.removals, n.cap);
+        println!(
+            "note: {} removals exceed the cap of {}; you will be asked to confirm",
+            n.removals, n.cap
+        );
     }
 }
 
@@ -223,10 +266,16 @@ fn describe(a: &Action) -> String {
 pub async fn preview(socket: &Path, json: bool) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
     let Reply::Preview { preview } = ask(&mut client, Request::Preview, true).await? else {
-        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a preview"));
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with a preview",
+        ));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&preview).expect("preview serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&preview).expect("preview serializes")
+        );
     } else {
         print_preview(&preview);
     }
@@ -253,17 +302,26 @@ fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer).map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::new(exit::FAILURE, e.to_string()))?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
-        Err(Failure::new(exit::REFUSED, "cancelled: nothing was changed"))
+        Err(Failure::new(
+            exit::REFUSED,
+            "cancelled: nothing was changed",
+        ))
     }
 }
 
 fn finish(outcome: Outcome, json: bool) -> Result<u8, Failure> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&outcome).expect("outcome serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome).expect("outcome serializes")
+        );
     } else {
         println!("{}", outcome.message);
         for f in &outcome.failures {
@@ -282,7 +340,10 @@ fn finish(outcome: Outcome, json: bool) -> Result<u8, Failure> {
 pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
     let Reply::Preview { preview } = ask(&mut client, Request::Preview, true).await? else {
-        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a preview"));
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with a preview",
+        ));
     };
     if preview.conflicts.is_empty() && preview.actions.is_empty() {
         if !json {
@@ -295,7 +356,13 @@ pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     }
     // Conflicts are re-checked by the daemon (it may refresh its databases first).
     let confirm_removals = preview.needs_confirmation.is_some();
-    confirm(&format!("Sync to pool target revision {}?", preview.target_revision.unwrap_or(0)), yes)?;
+    confirm(
+        &format!(
+            "Sync to pool target revision {}?",
+            preview.target_revision.unwrap_or(0)
+        ),
+        yes,
+    )?;
     match ask(&mut client, Request::Sync { confirm_removals }, json).await? {
         Reply::Done { outcome } => finish(outcome, json),
         other => Err(unexpected(other)),
@@ -305,12 +372,17 @@ pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
 pub async fn set_latest(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
     let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
-        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a status"));
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with a status",
+        ));
     };
     let pool = status.pool.clone().unwrap_or_else(|| "the pool".into());
     let packages = status.current.as_ref().map_or(0, |c| c.package_count);
     confirm(
-        &format!("Make this machine's {packages} packages the new target of {pool}? Every other machine in it will be behind."),
+        &format!(
+            "Make this machine's {packages} packages the new target of {pool}? Every other machine in it will be behind."
+        ),
         yes,
     )?;
     match ask(&mut client, Request::SetLatest, json).await? {
@@ -319,23 +391,51 @@ pub async fn set_latest(socket: &Path, yes: bool, json: bool) -> Result<u8, Fail
     }
 }
 
-pub async fn revert(socket: &Path, to: Option<String>, yes: bool, json: bool) -> Result<u8, Failure> {
+pub async fn revert(
+    socket: &Path,
+    to: Option<String>,
+    yes: bool,
+    json: bool,
+) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
     let what = match &to {
+        _ if yes => String::new(),
         Some(id) => format!("recorded state {id}"),
         None => {
             let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
-                return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with a status"));
+                return Err(Failure::new(
+                    exit::FAILURE,
+                    "pacpoold did not answer with a status",
+                ));
             };
             match status.previous {
-                Some(p) => format!("the previous state {} (#{}, {} packages)", p.hash.short(), p.id, p.package_count),
-                None => return Err(Failure::new(exit::NOTHING_TO_DO, "there is no previous state to revert to")),
+                Some(p) => format!(
+                    "the previous state {} (#{}, {} packages)",
+                    p.hash.short(),
+                    p.id,
+                    p.package_count
+                ),
+                None => {
+                    return Err(Failure::new(
+                        exit::NOTHING_TO_DO,
+                        "there is no previous state to revert to",
+                    ));
+                }
             }
         }
     };
     confirm(&format!("Revert this machine to {what}?"), yes)?;
     // Removals over the cap were confirmed by answering the question above.
-    match ask(&mut client, Request::Revert { to, confirm_removals: yes }, json).await? {
+    match ask(
+        &mut client,
+        Request::Revert {
+            to,
+            confirm_removals: yes,
+        },
+        json,
+    )
+    .await?
+    {
         Reply::Done { outcome } => finish(outcome, json),
         other => Err(unexpected(other)),
     }
@@ -351,15 +451,32 @@ pub async fn simple(socket: &Path, request: Request) -> Result<u8, Failure> {
 
 pub async fn snapshots(socket: &Path, limit: usize, json: bool) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
-    let Reply::History { entries } = ask(&mut client, Request::History { limit }, true).await? else {
-        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with the history"));
+    let Reply::History { entries } = ask(&mut client, Request::History { limit }, true).await?
+    else {
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with the history",
+        ));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries).expect("history serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).expect("history serializes")
+        );
     } else {
-        println!("{:>6}  {:<12}  {:>8}  {:<20}  trigger", "id", "hash", "packages", "taken (UTC)");
+        println!(
+            "{:>6}  {:<12}  {:>8}  {:<20}  trigger",
+            "id", "hash", "packages", "taken (UTC)"
+        );
         for e in entries {
-            println!("{:>6}  {:<12}  {:>8}  {:<20}  {}", e.id, e.hash.short(), e.package_count, utc(e.taken_at), e.trigger);
+            println!(
+                "{:>6}  {:<12}  {:>8}  {:<20}  {}",
+                e.id,
+                e.hash.short(),
+                e.package_count,
+                utc(e.taken_at),
+                e.trigger
+            );
         }
     }
     Ok(exit::SUCCESS)
@@ -367,14 +484,29 @@ pub async fn snapshots(socket: &Path, limit: usize, json: bool) -> Result<u8, Fa
 
 pub async fn history(socket: &Path, limit: usize, json: bool) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
-    let Reply::Operations { operations } = ask(&mut client, Request::Operations { limit }, true).await? else {
-        return Err(Failure::new(exit::FAILURE, "pacpoold did not answer with the operations"));
+    let Reply::Operations { operations } =
+        ask(&mut client, Request::Operations { limit }, true).await?
+    else {
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with the operations",
+        ));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&operations).expect("operations serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&operations).expect("operations serialize")
+        );
     } else {
         for o in operations {
-            println!("{:>6}  {:<20}  {:<10}  {:<11}  {}", o.id, utc(o.started_at), o.kind, o.state, o.message);
+            println!(
+                "{:>6}  {:<20}  {:<10}  {:<11}  {}",
+                o.id,
+                utc(o.started_at),
+                o.kind,
+                o.state,
+                o.message
+            );
         }
     }
     Ok(exit::SUCCESS)
@@ -402,7 +534,12 @@ pub fn utc(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -418,7 +555,12 @@ mod tests {
 
     #[test]
     fn counts_wording() {
-        let c = Counts { upgrade: 3, downgrade: 1, remove: 1, ..Counts::default() };
+        let c = Counts {
+            upgrade: 3,
+            downgrade: 1,
+            remove: 1,
+            ..Counts::default()
+        };
         assert_eq!(counts_line(&c), "3 upgrades, 1 downgrade, 1 removal");
         assert_eq!(counts_line(&Counts::default()), "no changes");
     }
