@@ -34,9 +34,13 @@ struct Server {
 }
 
 async fn start(dir: &Path) -> Server {
+    start_with(dir, |_| {}).await
+}
+
+async fn start_with(dir: &Path, adjust: impl FnOnce(&mut Settings)) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let settings = Settings {
+    let mut settings = Settings {
         database: dir.join("coordinator.db"),
         admin_token_file: dir.join("admin-token"),
         admin_token: Some(Secret(ADMIN.into())),
@@ -44,6 +48,7 @@ async fn start(dir: &Path) -> Server {
         ws_message_limit: 1024 * 1024,
         ..Settings::default()
     };
+    adjust(&mut settings);
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(launch(settings, listener, async {
         let _ = rx.await;
@@ -1347,9 +1352,14 @@ async fn concurrent_full_reports_never_fail() {
         assert_eq!(v["kind"], "accepted");
     }
     eprintln!(
-        "{} full 1,500-package reports at concurrency 50 in {elapsed:?} ({:.0}/s, debug build)",
+        "{} full 1,500-package reports at concurrency 50 in {elapsed:?} ({:.0}/s, {} build, client in the same process)",
         results.len(),
-        results.len() as f64 / elapsed.as_secs_f64()
+        results.len() as f64 / elapsed.as_secs_f64(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     let all: Vec<EndpointStatus> = s
         .ok(
@@ -1360,5 +1370,19 @@ async fn concurrent_full_reports_never_fail() {
         )
         .await;
     assert!(all.iter().all(|e| e.current.is_some()));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |s| s.offline_after_secs = 1).await;
+    let (_, eps) = pool_with(&s, "quiet", 1).await;
+    let (mut ws, _) = endpoint_ws(&s, &eps[0].endpoint_token).await;
+    // No heartbeat: the server closes the socket (policy violation) after the offline time.
+    match ws_next(&mut ws).await {
+        Err(Some(frame)) => assert_eq!(u16::from(frame.code), 1008),
+        other => panic!("{other:?}"),
+    }
     s.shutdown().await;
 }

@@ -1,8 +1,10 @@
 //! Fan-out of server events to WebSocket connections.
 //!
-//! One `broadcast` channel per pool with at least one connected socket. Every event names
-//! its audience; each socket's task filters what it forwards. Messages are serialized once,
-//! however many sockets receive them.
+//! Per pool with at least one connected socket: one `broadcast` channel for endpoint sockets
+//! and one for admin subscribers, so the admin-only flood after a target change (a status per
+//! endpoint) never pushes endpoint sockets behind. Every event names its audience; endpoint
+//! sockets filter events addressed to one endpoint. Messages are serialized once, however
+//! many sockets receive them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +15,11 @@ use tokio::sync::broadcast;
 
 use crate::proto::ServerMsg;
 
-/// Events a slow socket may fall behind by before it is disconnected (it then reconnects and
-/// gets the current state in `Welcome`).
-const CHANNEL_CAPACITY: usize = 256;
+/// Events a slow endpoint socket may fall behind by before it is disconnected (it then
+/// reconnects and gets the current state in `Welcome`).
+const ENDPOINT_CAPACITY: usize = 256;
+/// The same for admin sockets, which also get one status per endpoint on a target change.
+const ADMIN_CAPACITY: usize = 8192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {
@@ -58,8 +62,9 @@ impl Event {
 }
 
 struct PoolChannel {
-    tx: broadcast::Sender<Event>,
-    admins: Arc<AtomicUsize>,
+    endpoints: broadcast::Sender<Event>,
+    admins: broadcast::Sender<Event>,
+    admin_count: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -80,20 +85,23 @@ impl Hub {
     fn with_pool<T>(&self, pool_id: i64, f: impl FnOnce(&PoolChannel) -> T) -> T {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let ch = pools.entry(pool_id).or_insert_with(|| PoolChannel {
-            tx: broadcast::channel(CHANNEL_CAPACITY).0,
-            admins: Arc::new(AtomicUsize::new(0)),
+            endpoints: broadcast::channel(ENDPOINT_CAPACITY).0,
+            admins: broadcast::channel(ADMIN_CAPACITY).0,
+            admin_count: Arc::new(AtomicUsize::new(0)),
         });
         f(ch)
     }
 
+    /// For an endpoint socket: events for every endpoint or one endpoint of the pool.
     pub fn subscribe(&self, pool_id: i64) -> broadcast::Receiver<Event> {
-        self.with_pool(pool_id, |ch| ch.tx.subscribe())
+        self.with_pool(pool_id, |ch| ch.endpoints.subscribe())
     }
 
+    /// For an admin socket: every event of the pool.
     pub fn subscribe_admin(&self, pool_id: i64) -> (broadcast::Receiver<Event>, AdminGuard) {
         self.with_pool(pool_id, |ch| {
-            ch.admins.fetch_add(1, Ordering::Relaxed);
-            (ch.tx.subscribe(), AdminGuard(ch.admins.clone()))
+            ch.admin_count.fetch_add(1, Ordering::Relaxed);
+            (ch.admins.subscribe(), AdminGuard(ch.admin_count.clone()))
         })
     }
 
@@ -102,16 +110,24 @@ impl Hub {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .get(&pool_id)
-            .is_some_and(|ch| ch.admins.load(Ordering::Relaxed) > 0)
+            .is_some_and(|ch| ch.admin_count.load(Ordering::Relaxed) > 0)
     }
 
     fn send(&self, pool_id: i64, event: Event) {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = pools.get(&pool_id)
-            && ch.tx.send(event).is_err()
-        {
-            // Nobody listens any more: drop the channel (a new subscriber recreates it).
+        let Some(ch) = pools.get(&pool_id) else {
+            return;
+        };
+        if ch.endpoints.receiver_count() == 0 && ch.admins.receiver_count() == 0 {
+            // Nobody listens any more: drop the channels (a new subscriber recreates them).
             pools.remove(&pool_id);
+            return;
+        }
+        if event.to != Audience::Admins {
+            let _ = ch.endpoints.send(event.clone());
+        }
+        if event.for_admin() {
+            let _ = ch.admins.send(event);
         }
     }
 
@@ -143,6 +159,10 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn cancel(operation: i64) -> ServerMsg {
+        ServerMsg::CancelRequested { operation }
+    }
+
     #[test]
     fn audiences_filter_and_admins_are_counted() {
         let hub = Hub::default();
@@ -150,26 +170,22 @@ mod tests {
         assert!(!hub.has_admins(1));
         let (mut admin, guard) = hub.subscribe_admin(1);
         assert!(hub.has_admins(1) && !hub.has_admins(2));
-        hub.publish(
-            1,
-            Audience::Endpoint(7),
-            &ServerMsg::CancelRequested { operation: 3 },
-        );
+        hub.publish(1, Audience::Endpoint(7), &cancel(3));
         hub.disconnect(1, 8);
-        hub.publish(
-            2,
-            Audience::All,
-            &ServerMsg::CancelRequested { operation: 4 },
-        );
+        hub.publish(2, Audience::All, &cancel(4));
+        hub.publish(1, Audience::Admins, &cancel(5));
         let first = ep.try_recv().unwrap();
         assert!(first.for_endpoint(7) && !first.for_endpoint(8) && first.for_admin());
         let second = ep.try_recv().unwrap();
         assert!(second.for_endpoint(8) && !second.for_admin());
         assert!(
             ep.try_recv().is_err(),
-            "pool 2's event is not delivered to pool 1"
+            "neither pool 2's nor the admin-only event reaches an endpoint socket of pool 1"
         );
-        assert!(admin.try_recv().is_ok());
+        // Admins get the directed message and the admin-only one, not the disconnect.
+        assert!(admin.try_recv().unwrap().for_endpoint(7));
+        assert_eq!(admin.try_recv().unwrap().to, Audience::Admins);
+        assert!(admin.try_recv().is_err());
         drop(guard);
         assert!(!hub.has_admins(1));
     }

@@ -7,7 +7,9 @@
 //! state the coordinator knows. Then reports, progress, results and heartbeats are handled by
 //! the same service functions as the REST routes (a report is answered with
 //! [`ServerMsg::ReportAck`], a failed request with [`ServerMsg::Error`]), while pool events
-//! are pushed. One task owns each socket.
+//! are pushed. One task owns each socket. A socket silent for `offline_after_secs` is closed
+//! (code 1008); revocation or removal closes it with 4001, falling behind on events with 4002,
+//! shutdown with 1001.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -206,9 +208,14 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
     }
     tracing::debug!(endpoint = ep.id, "endpoint socket connected");
     state.status_changed(ep.pool_id, ep.id).await;
+    // An endpoint silent for the offline time is gone (daemons send heartbeats well within
+    // it): drop the socket instead of holding it until TCP notices.
+    let idle_limit = Duration::from_secs(state.settings.offline_after_secs.max(1));
+    let mut deadline = tokio::time::Instant::now() + idle_limit;
     loop {
         tokio::select! {
             incoming = next_text(&mut socket) => {
+                deadline = tokio::time::Instant::now() + idle_limit;
                 let reply = match incoming {
                     None => break,
                     Some(Err(e)) => Some(error_msg(e)),
@@ -240,6 +247,10 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
                 }
                 Err(RecvError::Closed) => break,
             },
+            _ = tokio::time::sleep_until(deadline) => {
+                close(&mut socket, close_code::POLICY, "no message within the offline time: reconnect").await;
+                break;
+            }
             _ = stopped(&mut shutdown) => {
                 close(&mut socket, close_code::AWAY, "coordinator shutting down").await;
                 break;
