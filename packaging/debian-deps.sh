@@ -24,6 +24,18 @@ ensure_tools() {
 	# ---- LATER SYSTEM PACKAGES ---------------------------------------------------------
 	# The tray tests (GTK, Xvfb, a tray host, notifications) add their packages here, in the
 	# same form: a check, then the Debian packages to install when it fails.
+	# pacpool-tray builds against GTK 3 (libgtk-3-dev) and loads libayatana-appindicator3 at
+	# run time; tests/tray_headless.rs runs it under Xvfb with gtk-sni-tray-standalone as the
+	# StatusNotifierItem host, dunst as the notification server, gdbus to read the icon and
+	# click the menu, and ImageMagick's import/convert for screenshots and pixels.
+	# (`import`, not `convert`: some images carry a stand-in `convert` script; grep reads all of
+	# ldconfig's output so that pipefail never sees a SIGPIPE.)
+	if ! have pkg-config Xvfb xauth import dunst gdbus dbus-daemon gtk-sni-tray-standalone ||
+		! pkg-config --exists gtk+-3.0 ||
+		! { ldconfig -p 2>/dev/null | grep 'libayatana-appindicator3\.so\.1' >/dev/null; }; then
+		apt_packages+=(pkg-config libgtk-3-dev libayatana-appindicator3-1 xvfb xauth imagemagick
+			dunst libglib2.0-bin dbus haskell-gtk-sni-tray-utils)
+	fi
 	# -------------------------------------------------------------------------------------
 	if ((${#apt_packages[@]} > 0)); then
 		if [[ $(id -u) -ne 0 ]]; then

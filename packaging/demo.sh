@@ -112,6 +112,17 @@ pp() { # name args... : the pacpool CLI against that machine's daemon
 	"$BIN/pacpool" --socket "$box/run/pacpoold.sock" "$@"
 }
 
+wait_revision() { # name revision: until that machine's daemon has the pool target revision
+	local i
+	for i in $(seq 1 100); do
+		if "$BIN/pacpool" --socket "$DEMO/$1/run/pacpoold.sock" status --json 2>/dev/null | grep -q "\"revision\": $2,"; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	die "$1 did not learn target revision $2; see $DEMO/$1/pacpoold.log"
+}
+
 wait_connected() { # name
 	local i
 	for i in $(seq 1 100); do
@@ -163,7 +174,7 @@ pp bob status
 
 say "alice: set as latest"
 pp alice set-latest --yes
-sleep 0.5
+wait_revision bob 1
 say "bob learns the pool target changed"
 pp bob status
 pp bob preview || true
@@ -177,7 +188,7 @@ mkpkg editor 1.1-1 libtext
 boxpacman alice -Syu >/dev/null
 pp alice notify
 pp alice set-latest --yes
-sleep 0.5
+wait_revision bob 2
 pp bob status
 
 say "bob: sync again (its databases are refreshed first)"

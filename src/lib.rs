@@ -41,4 +41,6 @@ pub mod proto;
 pub mod snapshot;
 pub mod store;
 pub mod syncdb;
+#[cfg(feature = "tray")]
+pub mod tray;
 pub mod version;

@@ -1386,3 +1386,23 @@ async fn silent_sockets_are_closed() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn admins_are_told_when_an_endpoint_goes_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |s| s.offline_after_secs = 1).await;
+    let (pool, eps) = pool_with(&s, "watch", 1).await;
+    let mut admin = ws_connect(&s, &format!("/pools/{}/ws", pool.id), ADMIN).await;
+    s.report_full(&eps[0].endpoint_token, &snap(&[("bash", "5.2-1")]))
+        .await;
+    // Silence after the report: the next status event for it says offline.
+    loop {
+        if let ServerMsg::EndpointStatusChanged { status } = ws_next(&mut admin).await.unwrap()
+            && status.state == EndpointState::Offline
+        {
+            assert_eq!(status.id, eps[0].endpoint_id);
+            break;
+        }
+    }
+    s.shutdown().await;
+}

@@ -24,16 +24,17 @@ if cargo fmt --version >/dev/null 2>&1; then
 	cargo fmt --check
 fi
 if cargo clippy --version >/dev/null 2>&1; then
-	step "cargo clippy --all-targets --locked -- -D warnings"
-	cargo clippy --all-targets --locked -- -D warnings
+	step "cargo clippy --all-targets --all-features --locked -- -D warnings"
+	cargo clippy --all-targets --all-features --locked -- -D warnings
 fi
 
-step "cargo build --all-targets --locked"
-cargo build --all-targets --locked
+# --all-features includes the tray (GTK); the default build needs no GTK.
+step "cargo build --all-targets --all-features --locked"
+cargo build --all-targets --all-features --locked
 
 # Library, binaries, integration tests and doc tests. Benchmarks are only built above: they
 # print figures (see BENCHMARKS.md) and assert nothing about time.
-step "cargo test --locked"
-cargo test --locked
+step "cargo test --all-features --locked"
+cargo test --all-features --locked
 
 step "All tests passed"

@@ -113,6 +113,14 @@ impl Hub {
             .is_some_and(|ch| ch.admin_count.load(Ordering::Relaxed) > 0)
     }
 
+    /// Whether any pool has an admin subscriber.
+    pub fn any_admins(&self) -> bool {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .values()
+            .any(|ch| ch.admin_count.load(Ordering::Relaxed) > 0)
+    }
+
     fn send(&self, pool_id: i64, event: Event) {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let Some(ch) = pools.get(&pool_id) else {

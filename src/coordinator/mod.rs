@@ -211,6 +211,11 @@ impl SnapshotCache {
     }
 }
 
+/// Completes when the coordinator shuts down.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 /// Resolves the admin token hash from the settings, creating a token file when needed.
 fn admin_hash(settings: &Settings) -> Result<[u8; 32], CoordinatorError> {
     if let Some(Secret(token)) = &settings.admin_token {
@@ -292,6 +297,7 @@ pub async fn launch(
         snapshots: SnapshotCache::default(),
         shutdown: stop_rx.clone(),
     }));
+    tokio::spawn(state.clone().watch_offline());
     let app = api::router(state);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "coordinator listening");

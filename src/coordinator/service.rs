@@ -200,6 +200,53 @@ impl AppState {
         }
     }
 
+    /// Tells admin subscribers about endpoints that went offline (no contact for
+    /// `offline_after_secs`): nothing else happens at that moment to trigger a status event.
+    /// Runs until shutdown.
+    pub(crate) async fn watch_offline(self) {
+        let offline_after = self.settings.offline_after_secs as i64;
+        let period = std::time::Duration::from_secs((self.settings.offline_after_secs / 3).max(1));
+        let mut tick = tokio::time::interval(period);
+        // A late tick covers a wider window below, so skipped ticks lose nothing.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut shutdown = self.shutdown.clone();
+        let mut prev = now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = super::stopped(&mut shutdown) => return,
+            }
+            let t = now();
+            // Offline means `now - last_seen > offline_after`: the endpoints that crossed
+            // since the previous tick have `prev - offline_after <= last_seen < t - offline_after`.
+            let (lo, hi) = (prev - offline_after, t - offline_after);
+            prev = t;
+            if hi <= lo || !self.hub.any_admins() {
+                continue;
+            }
+            let crossed = self
+                .db
+                .read(move |conn| {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT id, pool_id FROM endpoints WHERE last_seen >= ?1 AND last_seen < ?2",
+                    )?;
+                    let rows = stmt
+                        .query_map(params![lo, hi], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    Ok(rows)
+                })
+                .await;
+            match crossed {
+                Ok(crossed) => {
+                    for (id, pool_id) in crossed {
+                        self.status_changed(pool_id, id).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot look for endpoints gone offline"),
+            }
+        }
+    }
+
     /// Publishes a new target to the pool (with the change summary) and the new statuses.
     async fn target_changed(&self, target: TargetInfo, previous: Option<TargetInfo>) {
         self.metrics.target_changes.fetch_add(1, Ordering::Relaxed);

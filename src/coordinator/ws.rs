@@ -19,14 +19,15 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::AppState;
 use super::api::ApiPath;
 use super::auth::{Admin, EndpointAuth};
 use super::db;
 use super::error::ApiErr;
-use super::hub::EventKind;
+use super::hub::{AdminGuard, Event, EventKind};
+use super::{AppState, stopped};
 use crate::proto::{EndpointMsg, PROTOCOL_VERSION, ServerMsg};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,11 +77,6 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
             reason: reason.into(),
         })))
         .await;
-}
-
-/// Completes when the coordinator shuts down.
-async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 fn error_msg(e: ApiErr) -> ServerMsg {
@@ -313,13 +309,18 @@ pub(crate) async fn admin_socket(
     if !exists {
         return Err(ApiErr::not_found(format!("no pool {pool_id}")));
     }
-    Ok(up.on_upgrade(move |socket| run_admin(state, pool_id, socket)))
+    // Subscribe before answering, so every event after the upgrade response is delivered.
+    let subscription = state.hub.subscribe_admin(pool_id);
+    Ok(up.on_upgrade(move |socket| run_admin(state, subscription, socket)))
 }
 
-async fn run_admin(state: AppState, pool_id: i64, mut socket: WebSocket) {
+async fn run_admin(
+    state: AppState,
+    (mut events, _guard): (broadcast::Receiver<Event>, AdminGuard),
+    mut socket: WebSocket,
+) {
     let _gauge = Gauge::new(&state.metrics.ws_admins);
     let mut shutdown = state.shutdown.clone();
-    let (mut events, _guard) = state.hub.subscribe_admin(pool_id);
     loop {
         tokio::select! {
             incoming = socket.recv() => match incoming {

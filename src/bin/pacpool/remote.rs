@@ -7,7 +7,7 @@ use pacpool::daemon::client::Client;
 use pacpool::daemon::protocol::{
     ErrorCode, LinkState, LocalStatus, Outcome, Preview, Reply, Request,
 };
-use pacpool::plan::{Action, Counts};
+use pacpool::plan::{Action, Conflict, Counts};
 use pacpool::proto::{EndpointState, Progress};
 
 /// Exit codes, documented in the README.
@@ -236,12 +236,36 @@ fn print_status(s: &LocalStatus) {
     }
 }
 
+/// Conflicts a sync resolves on its own by refreshing the package databases first.
+fn refreshable(c: &Conflict) -> bool {
+    matches!(
+        c,
+        Conflict::VersionUnavailable { .. } | Conflict::RepositoryUnavailable { .. }
+    )
+}
+
 pub fn print_preview(p: &Preview) {
     println!("{}", counts_line(&p.counts));
     for a in &p.actions {
         println!("  {}", describe(a));
     }
-    for c in &p.conflicts {
+    let missing: Vec<String> = p
+        .conflicts
+        .iter()
+        .filter(|c| refreshable(c))
+        .map(|c| match c {
+            Conflict::VersionUnavailable { name, wanted, .. } => format!("{name} {wanted}"),
+            Conflict::RepositoryUnavailable { name, repo, .. } => format!("{name} (from {repo})"),
+            _ => unreachable!("filtered"),
+        })
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "not in this machine's package databases yet: {}\n  sync refreshes the databases (pacman -Sy) and plans again; if they are still missing there, it stops",
+            missing.join(", ")
+        );
+    }
+    for c in p.conflicts.iter().filter(|c| !refreshable(c)) {
         println!("conflict: {c}");
     }
     if let Some(n) = &p.needs_confirmation {
@@ -279,7 +303,7 @@ pub async fn preview(socket: &Path, json: bool) -> Result<u8, Failure> {
     } else {
         print_preview(&preview);
     }
-    Ok(if !preview.conflicts.is_empty() {
+    Ok(if preview.conflicts.iter().any(|c| !refreshable(c)) {
         exit::CONFLICT
     } else if preview.actions.is_empty() {
         exit::NOTHING_TO_DO
