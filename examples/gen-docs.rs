@@ -8,7 +8,8 @@
 //! ```
 //!
 //! writes `docs/NAME/completions/{NAME.bash,_NAME,NAME.fish}` and `docs/NAME/man/*.{1,8}`
-//! (one page per command and subcommand; `pacpoold` and `pacpool-coordinator` in section 8).
+//! (one page per command and subcommand; the daemons `pacpoold` and `pacpool-coordinator` in
+//! section 8, the others in 1).
 //!
 //! The binaries' `clap` definitions are private to each binary, so this program reads them
 //! back from the binaries themselves: it runs `BIN [SUB…] -h` for every (sub)command, parses
@@ -293,7 +294,10 @@ fn write_docs(cmd: Command, name: &str, dir: &Path) -> Result<(), String> {
         clap_complete::generate_to(shell, &mut cmd, name, &completions)
             .map_err(|e| io("completions", e))?;
     }
-    let section = if name == "pacpool" { "1" } else { "8" };
+    let section = match name {
+        "pacpoold" | "pacpool-coordinator" => "8",
+        _ => "1",
+    };
     write_man(&cmd, section, &man).map_err(|e| io("man pages", e))
 }
 

@@ -79,7 +79,7 @@ impl Coordinator {
         format!("http://{}", self.addr)
     }
 
-    fn admin_post(&self, path: &str) -> serde_json::Value {
+    fn admin_post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -87,7 +87,7 @@ impl Coordinator {
         rt.block_on(async {
             let resp = reqwest::Client::new()
                 .post(format!("{}/api/v1{path}", self.url()))
-                .json(&serde_json::json!({"name": "lab"}))
+                .json(&body)
                 .bearer_auth(ADMIN)
                 .send()
                 .await
@@ -327,8 +327,30 @@ impl Desktop {
         let start = out.find('\'')? + 1;
         let end = start + out[start..].find('\'')?;
         let item = &out[start..end];
-        let slash = item.find('/')?;
-        Some((item[..slash].to_owned(), item[slash..].to_owned()))
+        if let Some(slash) = item.find('/') {
+            return Some((item[..slash].to_owned(), item[slash..].to_owned()));
+        }
+        // Some watchers record only the bus name: find the object that implements the item.
+        let tree = self
+            .try_gdbus(&[
+                "introspect",
+                "--session",
+                "--dest",
+                item,
+                "--object-path",
+                "/",
+                "--recurse",
+            ])
+            .ok()?;
+        let mut node = None;
+        for line in tree.lines().map(str::trim) {
+            if let Some(n) = line.strip_prefix("node ") {
+                node = Some(n.trim_end_matches(" {").to_owned());
+            } else if line.starts_with("interface org.kde.StatusNotifierItem") {
+                return Some((item.to_owned(), node?));
+            }
+        }
+        None
     }
 
     fn sni_prop(&self, item: &(String, String), name: &str) -> String {
@@ -547,8 +569,11 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
     b.pacman_ok(&["-Sy", "shell", "oldtool"]);
 
     let coord = Coordinator::start(&dir.path().join("coordinator.db"));
-    let pool = coord.admin_post("/pools");
-    let join = coord.admin_post(&format!("/pools/{}/join-tokens", pool["id"]));
+    let pool = coord.admin_post("/pools", serde_json::json!({"name": "lab"}));
+    let join = coord.admin_post(
+        &format!("/pools/{}/join-tokens", pool["id"]),
+        serde_json::json!({}),
+    );
     let join = join["token"].as_str().unwrap().to_owned();
     let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
     let bob_config = write_config(&b, "bob", Some((&coord.url(), &join)));

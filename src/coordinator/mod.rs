@@ -254,6 +254,8 @@ fn admin_hash(settings: &Settings) -> Result<[u8; 32], CoordinatorError> {
     }
 }
 
+/// Creates `path` (mode 0600) holding `token`, atomically: a reader never sees a partial
+/// file, and an existing file is never replaced.
 fn write_secret_file(path: &Path, token: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -262,14 +264,22 @@ fn write_secret_file(path: &Path, token: &str) -> std::io::Result<()> {
     {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(token.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("{token}\n").as_bytes())?;
+        f.sync_all()?;
+        // A hard link fails if `path` exists, unlike a rename.
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written
 }
 
 /// Runs the coordinator on `listener` until `shutdown` completes; then stops accepting,
@@ -317,4 +327,40 @@ pub async fn launch(
     })
     .await
     .map_err(CoordinatorError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn admin_token_file_is_generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            admin_token_file: dir.path().join("state/admin-token"),
+            ..Settings::default()
+        };
+        let first = admin_hash(&settings).unwrap();
+        let path = &settings.admin_token_file;
+        let token = std::fs::read_to_string(path).unwrap();
+        assert!(token.starts_with("ppa_") && token.ends_with('\n'));
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Read back, not regenerated; the hash is of the token without its newline.
+        assert_eq!(admin_hash(&settings).unwrap(), first);
+        let expect: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        assert_eq!(first, expect);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("state")).unwrap().count(),
+            1
+        );
+        let by_hash = Settings {
+            admin_token_sha256: Some(hex::encode(first)),
+            admin_token_file: dir.path().join("unused"),
+            ..Settings::default()
+        };
+        assert_eq!(admin_hash(&by_hash).unwrap(), first);
+        assert!(!dir.path().join("unused").exists());
+    }
 }
