@@ -2,9 +2,11 @@
 //! two sandbox pacman roots, the real `pacpool` CLI, real WebSockets and real pacman
 //! transactions.
 //!
-//! A sets latest → B is behind → B syncs and matches A; A upgrades and sets latest → B
-//! refreshes its databases and upgrades; a hostile target is refused; B reverts with the
-//! coordinator down and reports it when the coordinator returns.
+//! A sets latest → B is behind → B syncs and matches A (a protected package B has stays);
+//! A upgrades and sets latest → B refreshes its databases and upgrades; A downgrades and
+//! changes an install reason → B downgrades from the archive (its cache lacks the file) and
+//! changes the reason; B reverts with the coordinator down and reports it when the
+//! coordinator returns.
 
 mod support;
 
@@ -149,6 +151,13 @@ fn local_hash(sb: &Sandbox) -> String {
     sb.pacman_paths().read().unwrap().snapshot.hash().to_hex()
 }
 
+/// The hash of the machine's state without `skip` (a protected package only it has).
+fn hash_without(sb: &Sandbox, skip: &str) -> String {
+    let snap = sb.pacman_paths().read().unwrap().snapshot;
+    let kept = snap.packages().iter().filter(|p| p.name.as_str() != skip).cloned().collect();
+    pacpool::snapshot::Snapshot::new(kept).unwrap().hash().to_hex()
+}
+
 #[test]
 fn set_latest_sync_upgrade_and_offline_revert() {
     let (a, b) = (Sandbox::new(), Sandbox::new());
@@ -159,10 +168,13 @@ fn set_latest_sync_upgrade_and_offline_revert() {
             ("libtext", "1.0-1", &[]),
             ("shell", "2.0-1", &[]),
             ("oldtool", "1.0-1", &[]),
+            ("linux-demo", "6.1-1", &[]),
         ],
     );
     a.pacman_ok(&["-Sy", "editor", "shell"]);
-    b.pacman_ok(&["-Sy", "shell", "oldtool"]);
+    b.pacman_ok(&["-Sy", "shell", "oldtool", "linux-demo"]);
+    // An archive (Arch Linux Archive layout) that B may fetch old versions from.
+    let archive = tempfile::tempdir().unwrap();
 
     let dbdir = tempfile::tempdir().unwrap();
     let db = dbdir.path().join("coordinator.db");
@@ -172,7 +184,11 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     let join = join["token"].as_str().unwrap().to_owned();
 
     let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
-    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    let b_config = write_config(&b, "bob", Some((&coord.url(), &join)));
+    let mut text = std::fs::read_to_string(&b_config).unwrap();
+    text.push_str(&format!("archive_url = \"file://{}\"\n", archive.path().display()));
+    std::fs::write(&b_config, text).unwrap();
+    let db_ = Daemon::start(&b_config);
     wait_status(&da, "A connected", |s| s["link"] == "connected");
     wait_status(&db_, "B connected", |s| s["link"] == "connected");
 
@@ -196,7 +212,8 @@ fn set_latest_sync_upgrade_and_offline_revert() {
         "{preview}"
     );
     db_.cli_code(&["sync", "--yes"], 0);
-    assert_eq!(local_hash(&b), local_hash(&a), "B's packages equal A's");
+    assert_eq!(hash_without(&b, "linux-demo"), local_hash(&a), "B's packages equal A's");
+    assert!(b.pacman_ok(&["-Q", "linux-demo"]).contains("6.1-1"), "protected package kept");
     let s = wait_status(&db_, "B in sync", |s| s["state"] == "in-sync");
     assert_eq!(s["counts"]["install"], 0);
     // The dependency came in as a dependency, as on A.
@@ -229,7 +246,36 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     assert_eq!(s["state"], "behind");
     assert_eq!(s["counts"]["upgrade"], 1);
     db_.cli_code(&["sync", "--yes"], 0);
-    assert_eq!(local_hash(&b), local_hash(&a));
+    assert_eq!(hash_without(&b, "linux-demo"), local_hash(&a));
+
+    // A goes back to editor 1.0 (from its cache) and marks shell as a dependency. The
+    // repository only offers 1.1 and B's cache lost 1.0: B fetches it from the archive.
+    let arch = host_arch();
+    let old = format!("editor-1.0-1-{arch}.pkg.tar.zst");
+    a.pacman_ok(&["-U", a.cachedir().join(&old).to_str().unwrap()]);
+    a.pacman_ok(&["-D", "--asdeps", "shell"]);
+    da.cli_code(&["notify"], 0);
+    da.cli_code(&["set-latest", "--yes"], 0);
+    std::fs::remove_file(b.cachedir().join(&old)).unwrap();
+    let shelf = archive.path().join("e/editor");
+    std::fs::create_dir_all(&shelf).unwrap();
+    std::fs::copy(a.cachedir().join(&old), shelf.join(&old)).unwrap();
+    let s = wait_status(&db_, "B sees revision 3", |s| s["target"]["revision"] == 3);
+    // Newer editor (ahead) and a reason to change (behind).
+    assert_eq!(s["state"], "diverged", "{s}");
+    let out: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["sync", "--yes", "--json"], 0)).unwrap();
+    assert_eq!(out["counts"]["downgrade"], 1, "{out}");
+    assert_eq!(out["counts"]["reason"], 1, "{out}");
+    assert_eq!(hash_without(&b, "linux-demo"), local_hash(&a));
+    assert!(b.cachedir().join(&old).is_file(), "the archive file landed in B's cache");
+    assert!(b.pacman_ok(&["-Qqd"]).lines().any(|l| l == "shell"));
+    // Back to revision 2's state for the revert below.
+    da.cli_code(&["revert", "--yes"], 0);
+    da.cli_code(&["set-latest", "--yes"], 0);
+    wait_status(&db_, "B sees revision 4", |s| s["target"]["revision"] == 4);
+    db_.cli_code(&["sync", "--yes"], 0);
+    assert_eq!(hash_without(&b, "linux-demo"), local_hash(&a));
 
     // B reverts to its previous state with the coordinator down...
     let before_revert = local_hash(&b);

@@ -168,13 +168,17 @@ fn systemd_units_verify_and_their_security_scores_stay_low() {
             })
             .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
             .unwrap_or_else(|| panic!("no exposure level for {name}:\n{}", text(&out)));
+        // "→ Overall exposure level for NAME: 1.1 OK 🙂": the word after the number.
         let verdict = report
             .lines()
-            .find(|l| l.contains("Overall exposure level"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        println!("systemd-analyze security --offline=yes {name}: {score:.1} ({verdict})");
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")
+            })
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .unwrap_or("?");
+        println!("systemd-analyze security --offline=yes {name}: {score:.1} {verdict}");
         scores.push((name, score));
     }
     for (name, max) in MAX_EXPOSURE {
@@ -303,6 +307,14 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         fs::create_dir_all(d).expect("create a makepkg directory");
         std::os::unix::fs::chown(d, Some(65534), Some(65534)).expect("chown to nobody");
     }
+    // The tray is built only with `--features tray` (tests/run.sh builds all features).
+    let tray = bins.join("pacpool-tray").is_file();
+    if !tray {
+        println!(
+            "NOTE: {} was not built (cargo feature `tray`): packaging without pacpool-tray",
+            bins.join("pacpool-tray").display()
+        );
+    }
     let started = std::time::Instant::now();
     let out = run(Command::new("setpriv")
         .args([
@@ -319,6 +331,7 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         .arg(format!("PKGDEST={}", pkgdest.display()))
         .arg("PKGEXT=.pkg.tar.zst")
         .arg(format!("PACPOOL_PREBUILT_DIR={}", bins.display()))
+        .args((!tray).then_some("PACPOOL_NO_TRAY=1"))
         .args(["makepkg", "--nodeps", "--noconfirm", "--nocolor"])
         .current_dir(tree().join("packaging/arch")));
     assert!(
@@ -338,7 +351,13 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     let version = env!("CARGO_PKG_VERSION");
-    for pkg in ["pacpool", "pacpool-coordinator"] {
+    let expected: &[&str] = if tray {
+        &["pacpool", "pacpool-coordinator", "pacpool-tray"]
+    } else {
+        &["pacpool", "pacpool-coordinator"]
+    };
+    assert_eq!(packages.len(), expected.len(), "packages built: {names:?}");
+    for pkg in expected {
         let prefix = format!("{pkg}-{version}-1-");
         assert!(
             names
@@ -378,7 +397,7 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
             .map(|(pkg, _)| pkg.as_str())
             .unwrap_or_else(|| panic!("{path} is not installed; pacman -Ql:\n{listing}"))
     };
-    for (pkg, path) in [
+    let mut expected_files = vec![
         ("pacpool", "/usr/bin/pacpool"),
         ("pacpool", "/usr/bin/pacpoold"),
         ("pacpool", "/usr/lib/systemd/system/pacpoold.service"),
@@ -421,15 +440,42 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
             "pacpool-coordinator",
             "/usr/share/zsh/site-functions/_pacpool-coordinator",
         ),
-    ] {
+    ];
+    if tray {
+        expected_files.extend([
+            ("pacpool-tray", "/usr/bin/pacpool-tray"),
+            ("pacpool-tray", "/usr/lib/systemd/user/pacpool-tray.service"),
+            ("pacpool-tray", "/etc/xdg/autostart/pacpool-tray.desktop"),
+            (
+                "pacpool-tray",
+                "/usr/share/icons/hicolor/scalable/apps/pacpool-in-sync.svg",
+            ),
+            (
+                "pacpool-tray",
+                "/usr/share/icons/hicolor/32x32/apps/pacpool-in-sync.png",
+            ),
+            ("pacpool-tray", "/usr/share/man/man1/pacpool-tray.1.gz"),
+            (
+                "pacpool-tray",
+                "/usr/share/bash-completion/completions/pacpool-tray",
+            ),
+        ]);
+    }
+    for (pkg, path) in expected_files {
         assert_eq!(owner(path), pkg, "{path} belongs to the wrong package");
     }
     // Nothing outside the usual places (and nothing under /usr/local, /var/run, …).
     for (_, path) in &files {
         assert!(
-            ["/usr/bin/", "/usr/lib/", "/usr/share/", "/etc/pacpool/"]
-                .iter()
-                .any(|p| path.starts_with(p)),
+            [
+                "/usr/bin/",
+                "/usr/lib/",
+                "/usr/share/",
+                "/etc/pacpool/",
+                "/etc/xdg/autostart/"
+            ]
+            .iter()
+            .any(|p| path.starts_with(p)),
             "unexpected file {path}"
         );
     }
@@ -460,6 +506,16 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         "/usr/lib/tmpfiles.d/pacpool.conf",
         "packaging/arch/pacpool.tmpfiles",
     );
+    if tray {
+        same(
+            "/usr/lib/systemd/user/pacpool-tray.service",
+            "systemd/pacpool-tray.service",
+        );
+        same(
+            "/etc/xdg/autostart/pacpool-tray.desktop",
+            "packaging/pacpool-tray.desktop",
+        );
+    }
     let installed = |p: &str| fs::read_to_string(root.join(p)).expect("read an installed file");
     assert_eq!(
         installed("etc/pacpool/pacpoold.toml"),
@@ -512,6 +568,16 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
     }
 
     // Metadata: dependencies and backup files.
+    if tray {
+        let info = sb.pacman_ok(&["-Qi", "pacpool-tray"]);
+        assert!(
+            info.lines().any(|l| l.starts_with("Depends On")
+                && ["pacpool", "gtk3", "libayatana-appindicator"]
+                    .iter()
+                    .all(|d| l.split_whitespace().any(|w| w == *d))),
+            "pacpool-tray's dependencies:\n{info}"
+        );
+    }
     for (pkg, depends, backup) in [
         (
             "pacpool",

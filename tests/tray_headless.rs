@@ -508,27 +508,31 @@ fn local_hash(sb: &Sandbox) -> String {
     sb.pacman_paths().read().unwrap().snapshot.hash().to_hex()
 }
 
-fn ctx_switches(pid: u32) -> u64 {
-    let mut total = 0;
+/// Context switches of every thread of `pid`: (tid:name, count).
+fn ctx_switches(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
     {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        for line in status.lines() {
-            if line.starts_with("voluntary_ctxt_switches")
-                || line.starts_with("nonvoluntary_ctxt_switches")
-            {
-                total += line
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap();
-            }
-        }
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let n = field("voluntary_ctxt_switches:")
+            .parse::<u64>()
+            .unwrap_or(0)
+            + field("nonvoluntary_ctxt_switches:")
+                .parse::<u64>()
+                .unwrap_or(0);
+        let tid = task.file_name().to_string_lossy().into_owned();
+        threads.push((format!("{tid}:{}", field("Name:")), n));
     }
-    total
+    threads
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -686,11 +690,16 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         let before = ctx_switches(tray_pid);
         std::thread::sleep(Duration::from_secs(20));
         let after = ctx_switches(tray_pid);
+        let mut total = 0;
+        for (thread, n) in &after {
+            let was = before.iter().find(|(t, _)| t == thread).map_or(0, |b| b.1);
+            eprintln!("tray idle: thread {thread}: {} switches in 20 s", n - was);
+            total += n - was;
+        }
         eprintln!(
-            "tray idle: RSS {} KiB, {} context switches in 20 s (all threads) = {:.1}/min",
+            "tray idle: RSS {} KiB, {total} context switches in 20 s (all threads) = {:.1}/min",
             rss_kib(tray_pid),
-            after - before,
-            (after - before) as f64 * 3.0
+            total as f64 * 3.0
         );
     }
 

@@ -16,7 +16,8 @@ use rusqlite::{
 
 use super::error::{ApiErr, CoordinatorError};
 use crate::proto::{AuditEntry, Operation, OperationKind, OperationState, PoolPolicy, TargetInfo};
-use crate::snapshot::{Snapshot, SnapshotHash};
+use super::snaptext::SnapText;
+use crate::snapshot::SnapshotHash;
 
 /// Each entry upgrades the schema by one version; never edit a released entry.
 const MIGRATIONS: &[&str] = &[
@@ -256,18 +257,32 @@ pub fn policy_of(conn: &Connection, pool_id: i64) -> Result<Option<PoolPolicy>, 
         .transpose()
 }
 
-pub fn put_snapshot(conn: &Connection, snap: &Snapshot) -> Result<(), ApiErr> {
+/// Stores a snapshot's canonical text under its hash (once: content-addressed).
+pub fn put_snapshot(conn: &Connection, snap: &SnapText) -> Result<(), ApiErr> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO snapshots (hash, body, package_count, created_at)
          VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![
-        snap.hash().to_hex(),
-        snap.encode(),
-        snap.len() as i64,
+        snap.hash.to_hex(),
+        &*snap.text,
+        snap.packages as i64,
         now()
     ])?;
     Ok(())
+}
+
+/// A stored snapshot's text and package count.
+pub fn snapshot_row(
+    conn: &Connection,
+    hash: &SnapshotHash,
+) -> Result<Option<(String, usize)>, ApiErr> {
+    Ok(conn
+        .prepare_cached("SELECT body, package_count FROM snapshots WHERE hash = ?1")?
+        .query_row([hash.to_hex()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
+        })
+        .optional()?)
 }
 
 pub fn snapshot_body(conn: &Connection, hash: &SnapshotHash) -> Result<Option<String>, ApiErr> {

@@ -9,6 +9,8 @@
 //! - `auth`: token generation and hashing; the `Admin` / `EndpointAuth` extractors.
 //! - `service`: the operations behind both REST and WebSocket (reports, targets, operations,
 //!   computed status), each one transaction plus the events it publishes.
+//! - `snaptext`: snapshots as their canonical text (hashing, delta application without
+//!   decoding) and the size-bounded snapshot caches.
 //! - `hub`: per-pool fan-out of server events to sockets.
 //! - `api`: the router, REST handlers, metrics and health.
 //! - `ws`: the endpoint socket and the admin subscription socket.
@@ -59,6 +61,7 @@ mod error;
 mod hub;
 mod service;
 pub mod settings;
+mod snaptext;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap};
@@ -85,7 +88,13 @@ pub(crate) struct Inner {
     admin_hash: [u8; 32],
     hub: hub::Hub,
     metrics: Metrics,
-    snapshots: SnapshotCache,
+    /// Decoded snapshots, so status computation does not re-parse the same target for every
+    /// endpoint.
+    snapshots: snaptext::SizedCache<Arc<Snapshot>>,
+    /// Snapshot texts, so a delta report does not read its base from the database.
+    texts: snaptext::SizedCache<snaptext::SnapText>,
+    /// `plan::status` results by (current, target, policy fingerprint).
+    statuses: Mutex<HashMap<(SnapshotHash, SnapshotHash, u64), (crate::plan::SyncStatus, crate::plan::Counts)>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -186,30 +195,12 @@ impl Metrics {
     }
 }
 
-/// Decoded snapshots by hash, so status computation does not re-parse the same target for
-/// every endpoint. Bounded: cleared when full (entries are cheap to rebuild).
-#[derive(Default)]
-pub(crate) struct SnapshotCache(Mutex<HashMap<SnapshotHash, Arc<Snapshot>>>);
-
-const SNAPSHOT_CACHE_MAX: usize = 512;
-
-impl SnapshotCache {
-    fn get(&self, hash: &SnapshotHash) -> Option<Arc<Snapshot>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(hash)
-            .cloned()
-    }
-
-    fn insert(&self, snap: Arc<Snapshot>) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= SNAPSHOT_CACHE_MAX {
-            map.clear();
-        }
-        map.insert(snap.hash(), snap);
-    }
-}
+/// Decoded snapshots (for status computation), bounded by their total package count.
+const DECODED_CACHE_PACKAGES: usize = 64 * 1024;
+/// Snapshot texts (the bases of deltas), bounded by total bytes.
+const TEXT_CACHE_BYTES: usize = 48 << 20;
+/// Computed statuses by (current, target, policy), bounded by entry count.
+const STATUS_CACHE_ENTRIES: usize = 64 * 1024;
 
 /// Completes when the coordinator shuts down.
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
@@ -304,7 +295,9 @@ pub async fn launch(
         admin_hash,
         hub: hub::Hub::default(),
         metrics: Metrics::default(),
-        snapshots: SnapshotCache::default(),
+        snapshots: snaptext::SizedCache::new(DECODED_CACHE_PACKAGES),
+        texts: snaptext::SizedCache::new(TEXT_CACHE_BYTES),
+        statuses: Mutex::new(HashMap::new()),
         shutdown: stop_rx.clone(),
     }));
     tokio::spawn(state.clone().watch_offline());

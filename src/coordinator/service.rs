@@ -19,6 +19,7 @@ use crate::proto::{
     OperationState, PoolPolicy, Progress, ReportAck, RevertTargetRequest, ServerMsg,
     SetTargetRequest, StateReport, TargetInfo,
 };
+use super::snaptext::{self, SnapText};
 use crate::snapshot::{Snapshot, SnapshotHash};
 
 /// Who makes a request, for the audit log.
@@ -37,6 +38,16 @@ impl std::fmt::Display for Actor {
             Actor::Registration => f.write_str("registration"),
         }
     }
+}
+
+/// The state the coordinator last acknowledged for an endpoint.
+fn known_state(conn: &Connection, id: i64) -> Result<Option<SnapshotHash>, ApiErr> {
+    let known: Option<String> = conn
+        .prepare_cached("SELECT current FROM endpoints WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    known.as_deref().map(db::parse_hash).transpose()
 }
 
 /// An endpoint row as needed for status.
@@ -67,6 +78,24 @@ fn compile(policy: &PoolPolicy) -> Result<plan::CompiledPolicy, ApiErr> {
     })
 }
 
+/// A compiled policy with a fingerprint of its source, the key of cached statuses.
+pub(crate) struct PolicyKey {
+    compiled: plan::CompiledPolicy,
+    fingerprint: u64,
+}
+
+fn compile_keyed(policy: &PoolPolicy) -> Result<PolicyKey, ApiErr> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&policy.plan)
+        .map_err(|e| ApiErr::internal(e.to_string()))?
+        .hash(&mut h);
+    Ok(PolicyKey {
+        compiled: compile(policy)?,
+        fingerprint: h.finish(),
+    })
+}
+
 impl AppState {
     /// A snapshot by hash, from the cache or the database.
     pub(crate) fn load_snapshot(
@@ -77,18 +106,68 @@ impl AppState {
         if let Some(s) = self.snapshots.get(hash) {
             return Ok(Some(s));
         }
-        let Some(body) = db::snapshot_body(conn, hash)? else {
+        let Some(text) = self.load_text(conn, hash)? else {
             return Ok(None);
         };
-        let snap = Snapshot::decode(&body).map_err(|e| {
+        let snap = Snapshot::decode(&text.text).map_err(|e| {
             tracing::error!(%hash, error = %e, "stored snapshot does not decode");
             ApiErr::internal(format!(
                 "stored snapshot {hash} is unreadable: see the coordinator log"
             ))
         })?;
         let snap = Arc::new(snap);
-        self.snapshots.insert(snap.clone());
+        self.snapshots.insert(*hash, snap.clone(), snap.len().max(1));
         Ok(Some(snap))
+    }
+
+    /// A snapshot's canonical text by hash, from the cache or the database.
+    pub(crate) fn load_text(
+        &self,
+        conn: &Connection,
+        hash: &SnapshotHash,
+    ) -> Result<Option<SnapText>, ApiErr> {
+        if let Some(t) = self.texts.get(hash) {
+            return Ok(Some(t));
+        }
+        let Some((body, count)) = db::snapshot_row(conn, hash)? else {
+            return Ok(None);
+        };
+        let text = SnapText::stored(*hash, body, count);
+        self.texts.insert(*hash, text.clone(), text.text.len());
+        Ok(Some(text))
+    }
+
+    /// `plan::status` of two snapshots, cached: it depends only on the two hashes and the
+    /// policy, and a target change otherwise recomputes it for every endpoint.
+    fn sync_status(
+        &self,
+        conn: &Connection,
+        current: &SnapshotHash,
+        target: &SnapshotHash,
+        policy: &PolicyKey,
+    ) -> Result<Option<(SyncStatus, Counts)>, ApiErr> {
+        let key = (*current, *target, policy.fingerprint);
+        if let Some(hit) = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(*hit));
+        }
+        let a = self.load_snapshot(conn, current)?;
+        let b = self.load_snapshot(conn, target)?;
+        let (Some(a), Some(b)) = (a, b) else {
+            return Ok(None);
+        };
+        let out = plan::status(&a, &b, &policy.compiled);
+        let mut map = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= super::STATUS_CACHE_ENTRIES {
+            // Entries are small and cheap to recompute: start over rather than track age.
+            map.clear();
+        }
+        map.insert(key, out);
+        Ok(Some(out))
     }
 
     fn status_of(
@@ -96,20 +175,17 @@ impl AppState {
         conn: &Connection,
         row: EndpointRow,
         target: Option<&TargetInfo>,
-        policy: &plan::CompiledPolicy,
+        policy: &PolicyKey,
     ) -> Result<EndpointStatus, ApiErr> {
         let current = row.current.as_deref().map(db::parse_hash).transpose()?;
         let active = db::active_operation(conn, row.id)?;
         let mut counts = Counts::default();
         let mut sync = None;
-        if let (Some(cur), Some(t)) = (current, target) {
-            let a = self.load_snapshot(conn, &cur)?;
-            let b = self.load_snapshot(conn, &t.snapshot)?;
-            if let (Some(a), Some(b)) = (a, b) {
-                let (s, c) = plan::status(&a, &b, policy);
-                counts = c;
-                sync = Some(s);
-            }
+        if let (Some(cur), Some(t)) = (current, target)
+            && let Some((s, c)) = self.sync_status(conn, &cur, &t.snapshot, policy)?
+        {
+            counts = c;
+            sync = Some(s);
         }
         let offline_after = self.settings.offline_after_secs as i64;
         let state = if row.last_seen.is_some_and(|t| now() - t > offline_after) {
@@ -158,7 +234,7 @@ impl AppState {
                     .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
                 let policy = db::policy_of(conn, row.pool_id)?.unwrap_or_default();
                 let target = db::current_target(conn, row.pool_id)?;
-                st.status_of(conn, row, target.as_ref(), &compile(&policy)?)
+                st.status_of(conn, row, target.as_ref(), &compile_keyed(&policy)?)
             })
             .await
     }
@@ -170,7 +246,7 @@ impl AppState {
             .read(move |conn| {
                 let policy = db::policy_of(conn, pool_id)?
                     .ok_or_else(|| ApiErr::not_found(format!("no pool {pool_id}")))?;
-                let policy = compile(&policy)?;
+                let policy = compile_keyed(&policy)?;
                 let target = db::current_target(conn, pool_id)?;
                 let sql =
                     format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE pool_id = ?1 ORDER BY id");
@@ -303,7 +379,12 @@ impl AppState {
     }
 
     /// Stores a state report. A delta is applied only to the endpoint's currently known
-    /// snapshot; anything else is answered with `NeedFull` and nothing is stored.
+    /// snapshot (checked again in the write transaction); anything else is answered with
+    /// `NeedFull` and nothing is stored.
+    ///
+    /// The CPU work (encoding and hashing a full state, applying a delta to its base's text
+    /// and hashing the result) runs before the write transaction, on a blocking thread, so
+    /// the single writer only does the SQL.
     pub(crate) async fn report(
         &self,
         ep: &EndpointAuth,
@@ -312,45 +393,53 @@ impl AppState {
     ) -> Result<ReportAck, ApiErr> {
         let id = ep.id;
         let (new, base) = match report {
-            StateReport::Full { snapshot } => (Arc::new(snapshot), None),
+            StateReport::Full { snapshot } => {
+                let text = tokio::task::spawn_blocking(move || SnapText::from_snapshot(&snapshot))
+                    .await
+                    .map_err(|e| ApiErr::internal(format!("encoding task failed: {e}")))?;
+                (text, None)
+            }
             StateReport::Delta { delta } => {
-                let st = self.clone();
-                let outcome = self
-                    .db
-                    .read(move |conn| {
-                        let known: Option<String> = conn
-                            .prepare_cached("SELECT current FROM endpoints WHERE id = ?1")?
-                            .query_row([id], |r| r.get(0))
-                            .optional()?
-                            .flatten();
-                        let known = known.as_deref().map(db::parse_hash).transpose()?;
-                        if known != Some(delta.base) {
-                            return Ok(Err(known));
-                        }
-                        let Some(base) = st.load_snapshot(conn, &delta.base)? else {
-                            return Ok(Err(known));
-                        };
-                        match delta.apply(&base) {
-                            Ok(new) => Ok(Ok((Arc::new(new), delta.base))),
-                            Err(e) => {
-                                tracing::info!(endpoint = id, error = %e, "delta refused");
-                                Ok(Err(known))
-                            }
-                        }
+                let wanted = delta.base;
+                // The base text: cached (content-addressed, so whoever reported it), or read
+                // together with the endpoint's known state.
+                let base_text = match self.texts.get(&wanted) {
+                    Some(t) => Some(t),
+                    None => {
+                        let st = self.clone();
+                        self.db
+                            .read(move |conn| {
+                                if known_state(conn, id)? != Some(wanted) {
+                                    return Ok(None);
+                                }
+                                st.load_text(conn, &wanted)
+                            })
+                            .await?
+                    }
+                };
+                let applied = match base_text {
+                    Some(base_text) => tokio::task::spawn_blocking(move || {
+                        snaptext::apply_delta(&base_text, &delta)
                     })
-                    .await?;
-                match outcome {
-                    Ok((new, base)) => (new, Some(base)),
-                    Err(known) => {
+                    .await
+                    .map_err(|e| ApiErr::internal(format!("delta task failed: {e}")))?
+                    .map_err(|e| tracing::info!(endpoint = id, error = %e, "delta refused"))
+                    .ok(),
+                    None => None,
+                };
+                match applied {
+                    Some(new) => (new, Some(wanted)),
+                    None => {
                         self.metrics
                             .reports_need_full
                             .fetch_add(1, Ordering::Relaxed);
+                        let known = self.db.read(move |conn| known_state(conn, id)).await?;
                         return Ok(ReportAck::NeedFull { known });
                     }
                 }
             }
         };
-        let hash = new.hash();
+        let hash = new.hash;
         let stored = new.clone();
         let actor = Actor::Endpoint(id).to_string();
         let outcome = self
@@ -362,20 +451,21 @@ impl AppState {
                     .optional()?
                     .ok_or_else(|| ApiErr::unauthorized("this endpoint was removed"))?;
                 let known = known.as_deref().map(db::parse_hash).transpose()?;
-                // The endpoint's state may have moved since the delta was checked.
+                // The endpoint's state may have moved since the delta was checked (or, with
+                // a cached base, was never checked).
                 if let Some(base) = base
                     && known != Some(base)
                 {
                     return Ok(Err(known));
                 }
-                if known != Some(hash) {
+                let changed = known != Some(hash);
+                if changed {
                     db::put_snapshot(tx, &stored)?;
                 }
                 tx.prepare_cached(
                     "UPDATE endpoints SET current = ?1, last_seen = ?2 WHERE id = ?3",
                 )?
                 .execute(params![hash.to_hex(), now(), id])?;
-                let changed = known != Some(hash);
                 if changed {
                     db::audit(
                         tx,
@@ -383,7 +473,7 @@ impl AppState {
                         "endpoint.report",
                         Some(format!("endpoint:{id}")),
                         peer,
-                        Some(format!("state {hash} ({} packages)", stored.len())),
+                        Some(format!("state {hash} ({} packages)", stored.packages)),
                     )?;
                 }
                 Ok(Ok(changed))
@@ -391,7 +481,8 @@ impl AppState {
             .await?;
         match outcome {
             Ok(changed) => {
-                self.snapshots.insert(new);
+                let size = new.text.len();
+                self.texts.insert(hash, new, size);
                 self.metrics
                     .reports_accepted
                     .fetch_add(1, Ordering::Relaxed);

@@ -30,6 +30,7 @@ use super::hub::{AdminGuard, Event, EventKind};
 use super::{AppState, stopped};
 use crate::proto::{EndpointMsg, PROTOCOL_VERSION, ServerMsg};
 
+const WS_READ_BUFFER: usize = 4096;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Close code for "your credentials are no longer valid" (private range 4000-4999).
 const CLOSE_REVOKED: u16 = 4001;
@@ -46,7 +47,14 @@ fn upgrade(
             e.body_text()
         ))
     })?;
-    Ok(up.max_message_size(limit).max_frame_size(limit))
+    // Small buffers: sockets are many and mostly idle (tungstenite's default is 128 KiB each
+    // way, which alone would be over 1 GiB at 10,000 endpoints). Larger messages still work:
+    // the read buffer grows in these steps, the write buffer is flushed per message.
+    Ok(up
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0))
 }
 
 /// Decrements a gauge when the socket task ends.

@@ -16,7 +16,7 @@ use super::protocol::{
 };
 use crate::localdb::Fingerprint;
 use crate::machine::MachineState;
-use crate::plan::{Conflict, Counts, Plan, SyncStatus, plan, status};
+use crate::plan::{Action, Conflict, Counts, Plan, Source, SyncStatus, plan, status};
 use crate::proto::{AutoSyncMode, EndpointState, PackageFailure, PoolPolicy, Progress, TargetInfo};
 use crate::snapshot::Snapshot;
 use crate::store::{HistoryEntry, LocalOperation, Store};
@@ -293,7 +293,7 @@ impl Daemon {
 
     /// What a sync to the pool target would do.
     pub async fn preview(&self) -> Result<Preview, ActionError> {
-        self.refresh("preview", false)
+        self.refresh("preview", true)
             .await
             .map_err(ActionError::internal)?;
         let (target, info) = self.target()?;
@@ -456,15 +456,26 @@ impl Daemon {
             progress(p);
         };
         report(stage("planning", 0, None));
-        self.refresh(kind, false)
+        // Forced: the cache or sync databases may have changed without pacman writing its
+        // local database (a cleaned cache, a download). Unchanged sources are reused.
+        self.refresh(kind, true)
             .await
             .map_err(ActionError::internal)?;
         let mut plan = self.plan_to(target)?;
+        // A version missing from the sync databases may just be newer than they are: refresh
+        // them before giving up or fetching from the archive (which only has what was).
         let unavailable = |p: &Plan| {
             p.conflicts.iter().any(|c| {
                 matches!(
                     c,
                     Conflict::VersionUnavailable { .. } | Conflict::RepositoryUnavailable { .. }
+                )
+            }) || p.actions.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::Install { source: Source::Archive { .. }, .. }
+                        | Action::Upgrade { source: Source::Archive { .. }, .. }
+                        | Action::Downgrade { source: Source::Archive { .. }, .. }
                 )
             })
         };

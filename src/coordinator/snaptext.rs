@@ -1,0 +1,437 @@
+//! Snapshots as their canonical text ([`Snapshot::encode`]), which is what the database
+//! stores and what the hash covers.
+//!
+//! The report path works on this form: a full state is encoded once (the same text is
+//! hashed and stored), and a delta is applied line by line to the base's stored text, so
+//! the coordinator never decodes the 1,500 packages of a base just to change one.
+//! [`apply_delta`] has the semantics of [`Delta::apply`] (the same refusals, tested against
+//! it) and checks the result's hash against `delta.target`, so a delta is applied exactly
+//! or refused.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::localdb::Reason;
+use crate::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
+
+/// First line of the canonical text (see [`Snapshot::encode`]).
+const HEADER: &str = "pacpool-snapshot 1\n";
+
+/// A snapshot in canonical text form, with its hash and package count.
+#[derive(Debug, Clone)]
+pub struct SnapText {
+    pub hash: SnapshotHash,
+    pub text: Arc<str>,
+    pub packages: usize,
+}
+
+impl SnapText {
+    /// Encodes a decoded snapshot once; the hash is computed from the same text.
+    pub fn from_snapshot(snap: &Snapshot) -> Self {
+        let text: Arc<str> = snap.encode().into();
+        Self {
+            hash: hash_of(&text),
+            text,
+            packages: snap.len(),
+        }
+    }
+
+    /// Text read from the database under `hash` (content-addressed, so trusted).
+    pub fn stored(hash: SnapshotHash, text: String, packages: usize) -> Self {
+        Self {
+            hash,
+            text: text.into(),
+            packages,
+        }
+    }
+}
+
+pub fn hash_of(text: &str) -> SnapshotHash {
+    let hex = hex::encode(Sha256::digest(text.as_bytes()));
+    hex.parse().expect("64 hex digits")
+}
+
+/// The canonical line of one package (same format as [`Snapshot::encode`]).
+fn push_line(out: &mut String, p: &PackageState) {
+    out.push_str(p.name.as_str());
+    out.push(' ');
+    out.push_str(p.version.as_str());
+    out.push(' ');
+    out.push_str(p.arch.as_str());
+    out.push_str(match p.reason {
+        Reason::Explicit => " e ",
+        Reason::Dependency => " d ",
+    });
+    out.push_str(p.repo.as_ref().map_or("-", |r| r.as_str()));
+    out.push('\n');
+}
+
+fn line_name(line: &str) -> &str {
+    line.split_once(' ').map_or(line, |(n, _)| n)
+}
+
+/// Why a delta does not apply (the caller answers `NeedFull`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("base text is not a pacpool snapshot")]
+    BadBase,
+    #[error("delta does not apply: {0}")]
+    Inconsistent(String),
+    #[error("delta applied, but the result hashes to {actual} instead of {expected}")]
+    WrongResult {
+        expected: SnapshotHash,
+        actual: SnapshotHash,
+    },
+}
+
+/// One touched package's state while the delta is applied: a line of the base, or a new
+/// package state (with a reason possibly overridden), or absent.
+#[derive(Clone)]
+enum Entry<'a> {
+    Base(&'a str, Option<Reason>),
+    New(&'a PackageState, Option<Reason>),
+}
+
+/// Applies `delta` to `base` (which must be the text of `delta.base`), checking the result
+/// against `delta.target`.
+pub fn apply_delta(base: &SnapText, delta: &Delta) -> Result<SnapText, ApplyError> {
+    let body = base.text.strip_prefix(HEADER).ok_or(ApplyError::BadBase)?;
+    let lines: Vec<&str> = body.split_inclusive('\n').collect();
+    let find = |name: &str| {
+        lines
+            .binary_search_by(|l| line_name(l).cmp(name))
+            .ok()
+            .map(|i| lines[i])
+    };
+    // The final state of every name the delta touches, in the order `Delta::apply` uses:
+    // removals, changes, reason changes, additions.
+    let mut touched: BTreeMap<&str, Option<Entry<'_>>> = BTreeMap::new();
+    let state_of = |name: &str| find(name).map(|l| Entry::Base(l, None));
+    let inconsistent = |what: &str, name: &str| ApplyError::Inconsistent(format!("{what} {name}"));
+    for name in &delta.removed {
+        let slot = touched
+            .entry(name.as_str())
+            .or_insert_with(|| state_of(name.as_str()));
+        if slot.take().is_none() {
+            return Err(inconsistent("removes absent package", name.as_str()));
+        }
+    }
+    for p in &delta.changed {
+        let slot = touched
+            .entry(p.name.as_str())
+            .or_insert_with(|| state_of(p.name.as_str()));
+        if slot.is_none() {
+            return Err(inconsistent("changes absent package", p.name.as_str()));
+        }
+        *slot = Some(Entry::New(p, None));
+    }
+    for (name, reason) in &delta.reason_changed {
+        let slot = touched
+            .entry(name.as_str())
+            .or_insert_with(|| state_of(name.as_str()));
+        match slot {
+            None => {
+                return Err(inconsistent(
+                    "changes the reason of absent package",
+                    name.as_str(),
+                ));
+            }
+            Some(Entry::Base(_, r) | Entry::New(_, r)) => *r = Some(*reason),
+        }
+    }
+    for p in &delta.added {
+        let slot = touched
+            .entry(p.name.as_str())
+            .or_insert_with(|| state_of(p.name.as_str()));
+        if slot.is_some() {
+            return Err(inconsistent("adds present package", p.name.as_str()));
+        }
+        *slot = Some(Entry::New(p, None));
+    }
+    // Merge the base lines with the touched names, both sorted by name.
+    let mut out = String::with_capacity(base.text.len() + 64 * delta.len());
+    out.push_str(HEADER);
+    let mut count = 0usize;
+    let mut edits = touched.into_iter().peekable();
+    let mut emit = |out: &mut String, e: Entry<'_>| -> Result<(), ApplyError> {
+        count += 1;
+        match e {
+            Entry::Base(line, None) => out.push_str(line),
+            Entry::Base(line, Some(r)) => {
+                // name version arch reason repo
+                let f: Vec<&str> = line.trim_end_matches('\n').split(' ').collect();
+                let [name, version, arch, _, repo] = f[..] else {
+                    return Err(ApplyError::BadBase);
+                };
+                let r = match r {
+                    Reason::Explicit => "e",
+                    Reason::Dependency => "d",
+                };
+                for (i, s) in [name, version, arch, r].into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(' ');
+                    }
+                    out.push_str(s);
+                }
+                out.push(' ');
+                out.push_str(repo);
+                out.push('\n');
+            }
+            Entry::New(p, None) => push_line(out, p),
+            Entry::New(p, Some(r)) => {
+                let mut p = p.clone();
+                p.reason = r;
+                push_line(out, &p);
+            }
+        }
+        Ok(())
+    };
+    for line in &lines {
+        let name = line_name(line);
+        while let Some((n, _)) = edits.peek()
+            && *n < name
+        {
+            let (_, e) = edits.next().expect("peeked");
+            if let Some(e) = e {
+                emit(&mut out, e)?;
+            }
+        }
+        if let Some((n, _)) = edits.peek()
+            && *n == name
+        {
+            let (_, e) = edits.next().expect("peeked");
+            if let Some(e) = e {
+                emit(&mut out, e)?;
+            }
+            continue;
+        }
+        emit(&mut out, Entry::Base(line, None))?;
+    }
+    for (_, e) in edits {
+        if let Some(e) = e {
+            emit(&mut out, e)?;
+        }
+    }
+    let actual = hash_of(&out);
+    if actual != delta.target {
+        return Err(ApplyError::WrongResult {
+            expected: delta.target,
+            actual,
+        });
+    }
+    Ok(SnapText {
+        hash: actual,
+        text: out.into(),
+        packages: count,
+    })
+}
+
+/// Recently used values by snapshot hash, bounded by a total size (bytes of text, or
+/// packages of decoded snapshots); the least recently inserted or looked-up entries go first
+/// (a hit re-queues the hash; stale queue entries are skipped).
+pub struct SizedCache<V> {
+    inner: Mutex<CacheInner<V>>,
+    max: usize,
+}
+
+struct CacheInner<V> {
+    map: HashMap<SnapshotHash, (V, usize, u64)>,
+    order: VecDeque<(SnapshotHash, u64)>,
+    total: usize,
+    tick: u64,
+}
+
+impl<V: Clone> SizedCache<V> {
+    pub fn new(max: usize) -> Self {
+        Self {
+            inner: Mutex::new(CacheInner {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                total: 0,
+                tick: 0,
+            }),
+            max,
+        }
+    }
+
+    pub fn get(&self, hash: &SnapshotHash) -> Option<V> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *g;
+        inner.tick += 1;
+        let tick = inner.tick;
+        let (v, _, stamp) = inner.map.get_mut(hash)?;
+        *stamp = tick;
+        let v = v.clone();
+        inner.order.push_back((*hash, tick));
+        // Keep the queue bounded when hits outnumber inserts.
+        if inner.order.len() > 4 * inner.map.len() + 64 {
+            let map = &inner.map;
+            inner
+                .order
+                .retain(|(h, t)| map.get(h).is_some_and(|(_, _, s)| s == t));
+        }
+        Some(v)
+    }
+
+    pub fn insert(&self, hash: SnapshotHash, v: V, size: usize) {
+        if size > self.max {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *g;
+        inner.tick += 1;
+        let tick = inner.tick;
+        if let Some((_, _, stamp)) = inner.map.get_mut(&hash) {
+            *stamp = tick;
+        } else {
+            inner.map.insert(hash, (v, size, tick));
+            inner.total += size;
+        }
+        inner.order.push_back((hash, tick));
+        while inner.total > self.max {
+            let Some((h, t)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.map.get(&h).is_some_and(|(_, _, s)| *s == t)
+                && let Some((_, size, _)) = inner.map.remove(&h)
+            {
+                inner.total -= size;
+            }
+        }
+    }
+
+    pub fn remove(&self, hash: &SnapshotHash) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, size, _)) = g.map.remove(hash) {
+            g.total -= size;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pkg(name: &str, version: &str, explicit: bool, repo: Option<&str>) -> PackageState {
+        PackageState {
+            name: name.parse().unwrap(),
+            version: version.parse().unwrap(),
+            arch: "x86_64".parse().unwrap(),
+            reason: if explicit {
+                Reason::Explicit
+            } else {
+                Reason::Dependency
+            },
+            repo: repo.map(|r| r.parse().unwrap()),
+        }
+    }
+
+    fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
+        // Names that sort differently as lines than as names ("a" < "a-b" < "ab").
+        let names = prop::sample::subsequence(
+            vec!["a", "a-b", "ab", "b", "bash", "bash-completion", "zlib", "z"],
+            0..8,
+        );
+        names
+            .prop_flat_map(|names| {
+                let n = names.len();
+                (
+                    Just(names),
+                    prop::collection::vec((1u8..4, any::<bool>(), any::<bool>()), n),
+                )
+            })
+            .prop_map(|(names, attrs)| {
+                Snapshot::new(
+                    names
+                        .into_iter()
+                        .zip(attrs)
+                        .map(|(n, (v, e, r))| pkg(n, &format!("{v}.0-1"), e, r.then_some("core")))
+                        .collect(),
+                )
+                .unwrap()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn applies_like_delta_apply(a in arb_snapshot(), b in arb_snapshot()) {
+            let delta = a.diff(&b);
+            let base = SnapText::from_snapshot(&a);
+            prop_assert_eq!(base.hash, a.hash());
+            let got = apply_delta(&base, &delta).unwrap();
+            prop_assert_eq!(&*got.text, b.encode());
+            prop_assert_eq!(got.hash, b.hash());
+            prop_assert_eq!(got.packages, b.len());
+        }
+
+        #[test]
+        fn refuses_what_delta_apply_refuses(
+            a in arb_snapshot(),
+            b in arb_snapshot(),
+            c in arb_snapshot(),
+        ) {
+            // A delta from b to c applied to a: agrees with Delta::apply on a base whose
+            // hash is forced to match.
+            let mut delta = b.diff(&c);
+            delta.base = a.hash();
+            let base = SnapText::from_snapshot(&a);
+            let want = delta.apply(&a);
+            let got = apply_delta(&base, &delta);
+            match (want, got) {
+                (Ok(w), Ok(g)) => prop_assert_eq!(w.encode(), g.text.to_string()),
+                (Err(_), Err(_)) => {}
+                (w, g) => prop_assert!(false, "Delta::apply {:?}, apply_delta {:?}", w.map(|s| s.hash()), g.map(|s| s.hash)),
+            }
+        }
+    }
+
+    #[test]
+    fn reason_change_on_base_and_wrong_target() {
+        let a = Snapshot::new(vec![
+            pkg("bash", "5.2-1", true, Some("core")),
+            pkg("zlib", "1.3-1", false, None),
+        ])
+        .unwrap();
+        let b = Snapshot::new(vec![
+            pkg("bash", "5.2-1", true, Some("core")),
+            pkg("zlib", "1.3-1", true, None),
+        ])
+        .unwrap();
+        let delta = a.diff(&b);
+        assert_eq!(delta.reason_changed.len(), 1);
+        let got = apply_delta(&SnapText::from_snapshot(&a), &delta).unwrap();
+        assert_eq!(&*got.text, b.encode());
+        let mut wrong = delta.clone();
+        wrong.target = a.hash();
+        assert!(matches!(
+            apply_delta(&SnapText::from_snapshot(&a), &wrong),
+            Err(ApplyError::WrongResult { .. })
+        ));
+    }
+
+    #[test]
+    fn text_cache_is_bounded_by_bytes() {
+        let snaps: Vec<SnapText> = (1..=4)
+            .map(|i| {
+                SnapText::from_snapshot(
+                    &Snapshot::new(vec![pkg("bash", &format!("{i}.0-1"), true, None)]).unwrap(),
+                )
+            })
+            .collect();
+        let one = snaps[0].text.len();
+        let cache = SizedCache::new(2 * one);
+        let put = |s: &SnapText| cache.insert(s.hash, s.clone(), s.text.len());
+        put(&snaps[0]);
+        put(&snaps[1]);
+        assert!(cache.get(&snaps[0].hash).is_some(), "refreshes snaps[0]");
+        put(&snaps[2]);
+        assert!(cache.get(&snaps[1].hash).is_none(), "least recently used goes");
+        assert!(cache.get(&snaps[0].hash).is_some());
+        assert!(cache.get(&snaps[2].hash).is_some());
+        cache.remove(&snaps[2].hash);
+        assert!(cache.get(&snaps[2].hash).is_none());
+    }
+}
