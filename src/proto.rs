@@ -64,7 +64,8 @@ pub struct PoolPolicy {
     pub plan: Policy,
     pub conflict_strategy: ConflictStrategy,
     pub auto_sync: AutoSyncMode,
-    /// Daily window for `apply`, local time of the endpoint, `HH:MM-HH:MM`.
+    /// Daily window for `apply`, `HH:MM-HH:MM` in UTC (may wrap past midnight); unset means
+    /// any time.
     pub auto_sync_window: Option<String>,
 }
 
@@ -356,6 +357,56 @@ pub struct AuditEntry {
     pub peer: Option<String>,
     #[serde(default)]
     pub detail: Option<String>,
+}
+
+/// A join token as listed (`GET /api/v1/pools/{id}/join-tokens`): never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenInfo {
+    pub id: i64,
+    pub pool_id: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; registration refuses the token from then on.
+    pub expires_at: i64,
+    pub max_uses: Option<u32>,
+    /// Endpoints registered with it so far.
+    pub uses: u64,
+}
+
+/// Counts for one pool (`GET /api/v1/stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub pool_id: i64,
+    pub name: String,
+    pub endpoints: u64,
+    /// Endpoints by computed state (the `EndpointState` names, e.g. `in-sync`); states with no
+    /// endpoint are left out.
+    pub endpoints_by_state: std::collections::BTreeMap<String, u64>,
+    /// Stored operations by state (`OperationState` names); retention removes old ones.
+    pub operations_by_state: std::collections::BTreeMap<String, u64>,
+    /// Target revisions stored (after retention), and the current revision.
+    pub targets: u64,
+    pub target_revision: Option<u64>,
+    /// State reports accepted from the pool's endpoints since the coordinator started.
+    pub reports_accepted: u64,
+}
+
+/// Coordinator statistics (`GET /api/v1/stats`, admin): totals and one entry per pool.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub pools: u64,
+    pub endpoints: u64,
+    pub endpoints_by_state: std::collections::BTreeMap<String, u64>,
+    pub operations_by_state: std::collections::BTreeMap<String, u64>,
+    pub targets: u64,
+    /// Distinct snapshots stored (content-addressed) and their total text size in bytes.
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
+    /// State reports accepted since the coordinator started.
+    pub reports_accepted: u64,
+    /// Unix seconds when the coordinator started.
+    pub started_at: i64,
+    pub per_pool: Vec<PoolStats>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -154,8 +154,16 @@ fn local_hash(sb: &Sandbox) -> String {
 /// The hash of the machine's state without `skip` (a protected package only it has).
 fn hash_without(sb: &Sandbox, skip: &str) -> String {
     let snap = sb.pacman_paths().read().unwrap().snapshot;
-    let kept = snap.packages().iter().filter(|p| p.name.as_str() != skip).cloned().collect();
-    pacpool::snapshot::Snapshot::new(kept).unwrap().hash().to_hex()
+    let kept = snap
+        .packages()
+        .iter()
+        .filter(|p| p.name.as_str() != skip)
+        .cloned()
+        .collect();
+    pacpool::snapshot::Snapshot::new(kept)
+        .unwrap()
+        .hash()
+        .to_hex()
 }
 
 #[test]
@@ -186,7 +194,10 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
     let b_config = write_config(&b, "bob", Some((&coord.url(), &join)));
     let mut text = std::fs::read_to_string(&b_config).unwrap();
-    text.push_str(&format!("archive_url = \"file://{}\"\n", archive.path().display()));
+    text.push_str(&format!(
+        "archive_url = \"file://{}\"\n",
+        archive.path().display()
+    ));
     std::fs::write(&b_config, text).unwrap();
     let db_ = Daemon::start(&b_config);
     wait_status(&da, "A connected", |s| s["link"] == "connected");
@@ -212,8 +223,15 @@ fn set_latest_sync_upgrade_and_offline_revert() {
         "{preview}"
     );
     db_.cli_code(&["sync", "--yes"], 0);
-    assert_eq!(hash_without(&b, "linux-demo"), local_hash(&a), "B's packages equal A's");
-    assert!(b.pacman_ok(&["-Q", "linux-demo"]).contains("6.1-1"), "protected package kept");
+    assert_eq!(
+        hash_without(&b, "linux-demo"),
+        local_hash(&a),
+        "B's packages equal A's"
+    );
+    assert!(
+        b.pacman_ok(&["-Q", "linux-demo"]).contains("6.1-1"),
+        "protected package kept"
+    );
     let s = wait_status(&db_, "B in sync", |s| s["state"] == "in-sync");
     assert_eq!(s["counts"]["install"], 0);
     // The dependency came in as a dependency, as on A.
@@ -268,7 +286,10 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     assert_eq!(out["counts"]["downgrade"], 1, "{out}");
     assert_eq!(out["counts"]["reason"], 1, "{out}");
     assert_eq!(hash_without(&b, "linux-demo"), local_hash(&a));
-    assert!(b.cachedir().join(&old).is_file(), "the archive file landed in B's cache");
+    assert!(
+        b.cachedir().join(&old).is_file(),
+        "the archive file landed in B's cache"
+    );
     assert!(b.pacman_ok(&["-Qqd"]).lines().any(|l| l == "shell"));
     // Back to revision 2's state for the revert below.
     da.cli_code(&["revert", "--yes"], 0);
@@ -312,4 +333,38 @@ fn set_latest_sync_upgrade_and_offline_revert() {
         "B's reverted state reached the coordinator\n{}",
         db_.log()
     );
+}
+
+#[test]
+fn auto_sync_apply_follows_the_target_without_anyone_asking() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    publish_everywhere(
+        &[&a, &b],
+        &[("tool", "1.0-1", &[]), ("extra", "2.0-1", &[])],
+    );
+    a.pacman_ok(&["-Sy", "tool", "extra"]);
+    b.pacman_ok(&["-Sy", "tool"]);
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "auto"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "a", Some((&coord.url(), &join))));
+    let b_config = write_config(&b, "b", Some((&coord.url(), &join)));
+    // `auto_sync` is a top-level key: put it before the first table.
+    let text = std::fs::read_to_string(&b_config).unwrap();
+    std::fs::write(&b_config, format!("auto_sync = \"apply\"\n{text}")).unwrap();
+    let db_ = Daemon::start(&b_config);
+    wait_status(&db_, "B connected", |s| s["link"] == "connected");
+    wait_status(&da, "A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    let s = wait_status(&db_, "B synced on its own", |s| {
+        s["target"]["revision"] == 1 && s["state"] == "in-sync" && s["operation"].is_null()
+    });
+    assert_eq!(s["auto_sync"], "apply");
+    assert_eq!(local_hash(&b), local_hash(&a));
+    let history: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["history", "--json"], 0)).unwrap();
+    assert_eq!(history[0]["kind"], "sync");
+    assert_eq!(history[0]["state"], "completed");
 }

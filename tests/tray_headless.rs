@@ -667,6 +667,23 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
             .cloned()
     });
     assert_eq!(menu.1, "Sync to latest — 2 installs, 1 removal", "{menu:?}");
+    // "Preview…" lists what the sync will do, in a notification.
+    let preview = desk
+        .menu(&item)
+        .into_iter()
+        .find(|(_, l, on)| l == "Preview…" && *on)
+        .expect("an enabled preview item");
+    desk.click(&item, preview.0);
+    let (summary, body, _) = wait_for("the preview notification", diag, || {
+        desk.notes()
+            .into_iter()
+            .find(|n| n.0.starts_with("Sync to revision"))
+    });
+    assert_eq!(summary, "Sync to revision 1: 2 installs, 1 removal");
+    assert!(
+        body.contains("install editor 1.0-1") && body.contains("remove oldtool 1.0-1"),
+        "{body}"
+    );
     desk.click(&item, menu.0);
     wait_for("bob's packages to equal alice's", diag, || {
         (local_hash(&b) == local_hash(&a)).then_some(())
@@ -716,6 +733,20 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
     db = Daemon::start(&bob_config);
     wait_icon(IconKind::InSync);
     desk.screenshot("5-recovered");
+
+    // "Revert to previous" goes back to bob's state before the sync.
+    let revert = wait_for("an enabled revert item", diag, || {
+        desk.menu(&item)
+            .into_iter()
+            .find(|(_, l, on)| l.starts_with("Revert to previous (") && *on)
+    });
+    assert!(revert.1.ends_with(" UTC, 2 packages)"), "{revert:?}");
+    desk.click(&item, revert.0);
+    wait_icon(IconKind::Diverged);
+    assert!(b.pacman_ok(&["-Qq"]).contains("oldtool"));
+    wait_for("the revert-finished notification", diag, || {
+        desk.notes().into_iter().find(|n| n.0 == "Revert finished")
+    });
 
     // Nothing was announced twice, the reconnect included.
     let notes = desk.notes();

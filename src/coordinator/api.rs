@@ -14,11 +14,12 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use rusqlite::{OptionalExtension, params};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use sha2::Digest;
 
 use super::AppState;
 use super::auth::{Admin, Caller, EndpointAuth, new_token, token_hash};
@@ -28,10 +29,10 @@ use super::hub::Audience;
 use super::service::Actor;
 use super::ws;
 use crate::proto::{
-    AuditEntry, CreateJoinToken, CreateOperation, CreatePool, EndpointStatus, JoinToken, Operation,
-    OperationResult, Page, Pool, PoolPolicy, Progress, RegisterRequest, RegisterResponse,
-    ReportAck, RevertTargetRequest, ServerMsg, SetTargetRequest, StateReport, TargetInfo,
-    UpdateEndpoint, UpdatePool,
+    AuditEntry, CreateJoinToken, CreateOperation, CreatePool, EndpointStatus, JoinToken,
+    JoinTokenInfo, Operation, OperationResult, Page, Pool, PoolPolicy, Progress, RegisterRequest,
+    RegisterResponse, ReportAck, RevertTargetRequest, ServerMsg, SetTargetRequest, StateReport,
+    Stats, TargetInfo, UpdateEndpoint, UpdatePool,
 };
 use crate::snapshot::SnapshotHash;
 
@@ -120,7 +121,12 @@ pub(crate) fn router(state: AppState) -> Router {
             "/pools/{id}",
             get(get_pool).patch(update_pool).delete(delete_pool),
         )
-        .route("/pools/{id}/join-tokens", post(create_join_token))
+        .route(
+            "/pools/{id}/join-tokens",
+            post(create_join_token).get(list_join_tokens),
+        )
+        .route("/join-tokens/{id}", delete(revoke_join_token))
+        .route("/stats", get(stats))
         .route("/pools/{id}/endpoints", get(pool_endpoints))
         .route("/pools/{id}/targets", get(pool_targets))
         .route("/pools/{id}/target/revert", post(revert_target))
@@ -168,6 +174,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -194,6 +201,52 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     };
     state.metrics.request(&route, response.status().as_u16());
     response
+}
+
+/// Rate limits each request (see `limits`) and replaces the socket address in `ConnectInfo`
+/// by the client address (different only behind a trusted proxy), so handlers, the audit log
+/// and sockets all see the client.
+async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(sock)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        let client =
+            super::limits::client_addr(sock, req.headers(), &state.settings.trusted_proxies);
+        req.extensions_mut().insert(ConnectInfo(client));
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        let checked = match bearer {
+            Some(token) => {
+                let h: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+                state
+                    .token_limiter
+                    .check(super::limits::Key::Token(h), std::time::Instant::now())
+            }
+            None => state.anonymous_limiter.check(
+                super::limits::Key::Ip(client.ip()),
+                std::time::Instant::now(),
+            ),
+        };
+        if let Err(wait) = checked {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut resp = ApiErr::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many requests with this token (or from this address): retry after {secs} s; the limits are rate_limit_per_sec / rate_limit_burst in the coordinator configuration"
+                ),
+            )
+            .with_detail(serde_json::json!({ "retry_after_secs": secs }))
+            .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            return resp;
+        }
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> ApiErr {
@@ -547,6 +600,78 @@ async fn create_join_token(
             max_uses: req.max_uses,
         }),
     ))
+}
+
+async fn list_join_tokens(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(pool_id): ApiPath<i64>,
+) -> ApiResult<Vec<JoinTokenInfo>> {
+    let tokens = state
+        .db
+        .read(move |conn| {
+            if db::policy_of(conn, pool_id)?.is_none() {
+                return Err(no_pool(pool_id));
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, pool_id, created_at, expires_at, max_uses, uses FROM join_tokens
+                 WHERE pool_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([pool_id], |r| {
+                Ok(JoinTokenInfo {
+                    id: r.get(0)?,
+                    pool_id: r.get(1)?,
+                    created_at: r.get(2)?,
+                    expires_at: r.get(3)?,
+                    max_uses: r.get(4)?,
+                    uses: r.get::<_, i64>(5)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await?;
+    Ok(Json(tokens))
+}
+
+/// Revokes a join token: registration with it fails from now on; endpoints that registered
+/// with it keep their own tokens.
+async fn revoke_join_token(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiErr> {
+    let peer = peer(&ci);
+    state
+        .db
+        .write(move |tx| {
+            let pool_id: i64 = tx
+                .query_row("SELECT pool_id FROM join_tokens WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or_else(|| {
+                    ApiErr::not_found(format!(
+                        "no join token {id}: list them with GET /api/v1/pools/{{id}}/join-tokens"
+                    ))
+                })?;
+            tx.execute("DELETE FROM join_tokens WHERE id = ?1", [id])?;
+            db::audit(
+                tx,
+                "admin",
+                "join_token.revoke",
+                Some(format!("pool:{pool_id}")),
+                peer,
+                Some(format!("join token {id}")),
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(_: Admin, State(state): State<AppState>) -> ApiResult<Stats> {
+    Ok(Json(state.stats().await?))
 }
 
 async fn pool_endpoints(

@@ -15,8 +15,8 @@ use rusqlite::{
 };
 
 use super::error::{ApiErr, CoordinatorError};
-use crate::proto::{AuditEntry, Operation, OperationKind, OperationState, PoolPolicy, TargetInfo};
 use super::snaptext::SnapText;
+use crate::proto::{AuditEntry, Operation, OperationKind, OperationState, PoolPolicy, TargetInfo};
 use crate::snapshot::SnapshotHash;
 
 /// Each entry upgrades the schema by one version; never edit a released entry.

@@ -12,7 +12,10 @@
 //! - `snaptext`: snapshots as their canonical text (hashing, delta application without
 //!   decoding) and the size-bounded snapshot caches.
 //! - `hub`: per-pool fan-out of server events to sockets.
-//! - `api`: the router, REST handlers, metrics and health.
+//! - `api`: the router, REST handlers, statistics, metrics and health.
+//! - `limits`: per-token rate limiting and the client address (trusted proxies).
+//! - `retention`: the periodic cleanup of old operations, audit entries, target revisions
+//!   and unreferenced snapshots.
 //! - `ws`: the endpoint socket and the admin subscription socket.
 //!
 //! The entry point is [`launch`]; the binary only parses flags, loads [`Settings`] and waits
@@ -23,7 +26,10 @@
 //! Admin (`Authorization: Bearer <admin token>`; an endpoint token gets `403 forbidden`):
 //! - `POST /pools` (`CreatePool` → 201 `Pool`), `GET /pools`, `GET|PATCH|DELETE /pools/{id}`
 //!   (`UpdatePool`; delete refuses a pool with endpoints: `409 pool_not_empty`)
-//! - `POST /pools/{id}/join-tokens` (`CreateJoinToken` → 201 `JoinToken`, secret shown once)
+//! - `POST /pools/{id}/join-tokens` (`CreateJoinToken` → 201 `JoinToken`, secret shown once),
+//!   `GET /pools/{id}/join-tokens` (`[JoinTokenInfo]`, no secrets), `DELETE /join-tokens/{id}`
+//!   (revoke; endpoints registered with it keep working)
+//! - `GET /stats` (`Stats`: totals and per pool)
 //! - `GET /pools/{id}/endpoints` (`[EndpointStatus]`), `GET /pools/{id}/targets` (history,
 //!   newest first), `POST /pools/{id}/target/revert` (`RevertTargetRequest` → `TargetInfo`)
 //! - `GET|PATCH|DELETE /endpoints/{id}` (`UpdateEndpoint`: rename / move),
@@ -32,6 +38,9 @@
 //! - `GET /operations?endpoint=&pool=&cursor=&limit=` (`Page<Operation>`, newest first),
 //!   `POST /operations/{id}/cancel[?force=true]`, `GET /audit?cursor=&limit=`
 //!   (`Page<AuditEntry>`)
+//!
+//! Every request is rate limited per bearer token (per client IP without one): over the
+//! limit, `429 rate_limited` with `Retry-After`.
 //!
 //! Registration (no bearer; the join token is in the body): `POST /register`
 //! (`RegisterRequest` → 201 `RegisterResponse`, always a new endpoint and token).
@@ -59,6 +68,8 @@ mod auth;
 mod db;
 mod error;
 mod hub;
+mod limits;
+mod retention;
 mod service;
 pub mod settings;
 mod snaptext;
@@ -94,7 +105,12 @@ pub(crate) struct Inner {
     /// Snapshot texts, so a delta report does not read its base from the database.
     texts: snaptext::SizedCache<snaptext::SnapText>,
     /// `plan::status` results by (current, target, policy fingerprint).
-    statuses: Mutex<HashMap<(SnapshotHash, SnapshotHash, u64), (crate::plan::SyncStatus, crate::plan::Counts)>>,
+    token_limiter: limits::RateLimiter,
+    anonymous_limiter: limits::RateLimiter,
+    started_at: i64,
+    statuses: Mutex<
+        HashMap<(SnapshotHash, SnapshotHash, u64), (crate::plan::SyncStatus, crate::plan::Counts)>,
+    >,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -119,6 +135,8 @@ pub(crate) struct Metrics {
     ws_endpoints: AtomicI64,
     ws_admins: AtomicI64,
     reports_accepted: AtomicU64,
+    /// Accepted reports by pool id, for `GET /stats`.
+    reports_by_pool: Mutex<HashMap<i64, u64>>,
     reports_need_full: AtomicU64,
     target_changes: AtomicU64,
     operations_created: AtomicU64,
@@ -289,6 +307,12 @@ pub async fn launch(
         .await
         .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))??;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let token_limiter =
+        limits::RateLimiter::new(settings.rate_limit_per_sec, settings.rate_limit_burst);
+    let anonymous_limiter = limits::RateLimiter::new(
+        settings.anonymous_rate_limit_per_sec,
+        settings.anonymous_rate_limit_burst,
+    );
     let state = AppState(Arc::new(Inner {
         settings,
         db,
@@ -298,9 +322,13 @@ pub async fn launch(
         snapshots: snaptext::SizedCache::new(DECODED_CACHE_PACKAGES),
         texts: snaptext::SizedCache::new(TEXT_CACHE_BYTES),
         statuses: Mutex::new(HashMap::new()),
+        token_limiter,
+        anonymous_limiter,
+        started_at: db::now(),
         shutdown: stop_rx.clone(),
     }));
     tokio::spawn(state.clone().watch_offline());
+    tokio::spawn(state.clone().run_retention());
     let app = api::router(state);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "coordinator listening");

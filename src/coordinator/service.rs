@@ -13,13 +13,13 @@ use super::auth::EndpointAuth;
 use super::db::{self, enum_to_sql, now};
 use super::error::ApiErr;
 use super::hub::Audience;
+use super::snaptext::{self, SnapText};
 use crate::plan::{self, Counts, SyncStatus};
 use crate::proto::{
     CreateOperation, EndpointState, EndpointStatus, Operation, OperationKind, OperationResult,
-    OperationState, PoolPolicy, Progress, ReportAck, RevertTargetRequest, ServerMsg,
-    SetTargetRequest, StateReport, TargetInfo,
+    OperationState, PoolPolicy, PoolStats, Progress, ReportAck, RevertTargetRequest, ServerMsg,
+    SetTargetRequest, StateReport, Stats, TargetInfo,
 };
-use super::snaptext::{self, SnapText};
 use crate::snapshot::{Snapshot, SnapshotHash};
 
 /// Who makes a request, for the audit log.
@@ -116,7 +116,8 @@ impl AppState {
             ))
         })?;
         let snap = Arc::new(snap);
-        self.snapshots.insert(*hash, snap.clone(), snap.len().max(1));
+        self.snapshots
+            .insert(*hash, snap.clone(), snap.len().max(1));
         Ok(Some(snap))
     }
 
@@ -259,6 +260,92 @@ impl AppState {
                     .collect()
             })
             .await
+    }
+
+    /// Statistics: totals and per pool (endpoint states are computed, as for
+    /// `GET /pools/{id}/endpoints`).
+    pub(crate) async fn stats(&self) -> Result<Stats, ApiErr> {
+        type Counted = (
+            Vec<(i64, String)>,
+            Vec<(i64, String, u64)>,
+            Vec<(i64, u64, Option<i64>)>,
+            (u64, u64),
+        );
+        let (pools, ops, targets, (snapshots, snapshot_bytes)): Counted =
+            self.db
+                .read(|conn| {
+                    let pools = conn
+                        .prepare_cached("SELECT id, name FROM pools ORDER BY id")?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    let ops = conn
+                    .prepare_cached(
+                        "SELECT pool_id, state, count(*) FROM operations GROUP BY pool_id, state",
+                    )?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    let targets = conn
+                        .prepare_cached(
+                            "SELECT pool_id, count(*), max(revision) FROM targets GROUP BY pool_id",
+                        )?
+                        .query_map([], |r| {
+                            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    let snaps = conn.query_row(
+                        "SELECT count(*), coalesce(sum(length(body)), 0) FROM snapshots",
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                    )?;
+                    Ok((pools, ops, targets, snaps))
+                })
+                .await?;
+        let reports = self
+            .metrics
+            .reports_by_pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out = Stats {
+            pools: pools.len() as u64,
+            snapshots,
+            snapshot_bytes,
+            reports_accepted: self.metrics.reports_accepted.load(Ordering::Relaxed),
+            started_at: self.started_at,
+            ..Stats::default()
+        };
+        for (pool_id, name) in pools {
+            let mut p = PoolStats {
+                pool_id,
+                name,
+                reports_accepted: reports.get(&pool_id).copied().unwrap_or(0),
+                ..PoolStats::default()
+            };
+            // A pool deleted meanwhile has no statuses; count it empty.
+            for st in self.pool_statuses(pool_id).await.unwrap_or_default() {
+                p.endpoints += 1;
+                *p.endpoints_by_state
+                    .entry(enum_to_sql(&st.state))
+                    .or_default() += 1;
+            }
+            for (_, state, n) in ops.iter().filter(|o| o.0 == pool_id) {
+                *p.operations_by_state.entry(state.clone()).or_default() += n;
+            }
+            if let Some((_, n, rev)) = targets.iter().find(|t| t.0 == pool_id) {
+                p.targets = *n;
+                p.target_revision = rev.map(|r| r as u64);
+            }
+            out.endpoints += p.endpoints;
+            out.targets += p.targets;
+            for (k, v) in &p.endpoints_by_state {
+                *out.endpoints_by_state.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &p.operations_by_state {
+                *out.operations_by_state.entry(k.clone()).or_default() += v;
+            }
+            out.per_pool.push(p);
+        }
+        Ok(out)
     }
 
     /// Tells admin subscribers an endpoint's status changed (only computed when one listens).
@@ -486,6 +573,13 @@ impl AppState {
                 self.metrics
                     .reports_accepted
                     .fetch_add(1, Ordering::Relaxed);
+                *self
+                    .metrics
+                    .reports_by_pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(ep.pool_id)
+                    .or_default() += 1;
                 if changed {
                     self.status_changed(ep.pool_id, id).await;
                 }

@@ -37,6 +37,29 @@ ws_message_limit = 8388608
 
 # A REST request that takes longer than this many seconds is answered with 503 `timeout`.
 request_timeout_secs = 30
+
+# Retention, applied every retention_interval_secs: operations that finished (completed,
+# failed, cancelled) and audit entries older than retention_days are deleted (0 keeps them
+# forever); each pool keeps its newest max_target_history target revisions (0 keeps all);
+# then snapshots no longer referenced by any kept target revision, endpoint state or
+# operation are deleted. A snapshot still referenced is never deleted.
+retention_days = 90
+max_target_history = 1000
+retention_interval_secs = 3600
+
+# Rate limit per bearer token (admin or endpoint; keyed by the token's hash, so it applies
+# before the token is even looked up): a bucket of rate_limit_burst requests refilled at
+# rate_limit_per_sec. Requests without a bearer token (registration, health, metrics) share
+# one bucket per client IP address with the anonymous_* values. Over the limit a request gets
+# 429 `rate_limited` with Retry-After. A rate of 0 disables that limit.
+rate_limit_per_sec = 100
+rate_limit_burst = 200
+anonymous_rate_limit_per_sec = 2000
+anonymous_rate_limit_burst = 4000
+
+# The client IP address (audit log, rate limit) is the socket's peer. Only when the peer is
+# one of these addresses (a reverse proxy) is the last address of X-Forwarded-For used.
+trusted_proxies = []
 "#;
 
 /// A secret that never shows up in `Debug` output or logs.
@@ -72,6 +95,23 @@ pub struct Settings {
     pub ws_message_limit: usize,
     /// Default 30 seconds.
     pub request_timeout_secs: u64,
+    /// Age in days after which finished operations and audit entries are deleted; default
+    /// 90, 0 = never.
+    pub retention_days: u64,
+    /// Target revisions kept per pool (the newest); default 1000, 0 = all.
+    pub max_target_history: u64,
+    /// Seconds between retention runs; default 3600.
+    pub retention_interval_secs: u64,
+    /// Requests per second refilled into each token's bucket; default 100, 0 = no limit.
+    pub rate_limit_per_sec: u32,
+    /// Bucket size (the burst a token may send at once); default 200.
+    pub rate_limit_burst: u32,
+    /// The same per client IP for requests without a bearer token; default 2000.
+    pub anonymous_rate_limit_per_sec: u32,
+    /// Default 4000.
+    pub anonymous_rate_limit_burst: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed; default none.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Settings {
@@ -86,6 +126,14 @@ impl Default for Settings {
             body_limit: 8 * 1024 * 1024,
             ws_message_limit: 8 * 1024 * 1024,
             request_timeout_secs: 30,
+            retention_days: 90,
+            max_target_history: 1000,
+            retention_interval_secs: 3600,
+            rate_limit_per_sec: 100,
+            rate_limit_burst: 200,
+            anonymous_rate_limit_per_sec: 2000,
+            anonymous_rate_limit_burst: 4000,
+            trusted_proxies: Vec::new(),
         }
     }
 }

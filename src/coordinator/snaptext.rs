@@ -332,7 +332,16 @@ mod tests {
     fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
         // Names that sort differently as lines than as names ("a" < "a-b" < "ab").
         let names = prop::sample::subsequence(
-            vec!["a", "a-b", "ab", "b", "bash", "bash-completion", "zlib", "z"],
+            vec![
+                "a",
+                "a-b",
+                "ab",
+                "b",
+                "bash",
+                "bash-completion",
+                "zlib",
+                "z",
+            ],
             0..8,
         );
         names
@@ -428,7 +437,10 @@ mod tests {
         put(&snaps[1]);
         assert!(cache.get(&snaps[0].hash).is_some(), "refreshes snaps[0]");
         put(&snaps[2]);
-        assert!(cache.get(&snaps[1].hash).is_none(), "least recently used goes");
+        assert!(
+            cache.get(&snaps[1].hash).is_none(),
+            "least recently used goes"
+        );
         assert!(cache.get(&snaps[0].hash).is_some());
         assert!(cache.get(&snaps[2].hash).is_some());
         cache.remove(&snaps[2].hash);

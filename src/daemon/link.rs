@@ -469,15 +469,8 @@ async fn session(
                     },
                     ServerMsg::TargetChanged { target, .. } => {
                         adopt_target(daemon, endpoint, target).await;
-                        if daemon.auto_sync_wanted() {
-                            let d = daemon.clone();
-                            tokio::spawn(async move {
-                                match d.sync(false, |_| {}).await {
-                                    Ok(o) => tracing::info!(message = %o.message, "automatic sync"),
-                                    Err(e) => tracing::warn!(error = %e, "automatic sync did not run"),
-                                }
-                            });
-                        }
+                        let d = daemon.clone();
+                        tokio::spawn(async move { d.maybe_auto_sync("target changed").await });
                     }
                     ServerMsg::OperationRequested { operation } => {
                         let d = daemon.clone();

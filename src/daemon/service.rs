@@ -473,9 +473,16 @@ impl Daemon {
             }) || p.actions.iter().any(|a| {
                 matches!(
                     a,
-                    Action::Install { source: Source::Archive { .. }, .. }
-                        | Action::Upgrade { source: Source::Archive { .. }, .. }
-                        | Action::Downgrade { source: Source::Archive { .. }, .. }
+                    Action::Install {
+                        source: Source::Archive { .. },
+                        ..
+                    } | Action::Upgrade {
+                        source: Source::Archive { .. },
+                        ..
+                    } | Action::Downgrade {
+                        source: Source::Archive { .. },
+                        ..
+                    }
                 )
             })
         };
@@ -737,10 +744,69 @@ impl Daemon {
         Ok(summary)
     }
 
+    /// Whether an automatic sync may run now: mode `apply`, not paused, inside the pool's
+    /// window (if any).
     pub(crate) fn auto_sync_wanted(&self) -> bool {
         let s = self.state();
-        !s.paused && self.auto_sync_mode_locked(&s) == AutoSyncMode::Apply
+        if s.paused || self.auto_sync_mode_locked(&s) != AutoSyncMode::Apply {
+            return false;
+        }
+        match s
+            .pool_policy
+            .as_ref()
+            .and_then(|p| p.auto_sync_window.as_deref())
+        {
+            None => true,
+            Some(w) => in_window(w, now()).unwrap_or_else(|e| {
+                tracing::warn!(window = w, "ignoring the auto-sync window: {e}");
+                true
+            }),
+        }
     }
+
+    /// Runs an automatic sync when wanted and the machine is behind the target.
+    pub(crate) async fn maybe_auto_sync(&self, why: &str) {
+        let behind = matches!(
+            self.status(true, None).state,
+            EndpointState::Behind | EndpointState::Diverged
+        );
+        if !behind || !self.auto_sync_wanted() {
+            return;
+        }
+        match self.sync(false, |_| {}).await {
+            Ok(o) => tracing::info!(why, message = %o.message, "automatic sync"),
+            Err(e) => tracing::warn!(why, error = %e, "automatic sync did not run"),
+        }
+    }
+}
+
+/// Whether `now` (Unix seconds) falls in the daily UTC window `HH:MM-HH:MM`, which may wrap
+/// past midnight (`22:00-06:00`).
+pub fn in_window(window: &str, now: i64) -> Result<bool, String> {
+    let minutes = |hm: &str| -> Result<i64, String> {
+        let (h, m) = hm
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("{hm:?} is not HH:MM"))?;
+        let (h, m): (i64, i64) = (
+            h.parse().map_err(|_| format!("{hm:?} is not HH:MM"))?,
+            m.parse().map_err(|_| format!("{hm:?} is not HH:MM"))?,
+        );
+        if !(0..24).contains(&h) || !(0..60).contains(&m) {
+            return Err(format!("{hm:?} is not a time of day"));
+        }
+        Ok(h * 60 + m)
+    };
+    let (from, to) = window
+        .split_once('-')
+        .ok_or_else(|| format!("{window:?} is not HH:MM-HH:MM"))?;
+    let (from, to) = (minutes(from)?, minutes(to)?);
+    let at = now.rem_euclid(86_400) / 60;
+    Ok(if from <= to {
+        (from..to).contains(&at)
+    } else {
+        at >= from || at < to
+    })
 }
 
 /// Holds the one-operation lock; clears the running marker when dropped.
@@ -828,6 +894,8 @@ pub async fn timer(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = daemon.refresh("timer", n % 10 == 0).await {
             tracing::warn!(error = %e, "periodic check of pacman's state failed");
         }
+        // A target that arrived outside the auto-sync window is applied once it opens.
+        daemon.maybe_auto_sync("timer").await;
     }
 }
 
@@ -932,5 +1000,23 @@ mod actions {
             _ => ErrorCode::PacmanFailed,
         };
         ActionError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_window;
+
+    #[test]
+    fn auto_sync_windows() {
+        let at = |h: i64, m: i64| 86_400 * 20_000 + h * 3600 + m * 60;
+        assert_eq!(in_window("02:00-05:00", at(3, 0)), Ok(true));
+        assert_eq!(in_window("02:00-05:00", at(5, 0)), Ok(false));
+        assert_eq!(in_window("02:00-05:00", at(1, 59)), Ok(false));
+        assert_eq!(in_window("22:00-06:00", at(23, 30)), Ok(true));
+        assert_eq!(in_window("22:00-06:00", at(5, 59)), Ok(true));
+        assert_eq!(in_window("22:00-06:00", at(12, 0)), Ok(false));
+        assert!(in_window("25:00-06:00", 0).is_err());
+        assert!(in_window("soon", 0).is_err());
     }
 }
