@@ -232,6 +232,27 @@ impl Counts {
     pub fn total(&self) -> usize {
         self.install + self.upgrade + self.downgrade + self.remove + self.reason
     }
+
+    /// "3 upgrades, 1 downgrade, 1 removal", or "no changes".
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (n, one, many) in [
+            (self.install, "install", "installs"),
+            (self.upgrade, "upgrade", "upgrades"),
+            (self.downgrade, "downgrade", "downgrades"),
+            (self.remove, "removal", "removals"),
+            (self.reason, "reason change", "reason changes"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {}", if n == 1 { one } else { many }));
+            }
+        }
+        if parts.is_empty() {
+            "no changes".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// How the current state relates to the target.

@@ -4,15 +4,15 @@
 //! Architecture Invariant: every write goes through [`Db::write`], which holds the single
 //! writer connection for one `BEGIN IMMEDIATE` transaction, so writers queue in the process
 //! instead of failing with "database is locked"; readers use their own connections and never
-//! block the writer (WAL). `busy_timeout` is only a second line of defence.
+//! block the writer (WAL). `busy_timeout` is only a second line of defence. The writer does
+//! not checkpoint on commit: a periodic PASSIVE checkpoint on a reader connection copies the
+//! WAL into the database file, so that copying and its fsync never delay a write.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::error::{ApiErr, CoordinatorError};
 use super::snaptext::SnapText;
@@ -158,6 +158,11 @@ impl Db {
             tx.commit().map_err(db_err)?;
             tracing::info!(path = %path.display(), version = i + 1, "migrated coordinator database");
         }
+        // The writer never checkpoints on commit; `Db::checkpoint` does it off the write path.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db_err)?;
+        conn.pragma_update(None, "cache_size", -16_384)
+            .map_err(db_err)?;
         Ok(Self {
             path: Arc::new(path.to_owned()),
             writer: Arc::new(Mutex::new(conn)),
@@ -170,23 +175,42 @@ impl Db {
     pub async fn write<T, F>(&self, f: F) -> Result<T, ApiErr>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T, ApiErr> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
     {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
+            let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            in_transaction(&conn, "BEGIN IMMEDIATE", f)
         })
         .await
         .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
     }
 
+    /// Copies committed WAL frames into the database file (PASSIVE: never waits for, or
+    /// blocks, the writer or readers). The writer connection does not checkpoint itself, so
+    /// the copying and its fsync stay off the write path; `launch` calls this periodically.
+    pub async fn checkpoint(&self) -> Result<(), ApiErr> {
+        self.read_plain(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `f` in a read transaction on a reader connection, so all its statements see
     /// one consistent state.
     pub async fn read<T, F>(&self, f: F) -> Result<T, ApiErr>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
+    {
+        // One read transaction: every statement in `f` sees the same committed state.
+        self.read_plain(move |conn| in_transaction(conn, "BEGIN", f))
+            .await
+    }
+
+    /// Runs `f` on a reader connection, outside any transaction.
+    async fn read_plain<T, F>(&self, f: F) -> Result<T, ApiErr>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
@@ -199,13 +223,9 @@ impl Db {
                 Some(c) => c,
                 None => open_conn(&path)?,
             };
-            // One read transaction: every statement in `f` sees the same committed state.
-            let out = match conn.unchecked_transaction() {
-                Ok(tx) => f(&tx),
-                Err(e) => Err(e.into()),
-            };
+            let out = f(&conn);
             let mut idle = readers.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_READERS {
+            if idle.len() < MAX_IDLE_READERS && conn.is_autocommit() {
                 idle.push(conn);
             }
             out
@@ -213,6 +233,26 @@ impl Db {
         .await
         .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
     }
+}
+
+/// Runs `f` between `begin` and `COMMIT` (`ROLLBACK` when `f` or the commit fails), with
+/// the statements cached rather than parsed per transaction.
+fn in_transaction<T>(
+    conn: &Connection,
+    begin: &str,
+    f: impl FnOnce(&Connection) -> Result<T, ApiErr>,
+) -> Result<T, ApiErr> {
+    conn.prepare_cached(begin)?.execute([])?;
+    let out = f(conn).and_then(|v| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(v)
+    });
+    if out.is_err() && !conn.is_autocommit() {
+        if let Err(e) = conn.prepare_cached("ROLLBACK").and_then(|mut s| s.execute([])) {
+            tracing::error!(error = %e, "cannot roll back a coordinator database transaction");
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -220,6 +220,28 @@ const TEXT_CACHE_BYTES: usize = 48 << 20;
 /// Computed statuses by (current, target, policy), bounded by entry count.
 const STATUS_CACHE_ENTRIES: usize = 64 * 1024;
 
+/// How often committed WAL frames are copied into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl AppState {
+    /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] until shutdown (the writer does not:
+    /// see `db::Db::checkpoint`).
+    async fn run_checkpoints(self) {
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            if let Err(e) = self.db.checkpoint().await {
+                tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            }
+        }
+    }
+}
+
 /// Completes when the coordinator shuts down.
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -329,6 +351,7 @@ pub async fn launch(
     }));
     tokio::spawn(state.clone().watch_offline());
     tokio::spawn(state.clone().run_retention());
+    tokio::spawn(state.clone().run_checkpoints());
     let app = api::router(state);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "coordinator listening");

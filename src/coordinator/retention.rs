@@ -10,7 +10,7 @@
 //! Work is done in small batches, each its own write transaction, so reports are never held
 //! behind one long cleanup.
 
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 
 use super::AppState;
 use super::db::{self, now};
@@ -31,7 +31,7 @@ pub struct Removed {
 }
 
 /// One batch of each kind; returns what it deleted (all zero: nothing left to do).
-fn batch(tx: &Transaction<'_>, settings: &Settings, at: i64) -> Result<Removed, ApiErr> {
+fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiErr> {
     let mut out = Removed::default();
     if settings.retention_days > 0 {
         let cutoff = at - (settings.retention_days as i64).saturating_mul(86_400);

@@ -694,8 +694,11 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
                     "the pool target moved: revision {} was set by {} (you expected revision {expected}); review `pacpool preview` and try again",
                     w.revision, w.set_by
                 );
-                if let Ok(snap) = endpoint.fetch_snapshot(&w.snapshot).await {
-                    let _ = daemon.set_target(w, snap);
+                if let Ok(snap) = endpoint.fetch_snapshot(&w.snapshot).await
+                    && daemon.set_target(w, snap).is_ok()
+                {
+                    let counts = daemon.status(true, None).counts;
+                    message.push_str(&format!("; syncing to it would make {}", counts.summary()));
                 }
             }
             Err(ActionError::new(ErrorCode::Conflict, message))

@@ -155,7 +155,24 @@ fn show_note(note: Note) {
 
 /// Runs the tray until "Quit". Never returns on success (tao exits the process).
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let event_loop = EventLoopBuilder::<UiEvent>::with_user_event().build();
+    // tao panics when GTK cannot open a display; say what is wrong instead.
+    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        anyhow::bail!(
+            "no graphical session: neither DISPLAY nor WAYLAND_DISPLAY is set; \
+             start pacpool-tray from the desktop session (XDG autostart or `systemctl --user`)"
+        );
+    }
+    // tao panics when GTK cannot open the display: turn that into an error.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let built = std::panic::catch_unwind(|| EventLoopBuilder::<UiEvent>::with_user_event().build());
+    std::panic::set_hook(hook);
+    let event_loop = built.map_err(|_| {
+        anyhow::anyhow!(
+            "cannot open the display {:?} (GTK failed to initialize)",
+            std::env::var_os("DISPLAY").unwrap_or_default()
+        )
+    })?;
     let proxy = Mutex::new(event_loop.create_proxy());
     let send: worker::UiSink = Arc::new(move |e| {
         // Fails only once the loop has exited.

@@ -126,23 +126,7 @@ fn state_word(s: &LocalStatus) -> &'static str {
 }
 
 pub fn counts_line(c: &Counts) -> String {
-    let mut parts = Vec::new();
-    for (n, one, many) in [
-        (c.install, "install", "installs"),
-        (c.upgrade, "upgrade", "upgrades"),
-        (c.downgrade, "downgrade", "downgrades"),
-        (c.remove, "removal", "removals"),
-        (c.reason, "reason change", "reason changes"),
-    ] {
-        if n > 0 {
-            parts.push(format!("{n} {}", if n == 1 { one } else { many }));
-        }
-    }
-    if parts.is_empty() {
-        "no changes".into()
-    } else {
-        parts.join(", ")
-    }
+    c.summary()
 }
 
 fn waybar_line(s: &LocalStatus) -> String {
