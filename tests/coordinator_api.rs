@@ -9,8 +9,9 @@ use futures_util::{SinkExt, StreamExt};
 use pacpool::coordinator::{CoordinatorError, Secret, Settings, launch};
 use pacpool::localdb::Reason;
 use pacpool::proto::{
-    ApiError, EndpointMsg, EndpointState, EndpointStatus, JoinToken, Operation, OperationState,
-    PROTOCOL_VERSION, Page, Pool, RegisterResponse, ReportAck, ServerMsg, StateReport, TargetInfo,
+    ApiError, EndpointMsg, EndpointState, EndpointStatus, JoinToken, JoinTokenInfo, Operation,
+    OperationState, PROTOCOL_VERSION, Page, Pool, RegisterResponse, ReportAck, ServerMsg,
+    StateReport, Stats, TargetInfo,
 };
 use pacpool::snapshot::{PackageState, Snapshot};
 use reqwest::{Method, StatusCode};
@@ -1404,5 +1405,231 @@ async fn admins_are_told_when_an_endpoint_goes_offline() {
             break;
         }
     }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn join_tokens_are_listed_without_secrets_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "joins", 1).await;
+    let other = s.pool("other").await;
+    let keep = s.join_token(pool.id).await;
+    let gone: JoinToken = s
+        .ok(
+            Method::POST,
+            &format!("/pools/{}/join-tokens", pool.id),
+            ADMIN,
+            Some(json!({ "max_uses": 5 })),
+        )
+        .await;
+    s.join_token(other.id).await;
+    s.register(&keep, "a").await;
+
+    let (st, v) = s.get(&format!("/pools/{}/join-tokens", pool.id), ADMIN).await;
+    assert_eq!(st, StatusCode::OK);
+    let text = v.to_string();
+    assert!(
+        !text.contains(&keep) && !text.contains(&gone.token) && !text.contains("\"token\""),
+        "no secrets in the list: {text}"
+    );
+    let list: Vec<JoinTokenInfo> = serde_json::from_value(v).unwrap();
+    assert_eq!(list.len(), 3, "only this pool's tokens: {list:?}");
+    assert!(list.iter().all(|t| t.pool_id == pool.id));
+    let by_id = |id: i64| list.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(by_id(gone.id).max_uses, Some(5));
+    assert_eq!(by_id(gone.id).uses, 0);
+    assert_eq!(list.iter().map(|t| t.uses).sum::<u64>(), 2);
+
+    // Only the admin may list or revoke.
+    let t = &eps[0].endpoint_token;
+    let (st, _) = s.get(&format!("/pools/{}/join-tokens", pool.id), t).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = s
+        .call(Method::DELETE, &format!("/join-tokens/{}", gone.id), Some(t), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // Revoked: registration with it fails; the other token and existing endpoints still work.
+    let (st, _) = s
+        .call(Method::DELETE, &format!("/join-tokens/{}", gone.id), Some(ADMIN), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, v) = s
+        .call(
+            Method::POST,
+            "/register",
+            None,
+            Some(json!({ "join_token": gone.token, "name": "late" })),
+        )
+        .await;
+    assert_eq!((st, err(&v).code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    s.register(&keep, "b").await;
+    s.status(t).await;
+    let (st, v) = s
+        .call(Method::DELETE, &format!("/join-tokens/{}", gone.id), Some(ADMIN), None)
+        .await;
+    assert_eq!((st, err(&v).code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    let list: Vec<JoinTokenInfo> = s
+        .ok(Method::GET, &format!("/pools/{}/join-tokens", pool.id), ADMIN, None)
+        .await;
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().all(|t| t.id != gone.id));
+    let audit: Page<Value> = s.ok(Method::GET, "/audit", ADMIN, None).await;
+    assert!(
+        audit.items.iter().any(|a| a["action"] == "join_token.revoke"),
+        "revocation is audited"
+    );
+    let (st, _) = s.get("/pools/999/join-tokens", ADMIN).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn stats_count_pools_endpoints_operations_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "stats", 3).await;
+    let (empty, _) = pool_with(&s, "empty", 0).await;
+    let (t0, t1) = (&eps[0].endpoint_token, &eps[1].endpoint_token);
+    let new = snap(&[("bash", "5.2-2")]);
+    let old = snap(&[("bash", "5.2-1")]);
+    s.report_full(t0, &new).await;
+    s.report_full(t1, &old).await;
+    // The same state again: accepted, not stored twice.
+    s.report_full(t1, &old).await;
+    let (st, v) = s
+        .post(
+            "/endpoint/target",
+            t0,
+            json!({ "expected_revision": 0, "snapshot": new.hash() }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = s
+        .post("/endpoint/operations", t1, json!({ "kind": "sync-to-latest" }))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+
+    let stats: Stats = s.ok(Method::GET, "/stats", ADMIN, None).await;
+    assert_eq!(stats.pools, 2);
+    assert_eq!(stats.endpoints, 3);
+    assert_eq!(stats.snapshots, 2);
+    assert_eq!(stats.snapshot_bytes as usize, new.encode().len() + old.encode().len());
+    assert_eq!(stats.targets, 1);
+    assert_eq!(stats.reports_accepted, 3);
+    let p = stats.per_pool.iter().find(|p| p.pool_id == pool.id).unwrap();
+    assert_eq!(p.name, "stats");
+    assert_eq!(p.endpoints, 3);
+    let states: Vec<(&str, u64)> = p
+        .endpoints_by_state
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(states, [("behind", 1), ("in-sync", 1), ("unknown", 1)]);
+    assert_eq!(stats.endpoints_by_state, p.endpoints_by_state);
+    let ops: Vec<(&str, u64)> = p
+        .operations_by_state
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(ops, [("pending", 1)]);
+    assert_eq!((p.targets, p.target_revision), (1, Some(1)));
+    assert_eq!(p.reports_accepted, 3);
+    let e = stats.per_pool.iter().find(|p| p.pool_id == empty.id).unwrap();
+    assert_eq!(
+        (e.endpoints, e.targets, e.target_revision, e.reports_accepted),
+        (0, 0, None, 0)
+    );
+    assert!(e.endpoints_by_state.is_empty() && e.operations_by_state.is_empty());
+
+    let (st, v) = s.get("/stats", t0).await;
+    assert_eq!((st, err(&v).code.as_str()), (StatusCode::FORBIDDEN, "forbidden"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_are_rate_limited_per_token_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |st| {
+        st.rate_limit_per_sec = 1;
+        st.rate_limit_burst = 3;
+        st.anonymous_rate_limit_per_sec = 1;
+        st.anonymous_rate_limit_burst = 2;
+    })
+    .await;
+    let get = |path: &str, token: Option<&str>, forwarded: Option<&str>| {
+        let mut req = s.http.get(format!("{}{path}", s.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(f) = forwarded {
+            req = req.header("x-forwarded-for", f);
+        }
+        async move { tokio::time::timeout(HANG, req.send()).await.unwrap().unwrap() }
+    };
+    for _ in 0..3 {
+        assert_eq!(get("/pools", Some(ADMIN), None).await.status(), StatusCode::OK);
+    }
+    let limited = get("/pools", Some(ADMIN), None).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let e: ApiError = limited.json().await.unwrap();
+    assert_eq!(e.code, "rate_limited");
+    // Another token (even an unknown one) has its own bucket: it is refused for what it is.
+    assert_eq!(
+        get("/pools", Some("someone-else"), None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Without a token: per client address from the socket; a forwarded header from an
+    // untrusted peer does not buy a new bucket.
+    assert_eq!(get("/health/live", None, None).await.status(), StatusCode::OK);
+    assert_eq!(
+        get("/health/live", None, Some("203.0.113.1")).await.status(),
+        StatusCode::OK
+    );
+    let limited = get("/health/live", None, Some("203.0.113.2")).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    s.shutdown().await;
+
+    // Behind a trusted proxy, each forwarded client has its own bucket and is audited as
+    // itself.
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_with(dir.path(), |st| {
+        st.anonymous_rate_limit_per_sec = 1;
+        st.anonymous_rate_limit_burst = 1;
+        st.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let get = |path: &str, forwarded: &str| {
+        let req = s
+            .http
+            .get(format!("{}{path}", s.base))
+            .header("x-forwarded-for", forwarded);
+        async move { tokio::time::timeout(HANG, req.send()).await.unwrap().unwrap() }
+    };
+    assert_eq!(get("/health/live", "203.0.113.1").await.status(), StatusCode::OK);
+    assert_eq!(
+        get("/health/live", "203.0.113.1").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(get("/health/live", "203.0.113.2").await.status(), StatusCode::OK);
+    let pool = s.pool("proxied").await;
+    let resp = s
+        .http
+        .post(format!("{}/pools/{}/join-tokens", s.base, pool.id))
+        .bearer_auth(ADMIN)
+        .header("x-forwarded-for", "198.51.100.7")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let audit: Page<Value> = s.ok(Method::GET, "/audit", ADMIN, None).await;
+    assert_eq!(audit.items[0]["action"], "join_token.create");
+    assert_eq!(audit.items[0]["peer"], "198.51.100.7");
+    assert_eq!(audit.items[1]["peer"], "127.0.0.1");
     s.shutdown().await;
 }

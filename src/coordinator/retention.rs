@@ -129,3 +129,116 @@ impl AppState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::db::Db;
+
+    fn h(n: u8) -> String {
+        hex::encode([n; 32])
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn deletes_old_rows_and_only_unreferenced_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("c.db")).unwrap();
+        let t = 1_000_000_000i64;
+        let day = 86_400;
+        db.write(move |tx| {
+            for n in 1..=9u8 {
+                tx.execute(
+                    "INSERT INTO snapshots (hash, body, package_count, created_at) VALUES (?1, 'x', 1, 0)",
+                    [h(n)],
+                )?;
+            }
+            tx.execute_batch(&format!(
+                "INSERT INTO pools (id, name, policy, created_at) VALUES (1, 'p', '{{}}', 0), (2, 'q', '{{}}', 0);
+                 -- endpoint 1 is at snapshot 1, which only target revision 1 (to go) also names
+                 INSERT INTO endpoints (id, pool_id, name, current, created_at) VALUES (1, 1, 'e', '{h1}', 0);
+                 INSERT INTO targets (pool_id, revision, snapshot, set_by, set_at) VALUES
+                   (1, 1, '{h1}', 'a', 0), (1, 2, '{h2}', 'a', 0), (1, 3, '{h3}', 'a', 0), (1, 4, '{h4}', 'a', 0),
+                   (2, 1, '{h5}', 'a', 0);
+                 -- an old finished operation (to go, and with it snapshot 6's last reference),
+                 -- an old but still pending one (kept, with snapshot 7), a recent finished one
+                 INSERT INTO operations (id, endpoint_id, pool_id, kind, state, to_snapshot, created_at, updated_at) VALUES
+                   (1, 1, 1, 'revert', 'completed', '{h6}', 0, {old}),
+                   (2, 1, 1, 'revert', 'pending', '{h7}', 0, {old}),
+                   (3, 1, 1, 'sync-to-latest', 'failed', NULL, 0, {recent});
+                 INSERT INTO audit (at, actor, action) VALUES ({old}, 'admin', 'old'), ({recent}, 'admin', 'new');",
+                h1 = h(1), h2 = h(2), h3 = h(3), h4 = h(4), h5 = h(5), h6 = h(6), h7 = h(7),
+                old = t - 31 * day, recent = t - 29 * day,
+            ))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let settings = Settings {
+            retention_days: 30,
+            max_target_history: 2,
+            ..Settings::default()
+        };
+        let mut removed = Removed::default();
+        loop {
+            let s = settings.clone();
+            let r = db.write(move |tx| batch(tx, &s, t)).await.unwrap();
+            if r == Removed::default() {
+                break;
+            }
+            removed.operations += r.operations;
+            removed.audit += r.audit;
+            removed.targets += r.targets;
+            removed.snapshots.extend(r.snapshots);
+        }
+        assert_eq!((removed.operations, removed.audit, removed.targets), (1, 1, 2));
+        let mut gone: Vec<String> = removed.snapshots.iter().map(|s| s.to_hex()).collect();
+        gone.sort();
+        // 2: only its deleted target revision named it; 6: only the deleted operation;
+        // 8, 9: nothing ever did.
+        assert_eq!(gone, [h(2), h(6), h(8), h(9)]);
+        let left = db
+            .read(|conn| {
+                let mut stmt = conn.prepare("SELECT hash FROM snapshots ORDER BY hash")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await
+            .unwrap();
+        // 1: an endpoint's state; 3, 4: kept target revisions; 5: pool 2's only revision;
+        // 7: a kept operation.
+        assert_eq!(left, [h(1), h(3), h(4), h(5), h(7)]);
+        let (revs, ops, audit) = db
+            .read(|conn| {
+                let mut stmt =
+                    conn.prepare("SELECT pool_id, revision FROM targets ORDER BY pool_id, revision")?;
+                let revs = stmt
+                    .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok((
+                    revs,
+                    count(conn, "SELECT count(*) FROM operations WHERE id IN (2, 3)"),
+                    count(conn, "SELECT count(*) FROM audit WHERE action = 'new'"),
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(revs, [(1, 3), (1, 4), (2, 1)], "the newest 2 per pool");
+        assert_eq!((ops, audit), (2, 1), "pending and recent operations, recent audit stay");
+
+        // 0 disables each kind of cleanup: nothing more goes, even with everything old.
+        let keep_all = Settings {
+            retention_days: 0,
+            max_target_history: 0,
+            ..Settings::default()
+        };
+        let r = db
+            .write(move |tx| batch(tx, &keep_all, t + 1000 * day))
+            .await
+            .unwrap();
+        assert_eq!(r, Removed::default());
+    }
+}

@@ -7,27 +7,6 @@ use crate::proto::EndpointState;
 
 use super::icons::IconKind;
 
-/// "3 upgrades, 1 downgrade" (the CLI's wording).
-pub fn counts_line(c: &Counts) -> String {
-    let mut parts = Vec::new();
-    for (n, one, many) in [
-        (c.install, "install", "installs"),
-        (c.upgrade, "upgrade", "upgrades"),
-        (c.downgrade, "downgrade", "downgrades"),
-        (c.remove, "removal", "removals"),
-        (c.reason, "reason change", "reason changes"),
-    ] {
-        if n > 0 {
-            parts.push(format!("{n} {}", if n == 1 { one } else { many }));
-        }
-    }
-    if parts.is_empty() {
-        "no changes".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
 /// `2026-11-22 00:40 UTC` from Unix seconds.
 pub fn utc(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
@@ -165,7 +144,7 @@ impl View {
         );
         let detail_line = format!("{target_text}; {last_sync}");
         let mut tooltip = vec![status_line.clone(), target_text.clone()];
-        tooltip.push(format!("pending: {}", counts_line(&s.counts)));
+        tooltip.push(format!("pending: {}", s.counts.summary()));
         tooltip.push(last_sync.clone());
         if let Some(e) = &s.last_error {
             tooltip.push(format!("last error: {e}"));
@@ -193,7 +172,7 @@ impl View {
         let sync = match (&s.target, pending) {
             (None, _) => gated("Sync to latest".into(), Some("no pool target yet")),
             (Some(_), false) => Entry::off("Sync to latest — nothing to do"),
-            (Some(_), true) => gated(format!("Sync to latest — {}", counts_line(&s.counts)), None),
+            (Some(_), true) => gated(format!("Sync to latest — {}", s.counts.summary()), None),
         };
         let preview = if s.target.is_some() {
             Entry::on("Preview…")
@@ -314,7 +293,7 @@ impl Notifier {
                             target.set_by,
                             target.revision,
                             target.package_count,
-                            counts_line(summary)
+                            summary.summary()
                         )
                     },
                     critical: false,
@@ -363,7 +342,7 @@ impl Notifier {
                 "Target revision {} (set by {}): {}.",
                 rev,
                 s.target.as_ref().map_or("?", |t| t.set_by.as_str()),
-                counts_line(&s.counts)
+                s.counts.summary()
             ),
             critical: false,
         })

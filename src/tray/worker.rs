@@ -16,7 +16,7 @@ use crate::daemon::client::Client;
 use crate::daemon::protocol::{ErrorCode, Event, Reply, Request};
 use crate::plan::Action;
 
-use super::model::{Daemon, Note, Notifier, counts_line, finished_note, utc};
+use super::model::{Daemon, Note, Notifier, finished_note, utc};
 
 /// What the background thread tells the event loop, and what the loop's own handlers forward.
 #[derive(Debug, Clone)]
@@ -300,7 +300,7 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
                 .target_revision
                 .map_or_else(String::new, |r| format!(" to revision {r}"));
             shared.answer(
-                format!("Sync{rev}: {}", counts_line(&preview.counts)),
+                format!("Sync{rev}: {}", preview.counts.summary()),
                 lines.join("\n"),
                 false,
             );
