@@ -2,7 +2,6 @@
 //! and which events become desktop notifications (with de-duplication).
 
 use crate::daemon::protocol::{Event, LinkState, LocalStatus, Outcome};
-use crate::plan::Counts;
 use crate::proto::EndpointState;
 
 use super::icons::IconKind;
@@ -369,6 +368,7 @@ pub fn finished_note(o: &Outcome) -> Note {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Counts;
     use crate::proto::{AutoSyncMode, TargetInfo};
     use crate::snapshot::Snapshot;
 
