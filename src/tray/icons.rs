@@ -381,6 +381,30 @@ mod tests {
     }
 
     #[test]
+    fn committed_assets_match_the_drawing() {
+        // `pacpool-tray export-icons assets` regenerates them.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+        for kind in IconKind::ALL {
+            let svg_file = dir.join(format!("pacpool-{}.svg", kind.name()));
+            assert_eq!(
+                std::fs::read_to_string(&svg_file).ok().as_deref(),
+                Some(svg(kind).as_str()),
+                "{} is stale: run `pacpool-tray export-icons assets`",
+                svg_file.display()
+            );
+            for size in PNG_SIZES {
+                let f = dir.join(format!("png/pacpool-{}-{size}.png", kind.name()));
+                assert_eq!(
+                    std::fs::read(&f).ok(),
+                    Some(png(&render(kind, size), size)),
+                    "{} is stale: run `pacpool-tray export-icons assets`",
+                    f.display()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn transparent_outside_and_opaque_inside() {
         let px = render(IconKind::InSync, 32);
         assert_eq!(px[3], 0, "corner is transparent");
