@@ -1,8 +1,9 @@
 # Sourced by tests/run.sh and packaging/demo.sh: makes sure the system tools pacpool's tests
 # and demo drive are installed (Debian 12), and that cargo is on PATH.
 #
-# ensure_tools: installs pacman, repo-add, vercmp, bsdtar, makepkg and zstd from Debian's
-# packages when any is missing (needs root; otherwise says what to run).
+# ensure_tools [--with-tray]: installs pacman, repo-add, vercmp, bsdtar, makepkg and zstd
+# from Debian's packages when any is missing (needs root; otherwise says what to run); with
+# --with-tray also the GTK build dependencies and the headless desktop the tray tests use.
 
 have() {
 	local c
@@ -30,9 +31,9 @@ ensure_tools() {
 	# click the menu, and ImageMagick's import/convert for screenshots and pixels.
 	# (`import`, not `convert`: some images carry a stand-in `convert` script; grep reads all of
 	# ldconfig's output so that pipefail never sees a SIGPIPE.)
-	if ! have pkg-config Xvfb xauth import dunst gdbus dbus-daemon gtk-sni-tray-standalone ||
+	if [[ ${1:-} == --with-tray ]] && { ! have pkg-config Xvfb xauth import dunst gdbus dbus-daemon gtk-sni-tray-standalone ||
 		! pkg-config --exists gtk+-3.0 ||
-		! { ldconfig -p 2>/dev/null | grep 'libayatana-appindicator3\.so\.1' >/dev/null; }; then
+		! { ldconfig -p 2>/dev/null | grep 'libayatana-appindicator3\.so\.1' >/dev/null; }; }; then
 		apt_packages+=(pkg-config libgtk-3-dev libayatana-appindicator3-1 xvfb xauth imagemagick
 			dunst libglib2.0-bin dbus haskell-gtk-sni-tray-utils)
 	fi

@@ -399,7 +399,8 @@ pub struct Stats {
     pub endpoints_by_state: std::collections::BTreeMap<String, u64>,
     pub operations_by_state: std::collections::BTreeMap<String, u64>,
     pub targets: u64,
-    /// Distinct snapshots stored (content-addressed) and their total text size in bytes.
+    /// Distinct snapshots stored (content-addressed) and their stored size in bytes (a
+    /// snapshot that arrived as a delta is stored as that delta on its base).
     pub snapshots: u64,
     pub snapshot_bytes: u64,
     /// State reports accepted since the coordinator started.

@@ -105,7 +105,9 @@ impl<S: Send + Sync> FromRequest<S> for ReportJson {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
             .map(|m| m.trim().to_ascii_lowercase())
-            .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+            .is_some_and(|m| {
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            });
         if !json_type {
             return Err(ApiErr::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -143,8 +145,12 @@ impl<S: Send + Sync> FromRequest<S> for ReportJson {
             ReportBody {
                 kind: ReportKind::Full,
                 ..
-            } => Err(ApiErr::invalid("malformed request body: a full report needs `snapshot`")),
-            ReportBody { .. } => Err(ApiErr::invalid("malformed request body: a delta report needs `delta`")),
+            } => Err(ApiErr::invalid(
+                "malformed request body: a full report needs `snapshot`",
+            )),
+            ReportBody { .. } => Err(ApiErr::invalid(
+                "malformed request body: a delta report needs `delta`",
+            )),
         }
     }
 }
@@ -311,7 +317,7 @@ async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> R
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!(
-                    "too many requests with this token (or from this address): retry after {secs} s; the limits are rate_limit_per_sec / rate_limit_burst in the coordinator configuration"
+                    "too many requests with this token (or from this address): retry after {secs} s; the limits are rate_limit_per_minute / rate_limit_burst in the coordinator configuration"
                 ),
             )
             .with_detail(serde_json::json!({ "retry_after_secs": secs }))

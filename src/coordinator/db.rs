@@ -88,7 +88,16 @@ const MIGRATIONS: &[&str] = &[
         peer TEXT,
         detail TEXT
      ) STRICT;",
+    // 2: a snapshot may be stored as a delta against another stored snapshot (`body` then
+    // empty): a one-package change costs a few hundred bytes instead of the whole list.
+    "ALTER TABLE snapshots ADD COLUMN base TEXT REFERENCES snapshots(hash);
+     ALTER TABLE snapshots ADD COLUMN delta TEXT;
+     ALTER TABLE snapshots ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX snapshots_base ON snapshots(base) WHERE base IS NOT NULL;",
 ];
+
+/// Longest chain of delta-stored snapshots: reading one applies at most this many deltas.
+const MAX_DELTA_DEPTH: i64 = 16;
 
 /// Readers kept open between requests.
 const MAX_IDLE_READERS: usize = 8;
@@ -248,7 +257,10 @@ fn in_transaction<T>(
         Ok(v)
     });
     if out.is_err() && !conn.is_autocommit() {
-        if let Err(e) = conn.prepare_cached("ROLLBACK").and_then(|mut s| s.execute([])) {
+        if let Err(e) = conn
+            .prepare_cached("ROLLBACK")
+            .and_then(|mut s| s.execute([]))
+        {
             tracing::error!(error = %e, "cannot roll back a coordinator database transaction");
         }
     }
@@ -297,8 +309,35 @@ pub fn policy_of(conn: &Connection, pool_id: i64) -> Result<Option<PoolPolicy>, 
         .transpose()
 }
 
-/// Stores a snapshot's canonical text under its hash (once: content-addressed).
-pub fn put_snapshot(conn: &Connection, snap: &SnapText) -> Result<(), ApiErr> {
+/// Stores a snapshot's canonical text under its hash (once: content-addressed). With
+/// `from`, the snapshot came from applying that delta to a stored base: it is stored as the
+/// delta (unless the base's chain is already [`MAX_DELTA_DEPTH`] long).
+pub fn put_snapshot(
+    conn: &Connection,
+    snap: &SnapText,
+    from: Option<(&SnapshotHash, &str)>,
+) -> Result<(), ApiErr> {
+    if let Some((base, delta_json)) = from {
+        let depth: Option<i64> = conn
+            .prepare_cached("SELECT depth FROM snapshots WHERE hash = ?1")?
+            .query_row([base.to_hex()], |r| r.get(0))
+            .optional()?;
+        if let Some(depth) = depth.filter(|d| *d < MAX_DELTA_DEPTH) {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO snapshots (hash, body, package_count, created_at, base, delta, depth)
+                 VALUES (?1, '', ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                snap.hash.to_hex(),
+                snap.packages as i64,
+                now(),
+                base.to_hex(),
+                delta_json,
+                depth + 1
+            ])?;
+            return Ok(());
+        }
+    }
     conn.prepare_cached(
         "INSERT OR IGNORE INTO snapshots (hash, body, package_count, created_at)
          VALUES (?1, ?2, ?3, ?4)",
@@ -312,24 +351,53 @@ pub fn put_snapshot(conn: &Connection, snap: &SnapText) -> Result<(), ApiErr> {
     Ok(())
 }
 
-/// A stored snapshot's text and package count.
+/// A stored snapshot's text and package count (rebuilt from its base when stored as a
+/// delta; every step's result hash is checked).
 pub fn snapshot_row(
     conn: &Connection,
     hash: &SnapshotHash,
 ) -> Result<Option<(String, usize)>, ApiErr> {
-    Ok(conn
-        .prepare_cached("SELECT body, package_count FROM snapshots WHERE hash = ?1")?
-        .query_row([hash.to_hex()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
-        })
-        .optional()?)
+    type Row = (String, i64, Option<String>, Option<String>);
+    let mut stmt = conn
+        .prepare_cached("SELECT body, package_count, base, delta FROM snapshots WHERE hash = ?1")?;
+    let mut deltas = Vec::new();
+    let mut at = *hash;
+    let (body, count) = loop {
+        let row: Option<Row> = stmt
+            .query_row([at.to_hex()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((body, count, base, delta)) = row else {
+            if deltas.is_empty() {
+                return Ok(None);
+            }
+            return Err(corrupt("snapshot chain", format!("base {at} is missing")));
+        };
+        match (base, delta) {
+            (Some(base), Some(delta)) => {
+                let delta: crate::snapshot::Delta =
+                    serde_json::from_str(&delta).map_err(|e| corrupt("snapshot delta", e))?;
+                at = parse_hash(&base)?;
+                deltas.push(delta);
+                if deltas.len() as i64 > MAX_DELTA_DEPTH {
+                    return Err(corrupt("snapshot chain", "longer than the maximum depth"));
+                }
+            }
+            _ => break (body, count),
+        }
+    };
+    let mut text = SnapText::stored(at, body, count as usize);
+    for delta in deltas.iter().rev() {
+        text =
+            super::snaptext::apply_delta(&text, delta).map_err(|e| corrupt("snapshot delta", e))?;
+    }
+    let packages = text.packages;
+    Ok(Some((text.text.to_string(), packages)))
 }
 
 pub fn snapshot_body(conn: &Connection, hash: &SnapshotHash) -> Result<Option<String>, ApiErr> {
-    Ok(conn
-        .prepare_cached("SELECT body FROM snapshots WHERE hash = ?1")?
-        .query_row([hash.to_hex()], |r| r.get(0))
-        .optional()?)
+    Ok(snapshot_row(conn, hash)?.map(|(body, _)| body))
 }
 
 const TARGET_COLS: &str = "t.pool_id, t.revision, t.snapshot, s.package_count, t.set_by_endpoint, \
@@ -545,6 +613,75 @@ pub fn audit_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::{PackageState, Snapshot};
+
+    fn state(round: usize) -> Snapshot {
+        Snapshot::new(
+            (0..50)
+                .map(|i| PackageState {
+                    name: format!("p{i:02}").parse().unwrap(),
+                    version: format!("{}.{i}-1", if i == round % 50 { round } else { 1 })
+                        .parse()
+                        .unwrap(),
+                    arch: "x86_64".parse().unwrap(),
+                    reason: crate::localdb::Reason::Explicit,
+                    repo: None,
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn delta_stored_snapshots_read_back_exactly_and_chains_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("c.db")).unwrap();
+        let states: Vec<Snapshot> = (0..40).map(state).collect();
+        let all = states.clone();
+        db.write(move |tx| {
+            put_snapshot(tx, &SnapText::from_snapshot(&all[0]), None)?;
+            for w in all.windows(2) {
+                let delta = serde_json::to_string(&w[0].diff(&w[1])).unwrap();
+                put_snapshot(
+                    tx,
+                    &SnapText::from_snapshot(&w[1]),
+                    Some((&w[0].hash(), delta.as_str())),
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let rows = db
+            .read(move |conn| {
+                let mut out = Vec::new();
+                for s in &states {
+                    let (text, count) = snapshot_row(conn, &s.hash())?.unwrap();
+                    assert_eq!(text, s.encode());
+                    assert_eq!(count, s.len());
+                    let depth: i64 = conn.query_row(
+                        "SELECT depth FROM snapshots WHERE hash = ?1",
+                        [s.hash().to_hex()],
+                        |r| r.get(0),
+                    )?;
+                    let body_len: i64 = conn.query_row(
+                        "SELECT length(body) FROM snapshots WHERE hash = ?1",
+                        [s.hash().to_hex()],
+                        |r| r.get(0),
+                    )?;
+                    out.push((depth, body_len > 0));
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap();
+        // Full, then deltas up to the maximum depth, then full again.
+        assert_eq!(rows[0], (0, true));
+        assert_eq!(rows[1], (1, false));
+        assert_eq!(rows[MAX_DELTA_DEPTH as usize], (MAX_DELTA_DEPTH, false));
+        assert_eq!(rows[MAX_DELTA_DEPTH as usize + 1], (0, true));
+        assert!(rows.iter().all(|(d, _)| *d <= MAX_DELTA_DEPTH));
+    }
 
     #[test]
     fn migrates_once_and_refuses_a_newer_schema() {

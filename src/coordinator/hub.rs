@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast;
 
 use crate::proto::ServerMsg;
@@ -33,8 +34,8 @@ pub enum Audience {
 
 #[derive(Debug, Clone)]
 pub enum EventKind {
-    /// A serialized [`ServerMsg`].
-    Msg(Arc<str>),
+    /// A serialized [`ServerMsg`] (reference-counted: every socket sends the same bytes).
+    Msg(Utf8Bytes),
     /// Close the endpoint's sockets (token revoked or endpoint removed).
     Disconnect,
 }

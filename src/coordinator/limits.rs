@@ -34,10 +34,10 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// `per_sec == 0` disables the limiter.
-    pub fn new(per_sec: u32, burst: u32) -> Self {
+    /// `per_minute == 0` disables the limiter.
+    pub fn new(per_minute: u32, burst: u32) -> Self {
         Self {
-            per_sec: f64::from(per_sec),
+            per_sec: f64::from(per_minute) / 60.0,
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn bucket_refills_at_the_rate() {
-        let rl = RateLimiter::new(10, 3);
+        let rl = RateLimiter::new(600, 3);
         let t0 = Instant::now();
         let k = Key::Token([1; 32]);
         for _ in 0..3 {

@@ -89,6 +89,9 @@ pub use settings::{EXAMPLE_CONFIG, Secret, Settings, SettingsError};
 
 use crate::snapshot::{Snapshot, SnapshotHash};
 
+/// A cached status: (current state, target, policy fingerprint).
+type StatusKey = (SnapshotHash, SnapshotHash, u64);
+
 /// Shared state of one running coordinator.
 #[derive(Clone)]
 pub(crate) struct AppState(Arc<Inner>);
@@ -108,9 +111,7 @@ pub(crate) struct Inner {
     token_limiter: limits::RateLimiter,
     anonymous_limiter: limits::RateLimiter,
     started_at: i64,
-    statuses: Mutex<
-        HashMap<(SnapshotHash, SnapshotHash, u64), (crate::plan::SyncStatus, crate::plan::Counts)>,
-    >,
+    statuses: Mutex<HashMap<StatusKey, (crate::plan::SyncStatus, crate::plan::Counts)>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -330,9 +331,9 @@ pub async fn launch(
         .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))??;
     let (stop_tx, stop_rx) = watch::channel(false);
     let token_limiter =
-        limits::RateLimiter::new(settings.rate_limit_per_sec, settings.rate_limit_burst);
+        limits::RateLimiter::new(settings.rate_limit_per_minute, settings.rate_limit_burst);
     let anonymous_limiter = limits::RateLimiter::new(
-        settings.anonymous_rate_limit_per_sec,
+        settings.anonymous_rate_limit_per_minute,
         settings.anonymous_rate_limit_burst,
     );
     let state = AppState(Arc::new(Inner {

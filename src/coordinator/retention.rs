@@ -3,7 +3,8 @@
 //! then every snapshot that nothing references any more.
 //!
 //! Architecture Invariant: a snapshot referenced by a kept target revision, by an endpoint's
-//! current state or by a kept operation is never deleted (the query excludes them, and the
+//! current state, by a kept operation or as the base of another stored snapshot (stored as a
+//! delta) is never deleted (the query excludes them, and the
 //! foreign keys of `targets` and `endpoints` would refuse it anyway). Each pool's current
 //! target revision is always kept.
 //!
@@ -66,6 +67,7 @@ fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiEr
             WHERE NOT EXISTS (SELECT 1 FROM targets t WHERE t.snapshot = s.hash)
               AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.current = s.hash)
               AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.to_snapshot = s.hash)
+              AND NOT EXISTS (SELECT 1 FROM snapshots d WHERE d.base = s.hash)
             LIMIT ?1)
          RETURNING hash",
     )?;
@@ -150,7 +152,7 @@ mod tests {
         let t = 1_000_000_000i64;
         let day = 86_400;
         db.write(move |tx| {
-            for n in 1..=9u8 {
+            for n in 1..=11u8 {
                 tx.execute(
                     "INSERT INTO snapshots (hash, body, package_count, created_at) VALUES (?1, 'x', 1, 0)",
                     [h(n)],
@@ -169,8 +171,14 @@ mod tests {
                    (1, 1, 1, 'revert', 'completed', '{h6}', 0, {old}),
                    (2, 1, 1, 'revert', 'pending', '{h7}', 0, {old}),
                    (3, 1, 1, 'sync-to-latest', 'failed', NULL, 0, {recent});
+                 -- snapshot 10 is stored as a delta on 9 and is endpoint 2's state: 9 stays;
+                 -- 11 is a delta on 8 that nothing references: both go
+                 UPDATE snapshots SET base = '{h9}', delta = '{{}}', depth = 1 WHERE hash = '{h10}';
+                 UPDATE snapshots SET base = '{h8}', delta = '{{}}', depth = 1 WHERE hash = '{h11}';
+                 INSERT INTO endpoints (id, pool_id, name, current, created_at) VALUES (2, 2, 'f', '{h10}', 0);
                  INSERT INTO audit (at, actor, action) VALUES ({old}, 'admin', 'old'), ({recent}, 'admin', 'new');",
                 h1 = h(1), h2 = h(2), h3 = h(3), h4 = h(4), h5 = h(5), h6 = h(6), h7 = h(7),
+                h8 = h(8), h9 = h(9), h10 = h(10), h11 = h(11),
                 old = t - 31 * day, recent = t - 29 * day,
             ))?;
             Ok(())
@@ -194,12 +202,15 @@ mod tests {
             removed.targets += r.targets;
             removed.snapshots.extend(r.snapshots);
         }
-        assert_eq!((removed.operations, removed.audit, removed.targets), (1, 1, 2));
+        assert_eq!(
+            (removed.operations, removed.audit, removed.targets),
+            (1, 1, 2)
+        );
         let mut gone: Vec<String> = removed.snapshots.iter().map(|s| s.to_hex()).collect();
         gone.sort();
         // 2: only its deleted target revision named it; 6: only the deleted operation;
-        // 8, 9: nothing ever did.
-        assert_eq!(gone, [h(2), h(6), h(8), h(9)]);
+        // 11: nothing did, and then 8 (only 11's base).
+        assert_eq!(gone, [h(2), h(6), h(8), h(11)]);
         let left = db
             .read(|conn| {
                 let mut stmt = conn.prepare("SELECT hash FROM snapshots ORDER BY hash")?;
@@ -208,13 +219,13 @@ mod tests {
             })
             .await
             .unwrap();
-        // 1: an endpoint's state; 3, 4: kept target revisions; 5: pool 2's only revision;
-        // 7: a kept operation.
-        assert_eq!(left, [h(1), h(3), h(4), h(5), h(7)]);
+        // 1, 10: endpoints' states; 3, 4: kept target revisions; 5: pool 2's only revision;
+        // 7: a kept operation; 9: the base of 10.
+        assert_eq!(left, [h(1), h(3), h(4), h(5), h(7), h(9), h(10)]);
         let (revs, ops, audit) = db
             .read(|conn| {
-                let mut stmt =
-                    conn.prepare("SELECT pool_id, revision FROM targets ORDER BY pool_id, revision")?;
+                let mut stmt = conn
+                    .prepare("SELECT pool_id, revision FROM targets ORDER BY pool_id, revision")?;
                 let revs = stmt
                     .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -227,7 +238,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(revs, [(1, 3), (1, 4), (2, 1)], "the newest 2 per pool");
-        assert_eq!((ops, audit), (2, 1), "pending and recent operations, recent audit stay");
+        assert_eq!(
+            (ops, audit),
+            (2, 1),
+            "pending and recent operations, recent audit stay"
+        );
 
         // 0 disables each kind of cleanup: nothing more goes, even with everything old.
         let keep_all = Settings {

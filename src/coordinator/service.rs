@@ -293,7 +293,7 @@ impl AppState {
                         })?
                         .collect::<rusqlite::Result<Vec<_>>>()?;
                     let snaps = conn.query_row(
-                        "SELECT count(*), coalesce(sum(length(body)), 0) FROM snapshots",
+                        "SELECT count(*), coalesce(sum(length(body) + coalesce(length(delta), 0)), 0) FROM snapshots",
                         [],
                         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
                     )?;
@@ -506,7 +506,10 @@ impl AppState {
                 };
                 let applied = match base_text {
                     Some(base_text) => tokio::task::spawn_blocking(move || {
-                        snaptext::apply_delta(&base_text, &delta)
+                        let new = snaptext::apply_delta(&base_text, &delta)?;
+                        // Stored as this delta when the base is stored (see `db::put_snapshot`).
+                        let json = serde_json::to_string(&delta).unwrap_or_default();
+                        Ok::<_, snaptext::ApplyError>((new, json))
                     })
                     .await
                     .map_err(|e| ApiErr::internal(format!("delta task failed: {e}")))?
@@ -515,7 +518,7 @@ impl AppState {
                     None => None,
                 };
                 match applied {
-                    Some(new) => (new, Some(wanted)),
+                    Some((new, json)) => (new, Some((wanted, json))),
                     None => {
                         self.metrics
                             .reports_need_full
@@ -540,14 +543,15 @@ impl AppState {
                 let known = known.as_deref().map(db::parse_hash).transpose()?;
                 // The endpoint's state may have moved since the delta was checked (or, with
                 // a cached base, was never checked).
-                if let Some(base) = base
-                    && known != Some(base)
+                if let Some((base, _)) = &base
+                    && known != Some(*base)
                 {
                     return Ok(Err(known));
                 }
                 let changed = known != Some(hash);
                 if changed {
-                    db::put_snapshot(tx, &stored)?;
+                    let from = base.as_ref().map(|(h, json)| (h, json.as_str()));
+                    db::put_snapshot(tx, &stored, from.filter(|(_, j)| !j.is_empty()))?;
                 }
                 tx.prepare_cached(
                     "UPDATE endpoints SET current = ?1, last_seen = ?2 WHERE id = ?3",

@@ -49,12 +49,12 @@ retention_interval_secs = 3600
 
 # Rate limit per bearer token (admin or endpoint; keyed by the token's hash, so it applies
 # before the token is even looked up): a bucket of rate_limit_burst requests refilled at
-# rate_limit_per_sec. Requests without a bearer token (registration, health, metrics) share
-# one bucket per client IP address with the anonymous_* values. Over the limit a request gets
-# 429 `rate_limited` with Retry-After. A rate of 0 disables that limit.
-rate_limit_per_sec = 100
+# rate_limit_per_minute. Requests without a bearer token (registration, health, metrics)
+# share one bucket per client IP address with the anonymous_* values. Over the limit a
+# request gets 429 `rate_limited` with Retry-After. A rate of 0 disables that limit.
+rate_limit_per_minute = 6000
 rate_limit_burst = 200
-anonymous_rate_limit_per_sec = 2000
+anonymous_rate_limit_per_minute = 120000
 anonymous_rate_limit_burst = 4000
 
 # The client IP address (audit log, rate limit) is the socket's peer. Only when the peer is
@@ -102,12 +102,14 @@ pub struct Settings {
     pub max_target_history: u64,
     /// Seconds between retention runs; default 3600.
     pub retention_interval_secs: u64,
-    /// Requests per second refilled into each token's bucket; default 100, 0 = no limit.
-    pub rate_limit_per_sec: u32,
+    /// Requests per minute refilled into each token's bucket; default 6000 (100 a second),
+    /// 0 = no limit.
+    pub rate_limit_per_minute: u32,
     /// Bucket size (the burst a token may send at once); default 200.
     pub rate_limit_burst: u32,
-    /// The same per client IP for requests without a bearer token; default 2000.
-    pub anonymous_rate_limit_per_sec: u32,
+    /// The same per client IP for requests without a bearer token; default 120000 (2000 a
+    /// second).
+    pub anonymous_rate_limit_per_minute: u32,
     /// Default 4000.
     pub anonymous_rate_limit_burst: u32,
     /// Reverse proxies whose `X-Forwarded-For` is believed; default none.
@@ -129,9 +131,9 @@ impl Default for Settings {
             retention_days: 90,
             max_target_history: 1000,
             retention_interval_secs: 3600,
-            rate_limit_per_sec: 100,
+            rate_limit_per_minute: 6000,
             rate_limit_burst: 200,
-            anonymous_rate_limit_per_sec: 2000,
+            anonymous_rate_limit_per_minute: 120_000,
             anonymous_rate_limit_burst: 4000,
             trusted_proxies: Vec::new(),
         }

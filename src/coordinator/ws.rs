@@ -234,7 +234,7 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
             event = events.recv() => match event {
                 Ok(ev) if ev.for_endpoint(ep.id) => match ev.kind {
                     EventKind::Msg(json) => {
-                        if socket.send(Message::Text(json.to_string().into())).await.is_err() {
+                        if socket.send(Message::Text(json)).await.is_err() {
                             break;
                         }
                     }
@@ -338,7 +338,7 @@ async fn run_admin(
             event = events.recv() => match event {
                 Ok(ev) if ev.for_admin() => {
                     if let EventKind::Msg(json) = ev.kind
-                        && socket.send(Message::Text(json.to_string().into())).await.is_err()
+                        && socket.send(Message::Text(json)).await.is_err()
                     {
                         break;
                     }
