@@ -54,8 +54,8 @@ retention_interval_secs = 3600
 # request gets 429 `rate_limited` with Retry-After. A rate of 0 disables that limit.
 rate_limit_per_minute = 6000
 rate_limit_burst = 200
-anonymous_rate_limit_per_minute = 120000
-anonymous_rate_limit_burst = 4000
+anonymous_rate_limit_per_minute = 600000
+anonymous_rate_limit_burst = 20000
 
 # The client IP address (audit log, rate limit) is the socket's peer. Only when the peer is
 # one of these addresses (a reverse proxy) is the last address of X-Forwarded-For used.
@@ -107,10 +107,10 @@ pub struct Settings {
     pub rate_limit_per_minute: u32,
     /// Bucket size (the burst a token may send at once); default 200.
     pub rate_limit_burst: u32,
-    /// The same per client IP for requests without a bearer token; default 120000 (2000 a
-    /// second).
+    /// The same per client IP for requests without a bearer token; default 600000 (10,000 a
+    /// second: a whole fleet may register from behind one NAT address).
     pub anonymous_rate_limit_per_minute: u32,
-    /// Default 4000.
+    /// Default 20000.
     pub anonymous_rate_limit_burst: u32,
     /// Reverse proxies whose `X-Forwarded-For` is believed; default none.
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -133,8 +133,8 @@ impl Default for Settings {
             retention_interval_secs: 3600,
             rate_limit_per_minute: 6000,
             rate_limit_burst: 200,
-            anonymous_rate_limit_per_minute: 120_000,
-            anonymous_rate_limit_burst: 4000,
+            anonymous_rate_limit_per_minute: 600_000,
+            anonymous_rate_limit_burst: 20_000,
             trusted_proxies: Vec::new(),
         }
     }
