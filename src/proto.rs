@@ -451,6 +451,10 @@ pub enum ServerMsg {
         /// The state the coordinator has for this endpoint; a report should be a delta
         /// against it, or full when `None` or different from the endpoint's belief.
         known_state: Option<SnapshotHash>,
+        /// The pool's policy (older coordinators send none; the endpoint then keeps what it
+        /// has, or its local policy).
+        #[serde(default)]
+        policy: Option<PoolPolicy>,
     },
     ReportAck {
         ack: ReportAck,

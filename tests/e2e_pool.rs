@@ -346,15 +346,16 @@ fn auto_sync_apply_follows_the_target_without_anyone_asking() {
     b.pacman_ok(&["-Sy", "tool"]);
     let dbdir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
-    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "auto"})));
+    // The pool's policy says "apply"; the daemons learn it when they connect.
+    let pool = coord.admin(
+        "POST",
+        "/pools",
+        Some(serde_json::json!({"name": "auto", "policy": {"auto_sync": "apply"}})),
+    );
     let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
     let join = join["token"].as_str().unwrap().to_owned();
     let da = Daemon::start(&write_config(&a, "a", Some((&coord.url(), &join))));
-    let b_config = write_config(&b, "b", Some((&coord.url(), &join)));
-    // `auto_sync` is a top-level key: put it before the first table.
-    let text = std::fs::read_to_string(&b_config).unwrap();
-    std::fs::write(&b_config, format!("auto_sync = \"apply\"\n{text}")).unwrap();
-    let db_ = Daemon::start(&b_config);
+    let db_ = Daemon::start(&write_config(&b, "b", Some((&coord.url(), &join))));
     wait_status(&db_, "B connected", |s| s["link"] == "connected");
     wait_status(&da, "A connected", |s| s["link"] == "connected");
     da.cli_code(&["set-latest", "--yes"], 0);

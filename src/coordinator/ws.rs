@@ -193,6 +193,7 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
                     pool_id,
                     target: db::current_target(conn, pool_id)?,
                     known_state: known.as_deref().map(db::parse_hash).transpose()?,
+                    policy: db::policy_of(conn, pool_id)?,
                 })
             })
             .await

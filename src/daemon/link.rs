@@ -432,9 +432,12 @@ async fn session(
                     }
                 };
                 match msg {
-                    ServerMsg::Welcome { target, known_state, .. } => {
+                    ServerMsg::Welcome { target, known_state, policy, .. } => {
                         welcomed = true;
                         known = known_state;
+                        if let Some(policy) = policy {
+                            daemon.set_pool_policy(policy);
+                        }
                         daemon.set_link_state(LinkState::Connected);
                         flush_outbox(daemon, &results_tx);
                         if let Some(t) = target {
