@@ -2,62 +2,31 @@
 //! `e2e_pool.rs`), the real `pacpool` binary, and plain HTTP where an endpoint has to act
 //! (registration, its own status).
 
-use std::net::SocketAddr;
+mod support;
+
 use std::process::Command;
 
-use pacpool::coordinator::{Secret, Settings, launch};
 use pacpool::localdb::Reason;
 use pacpool::snapshot::{PackageState, Snapshot};
 use serde_json::{Value, json};
+use support::coordinator::ADMIN;
 
-const ADMIN: &str = "admin-cli-token-0123456789abcdef";
-
-/// A coordinator on its own runtime thread; stopped on drop.
+/// The shared test coordinator, with its database directory and the CLI helpers.
 struct Coordinator {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: support::coordinator::Coordinator,
     _dir: tempfile::TempDir,
 }
 
 impl Coordinator {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            database: dir.path().join("coordinator.db"),
-            admin_token: Some(Secret(ADMIN.into())),
-            ..Settings::default()
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        // Bound before the CLI runs, so no waiting for readiness.
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the coordinator");
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            rt.block_on(async move {
-                launch(settings, listener, async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("coordinator runs");
-            });
-        });
-        Self {
-            addr,
-            stop: Some(tx),
-            thread: Some(thread),
-            _dir: dir,
-        }
+        let server =
+            support::coordinator::Coordinator::start(&dir.path().join("coordinator.db"), None);
+        Self { server, _dir: dir }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// The CLI with the right URL and admin token.
@@ -94,17 +63,6 @@ impl Coordinator {
             let status = resp.status().as_u16();
             (status, resp.json().await.unwrap_or(Value::Null))
         })
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
     }
 }
 

@@ -11,103 +11,11 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use pacpool::coordinator::{Secret, Settings, launch};
+use support::coordinator::Coordinator;
 use support::daemon::{Daemon, write_config};
 use support::{PkgSpec, Sandbox, host_arch};
-
-const ADMIN: &str = "e2e-admin-token-0123456789abcdef";
-
-/// A coordinator running on its own runtime thread; stopped on drop or by `stop()`.
-struct Coordinator {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Coordinator {
-    fn start(db: &Path, addr: Option<SocketAddr>) -> Self {
-        let settings = Settings {
-            database: db.to_owned(),
-            admin_token: Some(Secret(ADMIN.into())),
-            ..Settings::default()
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(
-                addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
-            ))
-            .expect("bind the coordinator");
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            rt.block_on(async move {
-                launch(settings, listener, async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("coordinator runs");
-            });
-        });
-        Self {
-            addr,
-            stop: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-
-    fn admin(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> serde_json::Value {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = reqwest::Client::new();
-            let url = format!("{}/api/v1{path}", self.url());
-            let req = match method {
-                "POST" => client
-                    .post(url)
-                    .json(&body.unwrap_or(serde_json::json!({}))),
-                _ => client.get(url),
-            };
-            let resp = req.bearer_auth(ADMIN).send().await.unwrap();
-            let status = resp.status();
-            let v: serde_json::Value = resp.json().await.unwrap();
-            assert!(status.is_success(), "{method} {path}: {status} {v}");
-            v
-        })
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Subscribes to the daemon's events and returns once `cond` holds for a status event.
 fn wait_status(

@@ -19,97 +19,18 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pacpool::coordinator::{Secret, Settings, launch};
 use pacpool::tray::icons::{IconKind, render};
+use support::coordinator::Coordinator;
 use support::daemon::{Daemon, write_config};
 use support::{PkgSpec, Sandbox, find_in_path, host_arch};
 
-const ADMIN: &str = "tray-admin-token-0123456789abcdef";
 /// The longest any condition is waited for.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-// ---- the coordinator, as in e2e_pool.rs ----------------------------------------------------
-
-struct Coordinator {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Coordinator {
-    fn start(db: &Path) -> Self {
-        let settings = Settings {
-            database: db.to_owned(),
-            admin_token: Some(Secret(ADMIN.into())),
-            ..Settings::default()
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind the coordinator");
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            rt.block_on(async move {
-                launch(settings, listener, async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("coordinator runs");
-            });
-        });
-        Self {
-            addr,
-            stop: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn admin_post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let resp = reqwest::Client::new()
-                .post(format!("{}/api/v1{path}", self.url()))
-                .json(&body)
-                .bearer_auth(ADMIN)
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status();
-            let v: serde_json::Value = resp.json().await.unwrap();
-            assert!(status.is_success(), "POST {path}: {status} {v}");
-            v
-        })
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 // ---- the headless desktop -----------------------------------------------------------------
 
@@ -572,12 +493,9 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
     a.pacman_ok(&["-Sy", "editor", "shell"]);
     b.pacman_ok(&["-Sy", "shell", "oldtool"]);
 
-    let coord = Coordinator::start(&dir.path().join("coordinator.db"));
-    let pool = coord.admin_post("/pools", serde_json::json!({"name": "lab"}));
-    let join = coord.admin_post(
-        &format!("/pools/{}/join-tokens", pool["id"]),
-        serde_json::json!({}),
-    );
+    let coord = Coordinator::start(&dir.path().join("coordinator.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
     let join = join["token"].as_str().unwrap().to_owned();
     let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
     let bob_config = write_config(&b, "bob", Some((&coord.url(), &join)));

@@ -371,4 +371,5 @@ impl Sandbox {
         fs::read_to_string(self.logfile()).unwrap_or_default()
     }
 }
+pub mod coordinator;
 pub mod daemon;
