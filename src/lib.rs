@@ -23,6 +23,9 @@
 //! - [`daemon`]: pacpoold, the endpoint daemon, and the client side of its socket.
 //! - [`coordinator`]: the coordinator server.
 //!
+//! Output:
+//! - [`display`]: error chains on one line and UTC timestamps, for every program.
+//!
 //! Local state:
 //! - [`store`]: the SQLite snapshot history.
 
@@ -31,6 +34,7 @@ pub mod cache;
 pub mod coordinator;
 pub mod daemon;
 pub mod desc;
+pub mod display;
 pub mod exec;
 pub mod localdb;
 pub mod machine;

@@ -56,6 +56,11 @@ pub enum SnapshotError {
 pub struct SnapshotHash([u8; 32]);
 
 impl SnapshotHash {
+    /// The hash of a snapshot's canonical text (see [`Snapshot::encode`]).
+    pub fn of_text(text: &str) -> Self {
+        Self(Sha256::digest(text.as_bytes()).into())
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -196,17 +201,7 @@ impl Snapshot {
         out.push_str(HEADER);
         out.push('\n');
         for p in &self.packages {
-            out.push_str(p.name.as_str());
-            out.push(' ');
-            out.push_str(p.version.as_str());
-            out.push(' ');
-            out.push_str(p.arch.as_str());
-            out.push_str(match p.reason {
-                Reason::Explicit => " e ",
-                Reason::Dependency => " d ",
-            });
-            out.push_str(p.repo.as_ref().map_or("-", RepoName::as_str));
-            out.push('\n');
+            push_line(&mut out, p);
         }
         out
     }
@@ -261,7 +256,7 @@ impl Snapshot {
     pub fn hash(&self) -> SnapshotHash {
         *self
             .hash
-            .get_or_init(|| SnapshotHash(Sha256::digest(self.encode().as_bytes()).into()))
+            .get_or_init(|| SnapshotHash::of_text(&self.encode()))
     }
 
     /// What turns `self` into `to`.
@@ -292,6 +287,21 @@ impl Snapshot {
         }
         delta
     }
+}
+
+/// Appends the canonical line of one package: `name version arch e|d repo-or-dash`.
+pub(crate) fn push_line(out: &mut String, p: &PackageState) {
+    out.push_str(p.name.as_str());
+    out.push(' ');
+    out.push_str(p.version.as_str());
+    out.push(' ');
+    out.push_str(p.arch.as_str());
+    out.push_str(match p.reason {
+        Reason::Explicit => " e ",
+        Reason::Dependency => " d ",
+    });
+    out.push_str(p.repo.as_ref().map_or("-", RepoName::as_str));
+    out.push('\n');
 }
 
 /// One package name with its entry on either side of a comparison.

@@ -44,28 +44,16 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pacpool-coordinator: error: {}", report(&e));
+            eprintln!(
+                "pacpool-coordinator: error: {}",
+                pacpool::display::error_line(&e)
+            );
             ExitCode::FAILURE
         }
     }
 }
 
 /// The error and its causes on one line, skipping a cause whose text is already shown
-/// (library messages include their cause).
-fn report(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&msg);
-        }
-    }
-    out
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::DefaultConfig => {

@@ -11,8 +11,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
-
 use crate::localdb::Reason;
 use crate::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
 
@@ -32,7 +30,7 @@ impl SnapText {
     pub fn from_snapshot(snap: &Snapshot) -> Self {
         let text: Arc<str> = snap.encode().into();
         Self {
-            hash: hash_of(&text),
+            hash: SnapshotHash::of_text(&text),
             text,
             packages: snap.len(),
         }
@@ -46,26 +44,6 @@ impl SnapText {
             packages,
         }
     }
-}
-
-pub fn hash_of(text: &str) -> SnapshotHash {
-    let hex = hex::encode(Sha256::digest(text.as_bytes()));
-    hex.parse().expect("64 hex digits")
-}
-
-/// The canonical line of one package (same format as [`Snapshot::encode`]).
-fn push_line(out: &mut String, p: &PackageState) {
-    out.push_str(p.name.as_str());
-    out.push(' ');
-    out.push_str(p.version.as_str());
-    out.push(' ');
-    out.push_str(p.arch.as_str());
-    out.push_str(match p.reason {
-        Reason::Explicit => " e ",
-        Reason::Dependency => " d ",
-    });
-    out.push_str(p.repo.as_ref().map_or("-", |r| r.as_str()));
-    out.push('\n');
 }
 
 fn line_name(line: &str) -> &str {
@@ -179,11 +157,11 @@ pub fn apply_delta(base: &SnapText, delta: &Delta) -> Result<SnapText, ApplyErro
                 out.push_str(repo);
                 out.push('\n');
             }
-            Entry::New(p, None) => push_line(out, p),
+            Entry::New(p, None) => crate::snapshot::push_line(out, p),
             Entry::New(p, Some(r)) => {
                 let mut p = p.clone();
                 p.reason = r;
-                push_line(out, &p);
+                crate::snapshot::push_line(out, &p);
             }
         }
         Ok(())
@@ -214,7 +192,7 @@ pub fn apply_delta(base: &SnapText, delta: &Delta) -> Result<SnapText, ApplyErro
             emit(&mut out, e)?;
         }
     }
-    let actual = hash_of(&out);
+    let actual = SnapshotHash::of_text(&out);
     if actual != delta.target {
         return Err(ApplyError::WrongResult {
             expected: delta.target,

@@ -222,7 +222,7 @@ fn main() -> ExitCode {
     match rt.block_on(async { run(cli.command, &socket).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pacpool: {}", report(&e));
+            eprintln!("pacpool: {}", pacpool::display::error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -324,21 +324,6 @@ async fn run(command: Command, socket: &Path) -> anyhow::Result<()> {
 }
 
 /// The error and its causes on one line. Library errors already name their cause in their
-/// message, so a cause whose text is already there is not repeated.
-fn report(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&msg);
-        }
-    }
-    out
-}
-
 /// Reads a snapshot from a file holding either the canonical text form or JSON, or, when no
 /// such file exists, a recorded state (history id or hash prefix) from pacpoold.
 async fn load_snapshot(path: &Path, socket: &Path) -> anyhow::Result<Snapshot> {

@@ -1,0 +1,61 @@
+//! Text shared by the programs' output: error chains on one line, UTC timestamps.
+
+/// The error and its causes on one line. Library errors already name their cause in their
+/// message, so a cause whose text is already there is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) from Unix seconds (Howard Hinnant's civil_from_days,
+/// proleptic Gregorian).
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_305_600 + 3_661), "2026-11-22 01:01:01");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59");
+    }
+
+    #[test]
+    fn error_line_skips_repeated_causes() {
+        let inner = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(inner).context("cannot write x: disk full");
+        assert_eq!(error_line(&e), "cannot write x: disk full");
+        let e = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(error_line(&e), "outer: root cause");
+    }
+}
