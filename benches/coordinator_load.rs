@@ -1,18 +1,32 @@
 //! Coordinator load program (loopback only; bounded in count and time).
 //!
-//! `cargo bench --bench coordinator_load` — or with `-- --endpoints N` for the fan-out size
-//! (default 10,000). Starts the real `pacpool-coordinator` binary on 127.0.0.1 with a fresh
-//! SQLite database and measures, in one run:
-//! 1. 200 endpoints each submitting a full 1,500-package state, at concurrency 1, 10 and 50:
-//!    throughput, p50/p95/p99 latency, errors;
-//! 2. one-package delta reports at concurrency 50;
-//! 3. N endpoints connected over WebSocket receiving a target change: time until the last
-//!    one has it, and the coordinator's RSS.
+//! `cargo bench --bench coordinator_load -- [--endpoints N] [--report-rate R] [--seconds S]
+//! [--storm M] [--skip-ws]`
+//!
+//! Starts the real `pacpool-coordinator` binary on 127.0.0.1 with a fresh SQLite database and
+//! measures, in one run:
+//! 1. 200 endpoints each submitting a full 1,500-package state over REST, at concurrency 1,
+//!    10 and 50: throughput, p50/p95/p99 latency, errors; printed next to the figures
+//!    recorded in BENCHMARKS.md;
+//! 2. one-package delta reports over REST at concurrency 50;
+//! 3. N endpoints (default 10,000) on real WebSockets: each reports a full state once
+//!    (seeding), then one-package deltas at a steady R reports/s in total (default 1,000)
+//!    for S seconds (default 10): throughput, latency percentiles, errors, coordinator RSS;
+//! 4. a target change fanned out to all N sockets: time until the last one has it;
+//! 5. a reconnect storm: M sockets (default 1,000) connected, the coordinator restarted
+//!    (SIGTERM, then started again on the same port and database): every client reconnects
+//!    with the daemon's own backoff function (`pacpool::daemon::link::backoff`: exponential,
+//!    full jitter), and the program prints a histogram of reconnect times.
+//!
+//! The load client shares the machine with the coordinator, so every phase also prints the
+//! CPU time both processes used, to tell whether the client is the bottleneck. Request
+//! bodies are serialized before the clock starts.
 //!
 //! Baseline for comparison (measured on this kind of machine, recorded in BENCHMARKS.md): the
 //! Python server this design came from ingests about 25 full states per second, p99
 //! 1.2–1.4 s at concurrency 10, and 4% errors ("database is locked") at concurrency 50.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,38 +37,113 @@ use pacpool::proto::{
     EndpointMsg, PROTOCOL_VERSION, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest,
     StateReport,
 };
-use pacpool::snapshot::{PackageState, Snapshot};
+use pacpool::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 const STATE_PACKAGES: usize = 1500;
 const INGEST_ENDPOINTS: usize = 200;
 const ADMIN: &str = "load-admin-token-abcdef0123456789";
+/// Full reports in flight at once while seeding the WebSocket endpoints.
+const SEED_WINDOW: usize = 50;
+/// Figures recorded in BENCHMARKS.md on 2026-11-21 (before group commit), printed next to
+/// this run's: (label, reports/s, p99 ms).
+const RECORDED: &[(&str, f64, f64)] = &[
+    ("full 1,500-pkg states, c=1", 242.0, 8.8),
+    ("full 1,500-pkg states, c=10", 678.0, 28.1),
+    ("full 1,500-pkg states, c=50", 576.0, 142.9),
+    ("one-package deltas, c=50", 2688.0, 43.8),
+];
+
+fn package(i: usize, version: String) -> PackageState {
+    PackageState {
+        name: format!("package-{i:04}").parse().unwrap(),
+        version: version.parse().unwrap(),
+        arch: "x86_64".parse().unwrap(),
+        reason: if i % 4 == 0 {
+            Reason::Explicit
+        } else {
+            Reason::Dependency
+        },
+        repo: Some("extra".parse().unwrap()),
+    }
+}
 
 fn state(seed: usize, round: usize) -> Snapshot {
     Snapshot::new(
         (0..STATE_PACKAGES)
-            .map(|i| PackageState {
-                name: format!("package-{i:04}").parse().unwrap(),
+            .map(|i| {
                 // Every endpoint differs in one package, so bodies are not deduplicated away.
-                version: if i == seed % STATE_PACKAGES {
-                    format!("9.{seed}.{round}-1")
-                } else {
-                    format!("1.{i}-1")
-                }
-                .parse()
-                .unwrap(),
-                arch: "x86_64".parse().unwrap(),
-                reason: if i % 4 == 0 {
-                    Reason::Explicit
-                } else {
-                    Reason::Dependency
-                },
-                repo: Some("extra".parse().unwrap()),
+                package(
+                    i,
+                    if i == seed % STATE_PACKAGES {
+                        format!("9.{seed}.{round}-1")
+                    } else {
+                        format!("1.{i}-1")
+                    },
+                )
             })
             .collect(),
     )
     .unwrap()
+}
+
+/// The common state every WebSocket endpoint starts from, as canonical text lines, so that
+/// a one-package change is hashed without building a `Snapshot` (checked against
+/// `Snapshot::hash` once).
+struct Base {
+    snap: Snapshot,
+    header: String,
+    lines: Vec<String>,
+}
+
+impl Base {
+    fn new() -> Self {
+        let snap = Snapshot::new(
+            (0..STATE_PACKAGES)
+                .map(|i| package(i, format!("1.{i}-1")))
+                .collect(),
+        )
+        .unwrap();
+        let text = snap.encode();
+        let mut it = text.split_inclusive('\n');
+        let header = it.next().unwrap().to_owned();
+        let lines: Vec<String> = it.map(str::to_owned).collect();
+        assert_eq!(lines.len(), STATE_PACKAGES);
+        Self {
+            snap,
+            header,
+            lines,
+        }
+    }
+
+    /// The hash of the base with package `i` at `version`.
+    fn hash_with(&self, i: usize, version: &str) -> SnapshotHash {
+        let p = package(i, version.to_owned());
+        let mut text = String::with_capacity(STATE_PACKAGES * 48);
+        text.push_str(&self.header);
+        for (j, l) in self.lines.iter().enumerate() {
+            if j == i {
+                text.push_str(&format!(
+                    "{} {} {} {} {}\n",
+                    p.name.as_str(),
+                    p.version.as_str(),
+                    p.arch.as_str(),
+                    if p.reason == Reason::Explicit {
+                        "e"
+                    } else {
+                        "d"
+                    },
+                    p.repo.as_ref().unwrap().as_str()
+                ));
+            } else {
+                text.push_str(l);
+            }
+        }
+        SnapshotHash::of_text(&text)
+    }
 }
 
 struct Stats {
@@ -63,24 +152,78 @@ struct Stats {
     wall: Duration,
 }
 
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1e3
+}
+
 impl Stats {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    fn p99(&self) -> f64 {
+        let mut l = self.latencies.clone();
+        l.sort();
+        pct(&l, 0.99)
+    }
+
     fn line(&self, what: &str) -> String {
         let mut l = self.latencies.clone();
         l.sort();
-        let pct = |p: f64| {
-            l.get(((l.len() as f64 * p).ceil() as usize).saturating_sub(1))
-                .copied()
-                .unwrap_or_default()
-                .as_secs_f64()
-                * 1e3
-        };
         format!(
             "{what:<34} {:>8.0}/s  p50 {:>6.1} ms  p95 {:>6.1} ms  p99 {:>6.1} ms  errors {}",
-            l.len() as f64 / self.wall.as_secs_f64(),
-            pct(0.50),
-            pct(0.95),
-            pct(0.99),
+            self.rate(),
+            pct(&l, 0.50),
+            pct(&l, 0.95),
+            pct(&l, 0.99),
             self.errors
+        )
+    }
+}
+
+/// CPU time (user + system) of a process, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), 11 and 12 after the ')'.
+    // In clock ticks of USER_HZ, which is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU used by this client and by the coordinator over one phase.
+struct CpuMark {
+    client: f64,
+    server: f64,
+    at: Instant,
+}
+
+impl CpuMark {
+    fn now(server: u32) -> Self {
+        Self {
+            client: cpu_secs(std::process::id()),
+            server: cpu_secs(server),
+            at: Instant::now(),
+        }
+    }
+
+    fn since(&self, server: u32) -> String {
+        let wall = self.at.elapsed().as_secs_f64();
+        let c = cpu_secs(std::process::id()) - self.client;
+        let s = cpu_secs(server) - self.server;
+        format!(
+            "CPU over {wall:.1} s: client {c:.1} s ({:.0}% of a core), coordinator {s:.1} s ({:.0}%)",
+            100.0 * c / wall,
+            100.0 * s / wall
         )
     }
 }
@@ -149,14 +292,185 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Raises the open-file limit to its hard limit (10,000 sockets need more than the usual
+/// 1,024); the coordinator started by this program inherits it.
+fn raise_nofile() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let Some(max) = lim.maximum {
+        lim.current = Some(max);
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// The coordinator process under test.
+struct Coordinator {
+    config: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Coordinator {
+    fn start(config: &std::path::Path) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("PACPOOL_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the coordinator");
+        Self {
+            config: config.to_owned(),
+            child,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (a service restart), wait for the exit, start again.
+    fn restart(&mut self) -> Duration {
+        let t = Instant::now();
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
+        let down = t.elapsed();
+        *self = Self::start(&self.config);
+        down
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    loop {
+        if client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects, sends hello, waits for the welcome; `None` on any failure.
+async fn connect(url: &str, token: &str, acked: Option<SnapshotHash>) -> Option<Ws> {
+    let mut req = url.into_client_request().ok()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().ok()?);
+    // Small buffers, as the daemon's link would need at this scale.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
+        .await
+        .ok()?;
+    let hello = EndpointMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent: "load".into(),
+        acked_state: acked,
+    };
+    ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
+        .await
+        .ok()?;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m
+            && matches!(
+                serde_json::from_str::<ServerMsg>(&t),
+                Ok(ServerMsg::Welcome { .. })
+            )
+        {
+            return Some(ws);
+        }
+    }
+    None
+}
+
+/// What an endpoint task tells the main task.
+enum Note {
+    /// A report was answered: latency, accepted.
+    Ack(Duration, bool),
+    TargetChanged(Instant),
+    /// The socket ended: when.
+    Closed(Instant),
+}
+
+/// One connected endpoint: sends the messages it is given, reports every answer.
+async fn endpoint_task(
+    mut ws: Ws,
+    mut cmds: mpsc::UnboundedReceiver<Message>,
+    notes: mpsc::UnboundedSender<Note>,
+) -> Option<Ws> {
+    let mut sent: VecDeque<Instant> = VecDeque::new();
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(m) => {
+                    sent.push_back(Instant::now());
+                    if ws.send(m).await.is_err() {
+                        let _ = notes.send(Note::Closed(Instant::now()));
+                        return None;
+                    }
+                }
+                // Done with this phase: hand the socket back.
+                None => return Some(ws),
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerMsg>(&t) {
+                    Ok(ServerMsg::ReportAck { ack }) => {
+                        let at = sent.pop_front().unwrap_or_else(Instant::now);
+                        let _ = notes.send(Note::Ack(
+                            at.elapsed(),
+                            matches!(ack, ReportAck::Accepted { .. }),
+                        ));
+                    }
+                    Ok(ServerMsg::Error { .. }) => {
+                        let at = sent.pop_front().unwrap_or_else(Instant::now);
+                        let _ = notes.send(Note::Ack(at.elapsed(), false));
+                    }
+                    Ok(ServerMsg::TargetChanged { .. }) => {
+                        let _ = notes.send(Note::TargetChanged(Instant::now()));
+                    }
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    let _ = notes.send(Note::Closed(Instant::now()));
+                    return None;
+                }
+            },
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let fanout: usize = args
-        .iter()
-        .position(|a| a == "--endpoints")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(10_000);
+    let fanout: usize = arg(&args, "--endpoints", 10_000);
+    let report_rate: f64 = arg(&args, "--report-rate", 1000.0);
+    let seconds: f64 = arg(&args, "--seconds", 10.0);
+    let storm: usize = arg(&args, "--storm", 1000).min(fanout);
+    let skip_ws = args.iter().any(|a| a == "--skip-ws");
+    let nofile = raise_nofile();
 
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin-token");
@@ -177,31 +491,13 @@ async fn main() {
         ),
     )
     .unwrap();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("PACPOOL_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start the coordinator");
-    let pid = server.id();
+    let mut server = Coordinator::start(&config);
     let base = format!("http://127.0.0.1:{port}/api/v1");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
-    // Ready when the health check answers.
-    loop {
-        if client
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready(&client, &base).await;
     let pool: serde_json::Value = client
         .post(format!("{base}/pools"))
         .bearer_auth(ADMIN)
@@ -224,7 +520,7 @@ async fn main() {
         .unwrap();
     let join = join["token"].as_str().unwrap().to_owned();
 
-    let register = |n: usize| {
+    let register = |n: usize, prefix: &'static str| {
         let (client, base, join) = (client.clone(), base.clone(), join.clone());
         async move {
             let mut out = Vec::with_capacity(n);
@@ -234,7 +530,7 @@ async fn main() {
                 for _ in 0..50.min(n - out.len()) {
                     let (client, base, join) = (client.clone(), base.clone(), join.clone());
                     i += 1;
-                    let name = format!("ep{i}");
+                    let name = format!("{prefix}{i}");
                     batch.push(tokio::spawn(async move {
                         client
                             .post(format!("{base}/register"))
@@ -255,10 +551,13 @@ async fn main() {
         }
     };
 
-    // 1. Full-state ingest.
-    let endpoints = register(INGEST_ENDPOINTS).await;
+    println!(
+        "pacpool coordinator load (loopback, coordinator in its own process, 2 cores shared with this client; open files limit {nofile})"
+    );
+
+    // 1. Full-state ingest over REST.
+    let endpoints = register(INGEST_ENDPOINTS, "ep").await;
     let report_url = format!("{base}/endpoint/report");
-    let mut lines = Vec::new();
     let mut last_states = Vec::new();
     for (round, concurrency) in [1usize, 10, 50].into_iter().enumerate() {
         let mut jobs = Vec::new();
@@ -274,8 +573,11 @@ async fn main() {
             ));
             last_states.push(s);
         }
+        let cpu = CpuMark::now(server.pid());
         let stats = ingest(&client, &report_url, jobs, concurrency).await;
-        lines.push(stats.line(&format!("full 1,500-pkg states, c={concurrency}")));
+        let label = format!("full 1,500-pkg states, c={concurrency}");
+        print_with_recorded(&stats, &label);
+        println!("      {}", cpu.since(server.pid()));
     }
     let full_body = serde_json::to_vec(&StateReport::Full {
         snapshot: last_states[0].clone(),
@@ -283,8 +585,8 @@ async fn main() {
     .unwrap()
     .len();
 
-    // 2. One-package deltas at concurrency 50: several rounds per endpoint, each against the
-    //    state the coordinator acknowledged last.
+    // 2. One-package deltas over REST at concurrency 50: several rounds per endpoint, each
+    //    against the state the coordinator acknowledged last.
     let rounds = 25;
     let mut jobs = Vec::new();
     for r in 0..rounds {
@@ -305,82 +607,178 @@ async fn main() {
         wall: Duration::ZERO,
     };
     let delta_bytes = jobs[0].1.len();
+    let cpu = CpuMark::now(server.pid());
     for chunk in jobs.chunks(INGEST_ENDPOINTS) {
         let s = ingest(&client, &report_url, chunk.to_vec(), 50).await;
         all.latencies.extend(s.latencies);
         all.errors += s.errors;
         all.wall += s.wall;
     }
-    lines.push(all.line("one-package deltas, c=50"));
+    print_with_recorded(&all, "one-package deltas, c=50");
+    println!("      {}", cpu.since(server.pid()));
+    println!("  full report body {full_body} bytes; one-package delta body {delta_bytes} bytes");
+    if skip_ws {
+        return;
+    }
 
-    // 3. Fan-out: N endpoints on WebSockets, then a target change.
+    // 3. N endpoints on WebSockets: seeding, then steady delta reports.
     let t = Instant::now();
-    let mut sockets = Vec::new();
-    let fan_eps = register(fanout).await;
+    let fan_eps = register(fanout, "ws").await;
     let registered = t.elapsed();
     let ws_url = format!("ws://127.0.0.1:{port}/api/v1/endpoints/ws");
+    let (notes_tx, mut notes) = mpsc::unbounded_channel::<Note>();
+    let mut cmds = Vec::with_capacity(fanout);
+    let mut tasks = Vec::with_capacity(fanout);
+    let t = Instant::now();
     for chunk in fan_eps.chunks(100) {
         let mut batch = Vec::new();
         for ep in chunk {
-            let mut req = ws_url.clone().into_client_request().unwrap();
-            req.headers_mut().insert(
-                "authorization",
-                format!("Bearer {}", ep.endpoint_token).parse().unwrap(),
-            );
-            batch.push(tokio::spawn(async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(req)
-                    .await
-                    .expect("connect");
-                let hello = EndpointMsg::Hello {
-                    protocol: PROTOCOL_VERSION,
-                    agent: "load".into(),
-                    acked_state: None,
-                };
-                ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
-                    .await
-                    .unwrap();
-                // Wait for the welcome.
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m
-                        && matches!(
-                            serde_json::from_str::<ServerMsg>(&t),
-                            Ok(ServerMsg::Welcome { .. })
-                        )
-                    {
-                        break;
-                    }
-                }
-                ws
-            }));
+            let (url, token) = (ws_url.clone(), ep.endpoint_token.clone());
+            batch.push(tokio::spawn(
+                async move { connect(&url, &token, None).await },
+            ));
         }
         for b in batch {
-            sockets.push(b.await.unwrap());
+            let ws = b.await.unwrap().expect("connect a WebSocket endpoint");
+            let (tx, rx) = mpsc::unbounded_channel();
+            cmds.push(tx);
+            tasks.push(tokio::spawn(endpoint_task(ws, rx, notes_tx.clone())));
         }
     }
     let connected = t.elapsed();
-    let rss_connected = rss_mib(pid);
-    let received = Arc::new(AtomicUsize::new(0));
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    for mut ws in sockets {
-        let (received, done_tx) = (received.clone(), done_tx.clone());
-        tokio::spawn(async move {
-            while let Some(Ok(m)) = ws.next().await {
-                if let Message::Text(t) = m
-                    && matches!(
-                        serde_json::from_str::<ServerMsg>(&t),
-                        Ok(ServerMsg::TargetChanged { .. })
-                    )
-                {
-                    received.fetch_add(1, Ordering::Relaxed);
-                    let _ = done_tx.send(Instant::now());
-                    break;
+    let rss_connected = rss_mib(server.pid());
+    println!(
+        "  {fanout} WebSocket endpoints: registered in {:.1} s, connected in {:.1} s; coordinator RSS {rss_connected:.0} MiB",
+        registered.as_secs_f64(),
+        connected.as_secs_f64()
+    );
+
+    // Seeding: every endpoint reports the same full state once (the message is built once).
+    let common = Base::new();
+    let s0 = common.snap.hash();
+    assert_eq!(
+        common.hash_with(0, "1.0-1"),
+        s0,
+        "the bench's text form matches Snapshot::encode"
+    );
+    let full_msg = Message::text(
+        serde_json::to_string(&EndpointMsg::Report {
+            report: StateReport::Full {
+                snapshot: common.snap.clone(),
+            },
+        })
+        .unwrap(),
+    );
+    let cpu = CpuMark::now(server.pid());
+    let seed_start = Instant::now();
+    let mut seed = Stats {
+        latencies: Vec::new(),
+        errors: 0,
+        wall: Duration::ZERO,
+    };
+    let mut next = 0;
+    let mut answered = 0;
+    while answered < fanout {
+        while next < fanout && next - answered < SEED_WINDOW {
+            let _ = cmds[next].send(full_msg.clone());
+            next += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(60), notes.recv()).await {
+            Ok(Some(Note::Ack(l, ok))) => {
+                answered += 1;
+                seed.latencies.push(l);
+                seed.errors += usize::from(!ok);
+            }
+            Ok(Some(Note::Closed(_))) => {
+                answered += 1;
+                seed.errors += 1;
+            }
+            Ok(Some(Note::TargetChanged(_))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    seed.wall = seed_start.elapsed();
+    println!(
+        "  {}",
+        seed.line(&format!(
+            "seed: full state x{fanout} (ws, {SEED_WINDOW} in flight)"
+        ))
+    );
+    println!("      {}", cpu.since(server.pid()));
+
+    // Steady load: `report_rate` one-package deltas per second in total, round robin over
+    // the endpoints, for `seconds`. Endpoint j's k-th report changes package j % 1,500 to
+    // version 9.j.k; the messages are built before the clock starts.
+    let total = (report_rate * seconds).round() as usize;
+    let mut msgs: Vec<Message> = Vec::with_capacity(total);
+    let mut cur: Vec<(SnapshotHash, usize)> = vec![(s0, 0); fanout];
+    let build = Instant::now();
+    for n in 0..total {
+        let j = n % fanout;
+        let (prev, k) = cur[j];
+        let i = j % STATE_PACKAGES;
+        let version = format!("9.{j}.{}-1", k + 1);
+        let target = common.hash_with(i, &version);
+        let delta = Delta {
+            base: prev,
+            target,
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: vec![package(i, version)],
+            reason_changed: Vec::new(),
+        };
+        msgs.push(Message::text(
+            serde_json::to_string(&EndpointMsg::Report {
+                report: StateReport::Delta { delta },
+            })
+            .unwrap(),
+        ));
+        cur[j] = (target, k + 1);
+    }
+    let built = build.elapsed();
+    let cpu = CpuMark::now(server.pid());
+    let start = Instant::now();
+    let mut steady = Stats {
+        latencies: Vec::with_capacity(total),
+        errors: 0,
+        wall: Duration::ZERO,
+    };
+    let mut sent = 0;
+    let mut msgs = msgs.into_iter();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let deadline = start + Duration::from_secs_f64(seconds) + Duration::from_secs(30);
+    while steady.latencies.len() < total && Instant::now() < deadline {
+        tokio::select! {
+            _ = tick.tick(), if sent < total => {
+                let due = ((start.elapsed().as_secs_f64() * report_rate) as usize).min(total);
+                while sent < due {
+                    let _ = cmds[sent % fanout].send(msgs.next().unwrap());
+                    sent += 1;
                 }
             }
-            // Keep the socket open until the program ends.
-            std::future::pending::<()>().await;
-        });
+            n = notes.recv() => match n {
+                Some(Note::Ack(l, ok)) => {
+                    steady.latencies.push(l);
+                    steady.errors += usize::from(!ok);
+                }
+                Some(Note::Closed(_)) => steady.errors += 1,
+                _ => {}
+            },
+        }
     }
-    // Endpoint 0 of the ingest set reported `last_states[0]`; make it the target.
+    steady.wall = start.elapsed();
+    let unanswered = sent - steady.latencies.len();
+    steady.errors += unanswered;
+    println!(
+        "  {}  (asked {report_rate:.0}/s for {seconds:.0} s: {sent} sent, {unanswered} unanswered; messages built in {:.1} s before)",
+        steady.line(&format!("steady deltas over {fanout} ws")),
+        built.as_secs_f64()
+    );
+    println!("      {}", cpu.since(server.pid()));
+    let rss_steady = rss_mib(server.pid());
+
+    // 4. Fan-out: a target change to all N sockets. Endpoint 0 of the ingest set reported
+    //    `last_states[0]`; make it the target.
     let target_start = Instant::now();
     let resp = client
         .post(format!("{base}/endpoint/target"))
@@ -398,40 +796,155 @@ async fn main() {
         resp.text().await.unwrap()
     );
     let mut last = target_start;
-    let deadline = tokio::time::sleep(Duration::from_secs(60));
-    tokio::pin!(deadline);
     let mut got = 0;
+    let fan_deadline = tokio::time::sleep(Duration::from_secs(60));
+    tokio::pin!(fan_deadline);
     while got < fanout {
         tokio::select! {
-            Some(at) = done_rx.recv() => { got += 1; last = last.max(at); }
-            _ = &mut deadline => break,
+            n = notes.recv() => match n {
+                Some(Note::TargetChanged(at)) => { got += 1; last = last.max(at); }
+                Some(_) => {}
+                None => break,
+            },
+            _ = &mut fan_deadline => break,
         }
     }
     let fan_time = last - target_start;
-    let rss_after = rss_mib(pid);
-
-    println!(
-        "pacpool coordinator load (loopback, coordinator in its own process, 2 cores shared with this client)"
-    );
-    for l in &lines {
-        println!("  {l}");
-    }
-    println!("  full report body {full_body} bytes; one-package delta body {delta_bytes} bytes");
-    println!(
-        "  fan-out: {fanout} endpoints registered in {:.1} s, connected in {:.1} s",
-        registered.as_secs_f64(),
-        (connected - registered).as_secs_f64()
-    );
+    let rss_after = rss_mib(server.pid());
     println!(
         "  target change reached {got}/{fanout} endpoints; the last after {:.0} ms (goal: 10,000 within 1 s)",
         fan_time.as_secs_f64() * 1e3
     );
     println!(
-        "  coordinator RSS: {rss_connected:.0} MiB with {fanout} sockets, {rss_after:.0} MiB after the fan-out (goal < 300 MB)"
+        "  coordinator RSS: {rss_connected:.0} MiB with {fanout} sockets, {rss_steady:.0} MiB after the steady load, {rss_after:.0} MiB after the fan-out (goal < 300 MB)"
+    );
+
+    // 5. Reconnect storm: keep `storm` sockets, close the rest, restart the coordinator.
+    drop(cmds);
+    let mut kept = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let ws = t.await.unwrap();
+        match ws {
+            Some(ws) if i < storm => kept.push((ws, fan_eps[i].endpoint_token.clone(), cur[i].0)),
+            Some(mut ws) => {
+                let _ = ws.close(None).await;
+            }
+            None => {}
+        }
+    }
+    drop(notes);
+    storm_run(&mut server, &client, &base, &ws_url, kept).await;
+}
+
+fn print_with_recorded(stats: &Stats, label: &str) {
+    println!("  {}", stats.line(label));
+    if let Some((_, rate, p99)) = RECORDED.iter().find(|r| r.0 == label) {
+        println!(
+            "      recorded in BENCHMARKS.md (2026-11-21): {rate:.0}/s, p99 {p99:.1} ms; this run {:.2}x the rate, p99 {:.1} ms",
+            stats.rate() / rate,
+            stats.p99()
+        );
+    }
+}
+
+/// Restarts the coordinator under `kept` connected sockets; each client reconnects the way
+/// pacpoold's link does (the same `backoff` function and attempt counting: reset after a
+/// session that was up, then +1 per failed attempt) and the times are printed as a histogram.
+async fn storm_run(
+    server: &mut Coordinator,
+    client: &reqwest::Client,
+    base: &str,
+    ws_url: &str,
+    kept: Vec<(Ws, String, SnapshotHash)>,
+) {
+    let n = kept.len();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Instant, u32)>();
+    for (mut ws, token, acked) in kept {
+        let (tx, url) = (tx.clone(), ws_url.to_owned());
+        tokio::spawn(async move {
+            // Wait for the connection to drop.
+            while let Some(Ok(_)) = ws.next().await {}
+            let lost = Instant::now();
+            drop(ws);
+            // The session was up, so the daemon starts again at attempt 0.
+            let mut attempt = 0u32;
+            loop {
+                let wait = pacpool::daemon::link::backoff(attempt, random_u64());
+                tokio::time::sleep(wait).await;
+                attempt = attempt.saturating_add(1);
+                if let Some(ws) = connect(&url, &token, Some(acked)).await {
+                    let _ = tx.send((lost, Instant::now(), attempt));
+                    // Hold the connection until the program ends.
+                    let _ws = ws;
+                    std::future::pending::<()>().await;
+                }
+                if attempt > 12 {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let restart_at = Instant::now();
+    let down = server.restart();
+    wait_ready(client, base).await;
+    let up_after = restart_at.elapsed();
+    let mut times: Vec<(Duration, u32)> = Vec::with_capacity(n);
+    let deadline = tokio::time::sleep(Duration::from_secs(120));
+    tokio::pin!(deadline);
+    while times.len() < n {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some((_lost, at, attempts)) => {
+                    times.push((at - restart_at, attempts));
+                }
+                None => break,
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    times.sort();
+    let secs: Vec<Duration> = times.iter().map(|t| t.0).collect();
+    println!(
+        "  reconnect storm: {n} connected endpoints, coordinator restarted (SIGTERM: down after {:.0} ms, ready again {:.0} ms after the signal)",
+        down.as_secs_f64() * 1e3,
+        up_after.as_secs_f64() * 1e3
     );
     println!(
-        "  baseline (Python pacsync, same kind of machine): ~25 full states/s, p99 1.2-1.4 s at c=10, 4% errors at c=50"
+        "    reconnected {}/{n}; time from the restart signal: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, last {:.0} ms; attempts: max {}",
+        times.len(),
+        pct(&secs, 0.5),
+        pct(&secs, 0.9),
+        pct(&secs, 0.99),
+        secs.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        times.iter().map(|t| t.1).max().unwrap_or(0)
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    // Histogram in 250 ms bins.
+    let bin = Duration::from_millis(250);
+    let bins = secs
+        .last()
+        .map_or(0, |d| (d.as_millis() / bin.as_millis()) as usize + 1);
+    let mut counts = vec![0usize; bins];
+    for d in &secs {
+        counts[(d.as_millis() / bin.as_millis()) as usize] += 1;
+    }
+    let peak = counts.iter().copied().max().unwrap_or(0).max(1);
+    println!(
+        "    reconnects per 250 ms after the restart signal (the daemon's backoff: 1 s doubling to 60 s, full jitter):"
+    );
+    for (i, c) in counts.iter().enumerate() {
+        println!(
+            "    {:>6.2}-{:<6.2} s {:>5} {}",
+            i as f64 * 0.25,
+            (i + 1) as f64 * 0.25,
+            c,
+            "#".repeat((c * 50).div_ceil(peak))
+        );
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    u64::from_le_bytes(b)
 }

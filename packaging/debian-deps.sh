@@ -37,6 +37,12 @@ ensure_tools() {
 		apt_packages+=(pkg-config libgtk-3-dev libayatana-appindicator3-1 xvfb xauth imagemagick
 			dunst libglib2.0-bin dbus haskell-gtk-sni-tray-utils)
 	fi
+	# tests/fault_network.rs puts endpoints in their own network namespaces (ip netns, veth)
+	# and impairs their links with nftables rules inside those namespaces (packet loss, full
+	# partition) and tc (netem when the kernel has it, else a token bucket).
+	if ! have ip tc nft; then
+		apt_packages+=(iproute2 nftables)
+	fi
 	# -------------------------------------------------------------------------------------
 	if ((${#apt_packages[@]} > 0)); then
 		if [[ $(id -u) -ne 0 ]]; then

@@ -23,7 +23,11 @@
 //! before spawning) and returns [`ExecError::Cancelled`]. Once pacman runs it is never
 //! interrupted: it is started in its own process group (a Ctrl-C aimed at the daemon does not
 //! reach it), it is not killed when the future is dropped, and a cancel request is ignored
-//! until it exits. Interrupting a transaction is how package databases get damaged.
+//! until it exits. Interrupting a transaction is how package databases get damaged. It also
+//! outlives the daemon: it starts with SIGPIPE ignored, so a daemon killed with SIGKILL (whose
+//! end of pacman's output pipes then closes) does not take pacman down with it; the orphaned
+//! transaction finishes and releases its lock, and the restarted daemon reads the result.
+//! (No `PR_SET_PDEATHSIG`, on purpose.)
 //!
 //! # Output
 //! pacman draws progress bars only on a terminal; here stdout is a pipe, so pacman (6.x and
@@ -616,6 +620,13 @@ async fn spawn_and_stream(
         // Never interrupt a running transaction: not on drop, not by the terminal's Ctrl-C.
         .kill_on_drop(false)
         .process_group(0);
+    // Nor when the daemon dies (kill -9, a crash, the OOM killer): pacman's stdout and stderr
+    // are pipes to the daemon, and pacman's default SIGPIPE would kill it at its next line of
+    // output, half-way through a transaction and with `db.lck` left behind. Ignored, the
+    // write fails with EPIPE (pacman does not check it) and the transaction runs to its end.
+    // libalpm resets every signal to its default before running scriptlets and hooks
+    // (`_alpm_reset_signals`), so they are unaffected.
+    ignore_sigpipe(&mut cmd);
     let mut child = cmd.spawn().map_err(spawn_err)?;
     progress(PacmanEvent::Started {
         command: command.to_owned(),
@@ -664,6 +675,20 @@ async fn spawn_and_stream(
         stdout,
         stderr,
     })
+}
+
+/// Makes the child start with SIGPIPE ignored (see `spawn_and_stream`).
+fn ignore_sigpipe(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only `signal`,
+    // which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::signal(libc::SIGPIPE, libc::SIG_IGN) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Turns pacman's line-mode output (`LC_ALL=C`, no progress bars) into [`Progress`].

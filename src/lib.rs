@@ -23,6 +23,9 @@
 //! - [`daemon`]: pacpoold, the endpoint daemon, and the client side of its socket.
 //! - [`coordinator`]: the coordinator server.
 //!
+//! Transport:
+//! - [`tls`]: rustls configurations for the coordinator (server) and its clients.
+//!
 //! Output:
 //! - [`display`]: error chains on one line and UTC timestamps, for every program.
 //!
@@ -45,6 +48,7 @@ pub mod proto;
 pub mod snapshot;
 pub mod store;
 pub mod syncdb;
+pub mod tls;
 #[cfg(feature = "tray")]
 pub mod tray;
 pub mod version;

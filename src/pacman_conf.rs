@@ -19,6 +19,8 @@
 //!   sorted order, directories among them are skipped, and no match at all is an error. An
 //!   included file continues the current section, and a section it opens stays open after it.
 //!   Includes nest at most [`MAX_INCLUDE_DEPTH`] deep; a file including itself is an error.
+//! - A file (the main one or an included one) larger than [`MAX_FILE_SIZE`] is an error, so
+//!   that `Include = /dev/zero` cannot exhaust memory.
 //! - Unknown keys are ignored; `$repo` and `$arch` in `Server` URLs are kept as text.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +29,25 @@ use crate::names::{NameError, RepoName};
 
 /// How many `Include`s may nest, as in pacman (`config_max_recursion`).
 pub const MAX_INCLUDE_DEPTH: usize = 10;
+
+/// Largest configuration file read (a real `pacman.conf` is a few KiB, a mirror list tens).
+pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
+
+/// Reads at most [`MAX_FILE_SIZE`] bytes of `path`; a larger file is an `InvalidData` error.
+fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_SIZE} bytes; not a pacman configuration file"),
+        ));
+    }
+    Ok(bytes)
+}
 
 pub const DEFAULT_DB_PATH: &str = "/var/lib/pacman/";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/pacman/pkg/";
@@ -115,7 +136,7 @@ pub enum PacmanConfError {
 impl PacmanConf {
     /// Reads the configuration at `path`, following `Include`s.
     pub fn load(path: &Path) -> Result<Self, PacmanConfError> {
-        let bytes = std::fs::read(path).map_err(|source| PacmanConfError::Io {
+        let bytes = read_limited(path).map_err(|source| PacmanConfError::Io {
             path: path.to_owned(),
             source,
         })?;
@@ -126,6 +147,23 @@ impl PacmanConf {
     /// the file system.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, PacmanConfError> {
         Self::parse_bytes(text.as_bytes(), origin)
+    }
+
+    /// Parses configuration text without touching the file system: an `Include` line is a
+    /// syntax error. For fuzzing and for checking untrusted text.
+    #[doc(hidden)]
+    pub fn parse_isolated(bytes: &[u8], origin: &Path) -> Result<Self, PacmanConfError> {
+        let mut p = Parser {
+            no_includes: true,
+            ..Parser::default()
+        };
+        let mut stack = vec![Frame {
+            file: origin.to_owned(),
+            identity: origin.to_owned(),
+            line: 0,
+        }];
+        p.parse(bytes, &mut stack)?;
+        Ok(p.conf)
     }
 
     fn parse_bytes(bytes: &[u8], origin: &Path) -> Result<Self, PacmanConfError> {
@@ -207,6 +245,8 @@ struct Parser {
     section: Section,
     /// Where each repository was declared, parallel to `conf.repos`.
     repo_origin: Vec<(PathBuf, usize)>,
+    /// `Include` is refused instead of read ([`PacmanConf::parse_isolated`]).
+    no_includes: bool,
 }
 
 impl Default for Parser {
@@ -215,6 +255,7 @@ impl Default for Parser {
             conf: PacmanConf::default(),
             section: Section::None,
             repo_origin: Vec::new(),
+            no_includes: false,
         }
     }
 }
@@ -282,6 +323,9 @@ impl Parser {
                     "Include needs a value: `Include = /path/to/file` (globs allowed)".into(),
                 ));
             };
+            if self.no_includes {
+                return Err(self.syntax(stack, "Include is not followed here".into()));
+            }
             return self.include(pattern, stack);
         }
         match self.section {
@@ -451,7 +495,7 @@ impl Parser {
                     chain: chain.join(" -> "),
                 });
             }
-            let bytes = std::fs::read(&path).map_err(|source| {
+            let bytes = read_limited(&path).map_err(|source| {
                 let here = stack.last().expect("a frame per file");
                 PacmanConfError::IncludeIo {
                     file: here.file.clone(),

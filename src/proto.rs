@@ -455,6 +455,10 @@ pub enum ServerMsg {
         /// has, or its local policy).
         #[serde(default)]
         policy: Option<PoolPolicy>,
+        /// How many endpoints the pool has, this one included (older coordinators send none;
+        /// the tray then leaves the count out of its "Set as latest" confirmation).
+        #[serde(default)]
+        pool_endpoints: Option<u64>,
     },
     ReportAck {
         ack: ReportAck,

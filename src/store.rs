@@ -70,6 +70,14 @@ pub enum StoreError {
     },
     #[error("the disk holding {path} is full: free some space")]
     Full { path: PathBuf },
+    #[error(
+        "state database {path} is on a read-only file system: remount it read-write, or set state_dir in pacpoold.toml to a writable directory"
+    )]
+    ReadOnlyFs { path: PathBuf },
+    #[error(
+        "cannot open state database {path} ({detail}): check that its directory exists and pacpoold may write there"
+    )]
+    CantOpen { path: PathBuf, detail: String },
     #[error("state database {path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -424,6 +432,17 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
+    /// Replaces a queued message's kind and body (a running marker becoming its result).
+    pub fn outbox_update(&self, id: i64, kind: &str, body: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET kind = ?2, body = ?3 WHERE id = ?1",
+                params![id, kind, body],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
     pub fn outbox_done(&self, id: i64) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM outbox WHERE id = ?1", [id])
@@ -504,7 +523,21 @@ impl Store {
 /// Maps SQLite's error codes to the errors a user can act on.
 fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
     let path = path.to_owned();
-    match e.sqlite_error_code() {
+    let code = e.sqlite_error_code();
+    // A read-only mount shows up as "read-only", "cannot open" or an I/O error depending on
+    // what SQLite tried first; the file system's flag says which it really is.
+    if matches!(
+        code,
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::SystemIoFailure)
+    ) && on_read_only_fs(&path)
+    {
+        return StoreError::ReadOnlyFs { path };
+    }
+    match code {
+        Some(ErrorCode::CannotOpen) => StoreError::CantOpen {
+            path,
+            detail: e.to_string(),
+        },
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Locked { path },
         Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { path },
         Some(ErrorCode::DiskFull) => StoreError::Full { path },
@@ -514,6 +547,17 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
         },
         _ => StoreError::Sqlite { path, source: e },
     }
+}
+
+/// Whether the file system holding `path` (or its directory) is mounted read-only.
+fn on_read_only_fs(path: &Path) -> bool {
+    let probe = if path.exists() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    };
+    rustix::fs::statvfs(probe)
+        .is_ok_and(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
 }
 
 #[cfg(test)]

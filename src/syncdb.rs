@@ -36,8 +36,8 @@ pub struct SyncPackage {
     pub name: PkgName,
     pub version: PkgVersion,
     pub arch: Arch,
-    /// `%FILENAME%`: a bare file name (no `/`, not starting with `.` or `-`, printable ASCII)
-    /// ending in `.pkg.tar` or `.pkg.tar.EXT`.
+    /// `%FILENAME%`: a bare file name (`A-Z a-z 0-9 @ . _ + ~ : -`, not starting with `.` or
+    /// `-`) ending in `.pkg.tar` or `.pkg.tar.EXT`.
     pub filename: String,
     /// `%SHA256SUM%`, 64 lowercase hex digits.
     pub sha256: Option<String>,
@@ -188,10 +188,23 @@ pub fn read_sync_db(repo: &RepoName, path: &Path) -> Result<SyncDb, SyncDbError>
         }
         Err(e) => return Err(io_err(e)),
     };
-    let mut input = BufReader::with_capacity(READ_BUFFER, file);
+    read_sync_db_from(repo, path, BufReader::with_capacity(READ_BUFFER, file))
+}
+
+/// Reads a sync database from `input` (any reader; `path` only names it in messages and in
+/// the result). [`read_sync_db`] is this over the opened file.
+pub fn read_sync_db_from<'a>(
+    repo: &RepoName,
+    path: &Path,
+    mut input: impl BufRead + 'a,
+) -> Result<SyncDb, SyncDbError> {
+    let io_err = |source| SyncDbError::Io {
+        path: path.to_owned(),
+        source,
+    };
     // For a regular file one read fills the buffer, so this sees the first bytes.
     let head = input.fill_buf().map_err(io_err)?;
-    let stream: Box<dyn Read> = match detect_compression(head) {
+    let stream: Box<dyn Read + 'a> = match detect_compression(head) {
         Compression::Gzip => Box::new(BufReader::with_capacity(
             READ_BUFFER,
             flate2::bufread::MultiGzDecoder::new(input),
@@ -400,7 +413,7 @@ impl<R: Read> Read for Tracked<R> {
 fn read_archive(
     repo: &RepoName,
     path: &Path,
-    stream: Box<dyn Read>,
+    stream: Box<dyn Read + '_>,
 ) -> Result<Vec<SyncPackage>, SyncDbError> {
     let archive_err = |source| SyncDbError::Archive {
         path: path.to_owned(),
@@ -572,8 +585,13 @@ fn check_filename(s: &str) -> Result<(), &'static str> {
     if s.contains('/') {
         return Err("must not contain '/'");
     }
-    if !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("must be printable ASCII without spaces");
+    // The characters of package names, versions and architectures: nothing with a meaning
+    // in a URL (`%` `?` `#` `;`) or to a shell.
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"@._+~:-".contains(&b))
+    {
+        return Err("may only contain A-Z a-z 0-9 @ . _ + ~ : -");
     }
     if crate::cache::strip_package_suffix(s).is_none() {
         return Err("does not end in .pkg.tar or .pkg.tar.EXT");

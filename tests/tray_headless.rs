@@ -9,7 +9,8 @@
 //! to `target/tray-artifacts/`); a target change by another endpoint produces one
 //! notification with the right summary and body; clicking "Sync to latest" through dbusmenu
 //! makes the sandbox match the target; killing pacpoold shows "not running" and a restart
-//! recovers. Every wait is on an event or a bounded poll of a condition.
+//! recovers; "Set as latest" names the pool and the number of machines it affects and sets
+//! the target; a target-change notification's "Sync now" action syncs. Every wait is on an event or a bounded poll of a condition.
 //!
 //! Needs the display stack (`bash tests/run.sh` installs it on Debian 12); without it the
 //! test says what is missing and passes without running.
@@ -45,12 +46,13 @@ impl Drop for Proc {
 }
 
 /// Programs the desktop needs, with the Debian package of each.
-const DESKTOP_TOOLS: [(&str, &str); 7] = [
+const DESKTOP_TOOLS: [(&str, &str); 8] = [
     ("Xvfb", "xvfb"),
     ("dbus-daemon", "dbus"),
     ("gdbus", "libglib2.0-bin"),
     ("gtk-sni-tray-standalone", "haskell-gtk-sni-tray-utils"),
     ("dunst", "dunst"),
+    ("dunstctl", "dunst"),
     ("import", "imagemagick"),
     ("convert", "imagemagick"),
 ];
@@ -208,6 +210,16 @@ impl Desktop {
             .env_remove("WAYLAND_DISPLAY")
             .stdin(Stdio::null());
         c
+    }
+
+    /// dunst's control tool on this desktop's bus (as a user's click or shortcut would).
+    fn dunstctl(&self, args: &[&str]) {
+        let out = self
+            .command("dunstctl")
+            .args(args)
+            .output()
+            .expect("run dunstctl");
+        assert!(out.status.success(), "dunstctl {args:?}: {out:?}");
     }
 
     fn try_gdbus(&self, args: &[&str]) -> Result<String, String> {
@@ -673,6 +685,54 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         1,
         "{notes:?}"
     );
+
+    // "Set as latest" names the pool and how many other machines it affects; confirming it
+    // makes bob's state the target, and alice (editor, libtext, shell against shell,
+    // oldtool) no longer matches it.
+    let confirm = wait_for("an enabled set-latest confirmation", diag, || {
+        desk.menu(&item)
+            .into_iter()
+            .find(|(_, l, on)| l.starts_with("Confirm: set pool lab") && *on)
+    });
+    assert_eq!(
+        confirm.1,
+        "Confirm: set pool lab to this machine (2 packages); the 1 other machine in it becomes behind"
+    );
+    desk.click(&item, confirm.0);
+    wait_for("alice to get bob's state as the target", diag, || {
+        let s = da.status();
+        (s["target"]["revision"] == 2 && s["target"]["set_by"] == "bob").then_some(())
+    });
+    assert_eq!(da.status()["state"], "diverged");
+    wait_for("the set-latest-finished notification", diag, || {
+        desk.notes()
+            .into_iter()
+            .find(|n| n.0 == "Set as latest finished")
+    });
+    wait_icon(IconKind::InSync);
+
+    // Alice sets her state again. Bob's notification offers "Sync now" as its default action;
+    // invoking it (what a click on the notification does) syncs bob.
+    desk.dunstctl(&["close-all"]);
+    da.cli_code(&["set-latest", "--yes"], 0);
+    let note = wait_for("the second target-changed notification", diag, || {
+        desk.notes()
+            .into_iter()
+            .filter(|n| n.0.contains("new target"))
+            .nth(1)
+    });
+    assert_eq!(note.0, "lab: new target from alice");
+    assert!(
+        note.1.starts_with("alice set revision 3 (3 packages)"),
+        "{note:?}"
+    );
+    assert_ne!(local_hash(&b), local_hash(&a));
+    desk.dunstctl(&["action", "0"]);
+    wait_for("bob to sync from the notification's action", diag, || {
+        (local_hash(&b) == local_hash(&a)).then_some(())
+    });
+    wait_icon(IconKind::InSync);
+    desk.screenshot("6-synced-from-notification");
     assert_eq!(
         notes.iter().filter(|n| n.0 == "Sync started").count(),
         1,

@@ -1,7 +1,8 @@
 //! `pacpool-coordinator`: the server every endpoint daemon talks to.
 //!
 //! Settings come in layers: defaults, the TOML file (`--config`), the environment
-//! (`PACPOOL_COORDINATOR_LISTEN`, `PACPOOL_COORDINATOR_DATABASE`), then flags.
+//! (`PACPOOL_COORDINATOR_LISTEN`, `PACPOOL_COORDINATOR_DATABASE`,
+//! `PACPOOL_COORDINATOR_TLS_CERT`, `PACPOOL_COORDINATOR_TLS_KEY`), then flags.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use pacpool::coordinator::{self, EXAMPLE_CONFIG, Settings};
+use pacpool::coordinator::{self, EXAMPLE_CONFIG, Settings, TlsSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +36,14 @@ enum Command {
         /// SQLite database file (overrides the file and PACPOOL_COORDINATOR_DATABASE).
         #[arg(long, value_name = "FILE")]
         database: Option<PathBuf>,
+        /// Serve TLS with this PEM certificate chain (overrides [tls] cert and
+        /// PACPOOL_COORDINATOR_TLS_CERT; needs a key too).
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert (overrides [tls] key and
+        /// PACPOOL_COORDINATOR_TLS_KEY).
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
     },
     /// Print a commented example configuration with every default.
     DefaultConfig,
@@ -64,6 +73,8 @@ fn run(cli: Cli) -> Result<()> {
             config,
             listen,
             database,
+            tls_cert,
+            tls_key,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -91,12 +102,43 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(d) = database {
                 settings.database = d;
             }
+            settings.tls = tls_settings(
+                settings.tls.take(),
+                tls_cert.or_else(|| {
+                    std::env::var_os("PACPOOL_COORDINATOR_TLS_CERT").map(PathBuf::from)
+                }),
+                tls_key
+                    .or_else(|| std::env::var_os("PACPOOL_COORDINATOR_TLS_KEY").map(PathBuf::from)),
+            )?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
                 .block_on(serve(settings))
         }
+    }
+}
+
+/// `[tls]` from the file, overridden item by item (environment, then flags); a certificate
+/// without a key, or a key without a certificate, is an error.
+fn tls_settings(
+    file: Option<TlsSettings>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsSettings>> {
+    let (file_cert, file_key) = match file {
+        Some(t) => (Some(t.cert), Some(t.key)),
+        None => (None, None),
+    };
+    match (cert.or(file_cert), key.or(file_key)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsSettings { cert, key })),
+        (Some(_), None) => anyhow::bail!(
+            "a TLS certificate was given without its key: set [tls] key, PACPOOL_COORDINATOR_TLS_KEY or --tls-key too"
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "a TLS key was given without its certificate: set [tls] cert, PACPOOL_COORDINATOR_TLS_CERT or --tls-cert too"
+        ),
     }
 }
 

@@ -373,8 +373,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
 // Pools (admin)
 
 fn check_name(kind: &str, name: &str) -> Result<(), ApiErr> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
+    // The first character is a letter or digit: a name is never taken for a command-line
+    // option (`-x`) or a relative path (`.`, `..`) where it is shown or typed.
+    let ok = name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
@@ -382,7 +387,7 @@ fn check_name(kind: &str, name: &str) -> Result<(), ApiErr> {
         Ok(())
     } else {
         Err(ApiErr::invalid(format!(
-            "{kind} name {:?} is invalid: use 1 to 64 characters from A-Z a-z 0-9 . - _",
+            "{kind} name {:?} is invalid: use 1 to 64 characters from A-Z a-z 0-9 . - _, starting with a letter or digit",
             name.chars().take(80).collect::<String>()
         )))
     }
@@ -1285,7 +1290,17 @@ mod tests {
     #[test]
     fn names_and_windows() {
         assert!(check_name("pool", "lab-1.x_y").is_ok());
-        for bad in ["", "a b", "--x;", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a b",
+            "--x;",
+            "é",
+            &"x".repeat(65),
+            "-Syu",
+            ".",
+            "..",
+            "_x",
+        ] {
             assert!(check_name("pool", bad).is_err(), "{bad:?}");
         }
         assert!(hhmm("02:00") && hhmm("23:59"));

@@ -1,15 +1,24 @@
 //! The coordinator's SQLite database: WAL mode, numbered migrations in `PRAGMA user_version`,
 //! one writer connection and a small pool of readers.
 //!
-//! Architecture Invariant: every write goes through [`Db::write`], which holds the single
-//! writer connection for one `BEGIN IMMEDIATE` transaction, so writers queue in the process
+//! Architecture Invariant: every write goes through [`Db::write`], which hands the change to
+//! the one writer thread that owns the writer connection, so writers queue in the process
 //! instead of failing with "database is locked"; readers use their own connections and never
 //! block the writer (WAL). `busy_timeout` is only a second line of defence. The writer does
 //! not checkpoint on commit: a periodic PASSIVE checkpoint on a reader connection copies the
 //! WAL into the database file, so that copying and its fsync never delay a write.
+//!
+//! Group commit: the writer thread takes every change queued while it was busy (up to
+//! [`MAX_BATCH`]) into one `BEGIN IMMEDIATE` transaction, each change inside its own
+//! `SAVEPOINT` (a change that fails is rolled back alone and answered at once), then commits
+//! once. A change is answered only after that `COMMIT` returned, so an acknowledged change is
+//! in the WAL file (`synchronous = NORMAL`: it survives the coordinator being killed; an OS
+//! crash may lose the last transactions, as before). Changes run in arrival order and each
+//! sees the ones before it, as with one transaction each; if the `COMMIT` fails, every
+//! change of the batch is answered with the error.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
@@ -102,10 +111,19 @@ const MAX_DELTA_DEPTH: i64 = 16;
 /// Readers kept open between requests.
 const MAX_IDLE_READERS: usize = 8;
 
+/// Most changes committed in one transaction by the writer thread.
+const MAX_BATCH: usize = 256;
+
+/// What a queued change leaves for after the batch's `COMMIT`: its answer, given the
+/// commit's error (if any).
+type Deliver = Box<dyn FnOnce(Option<&ApiErr>) + Send>;
+/// A change queued for the writer thread: runs inside the batch's transaction.
+type Job = Box<dyn FnOnce(&Connection) -> Option<Deliver> + Send>;
+
 #[derive(Clone)]
 pub struct Db {
     path: Arc<PathBuf>,
-    writer: Arc<Mutex<Connection>>,
+    writer: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
 
@@ -172,27 +190,51 @@ impl Db {
             .map_err(db_err)?;
         conn.pragma_update(None, "cache_size", -16_384)
             .map_err(db_err)?;
+        let (writer, jobs) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("pacpool-db-writer".into())
+            .spawn(move || run_writer(conn, jobs))
+            .map_err(|e| CoordinatorError::Database {
+                path: path.to_owned(),
+                detail: format!("cannot start the writer thread: {e}"),
+            })?;
         Ok(Self {
             path: Arc::new(path.to_owned()),
-            writer: Arc::new(Mutex::new(conn)),
+            writer,
             readers: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer connection; commits when
-    /// `f` returns `Ok`, rolls back otherwise.
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection (shared with
+    /// other changes queued at the same time: see the module documentation); its changes are
+    /// committed when `f` returns `Ok` and rolled back otherwise. Returns after the commit.
     pub async fn write<T, F>(&self, f: F) -> Result<T, ApiErr>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
     {
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-            in_transaction(&conn, "BEGIN IMMEDIATE", f)
-        })
-        .await
-        .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, ApiErr>>();
+        let job: Job = Box::new(move |conn: &Connection| -> Option<Deliver> {
+            match in_savepoint(conn, f) {
+                Ok(v) => Some(Box::new(move |commit: Option<&ApiErr>| {
+                    let _ = tx.send(match commit {
+                        None => Ok(v),
+                        Some(e) => Err(e.clone()),
+                    });
+                })),
+                Err(e) => {
+                    // Rolled back alone: the answer does not wait for the batch.
+                    let _ = tx.send(Err(e));
+                    None
+                }
+            }
+        });
+        self.writer
+            .send(job)
+            .map_err(|_| ApiErr::internal("the database writer has stopped: see the log"))?;
+        rx.await.map_err(|_| {
+            ApiErr::internal("a database change failed unexpectedly: see the coordinator log")
+        })?
     }
 
     /// Copies committed WAL frames into the database file (PASSIVE: never waits for, or
@@ -241,6 +283,119 @@ impl Db {
         })
         .await
         .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
+    }
+}
+
+/// The writer thread: takes queued changes in batches into one transaction each, until
+/// every [`Db`] handle is gone.
+fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut pending: Vec<Deliver> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let begun = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]));
+        if let Err(e) = begun {
+            let e = ApiErr::from(e);
+            // Nothing ran: answer every change with the error (each delivers only on `Ok`,
+            // so run none and drop them; their callers see a failed change).
+            tracing::error!(error = %e, "cannot begin a write transaction");
+            batch.clear();
+            continue;
+        }
+        for job in batch.drain(..) {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn)));
+            match ran {
+                Ok(Some(deliver)) => pending.push(deliver),
+                Ok(None) => {}
+                Err(_) => {
+                    // Its savepoint is still open: undo the change alone.
+                    tracing::error!("a database change panicked; it was rolled back");
+                    if !conn.is_autocommit() {
+                        rollback_savepoint(&conn);
+                    }
+                }
+            }
+            if conn.is_autocommit() {
+                // The change's failure ended the whole transaction (SQLite rolls back on
+                // some errors): the changes before it are gone too.
+                let e = ApiErr::internal("a database transaction was rolled back: retry");
+                for d in pending.drain(..) {
+                    d(Some(&e));
+                }
+                if let Err(e) = conn
+                    .prepare_cached("BEGIN IMMEDIATE")
+                    .and_then(|mut s| s.execute([]))
+                {
+                    tracing::error!(error = %e, "cannot begin a write transaction");
+                }
+            }
+        }
+        if conn.is_autocommit() {
+            continue;
+        }
+        let committed = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        let failure = match committed {
+            Ok(_) => None,
+            Err(e) => {
+                let e = ApiErr::from(e);
+                if !conn.is_autocommit()
+                    && let Err(e) = conn
+                        .prepare_cached("ROLLBACK")
+                        .and_then(|mut s| s.execute([]))
+                {
+                    tracing::error!(error = %e, "cannot roll back a coordinator database transaction");
+                }
+                Some(e)
+            }
+        };
+        for d in pending.drain(..) {
+            d(failure.as_ref());
+        }
+    }
+}
+
+/// Runs `f` inside a savepoint of the current transaction: released when `f` returns `Ok`,
+/// rolled back (alone) otherwise.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, ApiErr>,
+) -> Result<T, ApiErr> {
+    conn.prepare_cached("SAVEPOINT change")?.execute([])?;
+    let out = f(conn);
+    if conn.is_autocommit() {
+        // SQLite already rolled the whole transaction back.
+        return out.and(Err(ApiErr::internal(
+            "a database transaction was rolled back: retry",
+        )));
+    }
+    let out = out.and_then(|v| {
+        conn.prepare_cached("RELEASE change")?.execute([])?;
+        Ok(v)
+    });
+    if out.is_err() && !conn.is_autocommit() {
+        rollback_savepoint(conn);
+    }
+    out
+}
+
+/// Undoes the innermost open `change` savepoint.
+fn rollback_savepoint(conn: &Connection) {
+    if let Err(e) = conn
+        .prepare_cached("ROLLBACK TO change")
+        .and_then(|mut s| s.execute([]))
+        .and_then(|_| conn.prepare_cached("RELEASE change")?.execute([]))
+    {
+        tracing::error!(error = %e, "cannot roll back a database change");
     }
 }
 

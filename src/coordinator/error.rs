@@ -40,6 +40,9 @@ pub enum CoordinatorError {
     BadAdminHash,
     #[error("serving HTTP failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// `[tls]` is set but its certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A failed request: HTTP status plus the [`ApiError`] body.

@@ -73,6 +73,7 @@ mod retention;
 mod service;
 pub mod settings;
 mod snaptext;
+mod tls;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap};
@@ -85,7 +86,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 pub use error::CoordinatorError;
-pub use settings::{EXAMPLE_CONFIG, Secret, Settings, SettingsError};
+pub use settings::{EXAMPLE_CONFIG, Secret, Settings, SettingsError, TlsSettings};
 
 use crate::snapshot::{Snapshot, SnapshotHash};
 
@@ -317,13 +318,18 @@ fn write_secret_file(path: &Path, token: &str) -> std::io::Result<()> {
 /// Runs the coordinator on `listener` until `shutdown` completes; then stops accepting,
 /// sends a close frame on every WebSocket and waits for in-flight requests.
 ///
-/// The database is opened (and migrated) before serving starts, so a bad database fails here
-/// rather than on the first request.
+/// With `settings.tls` the listener serves TLS (https, wss); otherwise plain HTTP.
+/// The TLS files and the database are read (and migrated) before serving starts, so a bad
+/// certificate, key or database fails here rather than on the first request.
 pub async fn launch(
     settings: Settings,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
+    let tls_config = match &settings.tls {
+        Some(t) => Some(crate::tls::server_config(&t.cert, &t.key)?),
+        None => None,
+    };
     let admin_hash = admin_hash(&settings)?;
     let db_path = settings.database.clone();
     let db = tokio::task::spawn_blocking(move || db::Db::open(&db_path))
@@ -355,7 +361,12 @@ pub async fn launch(
     tokio::spawn(state.clone().run_checkpoints());
     let app = api::router(state);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "coordinator listening");
+        let scheme = if tls_config.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, scheme, "coordinator listening");
     }
     tokio::spawn(async move {
         shutdown.await;
@@ -363,14 +374,25 @@ pub async fn launch(
         let _ = stop_tx.send(true);
     });
     let mut stop = stop_rx;
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
-    })
-    .await
+    };
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls_config {
+        // `tap_io` only so that axum's `ConnectInfo<SocketAddr>` applies to this listener.
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            let listener = tls::TlsListener::new(listener, config).tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    }
     .map_err(CoordinatorError::Serve)
 }
 

@@ -748,11 +748,11 @@ impl AppState {
                         .optional()?
                     {
                         let op = db::finish_op(row)?;
-                        if op.kind != req.kind {
+                        if op.kind != req.kind || op.to_snapshot != req.to_snapshot {
                             return Err(ApiErr::conflict(
                                 "idempotency_key_reused",
                                 format!(
-                                    "idempotency key {key:?} was used for operation {} of another kind: use a new key",
+                                    "idempotency key {key:?} was used for operation {} with another kind or snapshot: use a new key",
                                     op.id
                                 ),
                             )

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const EXAMPLE_CONFIG: &str = r#"# pacpool-coordinator configuration (TOML). Every value below is the default.
 
 # Address and port to listen on. The default only accepts connections from this machine;
-# use "0.0.0.0:7300" (behind a TLS-terminating proxy: TLS is not built in yet) for a network.
+# use "0.0.0.0:7300" for a network, with [tls] below (tokens are bearer secrets).
 listen = "127.0.0.1:7300"
 
 # The SQLite database (created on first start, WAL mode).
@@ -60,6 +60,15 @@ anonymous_rate_limit_burst = 20000
 # The client IP address (audit log, rate limit) is the socket's peer. Only when the peer is
 # one of these addresses (a reverse proxy) is the last address of X-Forwarded-For used.
 trusted_proxies = []
+
+# TLS: serve https:// and wss:// on `listen` instead of plain HTTP. Both are PEM files: the
+# certificate chain (server certificate first, then intermediates) and its private key
+# (PKCS#8, RSA or EC), readable by the coordinator's user. Read once at start; restart the
+# coordinator after renewing them. Environment: PACPOOL_COORDINATOR_TLS_CERT and
+# PACPOOL_COORDINATOR_TLS_KEY (both together); flags: --tls-cert and --tls-key.
+# [tls]
+# cert = "/etc/pacpool/tls/coordinator.crt"
+# key = "/etc/pacpool/tls/coordinator.key"
 "#;
 
 /// A secret that never shows up in `Debug` output or logs.
@@ -114,6 +123,16 @@ pub struct Settings {
     pub anonymous_rate_limit_burst: u32,
     /// Reverse proxies whose `X-Forwarded-For` is believed; default none.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Serve TLS with this certificate and key; default none (plain HTTP).
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[tls]`: the coordinator's certificate chain and private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for Settings {
@@ -136,6 +155,7 @@ impl Default for Settings {
             anonymous_rate_limit_per_minute: 600_000,
             anonymous_rate_limit_burst: 20_000,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -191,5 +211,34 @@ mod tests {
             ..Settings::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_section_parses_and_needs_both_files() {
+        let s = Settings::from_toml(
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.tls,
+            Some(TlsSettings {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        let e = Settings::from_toml("[tls]\ncert = \"/c.pem\"\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
+        // The commented example, uncommented, is valid.
+        let uncommented = EXAMPLE_CONFIG
+            .replace("# [tls]", "[tls]")
+            .replace("# cert =", "cert =")
+            .replace("# key =", "key =");
+        assert!(
+            Settings::from_toml(&uncommented, Path::new("x"))
+                .unwrap()
+                .tls
+                .is_some()
+        );
     }
 }

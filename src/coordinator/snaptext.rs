@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
+
 use crate::localdb::Reason;
 use crate::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
 
@@ -18,21 +20,63 @@ use crate::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
 const HEADER: &str = "pacpool-snapshot 1\n";
 
 /// A snapshot in canonical text form, with its hash and package count.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SnapText {
     pub hash: SnapshotHash,
     pub text: Arc<str>,
     pub packages: usize,
+    /// SHA-256 states after every [`MARK_EVERY`] bytes of `text` (`marks[k]` has hashed
+    /// `text[..(k + 1) * MARK_EVERY]`), so that a delta's result is hashed only from the
+    /// first byte it changes: the bytes before are the base's. Empty for texts read from the
+    /// database (their hash is trusted and not recomputed).
+    marks: Arc<[Sha256]>,
+}
+
+impl std::fmt::Debug for SnapText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapText")
+            .field("hash", &self.hash)
+            .field("packages", &self.packages)
+            .field("bytes", &self.text.len())
+            .finish()
+    }
+}
+
+/// Distance between two saved SHA-256 states of a text (a state is about 112 bytes, so
+/// 1.4% of the text's size).
+const MARK_EVERY: usize = 8192;
+
+/// Hashes `text`, starting from `reuse` (states valid for `text`'s first
+/// `reuse.len() * MARK_EVERY` bytes), and returns the hash with the states of all of it.
+fn hash_marked(text: &str, reuse: &[Sha256]) -> (SnapshotHash, Arc<[Sha256]>) {
+    let bytes = text.as_bytes();
+    let mut marks = Vec::with_capacity(bytes.len() / MARK_EVERY);
+    marks.extend_from_slice(reuse);
+    let mut off = marks.len() * MARK_EVERY;
+    let mut h = marks.last().cloned().unwrap_or_default();
+    while off + MARK_EVERY <= bytes.len() {
+        h.update(&bytes[off..off + MARK_EVERY]);
+        off += MARK_EVERY;
+        marks.push(h.clone());
+    }
+    h.update(&bytes[off..]);
+    let digest: [u8; 32] = h.finalize().into();
+    let hash = hex::encode(digest)
+        .parse()
+        .expect("64 hex digits are a snapshot hash");
+    (hash, marks.into())
 }
 
 impl SnapText {
     /// Encodes a decoded snapshot once; the hash is computed from the same text.
     pub fn from_snapshot(snap: &Snapshot) -> Self {
         let text: Arc<str> = snap.encode().into();
+        let (hash, marks) = hash_marked(&text, &[]);
         Self {
-            hash: SnapshotHash::of_text(&text),
+            hash,
             text,
             packages: snap.len(),
+            marks,
         }
     }
 
@@ -42,6 +86,7 @@ impl SnapText {
             hash,
             text: text.into(),
             packages,
+            marks: Arc::from([]),
         }
     }
 }
@@ -128,6 +173,12 @@ pub fn apply_delta(base: &SnapText, delta: &Delta) -> Result<SnapText, ApplyErro
         }
         *slot = Some(Entry::New(p, None));
     }
+    // The first base line at or after the smallest touched name: everything before it is
+    // copied unchanged.
+    let first_touched = touched.keys().next().and_then(|name| {
+        let i = lines.partition_point(|l| line_name(l) < *name);
+        (i < lines.len()).then_some(i)
+    });
     // Merge the base lines with the touched names, both sorted by name.
     let mut out = String::with_capacity(base.text.len() + 64 * delta.len());
     out.push_str(HEADER);
@@ -192,7 +243,12 @@ pub fn apply_delta(base: &SnapText, delta: &Delta) -> Result<SnapText, ApplyErro
             emit(&mut out, e)?;
         }
     }
-    let actual = SnapshotHash::of_text(&out);
+    // The result equals the base up to the first touched line: hash from there on.
+    let first = first_touched.map_or(out.len(), |i| {
+        HEADER.len() + (lines[i].as_ptr() as usize - body.as_ptr() as usize)
+    });
+    let reuse = &base.marks[..(first / MARK_EVERY).min(base.marks.len())];
+    let (actual, marks) = hash_marked(&out, reuse);
     if actual != delta.target {
         return Err(ApplyError::WrongResult {
             expected: delta.target,
@@ -203,6 +259,7 @@ pub fn apply_delta(base: &SnapText, delta: &Delta) -> Result<SnapText, ApplyErro
         hash: actual,
         text: out.into(),
         packages: count,
+        marks,
     })
 }
 

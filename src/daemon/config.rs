@@ -22,8 +22,11 @@ pub const EXAMPLE: &str = include_str!("pacpoold.example.toml");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
-    /// Coordinator base URL, e.g. `http://coordinator.lan:7300`; unset = local-only mode.
+    /// Coordinator base URL, e.g. `https://coordinator.lan:7300`; unset = local-only mode.
     pub coordinator_url: Option<String>,
+    /// Extra CA certificate(s) (PEM) trusted for an `https://` coordinator, besides the
+    /// system's trust store.
+    pub coordinator_ca_file: Option<PathBuf>,
     /// Pool join token for the first registration (not needed once registered).
     pub join_token: Option<String>,
     /// The endpoint name to register with (default: the hostname).
@@ -36,6 +39,9 @@ pub struct DaemonConfig {
     pub socket_group: String,
     /// Seconds between safety-net checks of the pacman database.
     pub check_interval: u64,
+    /// Seconds between heartbeats to the coordinator; a connection that brings nothing back
+    /// (not even a pong) for three of them is dropped and re-established.
+    pub heartbeat_interval: u64,
     /// History entries kept locally.
     pub history_keep: usize,
     /// How pacman is run.
@@ -52,12 +58,14 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             coordinator_url: None,
+            coordinator_ca_file: None,
             join_token: None,
             name: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             socket: PathBuf::from(DEFAULT_SOCKET),
             socket_group: "wheel".into(),
             check_interval: 300,
+            heartbeat_interval: 30,
             history_keep: 200,
             pacman: PacmanSettings::default(),
             paths: PacmanPaths {
@@ -115,8 +123,9 @@ impl DaemonConfig {
         })
     }
 
-    /// Applies `PACPOOLD_COORDINATOR_URL`, `PACPOOLD_JOIN_TOKEN`, `PACPOOLD_STATE_DIR`,
-    /// `PACPOOLD_SOCKET` from `vars` (the process environment in production).
+    /// Applies `PACPOOLD_COORDINATOR_URL`, `PACPOOLD_COORDINATOR_CA_FILE`,
+    /// `PACPOOLD_JOIN_TOKEN`, `PACPOOLD_STATE_DIR`, `PACPOOLD_SOCKET` from `vars` (the process
+    /// environment in production).
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -124,6 +133,9 @@ impl DaemonConfig {
         for (var, value) in vars {
             match var.as_str() {
                 "PACPOOLD_COORDINATOR_URL" => self.coordinator_url = Some(value),
+                "PACPOOLD_COORDINATOR_CA_FILE" => {
+                    self.coordinator_ca_file = Some(PathBuf::from(value))
+                }
                 "PACPOOLD_JOIN_TOKEN" => self.join_token = Some(value),
                 "PACPOOLD_STATE_DIR" => self.state_dir = PathBuf::from(value),
                 "PACPOOLD_SOCKET" => self.socket = PathBuf::from(value),
@@ -151,6 +163,10 @@ impl DaemonConfig {
     pub fn check_interval(&self) -> Duration {
         Duration::from_secs(self.check_interval.max(1))
     }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval.clamp(1, 3600))
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +179,12 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.policy, Policy::default());
+        let uncommented = EXAMPLE
+            .replace("# coordinator_url =", "coordinator_url =")
+            .replace("# coordinator_ca_file =", "coordinator_ca_file =");
+        let c = DaemonConfig::parse(&uncommented, Path::new("example")).unwrap();
+        assert!(c.coordinator_url.unwrap().starts_with("https://"));
+        assert!(c.coordinator_ca_file.is_some());
     }
 
     #[test]

@@ -5,6 +5,17 @@
 //! drawn uniformly below the bound) so a coordinator restart does not bring every endpoint
 //! back at the same instant. While offline everything local keeps working; the current
 //! state is reported on reconnect, and results of requested operations wait in the outbox.
+//!
+//! # Results of requested operations
+//! Before a requested operation starts, a `started` row goes into the outbox holding the
+//! result "interrupted by a daemon restart"; when the operation ends the row becomes the real
+//! result (kind `result`). A daemon that dies in between finds the `started` row on its next
+//! start and turns it into a `result` as it is, so the coordinator learns that the operation
+//! was interrupted. Results are delivered over REST (`POST …/operations/{id}/result`), and a
+//! row leaves the outbox only once the coordinator answered: stored, or already finished
+//! (a result re-sent after a lost answer is refused by the operation's state machine, so it
+//! is stored exactly once). On every connection the daemon also lists its own operations and
+//! picks up a pending one it never received, or marks interrupted one it has no trace of.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,7 +36,6 @@ use crate::proto::{
 };
 use crate::snapshot::{Snapshot, SnapshotHash};
 
-const HEARTBEAT: Duration = Duration::from_secs(30);
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
@@ -173,12 +183,42 @@ impl From<CallError> for ActionError {
     }
 }
 
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// How a pacpoold admin gives the coordinator's CA (for certificate error messages).
+const CA_HINT: &str = "coordinator_ca_file in pacpoold.toml";
+
+/// The TLS client configuration when the coordinator URL is `https://` (system trust store
+/// plus `coordinator_ca_file`); `None` for plain `http://`.
+fn coordinator_tls(
+    config: &super::config::DaemonConfig,
+) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    let https = config
+        .coordinator_url
+        .as_deref()
+        .is_some_and(|u| u.trim_start().to_ascii_lowercase().starts_with("https://"));
+    if !https {
+        return Ok(None);
+    }
+    crate::tls::client_config(config.coordinator_ca_file.as_deref())
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// A failed request or connection to the coordinator, in one line (with what to do about a
+/// certificate the daemon does not trust).
+fn connect_error(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::tls::connect_error_text(e, CA_HINT)
+}
+
+fn http_client(config: &super::config::DaemonConfig) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
-        .user_agent(concat!("pacpoold/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("pacpoold/", env!("CARGO_PKG_VERSION")));
+    if let Some(tls) = coordinator_tls(config)? {
+        builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
+    }
+    builder
         .build()
-        .expect("a plain HTTP client builds")
+        .map_err(|e| format!("cannot set up the HTTP client: {}", connect_error(&e)))
 }
 
 /// The stored endpoint token, if registered.
@@ -206,7 +246,7 @@ fn write_token(daemon: &Daemon, token: &str) -> std::io::Result<()> {
 
 /// Registers with the join token if there is no endpoint token yet.
 async fn ensure_registered(daemon: &Daemon, base: &str) -> Result<Endpoint, String> {
-    let http = http_client();
+    let http = http_client(daemon.config())?;
     if let Some(token) = read_token(daemon) {
         return Ok(Endpoint {
             base: base.to_owned(),
@@ -233,7 +273,12 @@ async fn ensure_registered(daemon: &Daemon, base: &str) -> Result<Endpoint, Stri
         })
         .send()
         .await
-        .map_err(|e| format!("registration failed, coordinator unreachable: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "registration failed, coordinator unreachable: {}",
+                connect_error(&e)
+            )
+        })?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -260,6 +305,9 @@ async fn ensure_registered(daemon: &Daemon, base: &str) -> Result<Endpoint, Stri
 
 /// The link task: registers, then keeps a WebSocket session up until `stop`.
 pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    // No requested operation runs yet in this process: every `started` row is left over
+    // from a daemon that stopped while running it.
+    promote_interrupted(&daemon);
     let Some(base) = daemon
         .config()
         .coordinator_url
@@ -286,6 +334,11 @@ pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
         }
     };
     let endpoint = Arc::new(endpoint);
+    tokio::spawn(deliver_results(
+        daemon.clone(),
+        endpoint.clone(),
+        stop.clone(),
+    ));
     let mut attempt = 0u32;
     loop {
         daemon.set_link_state(LinkState::Connecting);
@@ -365,13 +418,28 @@ async fn session(
             );
         }
     }
+    let connector = match coordinator_tls(daemon.config()) {
+        Ok(tls) => tls.map(tokio_tungstenite::Connector::Rustls),
+        Err(e) => return lost(false, e),
+    };
+    // Liveness: a heartbeat (and a WebSocket ping) every `beat`; a connection that brings
+    // nothing back for `patience` is dead (a partition leaves TCP silent for many minutes).
+    let beat = daemon.config().heartbeat_interval();
+    let patience = beat * 3;
+    let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
     let ws = tokio::select! {
-        r = tokio_tungstenite::connect_async(request) => r,
+        r = tokio::time::timeout(patience.max(Duration::from_secs(5)), connect) => r,
         _ = stop.changed() => return SessionEnd::Stopped,
     };
     let (mut ws, _) = match ws {
-        Ok(ws) => ws,
-        Err(e) => return lost(false, e),
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => return lost(false, connect_error(&e)),
+        Err(_) => {
+            return lost(
+                false,
+                "the coordinator did not answer the connection in time",
+            );
+        }
     };
     let acked: Option<SnapshotHash> = daemon
         .store()
@@ -389,8 +457,9 @@ async fn session(
     }
     let mut known: Option<SnapshotHash> = None;
     let mut welcomed = false;
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut heartbeat = tokio::time::interval(beat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_heard = tokio::time::Instant::now();
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<EndpointMsg>();
     loop {
         tokio::select! {
@@ -398,9 +467,18 @@ async fn session(
                 let _ = ws.close(None).await;
                 return SessionEnd::Stopped;
             }
-            _ = heartbeat.tick(), if welcomed => {
-                if let Err(e) = ws.send(encode(&EndpointMsg::Heartbeat)).await {
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > patience {
+                    return lost(
+                        welcomed,
+                        format!("no answer from the coordinator for {} s", patience.as_secs()),
+                    );
+                }
+                if welcomed && let Err(e) = ws.send(encode(&EndpointMsg::Heartbeat)).await {
                     return lost(true, e);
+                }
+                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                    return lost(welcomed, e);
                 }
             }
             _ = daemon.state_changed.notified(), if welcomed => {
@@ -411,12 +489,13 @@ async fn session(
                 }
             }
             Some(msg) = results_rx.recv() => {
+                // Progress only: results travel through the outbox.
                 if let Err(e) = ws.send(encode(&msg)).await {
-                    queue_unsent(daemon, &msg);
                     return lost(true, e);
                 }
             }
             frame = ws.next() => {
+                last_heard = tokio::time::Instant::now();
                 let text = match frame {
                     None => return lost(welcomed, "the coordinator closed the connection"),
                     Some(Err(e)) => return lost(welcomed, e),
@@ -432,17 +511,24 @@ async fn session(
                     }
                 };
                 match msg {
-                    ServerMsg::Welcome { target, known_state, policy, .. } => {
+                    ServerMsg::Welcome { target, known_state, policy, pool_endpoints, .. } => {
                         welcomed = true;
                         known = known_state;
+                        daemon.set_pool_endpoints(pool_endpoints);
                         if let Some(policy) = policy {
                             daemon.set_pool_policy(policy);
                         }
                         daemon.set_link_state(LinkState::Connected);
-                        flush_outbox(daemon, &results_tx);
+                        daemon.outbox_changed.notify_one();
+                        // The target first: a pending "sync to latest" must see the newest.
                         if let Some(t) = target {
                             adopt_target(daemon, endpoint, t).await;
                         }
+                        tokio::spawn(reconcile_operations(
+                            daemon.clone(),
+                            endpoint.clone(),
+                            results_tx.clone(),
+                        ));
                         if let Some(report) = report_for(daemon, known)
                             && let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await
                         {
@@ -516,13 +602,49 @@ async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) 
     }
 }
 
-/// Runs an operation the coordinator asked for and sends its progress and result.
+/// What a requested operation reports when the daemon stopped while running it.
+const INTERRUPTED: &str = "interrupted: pacpoold stopped (killed, crashed or the machine went down) while this operation ran; a pacman transaction already started was left to finish, and the state pacpoold reported after its restart is what pacman recorded: check the endpoint's status and request the operation again if it is still needed";
+
+fn result_body(operation: i64, result: OperationResult) -> String {
+    serde_json::to_string(&EndpointMsg::Result { operation, result }).expect("messages serialize")
+}
+
+fn interrupted_result() -> OperationResult {
+    OperationResult {
+        state: OperationState::Failed,
+        message: INTERRUPTED.into(),
+        failures: Vec::new(),
+        snapshot: None,
+    }
+}
+
+/// Runs an operation the coordinator asked for, sends its progress over the socket and queues
+/// its result in the outbox. An operation already seen by this process is not run twice.
 async fn run_requested(
     daemon: Arc<Daemon>,
     operation: crate::proto::Operation,
     tx: mpsc::UnboundedSender<EndpointMsg>,
 ) {
     let id = operation.id;
+    if !daemon.claim_requested(id) {
+        tracing::debug!(
+            operation = id,
+            "operation already taken; not running it twice"
+        );
+        return;
+    }
+    // The marker: if the daemon dies before the end, this is the result sent after restart.
+    let marker = match daemon.store().outbox_push(
+        "started",
+        &result_body(id, interrupted_result()),
+        now(),
+    ) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!(operation = id, error = %e, "cannot record the start of a requested operation");
+            None
+        }
+    };
     let progress_tx = tx.clone();
     let progress = move |progress| {
         let _ = progress_tx.send(EndpointMsg::Progress {
@@ -530,19 +652,24 @@ async fn run_requested(
             progress,
         });
     };
+    let to = operation.to_snapshot.map(|h| h.to_hex());
     let result = match operation.kind {
         OperationKind::SyncToLatest => daemon.sync(false, progress).await,
-        OperationKind::Revert => daemon.revert(None, false, progress).await,
+        OperationKind::Revert => daemon.revert(to.as_deref(), false, progress).await,
         OperationKind::SetAsLatest => set_latest(&daemon).await,
     };
-    let result = to_result(result);
-    let msg = EndpointMsg::Result {
-        operation: id,
-        result,
+    let body = result_body(id, to_result(result));
+    let stored = {
+        let store = daemon.store();
+        match marker {
+            Some(m) => store.outbox_update(m, "result", &body),
+            None => store.outbox_push("result", &body, now()).map(drop),
+        }
     };
-    if tx.send(msg.clone()).is_err() {
-        queue_unsent(&daemon, &msg);
+    if let Err(e) = stored {
+        tracing::error!(operation = id, error = %e, "cannot queue an operation's result; the coordinator will see it as interrupted or running");
     }
+    daemon.outbox_changed.notify_one();
 }
 
 fn to_result(r: Result<Outcome, ActionError>) -> OperationResult {
@@ -570,38 +697,208 @@ fn to_result(r: Result<Outcome, ActionError>) -> OperationResult {
     }
 }
 
-/// Keeps a result that could not be sent for the next connection.
-fn queue_unsent(daemon: &Daemon, msg: &EndpointMsg) {
-    if let EndpointMsg::Result { .. } = msg
-        && let Ok(body) = serde_json::to_string(msg)
-        && let Err(e) = daemon.store().outbox_push("result", &body, now())
-    {
-        tracing::error!(error = %e, "cannot queue an operation result; it is lost");
-    }
-}
-
-/// Sends queued results through the session's writer, removing each once handed over.
-fn flush_outbox(daemon: &Daemon, tx: &mpsc::UnboundedSender<EndpointMsg>) {
-    let items = daemon.store().outbox(1000).unwrap_or_default();
-    for item in items {
-        match serde_json::from_str::<EndpointMsg>(&item.body) {
-            Ok(msg) => {
-                if tx.send(msg).is_ok() {
-                    let _ = daemon.store().outbox_done(item.id);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, id = item.id, "dropping an unreadable queued message");
-                let _ = daemon.store().outbox_done(item.id);
+/// Turns `started` rows (operations a previous daemon did not finish) into results.
+fn promote_interrupted(daemon: &Daemon) {
+    let store = daemon.store();
+    for item in store.outbox(10_000).unwrap_or_default() {
+        if item.kind == "started" {
+            tracing::warn!(
+                id = item.id,
+                "a requested operation was interrupted by a daemon stop; reporting it as failed"
+            );
+            if let Err(e) = store.outbox_update(item.id, "result", &item.body) {
+                tracing::error!(error = %e, "cannot mark an interrupted operation");
             }
         }
     }
+}
+
+/// Operation ids named by the outbox's rows (queued results and running markers).
+fn outbox_operations(daemon: &Daemon) -> std::collections::HashSet<i64> {
+    daemon
+        .store()
+        .outbox(10_000)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(
+            |item| match serde_json::from_str::<EndpointMsg>(&item.body) {
+                Ok(EndpointMsg::Result { operation, .. }) => Some(operation),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// After a (re)connection: runs a pending operation of ours that never reached us (requested
+/// while we were offline, or lost in a crash before its marker was written), and marks
+/// interrupted an in-progress one we have no trace of.
+async fn reconcile_operations(
+    daemon: Arc<Daemon>,
+    endpoint: Arc<Endpoint>,
+    tx: mpsc::UnboundedSender<EndpointMsg>,
+) {
+    // At most one operation per endpoint is active: the newest few hold it.
+    let page: crate::proto::Page<crate::proto::Operation> = match endpoint
+        .call(
+            endpoint
+                .http
+                .get(endpoint.url("/endpoint/operations?limit=20")),
+        )
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = ?e, "cannot list this endpoint's operations");
+            return;
+        }
+    };
+    let known = outbox_operations(&daemon);
+    for op in page.items {
+        if known.contains(&op.id) || daemon.requested_seen(op.id) {
+            continue;
+        }
+        match op.state {
+            OperationState::Pending => {
+                tracing::info!(
+                    operation = op.id,
+                    "running a requested operation that did not reach us"
+                );
+                tokio::spawn(run_requested(daemon.clone(), op, tx.clone()));
+            }
+            OperationState::InProgress => {
+                if daemon.claim_requested(op.id) {
+                    tracing::warn!(
+                        operation = op.id,
+                        "the coordinator shows an operation running that this daemon is not running; reporting it interrupted"
+                    );
+                    let pushed = daemon.store().outbox_push(
+                        "result",
+                        &result_body(op.id, interrupted_result()),
+                        now(),
+                    );
+                    if let Err(e) = pushed {
+                        tracing::error!(error = %e, "cannot queue an operation's result");
+                    }
+                    daemon.outbox_changed.notify_one();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Delivers queued results over REST until `stop`: on start, whenever a result is queued or a
+/// connection comes up, and every 5 s while some are left.
+async fn deliver_results(
+    daemon: Arc<Daemon>,
+    endpoint: Arc<Endpoint>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let left = deliver_once(&daemon, &endpoint).await;
+        let retry = async {
+            if left {
+                tokio::time::sleep(Duration::from_secs(5)).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            _ = daemon.outbox_changed.notified() => {}
+            _ = retry => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One pass over the outbox; returns whether results are left to deliver.
+async fn deliver_once(daemon: &Daemon, endpoint: &Endpoint) -> bool {
+    let items = daemon.store().outbox(1000).unwrap_or_default();
+    let mut left = false;
+    for item in items.into_iter().filter(|i| i.kind == "result") {
+        let (operation, result) = match serde_json::from_str::<EndpointMsg>(&item.body) {
+            Ok(EndpointMsg::Result { operation, result }) => (operation, result),
+            _ => {
+                tracing::warn!(id = item.id, "dropping an unreadable queued message");
+                let _ = daemon.store().outbox_done(item.id);
+                continue;
+            }
+        };
+        let url = endpoint.url(&format!("/endpoint/operations/{operation}/result"));
+        let sent: Result<crate::proto::Operation, CallError> =
+            endpoint.call(endpoint.http.post(&url).json(&result)).await;
+        let done = match sent {
+            Ok(_) => true,
+            Err(CallError::Unreachable(why)) => {
+                tracing::debug!(%why, "coordinator unreachable; results stay queued");
+                return true;
+            }
+            Err(CallError::Api(e)) if e.code == "invalid_transition" => {
+                let current = e.detail.as_ref().and_then(|d| {
+                    serde_json::from_value::<crate::proto::Operation>(d.clone()).ok()
+                });
+                match current.map(|o| o.state) {
+                    // Already finished: an earlier delivery whose answer was lost, or an
+                    // admin's forced cancel. Stored once either way.
+                    Some(s) if s.is_terminal() => true,
+                    // Still pending (no progress arrived yet): move it on, then retry.
+                    Some(OperationState::Pending) => {
+                        let progress = crate::proto::Progress {
+                            stage: "finishing".into(),
+                            percent: 100,
+                            current: None,
+                        };
+                        let url =
+                            endpoint.url(&format!("/endpoint/operations/{operation}/progress"));
+                        let _: Result<crate::proto::Operation, _> = endpoint
+                            .call(endpoint.http.post(&url).json(&progress))
+                            .await;
+                        left = true;
+                        false
+                    }
+                    _ => {
+                        left = true;
+                        false
+                    }
+                }
+            }
+            Err(CallError::Api(e))
+                if matches!(
+                    e.code.as_str(),
+                    "not_found" | "forbidden" | "invalid_request"
+                ) =>
+            {
+                tracing::warn!(operation, code = %e.code, message = %e.message, "the coordinator refused an operation result; dropping it");
+                true
+            }
+            Err(CallError::Api(e)) => {
+                tracing::debug!(operation, code = %e.code, "result not stored yet; retrying later");
+                left = true;
+                false
+            }
+        };
+        if done {
+            let _ = daemon.store().outbox_done(item.id);
+        }
+    }
+    left
 }
 
 /// "Set as latest": report the current state, then make it the pool target if the target is
 /// still the revision we know. On a lost race, say who won.
 pub async fn set_latest(daemon: &Daemon) -> Result<Outcome, ActionError> {
     let _guard = daemon.begin("set-latest")?;
+    let op = daemon
+        .store()
+        .operation_begin("set-latest", now())
+        .map_err(|e| ActionError::new(ErrorCode::Internal, e.to_string()))?;
+    let result = set_latest_checked(daemon).await;
+    // Recorded, and announced to subscribers (the tray), like sync and revert.
+    daemon.finish(op, "set-latest", &result);
+    result
+}
+
+async fn set_latest_checked(daemon: &Daemon) -> Result<Outcome, ActionError> {
     let Some(base) = daemon.config().coordinator_url.clone() else {
         return Err(ActionError::new(
             ErrorCode::Offline,
@@ -618,19 +915,9 @@ pub async fn set_latest(daemon: &Daemon) -> Result<Outcome, ActionError> {
     let endpoint = Endpoint {
         base,
         token,
-        http: http_client(),
+        http: http_client(daemon.config()).map_err(|m| ActionError::new(ErrorCode::Offline, m))?,
     };
-    let op = daemon
-        .store()
-        .operation_begin("set-latest", now())
-        .map_err(|e| ActionError::new(ErrorCode::Internal, e.to_string()))?;
-    let result = set_latest_inner(daemon, &endpoint).await;
-    let (state, message) = match &result {
-        Ok(o) => ("completed", o.message.clone()),
-        Err(e) => ("failed", e.message.clone()),
-    };
-    let _ = daemon.store().operation_end(op, state, &message, now());
-    result
+    set_latest_inner(daemon, &endpoint).await
 }
 
 async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcome, ActionError> {

@@ -177,6 +177,10 @@ pub struct LocalStatus {
     pub counts: Counts,
     pub endpoint: Option<String>,
     pub pool: Option<String>,
+    /// Endpoints in the pool, this one included, as of the last connection to the coordinator
+    /// (older daemons send none).
+    #[serde(default)]
+    pub pool_endpoints: Option<u64>,
     pub link: LinkState,
     pub target: Option<TargetInfo>,
     pub current: Option<HistoryEntry>,

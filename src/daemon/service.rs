@@ -62,10 +62,15 @@ struct State {
     target: Option<(TargetInfo, Snapshot)>,
     pool_policy: Option<PoolPolicy>,
     pool_name: Option<String>,
+    /// Endpoints in the pool (from the coordinator's welcome; not persisted).
+    pool_endpoints: Option<u64>,
     endpoint_name: Option<String>,
     link: Option<LinkState>,
     running: Option<RunningOperation>,
     last_error: Option<String>,
+    /// Why the last package state could not be recorded (disk full, read-only…); cleared by
+    /// the next successful record. Shown before `last_error`.
+    storage_error: Option<String>,
     last_sync: Option<i64>,
     paused: bool,
 }
@@ -79,6 +84,10 @@ pub struct Daemon {
     cancel: watch::Sender<bool>,
     /// Woken whenever the local state changes, so the link reports it.
     pub(crate) state_changed: Notify,
+    /// Woken when a result is queued in the outbox, so the link delivers it.
+    pub(crate) outbox_changed: Notify,
+    /// Coordinator operations this process has taken on (never run twice).
+    requested: Mutex<std::collections::HashSet<i64>>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -141,8 +150,17 @@ impl Daemon {
             operation: tokio::sync::Mutex::new(()),
             cancel: watch::channel(false).0,
             state_changed: Notify::new(),
+            outbox_changed: Notify::new(),
+            requested: Mutex::default(),
         };
-        daemon.refresh("start", true).await?;
+        // A full or read-only disk must not keep the daemon from serving its status (which
+        // says what failed): it retries on every notify and timer tick.
+        if let Err(e) = daemon.refresh("start", true).await {
+            if daemon.state().storage_error.is_none() {
+                return Err(e);
+            }
+            tracing::error!("{e:#}");
+        }
         Ok(daemon)
     }
 
@@ -203,11 +221,36 @@ impl Daemon {
         };
         let recorded = {
             let mut store = self.store();
-            let r = store.record(&machine.snapshot, trigger, now())?;
-            if matches!(r, crate::store::Recorded::New(_)) {
-                store.apply_retention(self.config.history_keep)?;
+            store
+                .record(&machine.snapshot, trigger, now())
+                .and_then(|r| {
+                    if matches!(r, crate::store::Recorded::New(_)) {
+                        store.apply_retention(self.config.history_keep)?;
+                    }
+                    Ok(r)
+                })
+        };
+        let recorded = match recorded {
+            Ok(r) => {
+                if self.state().storage_error.take().is_some() {
+                    tracing::info!("recording package states works again");
+                    self.emit_status();
+                }
+                r
             }
-            r
+            Err(e) => {
+                let message = format!("cannot record the package state: {e}");
+                let changed = {
+                    let mut s = self.state();
+                    let changed = s.storage_error.as_deref() != Some(message.as_str());
+                    s.storage_error = Some(message.clone());
+                    changed
+                };
+                if changed {
+                    self.emit_status();
+                }
+                return Err(anyhow::Error::new(e).context("cannot record the package state"));
+            }
         };
         let new = matches!(recorded, crate::store::Recorded::New(_));
         {
@@ -270,12 +313,13 @@ impl Daemon {
             counts,
             endpoint: s.endpoint_name.clone(),
             pool: s.pool_name.clone(),
+            pool_endpoints: s.pool_endpoints,
             link,
             target: s.target.as_ref().map(|(t, _)| t.clone()),
             current: s.current.clone(),
             previous,
             operation: s.running.clone(),
-            last_error: s.last_error.clone(),
+            last_error: s.storage_error.clone().or_else(|| s.last_error.clone()),
             last_sync: s.last_sync,
             auto_sync: self.auto_sync_mode_locked(&s),
             auto_sync_paused: s.paused,
@@ -590,7 +634,7 @@ impl Daemon {
         })
     }
 
-    fn finish(&self, op: i64, kind: &str, result: &Result<Outcome, ActionError>) {
+    pub(crate) fn finish(&self, op: i64, kind: &str, result: &Result<Outcome, ActionError>) {
         let (state, message) = match result {
             Ok(o) if o.ok => ("completed", o.message.clone()),
             Ok(o) => ("failed", o.message.clone()),
@@ -669,6 +713,22 @@ impl Daemon {
 
     // ---- called by the link ----
 
+    /// Takes on coordinator operation `id`; `false` if this process already did.
+    pub(crate) fn claim_requested(&self, id: i64) -> bool {
+        self.requested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    }
+
+    /// Whether this process has taken on coordinator operation `id`.
+    pub(crate) fn requested_seen(&self, id: i64) -> bool {
+        self.requested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
     pub(crate) fn set_link_state(&self, link: LinkState) {
         let changed = {
             let mut s = self.state();
@@ -689,6 +749,10 @@ impl Daemon {
         let mut s = self.state();
         s.endpoint_name = Some(endpoint.to_owned());
         s.pool_name = Some(pool.to_owned());
+    }
+
+    pub(crate) fn set_pool_endpoints(&self, count: Option<u64>) {
+        self.state().pool_endpoints = count;
     }
 
     pub(crate) fn set_pool_policy(&self, policy: PoolPolicy) {

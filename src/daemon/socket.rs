@@ -19,8 +19,13 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::protocol::{Envelope, ErrorCode, LOCAL_PROTOCOL, MAX_REQUEST_LINE, Reply, Request};
 use super::service::{ActionError, Daemon};
 
-/// Most clients served at once; more wait for a slot.
+/// Most unprivileged clients served at once; more are refused (root and the daemon's own
+/// user are never counted nor refused, so a flood cannot lock them out).
 const MAX_CLIENTS: usize = 64;
+
+/// Most connections one unprivileged user may hold at once (a tray, a status bar and a few
+/// commands need far fewer), so that one user cannot take every slot.
+pub const MAX_CLIENTS_PER_UID: usize = 16;
 
 /// A bound socket plus the group whose members may act.
 pub struct Listener {
@@ -109,16 +114,29 @@ fn group_id(name: &str) -> Option<u32> {
     })
 }
 
-/// The supplementary groups of process `pid`, from /proc.
-fn process_groups(pid: i32) -> Vec<u32> {
+/// The supplementary groups of process `pid`, from /proc, if that process still runs with
+/// effective uid `uid`. The peer may have exited and its pid been reused by another user's
+/// process since it connected: then its groups are not the peer's, and none are returned.
+fn process_groups(pid: i32, uid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            })
+        .map(|s| groups_of_status(&s, uid))
+        .unwrap_or_default()
+}
+
+/// The `Groups:` of a /proc status text whose effective uid (the second `Uid:` field) is
+/// `uid`; empty otherwise.
+fn groups_of_status(status: &str, uid: u32) -> Vec<u32> {
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+    let euid = field("Uid:").and_then(|u| u.split_whitespace().nth(1)?.parse::<u32>().ok());
+    if euid != Some(uid) {
+        return Vec::new();
+    }
+    field("Groups:")
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
         })
         .unwrap_or_default()
 }
@@ -136,7 +154,7 @@ fn authorize(stream: &UnixStream, group: Option<u32>) -> Result<(), String> {
         && (cred.gid() == g
             || cred
                 .pid()
-                .is_some_and(|pid| process_groups(pid).contains(&g)))
+                .is_some_and(|pid| process_groups(pid, cred.uid()).contains(&g)))
     {
         return Ok(());
     }
@@ -146,20 +164,80 @@ fn authorize(stream: &UnixStream, group: Option<u32>) -> Result<(), String> {
     ))
 }
 
+/// Connections held per unprivileged uid; a [`UidSlot`] gives its place back on drop.
+type UidCounts = Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>;
+
+struct UidSlot {
+    counts: UidCounts,
+    uid: u32,
+}
+
+impl UidSlot {
+    fn take(counts: &UidCounts, uid: u32) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(uid).or_default();
+        if *n >= MAX_CLIENTS_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// Accepts clients until `stop`.
 pub async fn serve(daemon: Arc<Daemon>, listener: Listener, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let per_uid = UidCounts::default();
+    let me = rustix::process::geteuid().as_raw();
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            _ = stop.changed() => return,
-        };
         let accepted = tokio::select! {
             a = listener.listener.accept() => a,
             _ = stop.changed() => return,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
+                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                let privileged = matches!(uid, Some(u) if u == 0 || u == me);
+                let permit = if privileged {
+                    None
+                } else {
+                    let slot = uid.and_then(|u| UidSlot::take(&per_uid, u));
+                    match (slot, slots.clone().try_acquire_owned()) {
+                        (Some(slot), Ok(permit)) => Some((slot, permit)),
+                        (slot, _) => {
+                            let why = if slot.is_none() {
+                                format!(
+                                    "uid {} already has {MAX_CLIENTS_PER_UID} connections to pacpoold open: close some (other pacpool commands or trays) and retry",
+                                    uid.map_or_else(|| "?".into(), |u| u.to_string())
+                                )
+                            } else {
+                                format!(
+                                    "pacpoold serves at most {MAX_CLIENTS} unprivileged connections at once: retry in a moment"
+                                )
+                            };
+                            tracing::warn!(?uid, "socket client refused: {why}");
+                            tokio::spawn(async move {
+                                let _ = write(&mut stream, &error(ErrorCode::Busy, why)).await;
+                            });
+                            continue;
+                        }
+                    }
+                };
                 let daemon = daemon.clone();
                 let group = listener.group;
                 let stop = stop.clone();
@@ -401,4 +479,38 @@ async fn with_progress(
         Ok(outcome) => Reply::Done { outcome },
         Err(e) => e.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_count_only_for_the_peer_uid() {
+        let status = "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t10 100 998 \n";
+        assert_eq!(groups_of_status(status, 1000), [10, 100, 998]);
+        // The pid now belongs to another user (reused after the peer exited): no groups.
+        assert!(groups_of_status(status, 65534).is_empty());
+        // Real uid matching is not enough; the effective one counts.
+        let setuid = "Uid:\t65534\t1000\t1000\t1000\nGroups:\t10\n";
+        assert!(groups_of_status(setuid, 65534).is_empty());
+        assert_eq!(groups_of_status(setuid, 1000), [10]);
+        assert!(groups_of_status("Groups:\t10\n", 0).is_empty());
+    }
+
+    #[test]
+    fn connections_per_uid_are_capped_and_given_back() {
+        let counts = UidCounts::default();
+        let held: Vec<UidSlot> = (0..MAX_CLIENTS_PER_UID)
+            .map(|_| UidSlot::take(&counts, 65534).unwrap())
+            .collect();
+        assert!(UidSlot::take(&counts, 65534).is_none());
+        assert!(
+            UidSlot::take(&counts, 1000).is_some(),
+            "other users are not affected"
+        );
+        drop(held);
+        assert!(UidSlot::take(&counts, 65534).is_some());
+        assert!(counts.lock().unwrap().get(&65534).is_none_or(|n| *n == 0));
+    }
 }

@@ -3,11 +3,12 @@
 //! `ControlFlow::Wait` throughout: the loop sleeps until an event arrives.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
 use tao::event::{Event, StartCause};
 use tao::event_loop::{ControlFlow, EventLoopBuilder};
+use tokio::sync::mpsc;
 use tray_icon::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem, Submenu};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
@@ -131,8 +132,10 @@ impl Ui {
 }
 
 /// Shows a freedesktop notification (on a blocking thread: notify-rust's D-Bus call waits
-/// for the notification server's answer).
-fn show_note(note: Note) {
+/// for the notification server's answer). A note with `sync_now` gets "Sync now" as its
+/// default action when the server supports actions; the thread then waits for the click
+/// (or the close) and sends [`Command::Sync`] through `commands`.
+fn show_note(note: Note, commands: Option<mpsc::UnboundedSender<Command>>) {
     let spawned = std::thread::Builder::new()
         .name("pacpool-tray-notify".into())
         .spawn(move || {
@@ -144,8 +147,28 @@ fn show_note(note: Note) {
             if note.critical {
                 n.urgency(notify_rust::Urgency::Critical);
             }
-            if let Err(e) = n.show() {
-                tracing::warn!(error = %e, summary = %note.summary, "cannot show a notification");
+            let sync = commands.filter(|_| {
+                note.sync_now
+                    && notify_rust::get_capabilities()
+                        .is_ok_and(|caps| caps.iter().any(|c| c == "actions"))
+            });
+            if sync.is_some() {
+                n.action("default", "Sync now");
+            }
+            match n.show() {
+                Ok(handle) => {
+                    if let Some(sync) = sync {
+                        handle.wait_for_action(|action| {
+                            if action == "default" {
+                                tracing::info!("\"Sync now\" clicked in a notification");
+                                let _ = sync.send(Command::Sync);
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, summary = %note.summary, "cannot show a notification")
+                }
             }
         });
     if let Err(e) = spawned {
@@ -181,13 +204,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .send_event(e);
     });
+    // Notifications may offer "Sync now": their threads need the worker's command channel,
+    // which exists only once the worker runs.
+    let command_slot: Arc<OnceLock<mpsc::UnboundedSender<Command>>> = Arc::default();
+    let slot = command_slot.clone();
+    let notes: worker::NoteSink = Arc::new(move |note| show_note(note, slot.get().cloned()));
     let menu_send = send.clone();
     MenuEvent::set_event_handler(Some(move |e: MenuEvent| {
         menu_send(UiEvent::Menu(e.id.0));
     }));
-    let worker = worker::spawn(opts.socket, opts.muted, send, Arc::new(show_note))
+    let worker = worker::spawn(opts.socket, opts.muted, send, notes)
         .context("start the tray's background thread")?;
     let commands = worker.commands.clone();
+    let _ = command_slot.set(commands.clone());
     let mut daemon = Daemon::NotRunning("connecting".into());
     let mut ui: Option<Ui> = None;
     let mut muted = opts.muted;

@@ -169,10 +169,14 @@ impl View {
         .then_some("coordinator not reachable");
         let packages = s.current.as_ref().map_or(0, |c| c.package_count);
         let set_latest = gated("Set as latest…".into(), offline);
+        let others = match s.pool_endpoints.map(|n| n.saturating_sub(1)) {
+            None => "every other machine in it becomes behind".to_owned(),
+            Some(0) => "no other machine is in it yet".to_owned(),
+            Some(1) => "the 1 other machine in it becomes behind".to_owned(),
+            Some(n) => format!("the {n} other machines in it become behind"),
+        };
         let set_latest_confirm = gated(
-            format!(
-                "Confirm: set pool {pool} to this machine ({packages} packages); every other machine in it becomes behind"
-            ),
+            format!("Confirm: set pool {pool} to this machine ({packages} packages); {others}"),
             offline,
         );
         let revert = match &s.previous {
@@ -216,8 +220,11 @@ impl View {
 pub struct Note {
     pub summary: String,
     pub body: String,
-    /// Replaces the previous notification with the same tag (operation progress).
+    /// Shown with critical urgency (failures).
     pub critical: bool,
+    /// Offer "Sync now" as the notification's default action (where the notification server
+    /// supports actions); set for "new target" and "behind" when this user may act.
+    pub sync_now: bool,
 }
 
 fn kind_title(kind: &str) -> String {
@@ -280,6 +287,7 @@ impl Notifier {
                         )
                     },
                     critical: false,
+                    sync_now: self.last.as_ref().is_some_and(|s| s.can_act),
                 })
             }
             Event::OperationStarted { kind } => {
@@ -291,6 +299,7 @@ impl Notifier {
                     summary: format!("{} started", kind_title(kind)),
                     body: String::new(),
                     critical: false,
+                    sync_now: false,
                 })
             }
             Event::OperationFinished { outcome } => {
@@ -328,6 +337,7 @@ impl Notifier {
                 s.counts.summary()
             ),
             critical: false,
+            sync_now: s.can_act,
         })
     }
 }
@@ -346,6 +356,7 @@ pub fn finished_note(o: &Outcome) -> Note {
         },
         body,
         critical: !o.ok,
+        sync_now: false,
     }
 }
 
@@ -366,6 +377,7 @@ mod tests {
             },
             endpoint: Some("bob".into()),
             pool: Some("lab".into()),
+            pool_endpoints: Some(4),
             link: LinkState::Connected,
             target: rev.map(target),
             current: None,
@@ -417,7 +429,24 @@ mod tests {
         assert!(
             v.set_latest_confirm
                 .label
-                .contains("set pool lab to this machine")
+                .contains("set pool lab to this machine"),
+            "{}",
+            v.set_latest_confirm.label
+        );
+        assert!(
+            v.set_latest_confirm
+                .label
+                .ends_with("; the 3 other machines in it become behind"),
+            "{}",
+            v.set_latest_confirm.label
+        );
+        let mut alone = status(EndpointState::Ahead, Some(4));
+        alone.pool_endpoints = Some(1);
+        let v = View::of(&Daemon::Up(alone));
+        assert!(
+            v.set_latest_confirm
+                .label
+                .ends_with("no other machine is in it yet")
         );
 
         let mut s = status(EndpointState::Behind, Some(4));
@@ -462,6 +491,7 @@ mod tests {
         };
         let note = n.on_event(&changed).expect("announced");
         assert_eq!(note.summary, "lab: new target from alice");
+        assert!(note.sync_now, "offers Sync now to a user who may act");
         assert!(
             note.body
                 .contains("revision 4 (12 packages); against the previous target: 2 upgrades"),

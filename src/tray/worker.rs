@@ -76,6 +76,7 @@ impl Shared {
             summary: summary.into(),
             body: body.into(),
             critical,
+            sync_now: false,
         });
     }
 

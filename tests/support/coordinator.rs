@@ -19,11 +19,21 @@ impl Coordinator {
     /// Starts a coordinator on `db`, at `addr` (to restart on the same address) or on a
     /// free port.
     pub fn start(db: &Path, addr: Option<SocketAddr>) -> Self {
-        let settings = Settings {
+        Self::start_with(db, addr, |_| {})
+    }
+
+    /// Like [`Coordinator::start`], with `tune` changing the settings first.
+    pub fn start_with(
+        db: &Path,
+        addr: Option<SocketAddr>,
+        tune: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let mut settings = Settings {
             database: db.to_owned(),
             admin_token: Some(Secret(ADMIN.into())),
             ..Settings::default()
         };
+        tune(&mut settings);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

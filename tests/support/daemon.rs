@@ -55,11 +55,26 @@ pub fn write_config(sb: &Sandbox, name: &str, coordinator: Option<(&str, &str)>)
 impl Daemon {
     /// Starts pacpoold with `config` and waits for its "ready" log line.
     pub fn start(config: &Path) -> Self {
+        Self::start_wrapped(config, &[])
+    }
+
+    /// Starts pacpoold through `wrapper` (a program that execs its arguments, e.g.
+    /// `ip netns exec NAME`, so the child is pacpoold itself); empty = directly.
+    pub fn start_wrapped(config: &Path, wrapper: &[&str]) -> Self {
         let text = std::fs::read_to_string(config).unwrap();
         let value: toml::Value = toml::from_str(&text).unwrap();
         let socket = PathBuf::from(value["socket"].as_str().unwrap());
         let state_dir = PathBuf::from(value["state_dir"].as_str().unwrap());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pacpoold"))
+        let exe = env!("CARGO_BIN_EXE_pacpoold");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .arg("--config")
             .arg(config)
             .env("PACPOOL_LOG", "info,pacpool=debug")

@@ -40,9 +40,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
                   Exit codes: 0 done, 1 failed, 4 refused (token), 5 conflict, 7 coordinator unreachable."
 )]
 pub struct AdminArgs {
-    /// The coordinator's base URL
+    /// The coordinator's base URL: https://HOST:PORT across a network (its certificate is
+    /// checked against the system's trust store and --ca-file); http:// only on its own host
     #[arg(long, global = true, env = "PACPOOL_ADMIN_URL", default_value = DEFAULT_URL, value_name = "URL")]
     url: String,
+    /// A PEM file with the CA certificate(s) that signed the coordinator's certificate,
+    /// trusted besides the system's (for a private CA or a self-signed certificate)
+    #[arg(long, global = true, env = "PACPOOL_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// The admin token (visible to other local users in the process list: prefer
     /// --token-file or the environment variable)
     #[arg(
@@ -272,38 +277,34 @@ impl Api {
                 format!("--url {base:?} is not a URL ({e}): use e.g. {DEFAULT_URL}"),
             )
         })?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            // A coordinator never redirects; following one could carry the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("pacpool-admin/", env!("CARGO_PKG_VERSION")));
         match url.scheme() {
             "http" => {}
             "https" => {
-                return Err(failure(
-                    exit::FAILURE,
-                    format!(
-                        "--url {base}: this pacpool is built without TLS; reach the coordinator over http on its host or through a tunnel (ssh -L 7300:127.0.0.1:7300 HOST, then --url {DEFAULT_URL})"
-                    ),
-                ));
+                let tls = pacpool::tls::client_config(args.ca_file.as_deref())
+                    .map_err(|e| failure(exit::FAILURE, chain(&e)))?;
+                builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
             }
             other => {
                 return Err(failure(
                     exit::FAILURE,
                     format!(
-                        "--url {base}: scheme {other:?} is not supported: use http://HOST:PORT"
+                        "--url {base}: scheme {other:?} is not supported: use https://HOST:PORT (or http:// on the coordinator's host)"
                     ),
                 ));
             }
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            // A coordinator never redirects; following one could carry the token elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("pacpool-admin/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                failure(
-                    exit::FAILURE,
-                    format!("cannot set up the HTTP client: {}", chain(&e)),
-                )
-            })?;
+        let client = builder.build().map_err(|e| {
+            failure(
+                exit::FAILURE,
+                format!("cannot set up the HTTP client: {}", chain(&e)),
+            )
+        })?;
         Ok(Self {
             client,
             base,
@@ -376,6 +377,13 @@ impl Api {
     }
 
     fn transport(&self, e: &reqwest::Error) -> Failure {
+        if let Some(hint) = pacpool::tls::certificate_hint(e, "--ca-file FILE (or PACPOOL_CA_FILE)")
+        {
+            return failure(
+                exit::FAILURE,
+                format!("cannot connect to {}: {hint}", self.base),
+            );
+        }
         if e.is_connect() || e.is_timeout() {
             let what = if e.is_timeout() {
                 "did not answer in time"
