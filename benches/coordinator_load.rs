@@ -411,7 +411,7 @@ enum Note {
     Ack(Duration, bool),
     TargetChanged(Instant),
     /// The socket ended: when.
-    Closed(Instant),
+    Closed,
 }
 
 /// One connected endpoint: sends the messages it is given, reports every answer.
@@ -427,7 +427,7 @@ async fn endpoint_task(
                 Some(m) => {
                     sent.push_back(Instant::now());
                     if ws.send(m).await.is_err() {
-                        let _ = notes.send(Note::Closed(Instant::now()));
+                        let _ = notes.send(Note::Closed);
                         return None;
                     }
                 }
@@ -454,7 +454,7 @@ async fn endpoint_task(
                 },
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
-                    let _ = notes.send(Note::Closed(Instant::now()));
+                    let _ = notes.send(Note::Closed);
                     return None;
                 }
             },
@@ -689,7 +689,7 @@ async fn main() {
                 seed.latencies.push(l);
                 seed.errors += usize::from(!ok);
             }
-            Ok(Some(Note::Closed(_))) => {
+            Ok(Some(Note::Closed)) => {
                 answered += 1;
                 seed.errors += 1;
             }
@@ -704,7 +704,11 @@ async fn main() {
             "seed: full state x{fanout} (ws, {SEED_WINDOW} in flight)"
         ))
     );
-    println!("      {}", cpu.since(server.pid()));
+    println!(
+        "      {}; coordinator RSS after: {:.0} MiB",
+        cpu.since(server.pid()),
+        rss_mib(server.pid())
+    );
 
     // Steady load: `report_rate` one-package deltas per second in total, round robin over
     // the endpoints, for `seconds`. Endpoint j's k-th report changes package j % 1,500 to
@@ -761,7 +765,7 @@ async fn main() {
                     steady.latencies.push(l);
                     steady.errors += usize::from(!ok);
                 }
-                Some(Note::Closed(_)) => steady.errors += 1,
+                Some(Note::Closed) => steady.errors += 1,
                 _ => {}
             },
         }

@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::coordinator::{ADMIN, Coordinator};
+use support::coordinator::Coordinator;
 use support::daemon::{Daemon, write_config};
 use support::{PkgSpec, Sandbox, find_in_path, host_arch};
 
@@ -233,25 +233,6 @@ fn local_hash(sb: &Sandbox) -> String {
     sb.pacman_paths().read().unwrap().snapshot.hash().to_hex()
 }
 
-/// An admin call that may fail (returns status and body).
-fn admin_call(coord: &Coordinator, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = reqwest::Client::new();
-        let url = format!("{}/api/v1{path}", coord.url());
-        let req = match method {
-            "POST" => client.post(url).json(&body.unwrap_or(json!({}))),
-            _ => client.get(url),
-        };
-        let resp = req.bearer_auth(ADMIN).send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    })
-}
-
 fn endpoint<'a>(list: &'a Value, name: &str) -> &'a Value {
     list.as_array()
         .unwrap()
@@ -304,7 +285,9 @@ fn endpoints_converge_after_loss_delay_and_partition() {
     let diag = || {
         format!(
             "--- endpoints\n{}\n--- carol's log\n{}",
-            admin_call(&coord, "GET", &format!("/pools/{pool_id}/endpoints"), None).1,
+            coord
+                .try_admin("GET", &format!("/pools/{pool_id}/endpoints"), None)
+                .1,
             dc.log()
         )
     };
@@ -336,14 +319,12 @@ fn endpoints_converge_after_loss_delay_and_partition() {
         .unwrap();
     let request = json!({"kind": "sync-to-latest", "idempotency_key": "net-bob-1"});
     let t = Instant::now();
-    let (s1, op1) = admin_call(
-        &coord,
+    let (s1, op1) = coord.try_admin(
         "POST",
         &format!("/endpoints/{bob_id}/operations"),
         Some(request.clone()),
     );
-    let (s2, op2) = admin_call(
-        &coord,
+    let (s2, op2) = coord.try_admin(
         "POST",
         &format!("/endpoints/{bob_id}/operations"),
         Some(request),

@@ -67,7 +67,7 @@ impl Pki {
     }
 }
 
-/// A running `pacpool-coordinator serve`, its stderr collected by a thread.
+/// A running `pacpool-coordinator serve`, its log (stdout) collected by a thread.
 struct Server {
     child: Option<Child>,
     url: String,
@@ -124,18 +124,19 @@ fn coordinator_command(config: &Path, args: &[&str]) -> Command {
         .env_remove("PACPOOL_COORDINATOR_TLS_CERT")
         .env_remove("PACPOOL_COORDINATOR_TLS_KEY")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
 }
 
 impl Server {
-    /// Starts the coordinator and waits for its "listening" line.
+    /// Starts the coordinator and waits for its "listening" line (the log goes to stdout).
     fn start(config: &Path) -> Self {
         let mut child = coordinator_command(config, &[])
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("start pacpool-coordinator");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut seen = Vec::new();
         let addr = loop {
             let Some(Ok(line)) = lines.next() else {
@@ -359,7 +360,7 @@ fn https_and_wss_with_a_private_ca() {
     // (b) A real pacpoold: registers over https, WebSocket over wss, reports, sets latest.
     let sb = Sandbox::new();
     let pkg = sb.build_package(&PkgSpec::new("tlsdemo", "1.0-1").arch(&host_arch()));
-    sb.publish(&[pkg]);
+    sb.publish(std::slice::from_ref(&pkg));
     sb.pacman_ok(&["-Sy", "tlsdemo"]);
     let join = ok(
         &admin(
@@ -398,6 +399,8 @@ fn https_and_wss_with_a_private_ca() {
 
     // (c) A pacpoold without the CA never registers, and its log says why and what to do.
     let sb2 = Sandbox::new();
+    sb2.publish(&[pkg]);
+    sb2.pacman_ok(&["-Sy", "tlsdemo"]);
     let untrusting = Daemon::start(&daemon_config(&sb2, "untrusting", &url, join, None));
     eventually("the daemon without the CA logs a certificate error", || {
         let log = untrusting.log();
@@ -435,10 +438,13 @@ fn bad_certificate_or_key_stops_the_start_with_the_file_named() {
             .stderr(Stdio::piped())
             .output()
             .unwrap();
-        (
-            out.status.code(),
-            plain(&String::from_utf8_lossy(&out.stderr)),
-        )
+        // The error goes to stderr, the log (which must not say "listening") to stdout.
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        (out.status.code(), plain(&text))
     };
     let cases: [(&str, PathBuf, PathBuf, &[&str]); 4] = [
         (

@@ -670,7 +670,11 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
             .into_iter()
             .find(|(_, l, on)| l.starts_with("Revert to previous (") && *on)
     });
-    assert!(revert.1.ends_with(" UTC, 2 packages)"), "{revert:?}");
+    // Back to shell + oldtool from editor, libtext, shell.
+    assert!(
+        revert.1.ends_with(" UTC: 1 install, 2 removals)"),
+        "{revert:?}"
+    );
     desk.click(&item, revert.0);
     wait_icon(IconKind::Diverged);
     assert!(b.pacman_ok(&["-Qq"]).contains("oldtool"));

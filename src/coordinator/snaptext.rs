@@ -117,16 +117,77 @@ enum Entry<'a> {
     New(&'a PackageState, Option<Reason>),
 }
 
+/// Writes a touched package's final line.
+fn emit(out: &mut String, e: Entry<'_>) -> Result<(), ApplyError> {
+    match e {
+        Entry::Base(line, None) => out.push_str(line),
+        Entry::Base(line, Some(r)) => {
+            // name version arch reason repo
+            let f: Vec<&str> = line.trim_end_matches('\n').split(' ').collect();
+            let [name, version, arch, _, repo] = f[..] else {
+                return Err(ApplyError::BadBase);
+            };
+            let r = match r {
+                Reason::Explicit => "e",
+                Reason::Dependency => "d",
+            };
+            for (i, s) in [name, version, arch, r].into_iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(s);
+            }
+            out.push(' ');
+            out.push_str(repo);
+            out.push('\n');
+        }
+        Entry::New(p, None) => crate::snapshot::push_line(out, p),
+        Entry::New(p, Some(r)) => {
+            let mut p = p.clone();
+            p.reason = r;
+            crate::snapshot::push_line(out, &p);
+        }
+    }
+    Ok(())
+}
+
+/// Finds the line of `name` in `body` (whole lines sorted by name, each ending in a
+/// newline) by bisecting byte offsets: `Ok((start, end))` of the line, or `Err(offset)`
+/// where a line for `name` would go.
+fn locate(body: &str, name: &str) -> Result<(usize, usize), usize> {
+    let b = body.as_bytes();
+    let (mut lo, mut hi) = (0usize, b.len());
+    // Invariant: `lo` and `hi` are line starts; lines before `lo` sort before `name`, lines
+    // from `hi` on sort after it.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let start = b[lo..mid]
+            .iter()
+            .rposition(|&c| c == b'\n')
+            .map_or(lo, |i| lo + i + 1);
+        let end = b[start..hi]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(hi, |i| start + i + 1);
+        match line_name(&body[start..end]).cmp(name) {
+            std::cmp::Ordering::Less => lo = end,
+            std::cmp::Ordering::Greater => hi = start,
+            std::cmp::Ordering::Equal => return Ok((start, end)),
+        }
+    }
+    Err(lo)
+}
+
 /// Applies `delta` to `base` (which must be the text of `delta.base`), checking the result
 /// against `delta.target`.
 pub fn apply_delta(base: &SnapText, delta: &Delta) -> Result<SnapText, ApplyError> {
     let body = base.text.strip_prefix(HEADER).ok_or(ApplyError::BadBase)?;
-    let lines: Vec<&str> = body.split_inclusive('\n').collect();
-    let find = |name: &str| {
-        lines
-            .binary_search_by(|l| line_name(l).cmp(name))
-            .ok()
-            .map(|i| lines[i])
+    if !body.is_empty() && !body.ends_with('\n') {
+        return Err(ApplyError::BadBase);
+    }
+    let find = |name: &str| match locate(body, name) {
+        Ok((s, e)) => Some(&body[s..e]),
+        Err(_) => None,
     };
     // The final state of every name the delta touches, in the order `Delta::apply` uses:
     // removals, changes, reason changes, additions.
@@ -173,80 +234,34 @@ pub fn apply_delta(base: &SnapText, delta: &Delta) -> Result<SnapText, ApplyErro
         }
         *slot = Some(Entry::New(p, None));
     }
-    // The first base line at or after the smallest touched name: everything before it is
-    // copied unchanged.
-    let first_touched = touched.keys().next().and_then(|name| {
-        let i = lines.partition_point(|l| line_name(l) < *name);
-        (i < lines.len()).then_some(i)
-    });
-    // Merge the base lines with the touched names, both sorted by name.
+    // Copy the base between the touched names (both sorted by name), a run at a time,
+    // without splitting the base into lines.
     let mut out = String::with_capacity(base.text.len() + 64 * delta.len());
     out.push_str(HEADER);
-    let mut count = 0usize;
-    let mut edits = touched.into_iter().peekable();
-    let mut emit = |out: &mut String, e: Entry<'_>| -> Result<(), ApplyError> {
-        count += 1;
-        match e {
-            Entry::Base(line, None) => out.push_str(line),
-            Entry::Base(line, Some(r)) => {
-                // name version arch reason repo
-                let f: Vec<&str> = line.trim_end_matches('\n').split(' ').collect();
-                let [name, version, arch, _, repo] = f[..] else {
-                    return Err(ApplyError::BadBase);
-                };
-                let r = match r {
-                    Reason::Explicit => "e",
-                    Reason::Dependency => "d",
-                };
-                for (i, s) in [name, version, arch, r].into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(' ');
-                    }
-                    out.push_str(s);
-                }
-                out.push(' ');
-                out.push_str(repo);
-                out.push('\n');
-            }
-            Entry::New(p, None) => crate::snapshot::push_line(out, p),
-            Entry::New(p, Some(r)) => {
-                let mut p = p.clone();
-                p.reason = r;
-                crate::snapshot::push_line(out, &p);
-            }
+    let mut count = base.packages as isize;
+    let mut first = None;
+    let mut pos = 0usize;
+    for (name, e) in touched {
+        let (start, end, present) = match locate(body, name) {
+            Ok((s, e)) => (s, e, true),
+            Err(at) => (at, at, false),
+        };
+        first.get_or_insert(start);
+        out.push_str(&body[pos..start]);
+        pos = end;
+        match (present, e.is_some()) {
+            (true, false) => count -= 1,
+            (false, true) => count += 1,
+            _ => {}
         }
-        Ok(())
-    };
-    for line in &lines {
-        let name = line_name(line);
-        while let Some((n, _)) = edits.peek()
-            && *n < name
-        {
-            let (_, e) = edits.next().expect("peeked");
-            if let Some(e) = e {
-                emit(&mut out, e)?;
-            }
-        }
-        if let Some((n, _)) = edits.peek()
-            && *n == name
-        {
-            let (_, e) = edits.next().expect("peeked");
-            if let Some(e) = e {
-                emit(&mut out, e)?;
-            }
-            continue;
-        }
-        emit(&mut out, Entry::Base(line, None))?;
-    }
-    for (_, e) in edits {
         if let Some(e) = e {
             emit(&mut out, e)?;
         }
     }
+    out.push_str(&body[pos..]);
+    let count = usize::try_from(count).map_err(|_| ApplyError::BadBase)?;
     // The result equals the base up to the first touched line: hash from there on.
-    let first = first_touched.map_or(out.len(), |i| {
-        HEADER.len() + (lines[i].as_ptr() as usize - body.as_ptr() as usize)
-    });
+    let first = first.map_or(out.len(), |f| HEADER.len() + f);
     let reuse = &base.marks[..(first / MARK_EVERY).min(base.marks.len())];
     let (actual, marks) = hash_marked(&out, reuse);
     if actual != delta.target {
@@ -454,6 +469,79 @@ mod tests {
             apply_delta(&SnapText::from_snapshot(&a), &wrong),
             Err(ApplyError::WrongResult { .. })
         ));
+    }
+
+    #[test]
+    fn large_texts_reuse_saved_hash_states_exactly() {
+        // 1,500 packages (about 60 KiB of text, several saved states): changes at the start,
+        // in the middle and at the end, additions past the end and removals, each applied
+        // to the previous result so saved states are reused across steps.
+        let base = |v: &dyn Fn(usize) -> String| {
+            Snapshot::new(
+                (0..1500)
+                    .map(|i| pkg(&format!("package-{i:04}"), &v(i), i % 3 == 0, Some("extra")))
+                    .collect(),
+            )
+            .unwrap()
+        };
+        let mut cur = base(&|i| format!("1.{i}-1"));
+        let mut text = SnapText::from_snapshot(&cur);
+        assert!(text.text.len() > 4 * MARK_EVERY && text.marks.len() >= 4);
+        let steps: Vec<Box<dyn Fn(usize) -> String>> = vec![
+            Box::new(|i| {
+                if i == 1499 {
+                    "2-1".into()
+                } else {
+                    format!("1.{i}-1")
+                }
+            }),
+            Box::new(|i| {
+                if i == 750 || i == 1499 {
+                    "2-1".into()
+                } else {
+                    format!("1.{i}-1")
+                }
+            }),
+            Box::new(|i| {
+                if i == 0 {
+                    "3-1".into()
+                } else {
+                    format!("1.{i}-1")
+                }
+            }),
+            Box::new(|i| {
+                if i == 1200 {
+                    "4-1".into()
+                } else {
+                    format!("1.{i}-1")
+                }
+            }),
+        ];
+        for (n, v) in steps.iter().enumerate() {
+            let mut next = base(v.as_ref());
+            if n == 1 {
+                // Also add a package past the end and remove one in the middle.
+                let mut p: Vec<PackageState> = next.packages().to_vec();
+                p.push(pkg("zzz", "1-1", true, None));
+                p.remove(900);
+                next = Snapshot::new(p).unwrap();
+            }
+            let delta = cur.diff(&next);
+            let applied = apply_delta(&text, &delta).unwrap();
+            assert_eq!(applied.hash, next.hash());
+            assert_eq!(&*applied.text, next.encode());
+            assert_eq!(applied.packages, next.len());
+            let (fresh, marks) = hash_marked(&applied.text, &[]);
+            assert_eq!(fresh, applied.hash);
+            assert_eq!(marks.len(), applied.marks.len());
+            cur = next;
+            text = applied;
+        }
+        // A text read back from the database has no saved states; applying still works.
+        let stored = SnapText::stored(text.hash, text.text.to_string(), text.packages);
+        let next = base(&|i| format!("5.{i}-1"));
+        let applied = apply_delta(&stored, &cur.diff(&next)).unwrap();
+        assert_eq!(applied.hash, next.hash());
     }
 
     #[test]

@@ -765,22 +765,20 @@ async fn reconcile_operations(
                 );
                 tokio::spawn(run_requested(daemon.clone(), op, tx.clone()));
             }
-            OperationState::InProgress => {
-                if daemon.claim_requested(op.id) {
-                    tracing::warn!(
-                        operation = op.id,
-                        "the coordinator shows an operation running that this daemon is not running; reporting it interrupted"
-                    );
-                    let pushed = daemon.store().outbox_push(
-                        "result",
-                        &result_body(op.id, interrupted_result()),
-                        now(),
-                    );
-                    if let Err(e) = pushed {
-                        tracing::error!(error = %e, "cannot queue an operation's result");
-                    }
-                    daemon.outbox_changed.notify_one();
+            OperationState::InProgress if daemon.claim_requested(op.id) => {
+                tracing::warn!(
+                    operation = op.id,
+                    "the coordinator shows an operation running that this daemon is not running; reporting it interrupted"
+                );
+                let pushed = daemon.store().outbox_push(
+                    "result",
+                    &result_body(op.id, interrupted_result()),
+                    now(),
+                );
+                if let Err(e) = pushed {
+                    tracing::error!(error = %e, "cannot queue an operation's result");
                 }
+                daemon.outbox_changed.notify_one();
             }
             _ => {}
         }

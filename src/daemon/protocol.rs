@@ -195,6 +195,9 @@ pub struct LocalStatus {
     /// Whether the asking peer may run actions, and if not, why.
     pub can_act: bool,
     pub why_not: Option<String>,
+    /// What "revert to previous" would change (older daemons send none).
+    #[serde(default)]
+    pub revert_changes: Option<Counts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

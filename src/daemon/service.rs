@@ -18,7 +18,7 @@ use crate::localdb::Fingerprint;
 use crate::machine::MachineState;
 use crate::plan::{Action, Conflict, Counts, Plan, Source, SyncStatus, plan, status};
 use crate::proto::{AutoSyncMode, EndpointState, PackageFailure, PoolPolicy, Progress, TargetInfo};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotHash};
 use crate::store::{HistoryEntry, LocalOperation, Store};
 
 /// Keys of the daemon's small settings in the store.
@@ -64,6 +64,8 @@ struct State {
     pool_name: Option<String>,
     /// Endpoints in the pool (from the coordinator's welcome; not persisted).
     pool_endpoints: Option<u64>,
+    /// What "revert to previous" would change, for (current, previous) snapshot hashes.
+    revert_counts: Option<((SnapshotHash, SnapshotHash), Counts)>,
     endpoint_name: Option<String>,
     link: Option<LinkState>,
     running: Option<RunningOperation>,
@@ -71,6 +73,9 @@ struct State {
     /// Why the last package state could not be recorded (disk full, read-only…); cleared by
     /// the next successful record. Shown before `last_error`.
     storage_error: Option<String>,
+    /// Why pacman's state could not be read (a damaged local database entry…); cleared by
+    /// the next successful read. Shown first.
+    read_error: Option<String>,
     last_sync: Option<i64>,
     paused: bool,
 }
@@ -155,8 +160,11 @@ impl Daemon {
         };
         // A full or read-only disk must not keep the daemon from serving its status (which
         // says what failed): it retries on every notify and timer tick.
+        // Nor a damaged pacman database (a transaction cut short by a power cut): the status
+        // says which entry and how to repair it, instead of a daemon that does not start.
         if let Err(e) = daemon.refresh("start", true).await {
-            if daemon.state().storage_error.is_none() {
+            let s = daemon.state();
+            if s.storage_error.is_none() && s.read_error.is_none() {
                 return Err(e);
             }
             tracing::error!("{e:#}");
@@ -215,7 +223,40 @@ impl Daemon {
             let reuse = reuse.as_ref().map(|(f, a)| (f, a));
             Ok(Some((fp, paths.read_reusing(reuse)?)))
         })
-        .await??;
+        .await?;
+        let read = match read {
+            Ok(r) => {
+                let cleared = if r.is_some() {
+                    let mut s = self.state();
+                    let old = s.read_error.take();
+                    // An operation refused for that reason is no longer the news.
+                    if old.is_some() && s.last_error == old {
+                        s.last_error = None;
+                    }
+                    old.is_some()
+                } else {
+                    false
+                };
+                if cleared {
+                    tracing::info!("pacman's state is readable again");
+                    self.emit_status();
+                }
+                r
+            }
+            Err(e) => {
+                let message = read_error_message(&e);
+                let changed = {
+                    let mut s = self.state();
+                    let changed = s.read_error.as_deref() != Some(message.as_str());
+                    s.read_error = Some(message);
+                    changed
+                };
+                if changed {
+                    self.emit_status();
+                }
+                return Err(e);
+            }
+        };
         let Some((fingerprint, machine)) = read else {
             return Ok(false);
         };
@@ -232,7 +273,15 @@ impl Daemon {
         };
         let recorded = match recorded {
             Ok(r) => {
-                if self.state().storage_error.take().is_some() {
+                let cleared = {
+                    let mut s = self.state();
+                    let old = s.storage_error.take();
+                    if old.is_some() && s.last_error == old {
+                        s.last_error = None;
+                    }
+                    old.is_some()
+                };
+                if cleared {
                     tracing::info!("recording package states works again");
                     self.emit_status();
                 }
@@ -267,6 +316,18 @@ impl Daemon {
         Ok(new)
     }
 
+    /// The error an operation reports when re-reading or recording the state failed: what
+    /// the status shows (with what to do), else the cause chain.
+    fn refresh_failed(&self, e: anyhow::Error) -> ActionError {
+        let s = self.state();
+        let message = s
+            .read_error
+            .clone()
+            .or_else(|| s.storage_error.clone())
+            .unwrap_or_else(|| format!("{e:#}"));
+        ActionError::new(ErrorCode::Internal, message)
+    }
+
     /// The current snapshot (after the last refresh).
     pub fn current_snapshot(&self) -> Option<Snapshot> {
         self.state().machine.as_ref().map(|m| m.snapshot.clone())
@@ -280,7 +341,7 @@ impl Daemon {
 
     /// The status as a peer sees it; `can_act` / `why_not` describe that peer's rights.
     pub fn status(&self, can_act: bool, why_not: Option<String>) -> LocalStatus {
-        let s = self.state();
+        let mut s = self.state();
         let (mut state, counts) = match (&s.machine, &s.target) {
             (Some(m), Some((_, target))) => match self.policy(&s).compile() {
                 Ok(policy) => {
@@ -308,6 +369,9 @@ impl Daemon {
             LinkState::NotConfigured
         });
         let previous = self.store().previous_entry().ok().flatten();
+        let revert_changes = previous
+            .as_ref()
+            .and_then(|p| self.revert_counts(&mut s, p.hash));
         LocalStatus {
             state,
             counts,
@@ -319,12 +383,17 @@ impl Daemon {
             current: s.current.clone(),
             previous,
             operation: s.running.clone(),
-            last_error: s.storage_error.clone().or_else(|| s.last_error.clone()),
+            last_error: s
+                .read_error
+                .clone()
+                .or_else(|| s.storage_error.clone())
+                .or_else(|| s.last_error.clone()),
             last_sync: s.last_sync,
             auto_sync: self.auto_sync_mode_locked(&s),
             auto_sync_paused: s.paused,
             can_act,
             why_not,
+            revert_changes,
         }
     }
 
@@ -339,7 +408,7 @@ impl Daemon {
     pub async fn preview(&self) -> Result<Preview, ActionError> {
         self.refresh("preview", true)
             .await
-            .map_err(ActionError::internal)?;
+            .map_err(|e| self.refresh_failed(e))?;
         let (target, info) = self.target()?;
         let plan = self.plan_to(&target)?;
         Ok(preview_of(&plan, Some(info.revision)))
@@ -504,7 +573,7 @@ impl Daemon {
         // local database (a cleaned cache, a download). Unchanged sources are reused.
         self.refresh(kind, true)
             .await
-            .map_err(ActionError::internal)?;
+            .map_err(|e| self.refresh_failed(e))?;
         let mut plan = self.plan_to(target)?;
         // A version missing from the sync databases may just be newer than they are: refresh
         // them before giving up or fetching from the archive (which only has what was).
@@ -535,7 +604,7 @@ impl Daemon {
             actions::refresh_databases(&self.config.pacman, self.cancel.subscribe()).await?;
             self.refresh(kind, true)
                 .await
-                .map_err(ActionError::internal)?;
+                .map_err(|e| self.refresh_failed(e))?;
             plan = self.plan_to(target)?;
         }
         if !plan.conflicts.is_empty() {
@@ -579,7 +648,7 @@ impl Daemon {
         // Whatever happened, record what pacman's database now says.
         self.refresh(kind, true)
             .await
-            .map_err(ActionError::internal)?;
+            .map_err(|e| self.refresh_failed(e))?;
         let mut failures = applied?;
         let after = self.current_snapshot().unwrap_or_default();
         failures.extend(differences(&after, target, &self.policy(&self.state())));
@@ -751,6 +820,22 @@ impl Daemon {
         s.pool_name = Some(pool.to_owned());
     }
 
+    /// The changes reverting from `current` to the recorded snapshot `previous` would make
+    /// (under the effective policy), cached per pair of hashes.
+    fn revert_counts(&self, s: &mut State, previous: SnapshotHash) -> Option<Counts> {
+        let key = (s.current.as_ref()?.hash, previous);
+        if let Some((k, c)) = &s.revert_counts
+            && *k == key
+        {
+            return Some(*c);
+        }
+        let before = self.store().snapshot(&previous).ok().flatten()?;
+        let policy = self.policy(s).compile().ok()?;
+        let (_, counts) = status(&s.machine.as_ref()?.snapshot, &before, &policy);
+        s.revert_counts = Some((key, counts));
+        Some(counts)
+    }
+
     pub(crate) fn set_pool_endpoints(&self, count: Option<u64>) {
         self.state().pool_endpoints = count;
     }
@@ -841,6 +926,35 @@ impl Daemon {
             Ok(o) => tracing::info!(why, message = %o.message, "automatic sync"),
             Err(e) => tracing::warn!(why, error = %e, "automatic sync did not run"),
         }
+    }
+}
+
+/// What the status says when pacman's state cannot be read: the cause, and for a damaged
+/// local database entry (what a transaction cut short by a crash or power cut leaves) how to
+/// repair it.
+fn read_error_message(e: &anyhow::Error) -> String {
+    use crate::localdb::LocalDbError;
+    use crate::machine::MachineError;
+    let damaged = match e.downcast_ref::<MachineError>() {
+        Some(MachineError::LocalDb(
+            LocalDbError::Entry { path, .. }
+            | LocalDbError::NameMismatch { path, .. }
+            | LocalDbError::BadReason { path, .. },
+        )) => path.iter().rev().find_map(|c| {
+            let dir = c.to_str()?;
+            let mut parts = dir.rsplitn(3, '-');
+            let (_rel, _ver, name) = (parts.next()?, parts.next()?, parts.next()?);
+            (dir != "desc").then(|| name.to_owned())
+        }),
+        _ => None,
+    };
+    match damaged {
+        Some(name) => format!(
+            "cannot read pacman's state: {e:#}; a pacman transaction was probably cut short: \
+             reinstall the package (`pacman -S {name}`, or `pacman -U` its file from the cache), \
+             then run `pacpool notify`"
+        ),
+        None => format!("cannot read pacman's state: {e:#}"),
     }
 }
 
@@ -1070,6 +1184,23 @@ mod actions {
 #[cfg(test)]
 mod tests {
     use super::in_window;
+
+    #[test]
+    fn a_damaged_entry_names_the_package_to_reinstall() {
+        use crate::localdb::LocalDbError;
+        use crate::machine::MachineError;
+        let e = anyhow::Error::new(MachineError::LocalDb(LocalDbError::NameMismatch {
+            path: "/var/lib/pacman/local/lib32-foo-bar-1:2.0-3/desc".into(),
+            expected: "x".into(),
+        }));
+        let m = super::read_error_message(&e);
+        assert!(m.contains("`pacman -S lib32-foo-bar`"), "{m}");
+        let other = anyhow::anyhow!("no local pacman database");
+        assert_eq!(
+            super::read_error_message(&other),
+            "cannot read pacman's state: no local pacman database"
+        );
+    }
 
     #[test]
     fn auto_sync_windows() {

@@ -180,14 +180,18 @@ impl View {
             offline,
         );
         let revert = match &s.previous {
-            Some(p) => gated(
-                format!(
-                    "Revert to previous ({}, {} packages)",
-                    utc(p.taken_at),
-                    p.package_count
-                ),
-                None,
-            ),
+            Some(p) => {
+                let changes = match s.revert_changes {
+                    Some(c) if c.total() > 0 => c.summary(),
+                    Some(_) => "no package changes".to_owned(),
+                    // An older daemon: the snapshot's size instead.
+                    None => format!("{} packages", p.package_count),
+                };
+                gated(
+                    format!("Revert to previous ({}: {changes})", utc(p.taken_at)),
+                    None,
+                )
+            }
             None => Entry::off("Revert to previous (no earlier state recorded)"),
         };
         let pause_label = if s.auto_sync_paused {
@@ -389,6 +393,7 @@ mod tests {
             auto_sync_paused: false,
             can_act: true,
             why_not: None,
+            revert_changes: None,
         })
     }
 
@@ -439,6 +444,28 @@ mod tests {
                 .ends_with("; the 3 other machines in it become behind"),
             "{}",
             v.set_latest_confirm.label
+        );
+        let mut back = status(EndpointState::Ahead, Some(4));
+        back.previous = Some(crate::store::HistoryEntry {
+            id: 1,
+            hash: Snapshot::default().hash(),
+            taken_at: 1_763_771_400,
+            trigger: "hook".into(),
+            package_count: 7,
+        });
+        back.revert_changes = Some(Counts {
+            install: 1,
+            remove: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            View::of(&Daemon::Up(back.clone())).revert,
+            Entry::on("Revert to previous (2025-11-22 00:30 UTC: 1 install, 2 removals)")
+        );
+        back.revert_changes = None;
+        assert_eq!(
+            View::of(&Daemon::Up(back)).revert.label,
+            "Revert to previous (2025-11-22 00:30 UTC: 7 packages)"
         );
         let mut alone = status(EndpointState::Ahead, Some(4));
         alone.pool_endpoints = Some(1);

@@ -84,6 +84,21 @@ impl Coordinator {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> serde_json::Value {
+        let (status, v) = self.try_admin(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    /// An admin request that may fail: the HTTP status and the JSON answer (`null` if none).
+    pub fn try_admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -98,10 +113,8 @@ impl Coordinator {
                 _ => client.get(url),
             };
             let resp = req.bearer_auth(ADMIN).send().await.unwrap();
-            let status = resp.status();
-            let v: serde_json::Value = resp.json().await.unwrap();
-            assert!(status.is_success(), "{method} {path}: {status} {v}");
-            v
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or(serde_json::Value::Null))
         })
     }
 }

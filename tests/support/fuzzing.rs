@@ -202,9 +202,13 @@ pub fn vercmp(data: &[u8]) {
         let bc = vercmp(b, c);
         let ac = vercmp(a, c);
         assert_eq!(vercmp(c, a), ac.reverse(), "{a:?} vs {c:?}");
-        // Transitivity holds for valid package versions (what pacpool compares); for arbitrary
-        // strings pacman's rpmvercmp is not transitive either, and vercmp must match pacman.
-        let valid = [a, b, c].iter().all(|s| s.parse::<PkgVersion>().is_ok());
+        // pacman's rpmvercmp is not transitive in general, not even on versions makepkg
+        // accepts (the real `vercmp`: 0 < @P, @P < @, but 0 > @), and vercmp must match
+        // pacman. Transitivity is checked on plain versions: alphanumeric segments joined by
+        // single dots, with an optional epoch, and a pkgrel on all three or none (pkgrels are
+        // compared only when both sides have one, so `00-10` = `0` = `0-2` but `00-10` > `0-2`).
+        let rels = [a, b, c].iter().filter(|s| s.contains('-')).count();
+        let valid = [a, b, c].iter().all(|s| is_plain_version(s)) && (rels == 0 || rels == 3);
         if valid && ab != Ordering::Greater && bc != Ordering::Greater {
             assert_ne!(
                 ac,
@@ -216,6 +220,19 @@ pub fn vercmp(data: &[u8]) {
             assert_eq!(ac, Ordering::Equal, "{a:?} == {b:?} == {c:?}");
         }
     }
+}
+
+/// `[epoch:]seg(.seg)*[-N[.N]]` with alphanumeric segments.
+pub fn is_plain_version(s: &str) -> bool {
+    let Ok(v) = s.parse::<PkgVersion>() else {
+        return false;
+    };
+    let rest = s.split_once(':').map_or(s, |(_, r)| r);
+    let pkgver = rest.rsplit_once('-').map_or(rest, |(v, _)| v);
+    v.as_str().len() == s.len()
+        && pkgver
+            .split('.')
+            .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// The coordinator's decode path for endpoint WebSocket messages, reports included.
