@@ -118,6 +118,7 @@ struct Figures {
     orphaned_pacman: usize,
     pacman_killed_too: usize,
     stale_lock_refused: usize,
+    stale_lock_nothing_to_do: usize,
     damaged_entries_repaired: usize,
     local_interrupted: usize,
     coordinator_interrupted: usize,
@@ -323,17 +324,25 @@ fn converge(w: &World, d: &Daemon, args: &[&str], stale: bool, f: &mut Figures) 
         let out = d.cli(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lock = w.sb.lock_file();
-        if damaged {
-            assert_eq!(out.status.code(), Some(1), "{stderr}");
-            assert!(stderr.contains("cannot read pacman's state"), "{stderr}");
-        } else {
-            assert_eq!(out.status.code(), Some(6), "{stderr}");
-            let expected = format!(
-                "pacman is in use (lock {} exists): wait for the other pacman to finish; if none is running, remove the stale lock",
-                lock.display()
-            );
-            assert!(stderr.contains(&expected), "{stderr}");
-            f.stale_lock_refused += 1;
+        match out.status.code() {
+            Some(1) if damaged => {
+                assert!(stderr.contains("cannot read pacman's state"), "{stderr}");
+            }
+            Some(6) => {
+                let expected = format!(
+                    "pacman is in use (lock {} exists): wait for the other pacman to finish; if none is running, remove the stale lock",
+                    lock.display()
+                );
+                assert!(stderr.contains(&expected), "{stderr}");
+                f.stale_lock_refused += 1;
+            }
+            // pacman was killed after its last change (hooks, cleanup): nothing is left to do,
+            // so no pacman runs and the lock is not in the way yet.
+            Some(3) => f.stale_lock_nothing_to_do += 1,
+            code => panic!(
+                "{args:?} with a stale lock: {code:?}\n{}{stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            ),
         }
         assert!(lock.exists(), "pacpool never removes a lock itself");
         std::fs::remove_file(&lock).unwrap();
@@ -342,15 +351,28 @@ fn converge(w: &World, d: &Daemon, args: &[&str], stale: bool, f: &mut Figures) 
             let Some(e) = d.status()["last_error"].as_str().map(str::to_owned) else {
                 break;
             };
-            let Some(name) = e
-                .split_once("reinstall the package (`pacman -S ")
+            let Some(command) = e
+                .split_once("reinstall the package (`pacman ")
                 .and_then(|(_, rest)| rest.split_once('`'))
-                .map(|(name, _)| name.to_owned())
+                .map(|(command, _)| command.to_owned())
             else {
                 break;
             };
+            // "move DIR out of pacman's database" first, when the message says so.
+            if let Some((_, rest)) = e.split_once("probably cut short: move ")
+                && let Some((dir, _)) = rest.split_once(" out of pacman's database")
+            {
+                let aside =
+                    w.sb.base()
+                        .join(format!("aside-{n}", n = f.damaged_entries_repaired));
+                std::fs::rename(dir, aside).unwrap();
+            }
+            let args: Vec<&str> = command
+                .split_whitespace()
+                .map(|a| a.trim_matches('\''))
+                .collect();
             f.damaged_entries_repaired += 1;
-            w.sb.pacman_ok(&["-S", &name]);
+            w.sb.pacman_ok(&args);
             let _ = d.cli(&["notify"]);
         }
         assert!(
@@ -540,7 +562,7 @@ fn daemon_killed_at_random_points_recovers_and_converges() {
     }
     eprintln!(
         "fault_daemon_kill: {} trials in {:.1} s (kill window {} ms): {} orphaned pacman finished on its own, \
-         {} also killed (stale lock refused {} times, damaged entries reinstalled {}, converged), {} local operations interrupted, \
+         {} also killed (stale lock refused {} times, nothing to do {} times, damaged entries reinstalled {}, converged), {} local operations interrupted, \
          coordinator operations: {} completed, {} failed as interrupted; restart-to-converged mean {} ms, max {} ms",
         f.trials,
         started.elapsed().as_secs_f64(),
@@ -548,6 +570,7 @@ fn daemon_killed_at_random_points_recovers_and_converges() {
         f.orphaned_pacman,
         f.pacman_killed_too,
         f.stale_lock_refused,
+        f.stale_lock_nothing_to_do,
         f.damaged_entries_repaired,
         f.local_interrupted,
         f.coordinator_completed,
@@ -595,7 +618,7 @@ fn damaged_local_entry_after_a_power_cut_is_explained_and_repaired() {
     let e = status["last_error"].as_str().unwrap_or_default();
     assert!(
         e.contains("cannot read pacman's state: corrupt package entry")
-            && e.contains("reinstall the package (`pacman -S alpha`"),
+            && e.contains("reinstall the package (`pacman -S --overwrite '*' alpha`)"),
         "{status}"
     );
     let log = sb.log_text();
@@ -610,13 +633,40 @@ fn damaged_local_entry_after_a_power_cut_is_explained_and_repaired() {
         "the lock holds"
     );
     std::fs::remove_file(sb.lock_file()).unwrap();
-    sb.pacman_ok(&["-S", "alpha"]);
+    std::fs::rename(
+        sb.dbpath().join("local/alpha-2.0-1"),
+        sb.base().join("alpha-entry-aside"),
+    )
+    .unwrap();
+    sb.pacman_ok(&["-S", "--overwrite", "*", "alpha"]);
     d.cli_code(&["notify"], 0);
     let status = d.status();
     assert!(status["last_error"].is_null(), "{status}");
     assert_eq!(local_hash(&sb), upgraded);
     d.cli_code(&["revert", "--yes"], 0);
     assert!(sb.pacman_ok(&["-Q", "alpha"]).contains("1.0-1"));
+
+    // Cut earlier: the entry directory exists without its desc. pacman cannot load it
+    // either; the message says to move the entry away and reinstall over the files.
+    let entry = sb.dbpath().join("local/beta-1.0-1");
+    std::fs::remove_file(entry.join("desc")).unwrap();
+    let out = d.cli(&["notify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = format!(
+        "move {} out of pacman's database, reinstall the package (`pacman -S --overwrite '*' beta`), then run `pacpool notify`",
+        entry.display()
+    );
+    let status = d.status();
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&expected)),
+        "{status}"
+    );
+    std::fs::rename(&entry, sb.base().join("beta-entry-aside")).unwrap();
+    sb.pacman_ok(&["-S", "--overwrite", "*", "beta"]);
+    d.cli_code(&["notify"], 0);
+    assert!(d.status()["last_error"].is_null());
     for check in [["-Dk"], ["-Qk"]] {
         assert!(sb.pacman(&check).status.success());
     }

@@ -356,7 +356,6 @@ fn write_seed_corpus() {
 /// plain versions are pacman's own (`fuzz/regressions/vercmp/`).
 #[test]
 fn vercmp_is_transitive_on_plain_versions() {
-    use pacpool::version::vercmp;
     const SEGMENTS: &[&str] = &[
         "0", "00", "1", "01", "2", "10", "a", "b", "rc", "1a", "a1", "Z",
     ];

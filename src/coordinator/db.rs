@@ -845,6 +845,74 @@ mod tests {
         assert!(rows.iter().all(|(d, _)| *d <= MAX_DELTA_DEPTH));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_changes_commit_together_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let db = Db::open(&path).unwrap();
+        // 200 changes at once (so batches form); every fifth writes a row and then fails,
+        // and must leave nothing behind, while the others commit.
+        let mut tasks = Vec::new();
+        for i in 0..200i64 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                db.write(move |tx| {
+                    audit(tx, "test", "group", Some(format!("{i}")), None, None)?;
+                    if i % 5 == 0 {
+                        return Err(ApiErr::invalid("refused"));
+                    }
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(v) => {
+                    assert_eq!(v, i as i64);
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert_eq!(i % 5, 0);
+                    assert_eq!(e.message, "refused");
+                }
+            }
+        }
+        assert_eq!(ok, 160);
+        // Every acknowledged change is visible to a new connection (committed), and no
+        // refused one is.
+        let conn = Connection::open(&path).unwrap();
+        let subjects: Vec<i64> = conn
+            .prepare("SELECT CAST(subject AS INTEGER) FROM audit WHERE action = 'group'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(subjects.len(), 160);
+        assert!(subjects.iter().all(|i| i % 5 != 0));
+        // A panicking change is rolled back alone and answered with an error.
+        let r = db
+            .write(|tx| -> Result<(), ApiErr> {
+                audit(tx, "test", "panic", None, None, None)?;
+                panic!("a bug in a change");
+            })
+            .await;
+        assert!(r.is_err());
+        db.write(|tx| audit(tx, "test", "after", None, None, None))
+            .await
+            .unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM audit WHERE action IN ('panic', 'after')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
     #[test]
     fn migrates_once_and_refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();

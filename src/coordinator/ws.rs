@@ -194,12 +194,14 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
                     target: db::current_target(conn, pool_id)?,
                     known_state: known.as_deref().map(db::parse_hash).transpose()?,
                     policy: db::policy_of(conn, pool_id)?,
-                    pool_endpoints: Some(conn.query_row(
-                        "SELECT COUNT(*) FROM endpoints WHERE pool_id = ?1",
-                        [pool_id],
-                        |r| r.get::<_, i64>(0),
-                    )?)
-                    .map(i64::unsigned_abs),
+                    pool_endpoints: Some(
+                        conn.query_row(
+                            "SELECT COUNT(*) FROM endpoints WHERE pool_id = ?1",
+                            [pool_id],
+                            |r| r.get::<_, i64>(0),
+                        )?
+                        .unsigned_abs(),
+                    ),
                 })
             })
             .await

@@ -935,26 +935,41 @@ impl Daemon {
 fn read_error_message(e: &anyhow::Error) -> String {
     use crate::localdb::LocalDbError;
     use crate::machine::MachineError;
-    let damaged = match e.downcast_ref::<MachineError>() {
+    let entry = match e.downcast_ref::<MachineError>() {
         Some(MachineError::LocalDb(
             LocalDbError::Entry { path, .. }
             | LocalDbError::NameMismatch { path, .. }
             | LocalDbError::BadReason { path, .. },
-        )) => path.iter().rev().find_map(|c| {
-            let dir = c.to_str()?;
-            let mut parts = dir.rsplitn(3, '-');
-            let (_rel, _ver, name) = (parts.next()?, parts.next()?, parts.next()?);
-            (dir != "desc").then(|| name.to_owned())
-        }),
+        )) => Some(path),
+        // An entry directory without its `desc` (pacman stopped right after creating it).
+        Some(MachineError::LocalDb(LocalDbError::Io { path, .. }))
+            if path.file_name().is_some_and(|f| f == "desc") =>
+        {
+            Some(path)
+        }
         _ => None,
     };
+    let damaged = entry.and_then(|path| {
+        let dir = if path.file_name().is_some_and(|f| f == "desc") {
+            path.parent()?
+        } else {
+            path.as_path()
+        };
+        let mut parts = dir.file_name()?.to_str()?.rsplitn(3, '-');
+        let (_rel, _ver, name) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((dir.to_owned(), name.to_owned()))
+    });
+    let cause = crate::display::error_line(e);
     match damaged {
-        Some(name) => format!(
-            "cannot read pacman's state: {e:#}; a pacman transaction was probably cut short: \
-             reinstall the package (`pacman -S {name}`, or `pacman -U` its file from the cache), \
-             then run `pacpool notify`"
+        // `pacman -S NAME` alone fails on an entry whose `desc` or `files` is missing, and
+        // the package's files are still on disk: the entry goes, the reinstall takes them over.
+        Some((dir, name)) => format!(
+            "cannot read pacman's state: {cause}; a pacman transaction was probably cut short: \
+             move {} out of pacman's database, reinstall the package \
+             (`pacman -S --overwrite '*' {name}`), then run `pacpool notify`",
+            dir.display()
         ),
-        None => format!("cannot read pacman's state: {e:#}"),
+        None => format!("cannot read pacman's state: {cause}"),
     }
 }
 
@@ -1194,7 +1209,23 @@ mod tests {
             expected: "x".into(),
         }));
         let m = super::read_error_message(&e);
-        assert!(m.contains("`pacman -S lib32-foo-bar`"), "{m}");
+        assert!(
+            m.contains(
+                "move /var/lib/pacman/local/lib32-foo-bar-1:2.0-3 out of pacman's database, reinstall the package (`pacman -S --overwrite '*' lib32-foo-bar`)"
+            ),
+            "{m}"
+        );
+        let e = anyhow::Error::new(MachineError::LocalDb(LocalDbError::Io {
+            path: "/var/lib/pacman/local/pkg08-2.0-1/desc".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }));
+        let m = super::read_error_message(&e);
+        assert!(
+            m.contains(
+                "move /var/lib/pacman/local/pkg08-2.0-1 out of pacman's database, reinstall the package (`pacman -S --overwrite '*' pkg08`)"
+            ),
+            "{m}"
+        );
         let other = anyhow::anyhow!("no local pacman database");
         assert_eq!(
             super::read_error_message(&other),

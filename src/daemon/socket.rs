@@ -233,6 +233,17 @@ pub async fn serve(daemon: Arc<Daemon>, listener: Listener, mut stop: watch::Rec
                             tracing::warn!(?uid, "socket client refused: {why}");
                             tokio::spawn(async move {
                                 let _ = write(&mut stream, &error(ErrorCode::Busy, why)).await;
+                                // Take the client's request line before closing, so that its
+                                // write does not fail before it reads the answer; bounded in
+                                // size and time, as this client holds no slot.
+                                let mut sink = Vec::new();
+                                let mut r =
+                                    BufReader::new(&mut stream).take(MAX_REQUEST_LINE as u64);
+                                let _ = tokio::time::timeout(
+                                    std::time::Duration::from_secs(5),
+                                    r.read_until(b'\n', &mut sink),
+                                )
+                                .await;
                             });
                             continue;
                         }
@@ -414,7 +425,10 @@ async fn dispatch(
             Ok((entry, text)) => Reply::Snapshot { entry, text },
             Err(e) => e.into(),
         },
-        Request::Notify => match daemon.refresh("hook", true).await {
+        // The pacman hook runs as root: a full re-read (a reason change moves no directory).
+        // Anyone else gets the two-`stat` unchanged check, so a loop of `notify` from an
+        // unprivileged user cannot keep the daemon re-reading pacman's database.
+        Request::Notify => match daemon.refresh("hook", auth.is_ok()).await {
             Ok(_) => Reply::Ok,
             Err(e) => error(ErrorCode::Internal, format!("{e:#}")),
         },

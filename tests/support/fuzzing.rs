@@ -21,8 +21,11 @@ use pacpool::proto::{
 };
 use pacpool::snapshot::{Delta, PackageState, Snapshot};
 
+/// A fuzz entry function.
+pub type Target = fn(&[u8]);
+
 /// Every target: a name for corpora and reports, and the entry function.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("desc", desc),
     ("syncdb", syncdb),
     ("vercmp", vercmp),
@@ -493,18 +496,18 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn syncdb_seeds() -> Vec<Vec<u8>> {
-    let foo = desc_text("foo", "1.0-1");
+    let first = desc_text("foo", "1.0-1");
     let bar = desc_text("bar", "1:2.0-3");
     let plain = tar_of(&[
-        ("foo-1.0-1/desc", foo.as_bytes()),
+        ("foo-1.0-1/desc", first.as_bytes()),
         ("foo-1.0-1/files", b"%FILES%\nusr/bin/foo\n"),
         ("bar-1:2.0-3/desc", bar.as_bytes()),
     ]);
     let hostile = tar_of(&[
         ("-Syu-1-1/desc", desc_text("-Syu", "1-1").as_bytes()),
-        ("../x/desc", foo.as_bytes()),
-        ("foo-1.0-1/desc", foo.as_bytes()),
-        ("./foo-1.0-1/desc", foo.as_bytes()),
+        ("../x/desc", first.as_bytes()),
+        ("foo-1.0-1/desc", first.as_bytes()),
+        ("./foo-1.0-1/desc", first.as_bytes()),
     ]);
     let zstd =
         ruzstd::encoding::compress_to_vec(&plain[..], ruzstd::encoding::CompressionLevel::Fastest);

@@ -78,6 +78,27 @@ async fn ask(client: &mut Client, request: Request, quiet: bool) -> Result<Reply
     }
 }
 
+/// Asks for the status and refuses at once when this user may not run actions (before any
+/// preview, so the refusal is what the user sees, not a planning error).
+async fn status_for_action(client: &mut Client) -> Result<Box<LocalStatus>, Failure> {
+    let Reply::Status { status } = ask(client, Request::Status, true).await? else {
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with a status",
+        ));
+    };
+    if !status.can_act {
+        return Err(Failure::new(
+            exit::REFUSED,
+            status
+                .why_not
+                .clone()
+                .unwrap_or_else(|| "you may not run actions on this machine".into()),
+        ));
+    }
+    Ok(status)
+}
+
 fn unexpected(reply: Reply) -> Failure {
     Failure::new(
         exit::FAILURE,
@@ -347,6 +368,7 @@ fn finish(outcome: Outcome, json: bool) -> Result<u8, Failure> {
 
 pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
+    status_for_action(&mut client).await?;
     let Reply::Preview { preview } = ask(&mut client, Request::Preview, true).await? else {
         return Err(Failure::new(
             exit::FAILURE,
@@ -379,18 +401,17 @@ pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
 
 pub async fn set_latest(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
-    let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
-        return Err(Failure::new(
-            exit::FAILURE,
-            "pacpoold did not answer with a status",
-        ));
-    };
+    let status = status_for_action(&mut client).await?;
     let pool = status.pool.clone().unwrap_or_else(|| "the pool".into());
     let packages = status.current.as_ref().map_or(0, |c| c.package_count);
+    let others = match status.pool_endpoints.map(|n| n.saturating_sub(1)) {
+        None => "Every other machine in it will be behind.".to_owned(),
+        Some(0) => "No other machine is in it yet.".to_owned(),
+        Some(1) => "The 1 other machine in it will be behind.".to_owned(),
+        Some(n) => format!("The {n} other machines in it will be behind."),
+    };
     confirm(
-        &format!(
-            "Make this machine's {packages} packages the new target of {pool}? Every other machine in it will be behind."
-        ),
+        &format!("Make this machine's {packages} packages the new target of {pool}? {others}"),
         yes,
     )?;
     match ask(&mut client, Request::SetLatest, json).await? {
@@ -406,31 +427,28 @@ pub async fn revert(
     json: bool,
 ) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
+    let status = status_for_action(&mut client).await?;
     let what = match &to {
         _ if yes => String::new(),
         Some(id) => format!("recorded state {id}"),
-        None => {
-            let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
+        None => match &status.previous {
+            Some(p) => format!(
+                "the previous state {} (#{}, {} packages{})",
+                p.hash.short(),
+                p.id,
+                p.package_count,
+                status
+                    .revert_changes
+                    .map(|c| format!("; this makes {}", c.summary()))
+                    .unwrap_or_default()
+            ),
+            None => {
                 return Err(Failure::new(
-                    exit::FAILURE,
-                    "pacpoold did not answer with a status",
+                    exit::NOTHING_TO_DO,
+                    "there is no previous state to revert to",
                 ));
-            };
-            match status.previous {
-                Some(p) => format!(
-                    "the previous state {} (#{}, {} packages)",
-                    p.hash.short(),
-                    p.id,
-                    p.package_count
-                ),
-                None => {
-                    return Err(Failure::new(
-                        exit::NOTHING_TO_DO,
-                        "there is no previous state to revert to",
-                    ));
-                }
             }
-        }
+        },
     };
     confirm(&format!("Revert this machine to {what}?"), yes)?;
     // Removals over the cap were confirmed by answering the question above.
