@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use pacpool::localdb::Reason;
 use pacpool::proto::{
@@ -232,7 +233,7 @@ impl CpuMark {
 async fn ingest(
     client: &reqwest::Client,
     url: &str,
-    jobs: Vec<(String, Vec<u8>)>,
+    jobs: Vec<(String, Bytes)>,
     concurrency: usize,
 ) -> Stats {
     let jobs = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
@@ -569,7 +570,8 @@ async fn main() {
                 serde_json::to_vec(&StateReport::Full {
                     snapshot: s.clone(),
                 })
-                .unwrap(),
+                .unwrap()
+                .into(),
             ));
             last_states.push(s);
         }
@@ -588,14 +590,16 @@ async fn main() {
     // 2. One-package deltas over REST at concurrency 50: several rounds per endpoint, each
     //    against the state the coordinator acknowledged last.
     let rounds = 25;
-    let mut jobs = Vec::new();
+    let mut jobs: Vec<(String, Bytes)> = Vec::new();
     for r in 0..rounds {
         for (i, ep) in endpoints.iter().enumerate() {
             let next = state(i, 100 + r);
             let delta = last_states[i].diff(&next);
             jobs.push((
                 ep.endpoint_token.clone(),
-                serde_json::to_vec(&StateReport::Delta { delta }).unwrap(),
+                serde_json::to_vec(&StateReport::Delta { delta })
+                    .unwrap()
+                    .into(),
             ));
             last_states[i] = next;
         }
@@ -661,47 +665,23 @@ async fn main() {
         s0,
         "the bench's text form matches Snapshot::encode"
     );
-    let full_msg = Message::text(
-        serde_json::to_string(&EndpointMsg::Report {
-            report: StateReport::Full {
-                snapshot: common.snap.clone(),
-            },
-        })
-        .unwrap(),
-    );
+    // Over REST, as pacpoold sends full states (a WebSocket that carried one keeps a buffer
+    // that large for its lifetime); the body is built once and shared.
+    let full_body: Bytes = serde_json::to_vec(&StateReport::Full {
+        snapshot: common.snap.clone(),
+    })
+    .unwrap()
+    .into();
+    let jobs: Vec<(String, Bytes)> = fan_eps
+        .iter()
+        .map(|ep| (ep.endpoint_token.clone(), full_body.clone()))
+        .collect();
     let cpu = CpuMark::now(server.pid());
-    let seed_start = Instant::now();
-    let mut seed = Stats {
-        latencies: Vec::new(),
-        errors: 0,
-        wall: Duration::ZERO,
-    };
-    let mut next = 0;
-    let mut answered = 0;
-    while answered < fanout {
-        while next < fanout && next - answered < SEED_WINDOW {
-            let _ = cmds[next].send(full_msg.clone());
-            next += 1;
-        }
-        match tokio::time::timeout(Duration::from_secs(60), notes.recv()).await {
-            Ok(Some(Note::Ack(l, ok))) => {
-                answered += 1;
-                seed.latencies.push(l);
-                seed.errors += usize::from(!ok);
-            }
-            Ok(Some(Note::Closed)) => {
-                answered += 1;
-                seed.errors += 1;
-            }
-            Ok(Some(Note::TargetChanged(_))) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    seed.wall = seed_start.elapsed();
+    let seed = ingest(&client, &report_url, jobs, SEED_WINDOW).await;
     println!(
         "  {}",
         seed.line(&format!(
-            "seed: full state x{fanout} (ws, {SEED_WINDOW} in flight)"
+            "seed: full state x{fanout} (REST, {SEED_WINDOW} in flight)"
         ))
     );
     println!(

@@ -341,10 +341,15 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
                     .prepare_cached("BEGIN IMMEDIATE")
                     .and_then(|mut s| s.execute([]))
                 {
+                    // The rest of the batch is dropped unrun: their callers get an error
+                    // (a change never runs outside a transaction).
                     tracing::error!(error = %e, "cannot begin a write transaction");
+                    break;
                 }
             }
         }
+        // Changes left unrun by a `break` above are answered with an error when dropped.
+        batch.clear();
         if conn.is_autocommit() {
             continue;
         }

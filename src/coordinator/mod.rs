@@ -113,6 +113,9 @@ pub(crate) struct Inner {
     anonymous_limiter: limits::RateLimiter,
     started_at: i64,
     statuses: Mutex<HashMap<StatusKey, (crate::plan::SyncStatus, crate::plan::Counts)>>,
+    /// Endpoints per pool for `Welcome` (a count for the tray's confirmation, not worth a
+    /// query on every connect of a reconnect storm): (count, when counted).
+    pool_sizes: Mutex<HashMap<i64, (u64, std::time::Instant)>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -351,6 +354,7 @@ pub async fn launch(
         snapshots: snaptext::SizedCache::new(DECODED_CACHE_PACKAGES),
         texts: snaptext::SizedCache::new(TEXT_CACHE_BYTES),
         statuses: Mutex::new(HashMap::new()),
+        pool_sizes: Mutex::new(HashMap::new()),
         token_limiter,
         anonymous_limiter,
         started_at: db::now(),

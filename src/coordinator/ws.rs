@@ -32,6 +32,8 @@ use crate::proto::{EndpointMsg, PROTOCOL_VERSION, ServerMsg};
 
 const WS_READ_BUFFER: usize = 4096;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a pool's endpoint count (sent in `Welcome`) is reused.
+const POOL_SIZE_TTL: Duration = Duration::from_secs(5);
 /// Close code for "your credentials are no longer valid" (private range 4000-4999).
 const CLOSE_REVOKED: u16 = 4001;
 /// Close code for "fell behind on events; reconnect to resynchronise".
@@ -180,7 +182,15 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
     let welcome = async {
         state.heartbeat(&ep).await?;
         let (id, pool_id) = (ep.id, ep.pool_id);
-        state
+        // Counted at most every few seconds per pool.
+        let cached = state
+            .pool_sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pool_id)
+            .filter(|(_, at)| at.elapsed() < POOL_SIZE_TTL)
+            .map(|(n, _)| *n);
+        let welcome = state
             .db
             .read(move |conn| {
                 let known: Option<String> =
@@ -194,17 +204,35 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
                     target: db::current_target(conn, pool_id)?,
                     known_state: known.as_deref().map(db::parse_hash).transpose()?,
                     policy: db::policy_of(conn, pool_id)?,
-                    pool_endpoints: Some(
-                        conn.query_row(
-                            "SELECT COUNT(*) FROM endpoints WHERE pool_id = ?1",
-                            [pool_id],
-                            |r| r.get::<_, i64>(0),
-                        )?
-                        .unsigned_abs(),
-                    ),
+                    pool_endpoints: match cached {
+                        Some(n) => Some(n),
+                        None => Some(
+                            conn.query_row(
+                                "SELECT COUNT(*) FROM endpoints WHERE pool_id = ?1",
+                                [pool_id],
+                                |r| r.get::<_, i64>(0),
+                            )?
+                            .unsigned_abs(),
+                        ),
+                    },
                 })
             })
-            .await
+            .await?;
+        if let (
+            None,
+            ServerMsg::Welcome {
+                pool_endpoints: Some(n),
+                ..
+            },
+        ) = (cached, &welcome)
+        {
+            state
+                .pool_sizes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pool_id, (*n, std::time::Instant::now()));
+        }
+        Ok(welcome)
     }
     .await;
     match welcome {

@@ -393,6 +393,52 @@ fn report_for(daemon: &Daemon, known: Option<SnapshotHash>) -> Option<StateRepor
     })
 }
 
+/// Reports the current state if the coordinator does not have it: a delta over the socket
+/// (its `ReportAck` arrives there), a full state over REST — a WebSocket that once carries a
+/// 150 KB message keeps a read buffer that large on both ends for its lifetime, which is
+/// 1.5 GB at a coordinator with 10,000 endpoints. After a full state the coordinator's answer
+/// is taken at once, and a delta follows if the state moved on meanwhile.
+async fn report_now(
+    daemon: &Daemon,
+    endpoint: &Endpoint,
+    ws: &mut (impl SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin),
+    known: &mut Option<SnapshotHash>,
+) -> Result<(), String> {
+    for _ in 0..2 {
+        match report_for(daemon, *known) {
+            None => return Ok(()),
+            Some(report @ StateReport::Delta { .. }) => {
+                return ws
+                    .send(encode(&EndpointMsg::Report { report }))
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            Some(full) => {
+                let ack: ReportAck = endpoint
+                    .call(
+                        endpoint
+                            .http
+                            .post(endpoint.url("/endpoint/report"))
+                            .json(&full),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        CallError::Unreachable(m) => m,
+                        CallError::Api(a) => {
+                            format!("the coordinator refused our state: {}", a.message)
+                        }
+                    })?;
+                let ReportAck::Accepted { state } = ack else {
+                    return Ok(());
+                };
+                *known = Some(state);
+                let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn encode(msg: &EndpointMsg) -> Message {
     Message::text(serde_json::to_string(msg).expect("messages serialize"))
 }
@@ -482,9 +528,7 @@ async fn session(
                 }
             }
             _ = daemon.state_changed.notified(), if welcomed => {
-                if let Some(report) = report_for(daemon, known)
-                    && let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await
-                {
+                if let Err(e) = report_now(daemon, endpoint, &mut ws, &mut known).await {
                     return lost(true, e);
                 }
             }
@@ -529,9 +573,7 @@ async fn session(
                             endpoint.clone(),
                             results_tx.clone(),
                         ));
-                        if let Some(report) = report_for(daemon, known)
-                            && let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await
-                        {
+                        if let Err(e) = report_now(daemon, endpoint, &mut ws, &mut known).await {
                             return lost(true, e);
                         }
                     }
@@ -540,19 +582,16 @@ async fn session(
                             known = Some(state);
                             let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
                             // Our state may have moved on while the report travelled.
-                            if let Some(report) = report_for(daemon, known)
-                                && let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await
-                            {
+                            if let Err(e) = report_now(daemon, endpoint, &mut ws, &mut known).await {
                                 return lost(true, e);
                             }
                         }
                         ReportAck::NeedFull { known: k } => {
-                            known = k;
-                            if let Some(snapshot) = daemon.current_snapshot() {
-                                let report = StateReport::Full { snapshot };
-                                if let Err(e) = ws.send(encode(&EndpointMsg::Report { report })).await {
-                                    return lost(true, e);
-                                }
+                            tracing::debug!(coordinator_has = ?k, "the coordinator needs our full state");
+                            // Full, whatever it has: a delta on its base just failed.
+                            known = None;
+                            if let Err(e) = report_now(daemon, endpoint, &mut ws, &mut known).await {
+                                return lost(true, e);
                             }
                         }
                     },

@@ -318,7 +318,7 @@ impl Daemon {
 
     /// The error an operation reports when re-reading or recording the state failed: what
     /// the status shows (with what to do), else the cause chain.
-    fn refresh_failed(&self, e: anyhow::Error) -> ActionError {
+    pub(crate) fn refresh_failed(&self, e: anyhow::Error) -> ActionError {
         let s = self.state();
         let message = s
             .read_error

@@ -430,7 +430,8 @@ async fn dispatch(
         // unprivileged user cannot keep the daemon re-reading pacman's database.
         Request::Notify => match daemon.refresh("hook", auth.is_ok()).await {
             Ok(_) => Reply::Ok,
-            Err(e) => error(ErrorCode::Internal, format!("{e:#}")),
+            // The status's wording: what failed and what to do.
+            Err(e) => daemon.refresh_failed(e).into(),
         },
         Request::Cancel => match daemon.cancel() {
             Ok(()) => Reply::Ok,
