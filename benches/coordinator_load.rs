@@ -1,7 +1,8 @@
 //! Coordinator load program (loopback only; bounded in count and time).
 //!
 //! `cargo bench --bench coordinator_load -- [--endpoints N] [--report-rate R] [--seconds S]
-//! [--storm M] [--skip-ws]`
+//! [--storm M] [--skip-ws]` (`PACPOOL_BENCH_COORDINATOR=PATH` runs another coordinator
+//! binary, e.g. a copy of an earlier build, for before/after comparisons)
 //!
 //! Starts the real `pacpool-coordinator` binary on 127.0.0.1 with a fresh SQLite database and
 //! measures, in one run:
@@ -320,7 +321,11 @@ struct Coordinator {
 
 impl Coordinator {
     fn start(config: &std::path::Path) -> Self {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"))
+        // PACPOOL_BENCH_COORDINATOR: another coordinator binary (e.g. a copy of an earlier
+        // build), to measure before and after a change with the same client.
+        let bin = std::env::var_os("PACPOOL_BENCH_COORDINATOR")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_pacpool-coordinator").into());
+        let child = std::process::Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
             .env("PACPOOL_LOG", "warn")

@@ -102,6 +102,10 @@ macro_rules! string_newtype {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+            /// Checks `s` by the same rules as [`Self::new`] without wrapping (or copying) it.
+            pub fn check(s: &str) -> Result<(), NameError> {
+                $validate(s)
+            }
         }
         impl FromStr for $name {
             type Err = NameError;

@@ -197,7 +197,20 @@ impl Snapshot {
     /// The compact canonical text form: a header line, then
     /// `name version arch e|d repo-or-dash` per package.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(HEADER.len() + 1 + self.packages.len() * 48);
+        // The exact size, so the text is written without growing its buffer.
+        let size = self
+            .packages
+            .iter()
+            .map(|p| {
+                // `name version arch e|d repo-or-dash\n`
+                p.name.as_str().len()
+                    + p.version.as_str().len()
+                    + p.arch.as_str().len()
+                    + p.repo.as_ref().map_or(1, |r| r.as_str().len())
+                    + 6
+            })
+            .sum::<usize>();
+        let mut out = String::with_capacity(HEADER.len() + 1 + size);
         out.push_str(HEADER);
         out.push('\n');
         for p in &self.packages {

@@ -27,6 +27,7 @@ use super::db::{self, now};
 use super::error::ApiErr;
 use super::hub::Audience;
 use super::service::Actor;
+use super::snaptext::{FullText, SnapText};
 use super::ws;
 use crate::proto::{
     AuditEntry, CreateJoinToken, CreateOperation, CreatePool, EndpointStatus, JoinToken,
@@ -76,8 +77,13 @@ fn too_large() -> ApiErr {
 
 /// The body of `POST /endpoint/report`: a [`StateReport`], parsed without the buffering that
 /// serde's internally tagged enums do (a full state is the largest and most frequent body:
-/// that buffering doubled its parsing time). The JSON accepted is the same.
-pub struct ReportJson(pub StateReport);
+/// that buffering doubled its parsing time), and a full state straight into its canonical
+/// text ([`FullText`]: no per-package allocations, no second encoding pass). The JSON
+/// accepted is the same.
+pub enum ReportJson {
+    Full(SnapText),
+    Delta(crate::snapshot::Delta),
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,7 +96,7 @@ enum ReportKind {
 struct ReportBody {
     kind: ReportKind,
     #[serde(default)]
-    snapshot: Option<crate::snapshot::Snapshot>,
+    snapshot: Option<FullText>,
     #[serde(default)]
     delta: Option<crate::snapshot::Delta>,
 }
@@ -121,7 +127,13 @@ impl<S: Send + Sync> FromRequest<S> for ReportJson {
                 StatusCode::PAYLOAD_TOO_LARGE => too_large(),
                 _ => ApiErr::invalid(format!("cannot read the request body: {}", rej.body_text())),
             })?;
-        let body = match serde_json::from_slice::<ReportBody>(&bytes) {
+        // Checking the UTF-8 of the whole body at once is cheaper than string by string (a
+        // full state has 6,000 strings); a body that is not UTF-8 is read as bytes, as before.
+        let parsed = match std::str::from_utf8(&bytes) {
+            Ok(text) => serde_json::from_str::<ReportBody>(text),
+            Err(_) => serde_json::from_slice::<ReportBody>(&bytes),
+        };
+        let body = match parsed {
             Ok(b) => b,
             // The slower parser names the path of the problem in its message.
             Err(e) => {
@@ -136,12 +148,12 @@ impl<S: Send + Sync> FromRequest<S> for ReportJson {
                 kind: ReportKind::Full,
                 snapshot: Some(snapshot),
                 ..
-            } => Ok(Self(StateReport::Full { snapshot })),
+            } => Ok(Self::Full(snapshot.0)),
             ReportBody {
                 kind: ReportKind::Delta,
                 delta: Some(delta),
                 ..
-            } => Ok(Self(StateReport::Delta { delta })),
+            } => Ok(Self::Delta(delta)),
             ReportBody {
                 kind: ReportKind::Full,
                 ..
@@ -866,6 +878,7 @@ async fn update_endpoint(
         })
         .await?;
     if old_pool != new_pool {
+        state.pool_membership_changed();
         // Its socket is subscribed to the old pool: make it reconnect (and get a new Welcome).
         state.hub.disconnect(old_pool, id);
     }
@@ -904,6 +917,7 @@ async fn delete_endpoint(
             Ok(row.0)
         })
         .await?;
+    state.pool_membership_changed();
     state.hub.disconnect(pool_id, id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1155,6 +1169,7 @@ async fn register(
             })
         })
         .await?;
+    state.pool_membership_changed();
     Ok((StatusCode::CREATED, Json(resp)))
 }
 
@@ -1165,9 +1180,17 @@ async fn endpoint_report(
     ep: EndpointAuth,
     State(state): State<AppState>,
     ci: ConnectInfo<SocketAddr>,
-    ReportJson(report): ReportJson,
+    report: ReportJson,
 ) -> ApiResult<ReportAck> {
-    Ok(Json(state.report(&ep, report, peer(&ci)).await?))
+    let peer = peer(&ci);
+    Ok(Json(match report {
+        ReportJson::Full(text) => state.report_full(&ep, text, peer).await?,
+        ReportJson::Delta(delta) => {
+            state
+                .report(&ep, StateReport::Delta { delta }, peer)
+                .await?
+        }
+    }))
 }
 
 async fn endpoint_target(

@@ -119,6 +119,16 @@ pub(crate) struct Inner {
     shutdown: watch::Receiver<bool>,
 }
 
+impl Inner {
+    /// An endpoint joined, moved or left: the cached pool sizes are stale.
+    pub(crate) fn pool_membership_changed(&self) {
+        self.pool_sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {

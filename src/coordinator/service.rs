@@ -474,72 +474,107 @@ impl AppState {
     /// `NeedFull` and nothing is stored.
     ///
     /// The CPU work (encoding and hashing a full state, applying a delta to its base's text
-    /// and hashing the result) runs before the write transaction, on a blocking thread, so
-    /// the single writer only does the SQL.
+    /// and hashing the result) runs before the write transaction, so the single writer only
+    /// does the SQL.
     pub(crate) async fn report(
         &self,
         ep: &EndpointAuth,
         report: StateReport,
         peer: Option<IpAddr>,
     ) -> Result<ReportAck, ApiErr> {
-        let id = ep.id;
-        let (new, base) = match report {
+        match report {
             StateReport::Full { snapshot } => {
                 let text = tokio::task::spawn_blocking(move || SnapText::from_snapshot(&snapshot))
                     .await
                     .map_err(|e| ApiErr::internal(format!("encoding task failed: {e}")))?;
-                (text, None)
+                self.report_full(ep, text, peer).await
             }
-            StateReport::Delta { delta } => {
-                let wanted = delta.base;
-                // The base text: cached (content-addressed, so whoever reported it), or read
-                // together with the endpoint's known state.
-                let base_text = match self.texts.get(&wanted) {
-                    Some(t) => Some(t),
-                    None => {
-                        let st = self.clone();
-                        self.db
-                            .read(move |conn| {
-                                if known_state(conn, id)? != Some(wanted) {
-                                    return Ok(None);
-                                }
-                                st.load_text(conn, &wanted)
-                            })
-                            .await?
-                    }
-                };
-                let apply = move |base_text: SnapText| {
-                    let new = snaptext::apply_delta(&base_text, &delta)?;
-                    // Stored as this delta when the base is stored (see `db::put_snapshot`).
-                    let json = serde_json::to_string(&delta).unwrap_or_default();
-                    Ok::<_, snaptext::ApplyError>((new, json))
-                };
-                let refused = |e: snaptext::ApplyError| tracing::info!(endpoint = id, error = %e, "delta refused");
-                let applied = match base_text {
-                    // A usual state (a few thousand packages) takes about 0.1 ms, mostly
-                    // hashing its changed part: less than a hop to the blocking pool.
-                    Some(base_text) if base_text.text.len() <= INLINE_APPLY_BYTES => {
-                        apply(base_text).map_err(refused).ok()
-                    }
-                    Some(base_text) => tokio::task::spawn_blocking(move || apply(base_text))
-                        .await
-                        .map_err(|e| ApiErr::internal(format!("delta task failed: {e}")))?
-                        .map_err(refused)
-                        .ok(),
-                    None => None,
-                };
-                match applied {
-                    Some((new, json)) => (new, Some((wanted, json))),
-                    None => {
-                        self.metrics
-                            .reports_need_full
-                            .fetch_add(1, Ordering::Relaxed);
-                        let known = self.db.read(move |conn| known_state(conn, id)).await?;
-                        return Ok(ReportAck::NeedFull { known });
-                    }
+            StateReport::Delta { delta } => self.report_delta(ep, delta, peer).await,
+        }
+    }
+
+    /// Stores a full state already in canonical text form (the REST endpoint parses a full
+    /// report's JSON straight into it, see [`snaptext::FullText`]).
+    pub(crate) async fn report_full(
+        &self,
+        ep: &EndpointAuth,
+        text: SnapText,
+        peer: Option<IpAddr>,
+    ) -> Result<ReportAck, ApiErr> {
+        self.store_report(ep, text, None, peer).await
+    }
+
+    /// Applies a delta to the endpoint's known state and stores the result (see
+    /// [`Self::report`]).
+    async fn report_delta(
+        &self,
+        ep: &EndpointAuth,
+        delta: crate::snapshot::Delta,
+        peer: Option<IpAddr>,
+    ) -> Result<ReportAck, ApiErr> {
+        let id = ep.id;
+        let (new, base) = {
+            let wanted = delta.base;
+            // The base text: cached (content-addressed, so whoever reported it), or read
+            // together with the endpoint's known state.
+            let base_text = match self.texts.get(&wanted) {
+                Some(t) => Some(t),
+                None => {
+                    let st = self.clone();
+                    self.db
+                        .read(move |conn| {
+                            if known_state(conn, id)? != Some(wanted) {
+                                return Ok(None);
+                            }
+                            st.load_text(conn, &wanted)
+                        })
+                        .await?
+                }
+            };
+            let apply = move |base_text: SnapText| {
+                let new = snaptext::apply_delta(&base_text, &delta)?;
+                // Stored as this delta when the base is stored (see `db::put_snapshot`).
+                let json = serde_json::to_string(&delta).unwrap_or_default();
+                Ok::<_, snaptext::ApplyError>((new, json))
+            };
+            let refused = |e: snaptext::ApplyError| tracing::info!(endpoint = id, error = %e, "delta refused");
+            let applied = match base_text {
+                // A usual state (a few thousand packages) takes about 0.1 ms, mostly
+                // hashing its changed part: less than a hop to the blocking pool.
+                Some(base_text) if base_text.text.len() <= INLINE_APPLY_BYTES => {
+                    apply(base_text).map_err(refused).ok()
+                }
+                Some(base_text) => tokio::task::spawn_blocking(move || apply(base_text))
+                    .await
+                    .map_err(|e| ApiErr::internal(format!("delta task failed: {e}")))?
+                    .map_err(refused)
+                    .ok(),
+                None => None,
+            };
+            match applied {
+                Some((new, json)) => (new, Some((wanted, json))),
+                None => {
+                    self.metrics
+                        .reports_need_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    let known = self.db.read(move |conn| known_state(conn, id)).await?;
+                    return Ok(ReportAck::NeedFull { known });
                 }
             }
         };
+        self.store_report(ep, new, base, peer).await
+    }
+
+    /// Stores a report's resulting state `new` (for a delta, `base` is its base and the
+    /// delta's JSON), unless the endpoint's state moved away from `base` meanwhile.
+    async fn store_report(
+        &self,
+        ep: &EndpointAuth,
+        new: SnapText,
+        base: Option<(SnapshotHash, String)>,
+        peer: Option<IpAddr>,
+    ) -> Result<ReportAck, ApiErr> {
+        let id = ep.id;
         let hash = new.hash;
         let stored = new.clone();
         let actor = Actor::Endpoint(id).to_string();

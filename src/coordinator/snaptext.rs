@@ -8,12 +8,15 @@
 //! it) and checks the result's hash against `delta.target`, so a delta is applied exactly
 //! or refused.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::localdb::Reason;
+use crate::names::{Arch, NameError, PkgName, PkgVersion, RepoName};
 use crate::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
 
 /// First line of the canonical text (see [`Snapshot::encode`]).
@@ -89,6 +92,102 @@ impl SnapText {
             marks: Arc::from([]),
         }
     }
+}
+
+/// A full state's `snapshot` object (`{"packages": [...]}`, the JSON of [`Snapshot`]) parsed
+/// straight into its canonical text: every field is checked by the rules of
+/// [`PackageState`]'s types ([`PkgName::check`] and the others) while borrowed from the
+/// request body, so a report costs no per-package allocations, and the text is written once
+/// with its exact size. Accepts exactly the JSON [`Snapshot`]'s `Deserialize` accepts, and
+/// the text is what [`Snapshot::encode`] gives for it (tested against it).
+pub struct FullText(pub SnapText);
+
+/// One package of a snapshot's JSON, as [`PackageState`] reads it, with the strings borrowed
+/// from the body where they have no escapes.
+#[derive(Deserialize)]
+struct WirePackage<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    #[serde(borrow)]
+    arch: Cow<'a, str>,
+    reason: Reason,
+    #[serde(default, borrow)]
+    repo: Option<Cow<'a, str>>,
+}
+
+/// [`Snapshot`]'s JSON (`SnapshotWire`), borrowed.
+#[derive(Deserialize)]
+struct WireSnapshot<'a> {
+    #[serde(borrow)]
+    packages: Vec<WirePackage<'a>>,
+}
+
+/// Why a snapshot's JSON is refused (the same refusals as [`Snapshot`]'s).
+#[derive(Debug, thiserror::Error)]
+pub enum FullTextError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("package {0} appears twice in one snapshot")]
+    Duplicate(String),
+}
+
+impl<'de> Deserialize<'de> for FullText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = WireSnapshot::deserialize(d)?;
+        encode_wire(wire.packages)
+            .map(FullText)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Validates, sorts and encodes the packages of a snapshot's JSON, as [`Snapshot::new`] and
+/// [`Snapshot::encode`] do, and hashes the text.
+fn encode_wire(mut pkgs: Vec<WirePackage<'_>>) -> Result<SnapText, FullTextError> {
+    let mut len = HEADER.len();
+    for p in &pkgs {
+        PkgName::check(&p.name)?;
+        PkgVersion::check(&p.version)?;
+        Arch::check(&p.arch)?;
+        if let Some(repo) = &p.repo {
+            RepoName::check(repo)?;
+        }
+        // `name version arch e|d repo-or-dash\n`
+        len += p.name.len()
+            + p.version.len()
+            + p.arch.len()
+            + p.repo.as_deref().map_or(1, str::len)
+            + 6;
+    }
+    // Names are unique, so an unstable sort gives the same order as `Snapshot::new`'s.
+    pkgs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    if let Some(w) = pkgs.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(FullTextError::Duplicate(w[0].name.to_string()));
+    }
+    let mut text = String::with_capacity(len);
+    text.push_str(HEADER);
+    for p in &pkgs {
+        text.push_str(&p.name);
+        text.push(' ');
+        text.push_str(&p.version);
+        text.push(' ');
+        text.push_str(&p.arch);
+        text.push_str(match p.reason {
+            Reason::Explicit => " e ",
+            Reason::Dependency => " d ",
+        });
+        text.push_str(p.repo.as_deref().unwrap_or("-"));
+        text.push('\n');
+    }
+    debug_assert_eq!(text.len(), len);
+    let (hash, marks) = hash_marked(&text, &[]);
+    Ok(SnapText {
+        hash,
+        text: text.into(),
+        packages: pkgs.len(),
+        marks,
+    })
 }
 
 fn line_name(line: &str) -> &str {
@@ -568,5 +667,156 @@ mod tests {
         assert!(cache.get(&snaps[2].hash).is_some());
         cache.remove(&snaps[2].hash);
         assert!(cache.get(&snaps[2].hash).is_none());
+    }
+
+    /// A JSON string for `s`; with `escape`, its first ASCII alphanumeric character is written
+    /// as a `\u` escape (so the parser cannot borrow it from the body).
+    fn json_str(s: &str, escape: bool) -> String {
+        let mut out = serde_json::to_string(s).unwrap();
+        if escape && let Some(c) = s.chars().next().filter(char::is_ascii_alphanumeric) {
+            out.replace_range(1..2, &format!("\\u{:04x}", c as u32));
+        }
+        out
+    }
+
+    /// One package object of a snapshot's JSON, valid or not, in varying shapes.
+    fn arb_package_json() -> impl Strategy<Value = String> {
+        let name = prop::sample::select(vec![
+            "a",
+            "a-b",
+            "ab",
+            "bash",
+            "z",
+            "lib32-glibc",
+            "g++",
+            "-x",
+            ".a",
+            "",
+            "a b",
+            "a/b",
+            "pkg@1",
+            "é",
+        ]);
+        let version = prop::sample::select(vec![
+            "1.0-1", "2:0.1-1", "1.0", "1.0-1.1", "1:", "a/b", "", "1.0-1-1", "1 0", "1~rc1-1",
+        ]);
+        let arch = prop::sample::select(vec!["x86_64", "any", "x-86", "", "i686"]);
+        let reason = prop::sample::select(vec!["\"explicit\"", "\"dependency\"", "\"other\"", "1"]);
+        // None: no `repo` key.
+        let repo = prop::sample::select(vec![
+            None,
+            Some("null"),
+            Some("\"core\""),
+            Some("\"extra\""),
+            Some("\"local\""),
+            Some("\"ex tra\""),
+            Some("\"-core\""),
+        ]);
+        (name, version, arch, reason, repo, any::<[bool; 4]>()).prop_map(
+            |(name, version, arch, reason, repo, [esc_name, esc_ver, extra, reversed])| {
+                let mut fields = vec![
+                    format!("\"name\":{}", json_str(name, esc_name)),
+                    format!("\"version\":{}", json_str(version, esc_ver)),
+                    format!("\"arch\":{}", json_str(arch, false)),
+                    format!("\"reason\":{reason}"),
+                ];
+                if let Some(repo) = repo {
+                    fields.push(format!("\"repo\":{repo}"));
+                }
+                if extra {
+                    fields.push("\"installed\":[1,{\"x\":null}]".into());
+                }
+                if reversed {
+                    fields.reverse();
+                }
+                format!("{{{}}}", fields.join(","))
+            },
+        )
+    }
+
+    /// The fast parse gives exactly what `Snapshot`'s `Deserialize` then `SnapText::from_snapshot`
+    /// give: the same acceptance, the same text, hash and count.
+    fn same_as_snapshot(json: &str) -> Result<(), TestCaseError> {
+        let fast = serde_json::from_str::<FullText>(json);
+        let slow = serde_json::from_str::<Snapshot>(json);
+        match (fast, slow) {
+            (Ok(FullText(fast)), Ok(slow)) => {
+                let encoded = slow.encode();
+                prop_assert_eq!(&*fast.text, encoded.as_str());
+                prop_assert_eq!(fast.hash, slow.hash());
+                prop_assert_eq!(fast.packages, slow.len());
+                let old = SnapText::from_snapshot(&slow);
+                prop_assert_eq!(&fast.text, &old.text);
+                prop_assert_eq!(fast.hash, old.hash);
+                prop_assert_eq!(fast.marks.len(), old.marks.len());
+            }
+            (Err(_), Err(_)) => {}
+            (fast, slow) => prop_assert!(
+                false,
+                "fast {:?} vs slow {:?} for {}",
+                fast.map(|f| f.0),
+                slow,
+                json
+            ),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn full_text_matches_snapshot_encoding(
+            pkgs in prop::collection::vec(arb_package_json(), 0..12),
+            extra in any::<bool>(),
+        ) {
+            let extra = if extra { ",\"hostname\":\"x\"" } else { "" };
+            same_as_snapshot(&format!("{{\"packages\":[{}]{extra}}}", pkgs.join(",")))?;
+        }
+
+        #[test]
+        fn full_text_matches_on_valid_reports(a in arb_snapshot(), b in arb_snapshot()) {
+            for s in [&a, &b] {
+                same_as_snapshot(&serde_json::to_string(s).unwrap())?;
+            }
+        }
+    }
+
+    #[test]
+    fn full_text_matches_on_large_reports_and_odd_shapes() {
+        // A large state (several saved hash states) with mixed shapes.
+        let big = Snapshot::new(
+            (0..3000)
+                .map(|i| {
+                    pkg(
+                        &format!("package-{:05}", (i * 7919) % 3000),
+                        &format!("{}:{i}.0.{}-{}", i % 3, i % 17, 1 + i % 4),
+                        i % 3 == 0,
+                        [None, Some("core"), Some("extra-testing")][i % 3],
+                    )
+                })
+                .collect(),
+        )
+        .unwrap();
+        same_as_snapshot(&serde_json::to_string(&big).unwrap()).unwrap();
+        for json in [
+            r#"{"packages":[]}"#,
+            r#"{"packages":[],"packages":[]}"#,
+            r#"{}"#,
+            r#"{"packages":null}"#,
+            r#"{"packages":[["bash","5.2-1","x86_64","explicit"]]}"#,
+            r#"{"packages":[["bash","5.2-1","x86_64","explicit","core"]]}"#,
+            r#"{"packages":[["bash","5.2-1","x86_64"]]}"#,
+            r#"{"packages":[{"name":"bash","name":"zsh","version":"1-1","arch":"any","reason":"explicit"}]}"#,
+            r#"{"packages":[{"name":"bash","version":"1-1","arch":"any","reason":"explicit","repo":"core","repo":"extra"}]}"#,
+            r#"{"packages":[{"name":"b","version":"1-1","arch":"any","reason":"explicit"},{"name":"a","version":"1-1","arch":"any","reason":"dependency"}]}"#,
+            r#"{"packages":[{"name":"a","version":"1-1","arch":"any","reason":"explicit"},{"name":"a","version":"2-1","arch":"any","reason":"explicit"}]}"#,
+            r#"{"packages":[{"name":"a","version":1,"arch":"any","reason":"explicit"}]}"#,
+            r#"{"packages":[{"name":"a\u0000","version":"1-1","arch":"any","reason":"explicit"}]}"#,
+            r#"{"packages":[{"name":"\ud800","version":"1-1","arch":"any","reason":"explicit"}]}"#,
+            r#"{"packages":[{"name":"a","version":"1-1","arch":"any","reason":"Explicit"}]}"#,
+            r#"["packages"]"#,
+            r#"[[]]"#,
+        ] {
+            same_as_snapshot(json).unwrap();
+        }
     }
 }

@@ -39,8 +39,8 @@ pub struct DaemonConfig {
     pub socket_group: String,
     /// Seconds between safety-net checks of the pacman database.
     pub check_interval: u64,
-    /// Seconds between heartbeats to the coordinator; a connection that brings nothing back
-    /// (not even a pong) for three of them is dropped and re-established.
+    /// Seconds between heartbeats to the coordinator (1–30); a connection that brings nothing
+    /// back (not even a pong) for three of them is dropped and re-established.
     pub heartbeat_interval: u64,
     /// History entries kept locally.
     pub history_keep: usize,
@@ -164,8 +164,10 @@ impl DaemonConfig {
         Duration::from_secs(self.check_interval.max(1))
     }
 
+    /// At most 30 s: the coordinator drops a socket silent for its offline time (90 s by
+    /// default), and three heartbeats must fit in it.
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_secs(self.heartbeat_interval.clamp(1, 3600))
+        Duration::from_secs(self.heartbeat_interval.clamp(1, 30))
     }
 }
 

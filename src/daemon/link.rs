@@ -58,6 +58,16 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// The configured coordinator URL without a trailing `/` and with its scheme in lower case
+/// (`HTTPS://host` works for REST but would not map to `wss://`).
+fn coordinator_base(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+        None => url.to_owned(),
+    }
+}
+
 /// Where and how to reach the coordinator.
 struct Endpoint {
     base: String,
@@ -89,7 +99,7 @@ impl Endpoint {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            .map_err(|e| CallError::Unreachable(connect_error(&e)))?;
         let status = resp.status();
         let body = resp
             .bytes()
@@ -125,7 +135,7 @@ impl Endpoint {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+            .map_err(|e| CallError::Unreachable(connect_error(&e)))?;
         let status = resp.status();
         let body = resp
             .text()
@@ -312,7 +322,7 @@ pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
         .config()
         .coordinator_url
         .clone()
-        .map(|u| u.trim_end_matches('/').to_owned())
+        .map(|u| coordinator_base(&u))
     else {
         daemon.set_link_state(LinkState::NotConfigured);
         return;
@@ -342,11 +352,14 @@ pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
     let mut attempt = 0u32;
     loop {
         daemon.set_link_state(LinkState::Connecting);
+        let started = tokio::time::Instant::now();
         match session(&daemon, &endpoint, &mut stop).await {
             SessionEnd::Stopped => return,
             SessionEnd::Lost { was_up, why } => {
                 tracing::warn!(%why, "coordinator connection lost");
-                if was_up {
+                // Back to short waits only after a session that lasted: a coordinator that
+                // welcomes and then drops every connection must not be hammered.
+                if was_up && started.elapsed() > STABLE_SESSION {
                     attempt = 0;
                 }
             }
@@ -365,6 +378,9 @@ pub async fn run(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+/// A session up this long counts as stable: the next reconnect starts with a short wait.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
 
 enum SessionEnd {
     Stopped,
@@ -397,46 +413,69 @@ fn report_for(daemon: &Daemon, known: Option<SnapshotHash>) -> Option<StateRepor
 /// (its `ReportAck` arrives there), a full state over REST — a WebSocket that once carries a
 /// 150 KB message keeps a read buffer that large on both ends for its lifetime, which is
 /// 1.5 GB at a coordinator with 10,000 endpoints. After a full state the coordinator's answer
-/// is taken at once, and a delta follows if the state moved on meanwhile.
+/// is taken at once, and a delta follows if the state moved on meanwhile. A full state the
+/// coordinator did not take is not a reason to drop the socket (thousands of endpoints
+/// reconnecting and re-uploading at once would follow): `Ok(false)` says "try again later".
 async fn report_now(
     daemon: &Daemon,
     endpoint: &Endpoint,
     ws: &mut (impl SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin),
     known: &mut Option<SnapshotHash>,
-) -> Result<(), String> {
+    send_timeout: Duration,
+) -> Result<bool, String> {
     for _ in 0..2 {
         match report_for(daemon, *known) {
-            None => return Ok(()),
+            None => return Ok(true),
             Some(report @ StateReport::Delta { .. }) => {
-                return ws
-                    .send(encode(&EndpointMsg::Report { report }))
-                    .await
-                    .map_err(|e| e.to_string());
+                send_within(ws, encode(&EndpointMsg::Report { report }), send_timeout).await?;
+                return Ok(true);
             }
             Some(full) => {
-                let ack: ReportAck = endpoint
+                let sent: Result<ReportAck, CallError> = endpoint
                     .call(
                         endpoint
                             .http
                             .post(endpoint.url("/endpoint/report"))
                             .json(&full),
                     )
-                    .await
-                    .map_err(|e| match e {
-                        CallError::Unreachable(m) => m,
-                        CallError::Api(a) => {
-                            format!("the coordinator refused our state: {}", a.message)
-                        }
-                    })?;
+                    .await;
+                let ack = match sent {
+                    Ok(ack) => ack,
+                    Err(e) => {
+                        let why = match e {
+                            CallError::Unreachable(m) => m,
+                            CallError::Api(a) => a.message,
+                        };
+                        tracing::warn!(%why, "cannot report our state; trying again at the next heartbeat");
+                        return Ok(false);
+                    }
+                };
                 let ReportAck::Accepted { state } = ack else {
-                    return Ok(());
+                    return Ok(true);
                 };
                 *known = Some(state);
                 let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
             }
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// Sends one message, giving up after `limit`: with a partition and a full TCP send buffer a
+/// send would otherwise wait until TCP gives up (many minutes), and nothing else in the
+/// session loop (the liveness check included) would run meanwhile.
+async fn send_within(
+    ws: &mut (impl SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin),
+    msg: Message,
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, ws.send(msg)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the coordinator took more than {} s to take a message",
+            limit.as_secs()
+        )),
+    }
 }
 
 fn encode(msg: &EndpointMsg) -> Message {
@@ -507,36 +546,16 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_heard = tokio::time::Instant::now();
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<EndpointMsg>();
+    // A full state the coordinator did not take yet (retried at every heartbeat).
+    let mut report_retry = false;
     loop {
+        // Biased: frames that already arrived (a pong among them) are read before the
+        // liveness check in the heartbeat arm can count them missing.
         tokio::select! {
+            biased;
             _ = stop.changed() => {
                 let _ = ws.close(None).await;
                 return SessionEnd::Stopped;
-            }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > patience {
-                    return lost(
-                        welcomed,
-                        format!("no answer from the coordinator for {} s", patience.as_secs()),
-                    );
-                }
-                if welcomed && let Err(e) = ws.send(encode(&EndpointMsg::Heartbeat)).await {
-                    return lost(true, e);
-                }
-                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                    return lost(welcomed, e);
-                }
-            }
-            _ = daemon.state_changed.notified(), if welcomed => {
-                if let Err(e) = report_now(daemon, endpoint, &mut ws, &mut known).await {
-                    return lost(true, e);
-                }
-            }
-            Some(msg) = results_rx.recv() => {
-                // Progress only: results travel through the outbox.
-                if let Err(e) = ws.send(encode(&msg)).await {
-                    return lost(true, e);
-                }
             }
             frame = ws.next() => {
                 last_heard = tokio::time::Instant::now();
@@ -573,8 +592,9 @@ async fn session(
                             endpoint.clone(),
                             results_tx.clone(),
                         ));
-                        if let Err(e) = report_now(daemon, endpoint, &mut ws, &mut known).await {
-                            return lost(true, e);
+                        match report_now(daemon, endpoint, &mut ws, &mut known, patience).await {
+                            Ok(done) => report_retry = !done,
+                            Err(e) => return lost(true, e),
                         }
                     }
                     ServerMsg::ReportAck { ack } => match ack {
@@ -582,16 +602,18 @@ async fn session(
                             known = Some(state);
                             let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
                             // Our state may have moved on while the report travelled.
-                            if let Err(e) = report_now(daemon, endpoint, &mut ws, &mut known).await {
-                                return lost(true, e);
+                            match report_now(daemon, endpoint, &mut ws, &mut known, patience).await {
+                                Ok(done) => report_retry = !done,
+                                Err(e) => return lost(true, e),
                             }
                         }
                         ReportAck::NeedFull { known: k } => {
                             tracing::debug!(coordinator_has = ?k, "the coordinator needs our full state");
                             // Full, whatever it has: a delta on its base just failed.
                             known = None;
-                            if let Err(e) = report_now(daemon, endpoint, &mut ws, &mut known).await {
-                                return lost(true, e);
+                            match report_now(daemon, endpoint, &mut ws, &mut known, patience).await {
+                                Ok(done) => report_retry = !done,
+                                Err(e) => return lost(true, e),
                             }
                         }
                     },
@@ -616,6 +638,38 @@ async fn session(
                         }
                     }
                     ServerMsg::EndpointStatusChanged { .. } | ServerMsg::OperationUpdated { .. } => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > patience {
+                    return lost(
+                        welcomed,
+                        format!("no answer from the coordinator for {} s", patience.as_secs()),
+                    );
+                }
+                if welcomed && let Err(e) = send_within(&mut ws, encode(&EndpointMsg::Heartbeat), patience).await {
+                    return lost(true, e);
+                }
+                if let Err(e) = send_within(&mut ws, Message::Ping(Default::default()), patience).await {
+                    return lost(welcomed, e);
+                }
+                if welcomed && report_retry {
+                    match report_now(daemon, endpoint, &mut ws, &mut known, patience).await {
+                        Ok(done) => report_retry = !done,
+                        Err(e) => return lost(true, e),
+                    }
+                }
+            }
+            _ = daemon.state_changed.notified(), if welcomed => {
+                match report_now(daemon, endpoint, &mut ws, &mut known, patience).await {
+                    Ok(done) => report_retry = !done,
+                    Err(e) => return lost(true, e),
+                }
+            }
+            Some(msg) = results_rx.recv() => {
+                // Progress only: results travel through the outbox.
+                if let Err(e) = send_within(&mut ws, encode(&msg), patience).await {
+                    return lost(true, e);
                 }
             }
         }
@@ -711,7 +765,46 @@ async fn run_requested(
     daemon.outbox_changed.notify_one();
 }
 
+/// The largest result message sent, and the most failures (each reason bounded too): the
+/// coordinator refuses results over 64 KiB, and a refused result could never be delivered.
+const RESULT_MESSAGE_MAX: usize = 16 * 1024;
+const RESULT_FAILURES_MAX: usize = 1000;
+const FAILURE_REASON_MAX: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 fn to_result(r: Result<Outcome, ActionError>) -> OperationResult {
+    let mut result = unbounded_result(r);
+    result.message = bounded(std::mem::take(&mut result.message), RESULT_MESSAGE_MAX);
+    let more = result.failures.len().saturating_sub(RESULT_FAILURES_MAX);
+    result.failures.truncate(RESULT_FAILURES_MAX);
+    for f in &mut result.failures {
+        f.reason = bounded(std::mem::take(&mut f.reason), FAILURE_REASON_MAX);
+    }
+    if more > 0 {
+        result.message = bounded(
+            format!(
+                "{} ({more} more package failures not listed)",
+                result.message
+            ),
+            RESULT_MESSAGE_MAX,
+        );
+    }
+    result
+}
+
+fn unbounded_result(r: Result<Outcome, ActionError>) -> OperationResult {
     match r {
         Ok(o) => OperationResult {
             state: if o.ok {
@@ -777,6 +870,9 @@ async fn reconcile_operations(
     tx: mpsc::UnboundedSender<EndpointMsg>,
 ) {
     // At most one operation per endpoint is active: the newest few hold it.
+    // What is queued here before asking: a result delivered (and removed) while the list
+    // travels is then still known, so its operation is not run twice.
+    let known = outbox_operations(&daemon);
     let page: crate::proto::Page<crate::proto::Operation> = match endpoint
         .call(
             endpoint
@@ -791,7 +887,6 @@ async fn reconcile_operations(
             return;
         }
     };
-    let known = outbox_operations(&daemon);
     for op in page.items {
         if known.contains(&op.id) || daemon.requested_seen(op.id) {
             continue;
@@ -942,7 +1037,7 @@ async fn set_latest_checked(daemon: &Daemon) -> Result<Outcome, ActionError> {
             "no coordinator configured: set coordinator_url in pacpoold.toml",
         ));
     };
-    let base = base.trim_end_matches('/').to_owned();
+    let base = coordinator_base(&base);
     let Some(token) = read_token(daemon) else {
         return Err(ActionError::new(
             ErrorCode::Offline,
@@ -1037,6 +1132,55 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coordinator_urls_are_normalised() {
+        assert_eq!(
+            coordinator_base("HTTPS://Coord.lan:7300/"),
+            "https://Coord.lan:7300"
+        );
+        assert_eq!(
+            coordinator_base("http://127.0.0.1:7300"),
+            "http://127.0.0.1:7300"
+        );
+    }
+
+    #[test]
+    fn results_fit_what_the_coordinator_accepts() {
+        let failures = (0..RESULT_FAILURES_MAX + 5)
+            .map(|i| crate::proto::PackageFailure {
+                name: format!("p{i}"),
+                reason: "é".repeat(FAILURE_REASON_MAX),
+            })
+            .collect();
+        let r = to_result(Ok(Outcome {
+            kind: "sync".into(),
+            ok: false,
+            message: "ü".repeat(RESULT_MESSAGE_MAX),
+            counts: Default::default(),
+            failures,
+            snapshot: None,
+        }));
+        assert!(r.message.len() <= RESULT_MESSAGE_MAX, "{}", r.message.len());
+        assert!(
+            r.message.ends_with("(5 more package failures not listed)") || r.message.ends_with('…')
+        );
+        assert_eq!(r.failures.len(), RESULT_FAILURES_MAX);
+        assert!(
+            r.failures
+                .iter()
+                .all(|f| f.reason.len() <= FAILURE_REASON_MAX && f.reason.ends_with('…'))
+        );
+        let small = to_result(Ok(Outcome {
+            kind: "sync".into(),
+            ok: true,
+            message: "done".into(),
+            counts: Default::default(),
+            failures: Vec::new(),
+            snapshot: None,
+        }));
+        assert_eq!(small.message, "done");
+    }
 
     #[test]
     fn backoff_is_bounded_and_jittered() {

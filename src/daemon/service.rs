@@ -405,8 +405,11 @@ impl Daemon {
     }
 
     /// What a sync to the pool target would do.
-    pub async fn preview(&self) -> Result<Preview, ActionError> {
-        self.refresh("preview", true)
+    /// What a sync would do. `fresh`: re-read pacman's database in full first (for peers
+    /// that may act); otherwise the two-`stat` unchanged check decides, so an unprivileged
+    /// user cannot keep the daemon busy re-reading it.
+    pub async fn preview(&self, fresh: bool) -> Result<Preview, ActionError> {
+        self.refresh("preview", fresh)
             .await
             .map_err(|e| self.refresh_failed(e))?;
         let (target, info) = self.target()?;

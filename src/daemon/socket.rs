@@ -22,6 +22,8 @@ use super::service::{ActionError, Daemon};
 /// Most unprivileged clients served at once; more are refused (root and the daemon's own
 /// user are never counted nor refused, so a flood cannot lock them out).
 const MAX_CLIENTS: usize = 64;
+/// Refused connections being told why at once (each holds its descriptor for up to 1 s).
+const MAX_REFUSALS: usize = 32;
 
 /// Most connections one unprivileged user may hold at once (a tray, a status bar and a few
 /// commands need far fewer), so that one user cannot take every slot.
@@ -202,6 +204,9 @@ impl Drop for UidSlot {
 /// Accepts clients until `stop`.
 pub async fn serve(daemon: Arc<Daemon>, listener: Listener, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    // Refused clients are told why, but only so many at once: past that they are just
+    // closed, so a flood of connections cannot exhaust the daemon's file descriptors.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let per_uid = UidCounts::default();
     let me = rustix::process::geteuid().as_raw();
     loop {
@@ -220,7 +225,9 @@ pub async fn serve(daemon: Arc<Daemon>, listener: Listener, mut stop: watch::Rec
                     match (slot, slots.clone().try_acquire_owned()) {
                         (Some(slot), Ok(permit)) => Some((slot, permit)),
                         (slot, _) => {
-                            let why = if slot.is_none() {
+                            let why = if uid.is_none() {
+                                "pacpoold cannot read this client's credentials: retry".to_owned()
+                            } else if slot.is_none() {
                                 format!(
                                     "uid {} already has {MAX_CLIENTS_PER_UID} connections to pacpoold open: close some (other pacpool commands or trays) and retry",
                                     uid.map_or_else(|| "?".into(), |u| u.to_string())
@@ -231,7 +238,12 @@ pub async fn serve(daemon: Arc<Daemon>, listener: Listener, mut stop: watch::Rec
                                 )
                             };
                             tracing::warn!(?uid, "socket client refused: {why}");
+                            let Ok(refusing) = refusals.clone().try_acquire_owned() else {
+                                drop(stream);
+                                continue;
+                            };
                             tokio::spawn(async move {
+                                let _refusing = refusing;
                                 let _ = write(&mut stream, &error(ErrorCode::Busy, why)).await;
                                 // Take the client's request line before closing, so that its
                                 // write does not fail before it reads the answer; bounded in
@@ -240,7 +252,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: Listener, mut stop: watch::Rec
                                 let mut r =
                                     BufReader::new(&mut stream).take(MAX_REQUEST_LINE as u64);
                                 let _ = tokio::time::timeout(
-                                    std::time::Duration::from_secs(5),
+                                    std::time::Duration::from_secs(1),
                                     r.read_until(b'\n', &mut sink),
                                 )
                                 .await;
@@ -409,7 +421,7 @@ async fn dispatch(
         Request::Status => Reply::Status {
             status: Box::new(daemon.status(auth.is_ok(), auth.clone().err())),
         },
-        Request::Preview => match daemon.preview().await {
+        Request::Preview => match daemon.preview(auth.is_ok()).await {
             Ok(preview) => Reply::Preview { preview },
             Err(e) => e.into(),
         },
