@@ -1,7 +1,7 @@
 //! Coordinator load program (loopback only; bounded in count and time).
 //!
 //! `cargo bench --bench coordinator_load -- [--endpoints N] [--report-rate R] [--seconds S]
-//! [--storm M] [--skip-ws]` (`PACPOOL_BENCH_COORDINATOR=PATH` runs another coordinator
+//! [--storm M] [--skip-ws] [--full-rounds K]` (`PACPOOL_BENCH_COORDINATOR=PATH` runs another coordinator
 //! binary, e.g. a copy of an earlier build, for before/after comparisons)
 //!
 //! Starts the real `pacpool-coordinator` binary on 127.0.0.1 with a fresh SQLite database and
@@ -476,6 +476,7 @@ async fn main() {
     let seconds: f64 = arg(&args, "--seconds", 10.0);
     let storm: usize = arg(&args, "--storm", 1000).min(fanout);
     let skip_ws = args.iter().any(|a| a == "--skip-ws");
+    let full_rounds: usize = arg(&args, "--full-rounds", 1).clamp(1, 30);
     let nofile = raise_nofile();
 
     let dir = tempfile::tempdir().unwrap();
@@ -566,24 +567,36 @@ async fn main() {
     let report_url = format!("{base}/endpoint/report");
     let mut last_states = Vec::new();
     for (round, concurrency) in [1usize, 10, 50].into_iter().enumerate() {
-        let mut jobs = Vec::new();
-        last_states.clear();
-        for (i, ep) in endpoints.iter().enumerate() {
-            let s = state(i, round);
-            jobs.push((
-                ep.endpoint_token.clone(),
-                serde_json::to_vec(&StateReport::Full {
-                    snapshot: s.clone(),
-                })
-                .unwrap()
-                .into(),
-            ));
-            last_states.push(s);
-        }
+        // `--full-rounds K`: each endpoint reports K new full states in a row (a longer
+        // sample than the default single round, for before/after comparisons).
+        let mut all = Stats {
+            latencies: Vec::new(),
+            errors: 0,
+            wall: Duration::ZERO,
+        };
         let cpu = CpuMark::now(server.pid());
-        let stats = ingest(&client, &report_url, jobs, concurrency).await;
+        for k in 0..full_rounds {
+            let mut jobs = Vec::new();
+            last_states.clear();
+            for (i, ep) in endpoints.iter().enumerate() {
+                let s = state(i, 3 * k + round);
+                jobs.push((
+                    ep.endpoint_token.clone(),
+                    serde_json::to_vec(&StateReport::Full {
+                        snapshot: s.clone(),
+                    })
+                    .unwrap()
+                    .into(),
+                ));
+                last_states.push(s);
+            }
+            let stats = ingest(&client, &report_url, jobs, concurrency).await;
+            all.latencies.extend(stats.latencies);
+            all.errors += stats.errors;
+            all.wall += stats.wall;
+        }
         let label = format!("full 1,500-pkg states, c={concurrency}");
-        print_with_recorded(&stats, &label);
+        print_with_recorded(&all, &label);
         println!("      {}", cpu.since(server.pid()));
     }
     let full_body = serde_json::to_vec(&StateReport::Full {

@@ -3,9 +3,17 @@
 /// The error and its causes on one line. Library errors already name their cause in their
 /// message, so a cause whose text is already there is not repeated.
 pub fn error_line(e: &anyhow::Error) -> String {
+    joined(e.chain().map(ToString::to_string))
+}
+
+/// [`error_line`] for a plain `std::error::Error` and its `source()` chain.
+pub fn std_error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    joined(std::iter::successors(Some(e), |c| c.source()).map(ToString::to_string))
+}
+
+fn joined(causes: impl Iterator<Item = String>) -> String {
     let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
+    for msg in causes {
         if !out.contains(&msg) {
             if !out.is_empty() {
                 out.push_str(": ");

@@ -164,17 +164,7 @@ pub fn connect_error_text(err: &(dyn std::error::Error + 'static), ca_hint: &str
     if let Some(hint) = certificate_hint(err, ca_hint) {
         return hint;
     }
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(cause) = cur {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = cause.source();
-    }
-    out
+    crate::display::std_error_line(err)
 }
 
 /// The first `rustls::Error` in a chain, also inside `std::io::Error`s (whose `source()`

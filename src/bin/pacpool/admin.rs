@@ -287,7 +287,7 @@ impl Api {
             "http" => {}
             "https" => {
                 let tls = pacpool::tls::client_config(args.ca_file.as_deref())
-                    .map_err(|e| failure(exit::FAILURE, chain(&e)))?;
+                    .map_err(|e| failure(exit::FAILURE, pacpool::display::std_error_line(&e)))?;
                 builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(&tls));
             }
             other => {
@@ -302,7 +302,10 @@ impl Api {
         let client = builder.build().map_err(|e| {
             failure(
                 exit::FAILURE,
-                format!("cannot set up the HTTP client: {}", chain(&e)),
+                format!(
+                    "cannot set up the HTTP client: {}",
+                    pacpool::display::std_error_line(&e)
+                ),
             )
         })?;
         Ok(Self {
@@ -404,7 +407,7 @@ impl Api {
                 format!(
                     "request to the coordinator at {} failed: {}",
                     self.base,
-                    chain(e)
+                    pacpool::display::std_error_line(e)
                 ),
             )
         }
@@ -494,21 +497,6 @@ fn read_token(path: &Path) -> Result<String, Failure> {
                 ),
             )
         })
-}
-
-/// An error and its sources on one line, without repeating text already shown.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(cause) = cur {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = cause.source();
-    }
-    out
 }
 
 /// The innermost cause, e.g. `Connection refused (os error 111)`.
