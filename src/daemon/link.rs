@@ -68,6 +68,39 @@ fn coordinator_base(url: &str) -> String {
     }
 }
 
+/// The largest answer read from the coordinator (a snapshot of 100,000 packages is about
+/// 10 MB): a broken or hostile coordinator cannot make the daemon buffer without bound.
+const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// A response body, refused past `max` bytes.
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, CallError> {
+    let too_big = || {
+        CallError::Api(ApiError {
+            code: "bad_response".into(),
+            message: format!(
+                "the coordinator sent an answer larger than {} MiB: check that coordinator_url names a pacpool coordinator",
+                max >> 20
+            ),
+            detail: None,
+        })
+    };
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| CallError::Unreachable(connect_error(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Where and how to reach the coordinator.
 struct Endpoint {
     base: String,
@@ -101,10 +134,7 @@ impl Endpoint {
             .await
             .map_err(|e| CallError::Unreachable(connect_error(&e)))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let body = read_capped(resp, MAX_RESPONSE).await?;
         if status.is_success() {
             serde_json::from_slice(&body).map_err(|e| {
                 CallError::Api(ApiError {
@@ -137,10 +167,14 @@ impl Endpoint {
             .await
             .map_err(|e| CallError::Unreachable(connect_error(&e)))?;
         let status = resp.status();
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let body = read_capped(resp, MAX_RESPONSE).await?;
+        let body = String::from_utf8(body).map_err(|_| {
+            CallError::Api(ApiError {
+                code: "bad_response".into(),
+                message: "the coordinator sent a snapshot that is not UTF-8".into(),
+                detail: None,
+            })
+        })?;
         let bad = |message: String| {
             CallError::Api(ApiError {
                 code: "bad_response".into(),
