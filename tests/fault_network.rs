@@ -94,7 +94,12 @@ impl Net {
             let ns = format!("ppn{pid}-{i}");
             let host = format!("pph{pid}x{i}");
             let peer = format!("ppp{pid}x{i}");
-            must("ip", &["netns", "add", &ns]);
+            if let Err(e) = run("ip", &["netns", "add", &ns]) {
+                // Only a sandbox that forbids network namespaces gets here (root and the
+                // tools are present): say so rather than fail on the environment.
+                eprintln!("SKIPPED fault_network: cannot create a network namespace: {e}");
+                return None;
+            }
             net.names.push(ns.clone());
             must(
                 "ip",
