@@ -36,27 +36,13 @@ use pacpool::proto::{
 use pacpool::snapshot::{PackageState, Snapshot};
 use sha2::Digest;
 use support::daemon::{Daemon, write_config};
+use support::rng::{Rng, seed};
 use support::{PkgSpec, Sandbox, host_arch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const ADMIN: &str = "fault-admin-token-0123456789abcdef0123";
 const SIM_ENDPOINTS: usize = 12;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
 
 /// The real coordinator binary as a child process.
 struct Server {
@@ -644,24 +630,10 @@ async fn verify_acked(sh: &Shared, sim_pool: i64) -> (usize, usize, usize, usize
     (reports.len(), targets.len(), creates.len(), results.len())
 }
 
-fn seed() -> u64 {
-    let seed = std::env::var("PACPOOL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("fault_coordinator_kill: seed {seed} (replay with PACPOOL_SEED={seed})");
-    seed
-}
-
 #[test]
 fn coordinator_killed_under_load_loses_nothing_acknowledged() {
     let started = Instant::now();
-    let mut rng = Rng(seed());
+    let mut rng = Rng(seed("fault_coordinator_kill", "PACPOOL_SEED"));
     let cycles = if std::env::var("PACPOOL_LONG").is_ok_and(|v| v == "1") {
         20
     } else {

@@ -20,40 +20,11 @@ use std::time::{Duration, Instant};
 
 use support::coordinator::Coordinator;
 use support::daemon::{Daemon, cli_as, write_config};
+use support::rng::{Rng, seed};
 use support::{PkgSpec, Sandbox, host_arch};
 
 /// Packages switched between versions by every operation.
 const PACKAGES: usize = 12;
-
-/// splitmix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("PACPOOL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("fault_daemon_kill: seed {seed} (replay with PACPOOL_SEED={seed})");
-    seed
-}
 
 fn local_hash(sb: &Sandbox) -> String {
     sb.pacman_paths().read().unwrap().snapshot.hash().to_hex()
@@ -416,7 +387,7 @@ fn trial(w: &World, kind: Kind, rng: &mut Rng, budget: Duration, f: &mut Figures
     let target_before = w.current_target();
     let at_pacman =
         matches!(kind, Kind::RequestedSync | Kind::CliSync | Kind::Revert) && rng.below(2) == 0;
-    let delay = Duration::from_micros(rng.below(budget.as_micros() as u64 + 1));
+    let delay = Duration::from_micros(rng.between(0, budget.as_micros() as u64));
     let kill_pacman = kind != Kind::SetLatest && n % 6 == 5;
 
     let socket = d.socket.clone();
@@ -525,7 +496,7 @@ fn trial(w: &World, kind: Kind, rng: &mut Rng, budget: Duration, f: &mut Figures
 #[test]
 fn daemon_killed_at_random_points_recovers_and_converges() {
     let started = Instant::now();
-    let mut rng = Rng(seed());
+    let mut rng = Rng(seed("fault_daemon_kill", "PACPOOL_SEED"));
     let w = setup();
     // Calibrate: how long a full sync takes here; kill delays are drawn below 1.5× that.
     let d = start_daemon(&w);

@@ -373,3 +373,4 @@ impl Sandbox {
 }
 pub mod coordinator;
 pub mod daemon;
+pub mod rng;
