@@ -10,38 +10,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 
 use support::coordinator::Coordinator;
 use support::daemon::{Daemon, write_config};
 use support::{PkgSpec, Sandbox, host_arch};
-
-/// Subscribes to the daemon's events and returns once `cond` holds for a status event.
-fn wait_status(
-    d: &Daemon,
-    what: &str,
-    cond: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-    s.write_all(b"{\"v\":1,\"cmd\":\"subscribe\"}\n").unwrap();
-    let mut lines = BufReader::new(s).lines();
-    let mut seen = Vec::new();
-    loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!(
-                "event stream ended while waiting for {what}; saw:\n{}\n--- daemon log\n{}",
-                seen.join("\n"),
-                d.log()
-            );
-        };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["event"]["event"] == "status" && cond(&v["event"]["status"]) {
-            return v["event"]["status"].clone();
-        }
-        seen.push(line);
-    }
-}
 
 fn publish_everywhere(boxes: &[&Sandbox], specs: &[(&str, &str, &[&str])]) {
     let built: Vec<PathBuf> = specs
@@ -108,14 +81,14 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     ));
     std::fs::write(&b_config, text).unwrap();
     let db_ = Daemon::start(&b_config);
-    wait_status(&da, "A connected", |s| s["link"] == "connected");
-    wait_status(&db_, "B connected", |s| s["link"] == "connected");
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    db_.wait_status("B connected", |s| s["link"] == "connected");
 
     // A sets latest; B learns it is behind (it lacks editor and libtext, has oldtool extra).
     let out = da.cli_code(&["set-latest", "--yes", "--json"], 0);
     let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(outcome["ok"], true, "{outcome}");
-    let s = wait_status(&db_, "B sees revision 1", |s| s["target"]["revision"] == 1);
+    let s = db_.wait_status("B sees revision 1", |s| s["target"]["revision"] == 1);
     assert_eq!(
         s["state"], "diverged",
         "B has an extra package and lacks two: {s}"
@@ -140,7 +113,7 @@ fn set_latest_sync_upgrade_and_offline_revert() {
         b.pacman_ok(&["-Q", "linux-demo"]).contains("6.1-1"),
         "protected package kept"
     );
-    let s = wait_status(&db_, "B in sync", |s| s["state"] == "in-sync");
+    let s = db_.wait_status("B in sync", |s| s["state"] == "in-sync");
     assert_eq!(s["counts"]["install"], 0);
     // The dependency came in as a dependency, as on A.
     let deps = b.pacman_ok(&["-Qqd"]);
@@ -168,7 +141,7 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     a.pacman_ok(&["-Syu"]);
     da.cli_code(&["notify"], 0);
     da.cli_code(&["set-latest", "--yes"], 0);
-    let s = wait_status(&db_, "B sees revision 2", |s| s["target"]["revision"] == 2);
+    let s = db_.wait_status("B sees revision 2", |s| s["target"]["revision"] == 2);
     assert_eq!(s["state"], "behind");
     assert_eq!(s["counts"]["upgrade"], 1);
     db_.cli_code(&["sync", "--yes"], 0);
@@ -186,7 +159,7 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     let shelf = archive.path().join("e/editor");
     std::fs::create_dir_all(&shelf).unwrap();
     std::fs::copy(a.cachedir().join(&old), shelf.join(&old)).unwrap();
-    let s = wait_status(&db_, "B sees revision 3", |s| s["target"]["revision"] == 3);
+    let s = db_.wait_status("B sees revision 3", |s| s["target"]["revision"] == 3);
     // Newer editor (ahead) and a reason to change (behind).
     assert_eq!(s["state"], "diverged", "{s}");
     let out: serde_json::Value =
@@ -202,21 +175,21 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     // Back to revision 2's state for the revert below.
     da.cli_code(&["revert", "--yes"], 0);
     da.cli_code(&["set-latest", "--yes"], 0);
-    wait_status(&db_, "B sees revision 4", |s| s["target"]["revision"] == 4);
+    db_.wait_status("B sees revision 4", |s| s["target"]["revision"] == 4);
     db_.cli_code(&["sync", "--yes"], 0);
     assert_eq!(hash_without(&b, "linux-demo"), local_hash(&a));
 
     // B reverts to its previous state with the coordinator down...
     let before_revert = local_hash(&b);
     coord.stop();
-    wait_status(&db_, "B offline", |s| s["link"] == "offline");
+    db_.wait_status("B offline", |s| s["link"] == "offline");
     db_.cli_code(&["revert", "--yes"], 0);
     let reverted = local_hash(&b);
     assert_ne!(reverted, before_revert);
     assert!(b.pacman_ok(&["-Q", "editor"]).contains("1.0-1"));
     // ...and reports it when the coordinator is back (same address, same database).
     let coord = Coordinator::start(&db, Some(coord.addr));
-    wait_status(&db_, "B reconnected", |s| s["link"] == "connected");
+    db_.wait_status("B reconnected", |s| s["link"] == "connected");
     let b_id = db_.status()["endpoint"].as_str().unwrap().to_owned();
     let mut reported = false;
     for _ in 0..200 {
@@ -264,10 +237,10 @@ fn auto_sync_apply_follows_the_target_without_anyone_asking() {
     let join = join["token"].as_str().unwrap().to_owned();
     let da = Daemon::start(&write_config(&a, "a", Some((&coord.url(), &join))));
     let db_ = Daemon::start(&write_config(&b, "b", Some((&coord.url(), &join))));
-    wait_status(&db_, "B connected", |s| s["link"] == "connected");
-    wait_status(&da, "A connected", |s| s["link"] == "connected");
+    db_.wait_status("B connected", |s| s["link"] == "connected");
+    da.wait_status("A connected", |s| s["link"] == "connected");
     da.cli_code(&["set-latest", "--yes"], 0);
-    let s = wait_status(&db_, "B synced on its own", |s| {
+    let s = db_.wait_status("B synced on its own", |s| {
         s["target"]["revision"] == 1 && s["state"] == "in-sync" && s["operation"].is_null()
     });
     assert_eq!(s["auto_sync"], "apply");

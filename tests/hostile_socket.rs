@@ -339,7 +339,7 @@ fn only_root_and_the_socket_group_may_act() {
     let join = c.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
     let url = c.url();
     let (sb, d) = setup_with("auth", Some((&url, join["token"].as_str().unwrap())));
-    wait_status(&d, "connected", |s| s["link"] == "connected");
+    d.wait_status("connected", |s| s["link"] == "connected");
     let gid = group_id(GROUP);
     let outsider = ["--regid=nogroup", "--clear-groups"];
     let groups_arg = format!("--groups={gid}");
@@ -457,19 +457,6 @@ fn send_line_helper() {
     };
     let (reply, _) = raw(Path::new(&socket), &line(&request));
     println!("REPLY {reply}");
-}
-
-/// Subscribes to the daemon's events and returns once `cond` holds for a status event.
-fn wait_status(d: &Daemon, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
-    let mut s = UnixStream::connect(&d.socket).unwrap();
-    s.write_all(b"{\"v\":1,\"cmd\":\"subscribe\"}\n").unwrap();
-    for l in BufReader::new(s).lines() {
-        let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
-        if v["event"]["event"] == "status" && cond(&v["event"]["status"]) {
-            return;
-        }
-    }
-    panic!("event stream ended while waiting for {what}\n{}", d.log());
 }
 
 /// Helper process for `one_user_cannot_hold_every_connection`: run as `nobody`, opens

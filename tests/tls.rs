@@ -13,7 +13,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -240,28 +240,6 @@ fn ok(out: &Output, what: &str) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-/// Subscribes to the daemon's events and returns once `cond` holds for a status event.
-fn wait_status(d: &Daemon, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-    s.write_all(b"{\"v\":1,\"cmd\":\"subscribe\"}\n").unwrap();
-    let mut lines = BufReader::new(s).lines();
-    let mut seen = Vec::new();
-    loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!(
-                "event stream ended while waiting for {what}; saw:\n{}\n--- daemon log\n{}",
-                seen.join("\n"),
-                d.log()
-            );
-        };
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if v["event"]["event"] == "status" && cond(&v["event"]["status"]) {
-            return v["event"]["status"].clone();
-        }
-        seen.push(line);
-    }
-}
-
 /// Polls `check` (every 50 ms, at most 20 s) until it returns `Ok`; panics with `what` and
 /// the last `Err` otherwise. A bound for a condition, not a timing assertion.
 fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
@@ -373,7 +351,7 @@ fn https_and_wss_with_a_private_ca() {
     );
     let join = join.trim();
     let d = Daemon::start(&daemon_config(&sb, "secure", &url, join, Some(&ca)));
-    wait_status(&d, "connected over wss", |s| s["link"] == "connected");
+    d.wait_status("connected over wss", |s| s["link"] == "connected");
     d.cli_code(&["set-latest", "--yes"], 0);
     let local = sb.pacman_paths().read().unwrap().snapshot.hash().to_hex();
     let endpoints: Value = eventually(
@@ -417,7 +395,7 @@ fn https_and_wss_with_a_private_ca() {
     // receives the close frame (not a broken connection).
     let status = server.terminate();
     assert!(status.success(), "{status:?}\n{}", server.log());
-    wait_status(&d, "offline after the coordinator stopped", |s| {
+    d.wait_status("offline after the coordinator stopped", |s| {
         s["link"] == "offline"
     });
     eventually("the daemon saw the coordinator close the WebSocket", || {

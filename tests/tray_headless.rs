@@ -172,19 +172,8 @@ impl Desktop {
         // test desktop failing, not pacpool: start it again (at most three times) until the
         // watcher says a host is registered.
         let host_registered = |d: &Desktop| {
-            d.try_gdbus(&[
-                "call",
-                "--session",
-                "--dest",
-                "org.kde.StatusNotifierWatcher",
-                "--object-path",
-                "/StatusNotifierWatcher",
-                "--method",
-                "org.freedesktop.DBus.Properties.Get",
-                "org.kde.StatusNotifierWatcher",
-                "IsStatusNotifierHostRegistered",
-            ])
-            .is_ok_and(|out| out.contains("true"))
+            d.watcher_prop("IsStatusNotifierHostRegistered")
+                .is_ok_and(|out| out.contains("true"))
         };
         let mut attempt = 0;
         loop {
@@ -295,22 +284,25 @@ impl Desktop {
             .unwrap_or_else(|e| panic!("gdbus {args:?} failed: {e}"))
     }
 
+    /// A property of the StatusNotifierWatcher, as gdbus prints it.
+    fn watcher_prop(&self, name: &str) -> Result<String, String> {
+        self.try_gdbus(&[
+            "call",
+            "--session",
+            "--dest",
+            "org.kde.StatusNotifierWatcher",
+            "--object-path",
+            "/StatusNotifierWatcher",
+            "--method",
+            "org.freedesktop.DBus.Properties.Get",
+            "org.kde.StatusNotifierWatcher",
+            name,
+        ])
+    }
+
     /// The registered StatusNotifierItem (bus name, object path), if any.
     fn sni_item(&self) -> Option<(String, String)> {
-        let out = self
-            .try_gdbus(&[
-                "call",
-                "--session",
-                "--dest",
-                "org.kde.StatusNotifierWatcher",
-                "--object-path",
-                "/StatusNotifierWatcher",
-                "--method",
-                "org.freedesktop.DBus.Properties.Get",
-                "org.kde.StatusNotifierWatcher",
-                "RegisteredStatusNotifierItems",
-            ])
-            .ok()?;
+        let out = self.watcher_prop("RegisteredStatusNotifierItems").ok()?;
         // (<[':1.7/org/ayatana/NotificationItem/pacpool']>,)
         let start = out.find('\'')? + 1;
         let end = start + out[start..].find('\'')?;

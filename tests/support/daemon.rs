@@ -148,6 +148,31 @@ impl Daemon {
         serde_json::from_str(&self.cli_code(&["status", "--json"], 0)).unwrap()
     }
 
+    /// Subscribes to the daemon's events and returns the first status for which `cond`
+    /// holds; panics, with what it saw, if the stream ends first.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        s.write_all(b"{\"v\":1,\"cmd\":\"subscribe\"}\n").unwrap();
+        let mut seen = Vec::new();
+        for line in BufReader::new(s).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["event"]["event"] == "status" && cond(&v["event"]["status"]) {
+                return v["event"]["status"].clone();
+            }
+            seen.push(line);
+        }
+        panic!(
+            "event stream ended while waiting for {what}; saw:\n{}\n--- daemon log\n{}",
+            seen.join("\n"),
+            self.log()
+        );
+    }
+
     /// Stops the daemon with SIGKILL (as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
