@@ -90,6 +90,9 @@ pub struct ApplyOptions {
     pub max_download_size: Option<u64>,
     /// A CA certificate (PEM) trusted for `https://` downloads besides the system's store.
     pub ca_file: Option<PathBuf>,
+    /// This endpoint's token, sent to the pool's repository (never to an archive).
+    #[serde(skip)]
+    pub pool_token: Option<String>,
 }
 
 impl ApplyOptions {
@@ -224,7 +227,9 @@ fn failed_message(report: &ApplyReport) -> String {
 struct Fetch {
     name: PkgName,
     version: PkgVersion,
-    url: String,
+    /// Tried in order (the next only when one cannot be fetched): the URL, and whether it is
+    /// the pool's repository (which gets [`ApplyOptions::pool_token`]).
+    urls: Vec<(String, bool)>,
     dest: PathBuf,
 }
 
@@ -315,7 +320,22 @@ fn group(plan: &Plan, archive_dir: &Path) -> Result<Grouped, ApplyError> {
                 fetches.push(Fetch {
                     name: name.clone(),
                     version: version.clone(),
-                    url: url.clone(),
+                    urls: vec![(url.clone(), false)],
+                    dest: dest.clone(),
+                });
+                files[slot].push((dest, name.clone()));
+            }
+            Source::Pool { url, archive } => {
+                let dest = archive_dest(name, version, url, archive_dir)?;
+                let mut urls = vec![(url.clone(), true)];
+                if let Some(a) = archive {
+                    archive_dest(name, version, a, archive_dir)?;
+                    urls.push((a.clone(), false));
+                }
+                fetches.push(Fetch {
+                    name: name.clone(),
+                    version: version.clone(),
+                    urls,
                     dest: dest.clone(),
                 });
                 files[slot].push((dest, name.clone()));
@@ -429,11 +449,14 @@ pub async fn apply(
             });
         }
     }
-    let client = if fetches.iter().any(|f| f.url.starts_with("http")) {
+    let client = if fetches
+        .iter()
+        .any(|f| f.urls.iter().any(|(u, _)| u.starts_with("http")))
+    {
         Some(
             download_client(opts.ca_file.as_deref()).map_err(|why| ApplyError::Fetch {
                 name: fetches[0].name.clone(),
-                url: fetches[0].url.clone(),
+                url: fetches[0].urls[0].0.clone(),
                 why,
             })?,
         )
@@ -450,36 +473,55 @@ pub async fn apply(
         }
     };
     for f in &fetches {
-        progress(ApplyEvent::Fetching {
-            name: f.name.clone(),
-            url: f.url.clone(),
-        });
         let limit = trust
             .manifest_entry(&f.name, &f.version)
             .and_then(|e| e.size)
             .unwrap_or(opts.max_download_size.unwrap_or(DEFAULT_MAX_DOWNLOAD_SIZE));
-        let part = match fetch(client.as_ref(), &f.url, &f.dest, limit, cancel).await {
-            Ok(part) => part,
-            Err(e) => {
-                discard(&staged);
-                return Err(match e {
-                    FetchError::Cancelled => ApplyError::NotStarted {
-                        source: ExecError::Cancelled,
-                    },
-                    FetchError::TooLarge(why) => ApplyError::Untrusted(vec![Untrusted {
-                        name: f.name.clone(),
-                        version: f.version.clone(),
-                        file: file_name(&f.dest),
-                        check: TrustCheck::Size,
-                        why,
-                    }]),
-                    FetchError::Failed(why) => ApplyError::Fetch {
-                        name: f.name.clone(),
-                        url: f.url.clone(),
-                        why,
-                    },
-                });
+        let mut fetched = None;
+        let mut failures = Vec::new();
+        for (url, is_pool) in &f.urls {
+            progress(ApplyEvent::Fetching {
+                name: f.name.clone(),
+                url: url.clone(),
+            });
+            let token = if *is_pool {
+                opts.pool_token.as_deref()
+            } else {
+                None
+            };
+            match fetch(client.as_ref(), url, token, &f.dest, limit, cancel).await {
+                Ok(part) => {
+                    fetched = Some(part);
+                    break;
+                }
+                Err(FetchError::Failed(why)) => {
+                    tracing::debug!(package = %f.name, url, "cannot fetch: {why}");
+                    failures.push(format!("{url}: {why}"));
+                }
+                Err(e) => {
+                    discard(&staged);
+                    return Err(match e {
+                        FetchError::TooLarge(why) => ApplyError::Untrusted(vec![Untrusted {
+                            name: f.name.clone(),
+                            version: f.version.clone(),
+                            file: file_name(&f.dest),
+                            check: TrustCheck::Size,
+                            why,
+                        }]),
+                        _ => ApplyError::NotStarted {
+                            source: ExecError::Cancelled,
+                        },
+                    });
+                }
             }
+        }
+        let Some(part) = fetched else {
+            discard(&staged);
+            return Err(ApplyError::Fetch {
+                name: f.name.clone(),
+                url: f.urls.last().map(|(u, _)| u.clone()).unwrap_or_default(),
+                why: failures.join("; "),
+            });
         };
         match trust.check(&f.name, &f.version, &part).await {
             Ok(()) => staged.push((part, f.dest.clone())),
@@ -610,6 +652,7 @@ fn download_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
 async fn fetch(
     client: Option<&reqwest::Client>,
     url: &str,
+    token: Option<&str>,
     dest: &Path,
     limit: u64,
     cancel: &watch::Receiver<bool>,
@@ -640,13 +683,14 @@ async fn fetch(
     let _ = tokio::fs::remove_file(&part_sig).await;
     let mut cancel = cancel.clone();
     let download = async {
-        download(client, url, &part, limit).await?;
+        download(client, url, token, &part, limit).await?;
         check_magic(&part, magic)
             .await
             .map_err(FetchError::Failed)?;
         match download(
             client,
             &format!("{url}.sig"),
+            token,
             &part_sig,
             MAX_SIGNATURE_DOWNLOAD,
         )
@@ -695,6 +739,7 @@ fn too_large(url: &str, limit: u64) -> FetchError {
 async fn download(
     client: Option<&reqwest::Client>,
     url: &str,
+    token: Option<&str>,
     part: &Path,
     limit: u64,
 ) -> Result<(), FetchError> {
@@ -734,8 +779,11 @@ async fn download(
             ));
         }
         let client = client.ok_or_else(|| FetchError::Failed("no HTTP client".into()))?;
-        let mut resp = client
-            .get(url)
+        let mut req = client.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req
             .send()
             .await
             .and_then(|r| r.error_for_status())
@@ -899,7 +947,10 @@ mod tests {
             [Fetch {
                 name: n("olddep"),
                 version: v("0.5-1"),
-                url: "http://a/o/olddep/olddep-0.5-1-any.pkg.tar.zst".into(),
+                urls: vec![(
+                    "http://a/o/olddep/olddep-0.5-1-any.pkg.tar.zst".into(),
+                    false
+                )],
                 dest: "/arch/olddep-0.5-1-any.pkg.tar.zst".into()
             }]
         );

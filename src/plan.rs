@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,13 @@ pub enum Source {
     Cache { path: PathBuf },
     /// To be fetched from the configured archive (Arch Linux Archive layout) into the cache.
     Archive { url: String },
+    /// To be fetched from the pool's repository on the coordinator (`url`, with this
+    /// endpoint's token), else from the archive (`archive`), into the cache.
+    Pool {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        archive: Option<String>,
+    },
 }
 
 /// One step of a plan.
@@ -323,14 +331,19 @@ pub struct OfferedFile {
     pub pgpsig: Option<String>,
 }
 
-/// What package files can be had: sync repositories (in pacman.conf order), cache files and
-/// an optional archive base URL.
+/// What package files can be had: sync repositories (in pacman.conf order), cache files, the
+/// pool's repository and an optional archive base URL, tried in that order.
+///
+/// Cloning is cheap (the tables are shared), so a plan may use a copy that names the pool's
+/// repository ([`Availability::with_pool_repo`]).
 #[derive(Debug, Clone, Default)]
 pub struct Availability {
-    offers: BTreeMap<PkgName, Vec<Offer>>,
-    cache: BTreeMap<(PkgName, PkgVersion), PathBuf>,
-    unavailable: BTreeMap<RepoName, String>,
+    offers: Arc<BTreeMap<PkgName, Vec<Offer>>>,
+    cache: Arc<BTreeMap<(PkgName, PkgVersion), PathBuf>>,
+    unavailable: Arc<BTreeMap<RepoName, String>>,
     archive_base: Option<String>,
+    /// Base URL of the pool target's repository on the coordinator: `BASE/FILE`.
+    pool_repo: Option<String>,
 }
 
 impl Availability {
@@ -340,26 +353,43 @@ impl Availability {
         cache: Vec<CachedFile>,
         archive_base: Option<String>,
     ) -> Self {
-        let mut me = Self {
-            archive_base: archive_base.map(|u| u.trim_end_matches('/').to_owned()),
-            ..Self::default()
-        };
+        let mut offers = BTreeMap::new();
+        let mut unavailable = BTreeMap::new();
+        let mut cached = BTreeMap::new();
         for (repo, db) in sync {
             match db {
-                Ok(db) => db.packages.into_iter().for_each(|p| me.add_offer(p)),
+                Ok(db) => db
+                    .packages
+                    .into_iter()
+                    .for_each(|p| Self::add_offer(&mut offers, p)),
                 Err(e) => {
-                    me.unavailable.insert(repo, e.to_string());
+                    unavailable.insert(repo, e.to_string());
                 }
             }
         }
         for f in cache {
-            me.cache.entry((f.name, f.version)).or_insert(f.path);
+            cached.entry((f.name, f.version)).or_insert(f.path);
         }
-        me
+        Self {
+            offers: Arc::new(offers),
+            cache: Arc::new(cached),
+            unavailable: Arc::new(unavailable),
+            archive_base: archive_base.map(|u| u.trim_end_matches('/').to_owned()),
+            pool_repo: None,
+        }
     }
 
-    fn add_offer(&mut self, p: SyncPackage) {
-        self.offers.entry(p.name).or_default().push(Offer {
+    /// A copy that also fetches from the pool target's repository at `base` (`BASE/FILE`),
+    /// after the caches and before the archive.
+    pub fn with_pool_repo(&self, base: Option<String>) -> Self {
+        Self {
+            pool_repo: base.map(|u| u.trim_end_matches('/').to_owned()),
+            ..self.clone()
+        }
+    }
+
+    fn add_offer(offers: &mut BTreeMap<PkgName, Vec<Offer>>, p: SyncPackage) {
+        offers.entry(p.name).or_default().push(Offer {
             repo: p.repo,
             version: p.version,
             filename: p.filename,
@@ -416,10 +446,15 @@ impl Availability {
         if let Some(path) = self.cache.get(&(want.name.clone(), want.version.clone())) {
             return Ok(Source::Cache { path: path.clone() });
         }
-        if let Some(base) = &self.archive_base {
-            return Ok(Source::Archive {
-                url: archive_url(base, want),
+        let archive = self.archive_base.as_deref().map(|b| archive_url(b, want));
+        if let Some(base) = &self.pool_repo {
+            return Ok(Source::Pool {
+                url: format!("{base}/{}", package_file_name(want)),
+                archive,
             });
+        }
+        if let Some(url) = archive {
+            return Ok(Source::Archive { url });
         }
         if let Some(repo) = &want.repo
             && let Some(why) = self.unavailable.get(repo)
@@ -446,15 +481,15 @@ impl Availability {
     }
 }
 
+/// `<name>-<version>-<arch>.pkg.tar.zst`, the file name packages have had since 2020.
+pub fn package_file_name(p: &PackageState) -> String {
+    format!("{}-{}-{}.pkg.tar.zst", p.name, p.version, p.arch)
+}
+
 /// The Arch Linux Archive layout: `BASE/<first letter>/<name>/<name>-<version>-<arch>.pkg.tar.zst`.
 pub fn archive_url(base: &str, p: &PackageState) -> String {
     let first = &p.name.as_str()[..1];
-    format!(
-        "{base}/{first}/{name}/{name}-{version}-{arch}.pkg.tar.zst",
-        name = p.name,
-        version = p.version,
-        arch = p.arch
-    )
+    format!("{base}/{first}/{}/{}", p.name, package_file_name(p))
 }
 
 /// Restricts both sides to what the policy manages: ignored packages are dropped, and in

@@ -413,6 +413,23 @@ pub struct Stats {
     /// Unix seconds when the coordinator started.
     pub started_at: i64,
     pub per_pool: Vec<PoolStats>,
+    /// The pool repositories' package store (older coordinators send none).
+    #[serde(default)]
+    pub repo: RepoStats,
+}
+
+/// The pool repositories' content store: bytes held, the quota, and traffic since start.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RepoStats {
+    pub bytes_stored: u64,
+    pub quota_bytes: u64,
+    /// Package files served from the store without fetching.
+    pub hits: u64,
+    /// Files fetched from an upstream mirror or archive.
+    pub upstream_fetches: u64,
+    /// Files stored from endpoint uploads.
+    pub uploads: u64,
+    pub bytes_served: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ fn kinds(p: &Plan) -> Vec<String> {
                     Source::Repo { .. } => " repo",
                     Source::Cache { .. } => " cache",
                     Source::Archive { .. } => " archive",
+                    Source::Pool { .. } => " pool",
                 },
                 _ => "",
             };

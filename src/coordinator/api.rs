@@ -258,6 +258,17 @@ pub(crate) fn router(state: AppState) -> Router {
         // both
         .route("/snapshots/{hash}", get(get_snapshot))
         .route("/pools/{id}/targets/{revision}/manifest", get(get_manifest))
+        .route(
+            "/pools/{id}/repo/{revision}",
+            get(super::pool_repo::missing),
+        )
+        .route(
+            "/pools/{id}/repo/{revision}/{file}",
+            get(super::pool_repo::get_file)
+                .put(super::pool_repo::put_file)
+                // Uploads are bounded by the manifest's size instead.
+                .layer(DefaultBodyLimit::disable()),
+        )
         // unauthenticated
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -279,7 +290,8 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = if route.ends_with("/ws") {
+    // Sockets live long; repository transfers are bounded by size, not time.
+    let response = if route.ends_with("/ws") || route.contains("/repo/") {
         next.run(req).await
     } else {
         let limit = Duration::from_secs(state.settings.request_timeout_secs.max(1));
@@ -377,7 +389,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render() + &state.pool_repo.metrics(),
     )
         .into_response()
 }

@@ -135,6 +135,16 @@ impl AppState {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention run failed; retrying next period"),
             }
+            match self.pool_repo.collect_garbage(&self).await {
+                Ok(0) => {}
+                Ok(freed) => tracing::info!(
+                    freed,
+                    "pool repository: dropped files no kept revision refers to"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "pool repository clean-up failed; retrying next period")
+                }
+            }
         }
     }
 }

@@ -316,6 +316,7 @@ impl AppState {
             snapshot_bytes,
             reports_accepted: self.metrics.reports_accepted.load(Ordering::Relaxed),
             started_at: self.started_at,
+            repo: self.pool_repo.stats(),
             ..Stats::default()
         };
         for (pool_id, name) in pools {

@@ -294,6 +294,100 @@ fn http_client(config: &super::config::DaemonConfig) -> Result<reqwest::Client, 
 }
 
 /// The stored endpoint token, if registered.
+/// Uploads the package files of revision `revision` that the pool repository lacks and
+/// cannot fetch itself, from this machine's cache, one at a time. Failures are logged: a
+/// member that cannot get a file from the pool repository falls back to the archive.
+async fn upload_missing(
+    ep: &Endpoint,
+    pool_id: i64,
+    revision: u64,
+    availability: &crate::plan::Availability,
+) {
+    let path = format!("/pools/{pool_id}/repo/{revision}");
+    let missing: Vec<String> = match ep.call(ep.http.get(ep.url(&path))).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = ?e, "pool repository: cannot list missing files");
+            return;
+        }
+    };
+    let mut sent = 0usize;
+    for file in missing {
+        let Some((name, version, _)) = crate::cache::parse_package_filename(&file) else {
+            continue;
+        };
+        let Some(local) = availability.cached(&name, &version) else {
+            continue;
+        };
+        if local.file_name().and_then(|f| f.to_str()) != Some(file.as_str()) {
+            continue;
+        }
+        let body = match tokio::fs::File::open(local).await {
+            Ok(f) => reqwest::Body::wrap_stream(tokio_util_stream(f)),
+            Err(e) => {
+                tracing::warn!(
+                    file,
+                    "pool repository: cannot read {}: {e}",
+                    local.display()
+                );
+                continue;
+            }
+        };
+        let url = ep.url(&format!("{path}/{file}"));
+        match ep
+            .http
+            .put(url)
+            .bearer_auth(&ep.token)
+            .timeout(Duration::from_secs(3600))
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => sent += 1,
+            Ok(r) => {
+                tracing::warn!(file, status = %r.status(), "pool repository refused an upload")
+            }
+            Err(e) => tracing::warn!(file, "pool repository upload failed: {}", connect_error(&e)),
+        }
+    }
+    if sent > 0 {
+        tracing::info!(sent, revision, "pool repository: uploaded files it lacked");
+    }
+}
+
+/// A file as a stream of chunks, for streaming uploads without reading it whole.
+fn tokio_util_stream(
+    f: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+/// The pool target's repository on the coordinator (`…/pools/ID/repo/REVISION`) and this
+/// endpoint's token for it, when the daemon is registered and knows a target.
+pub(crate) fn pool_repo(daemon: &Daemon) -> Option<(String, String)> {
+    let base = coordinator_base(daemon.config().coordinator_url.as_deref()?);
+    let target = daemon.target_info()?;
+    let token = read_token(daemon)?;
+    Some((
+        format!(
+            "{base}{API_PREFIX}/pools/{}/repo/{}",
+            target.pool_id, target.revision
+        ),
+        token,
+    ))
+}
+
 fn read_token(daemon: &Daemon) -> Option<String> {
     std::fs::read_to_string(daemon.config().token_path())
         .ok()
@@ -1157,7 +1251,21 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
     match result {
         Ok(info) => {
             let revision = info.revision;
+            let pool_id = info.pool_id;
             daemon.set_target(info, snapshot.clone(), manifest)?;
+            // The files the pool repository cannot fetch itself go up in the background.
+            let (base, token, http) = (
+                endpoint.base.clone(),
+                endpoint.token.clone(),
+                endpoint.http.clone(),
+            );
+            let availability = daemon.availability();
+            tokio::spawn(async move {
+                let ep = Endpoint { base, token, http };
+                if let Some(a) = availability {
+                    upload_missing(&ep, pool_id, revision, &a).await;
+                }
+            });
             Ok(Outcome {
                 kind: "set-latest".into(),
                 ok: true,

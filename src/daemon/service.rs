@@ -445,6 +445,14 @@ impl Daemon {
         }
     }
 
+    /// What this machine's sync databases and caches offer (as last read).
+    pub(crate) fn availability(&self) -> Option<std::sync::Arc<crate::plan::Availability>> {
+        self.state()
+            .machine
+            .as_ref()
+            .map(|m| m.availability.clone())
+    }
+
     /// The manifest of this machine's current state: what each package file is, from its own
     /// sync databases and cache (hashes only cache files no database describes).
     pub(crate) async fn record_manifest(&self) -> Option<Manifest> {
@@ -492,18 +500,32 @@ impl Daemon {
 
     fn plan_to(&self, target: &Snapshot) -> Result<Plan, ActionError> {
         let s = self.state();
-        let machine = s.machine.as_ref().ok_or_else(|| {
-            ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet")
-        })?;
         let policy = self
             .policy(&s)
             .compile()
             .map_err(|e| ActionError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        // The pool's repository has the pool target's files (not those of older local states).
+        let pool_target = s
+            .target
+            .as_ref()
+            .is_some_and(|(_, t)| t.hash() == target.hash());
+        let pool_repo = if pool_target {
+            drop(s);
+            super::link::pool_repo(self).map(|(url, _)| url)
+        } else {
+            drop(s);
+            None
+        };
+        let s = self.state();
+        let machine = s.machine.as_ref().ok_or_else(|| {
+            ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet")
+        })?;
+        let availability = machine.availability.with_pool_repo(pool_repo);
         Ok(plan(
             &machine.snapshot,
             target,
             &machine.local,
-            &machine.availability,
+            &availability,
             &policy,
         ))
     }
@@ -645,13 +667,13 @@ impl Daemon {
                 matches!(
                     a,
                     Action::Install {
-                        source: Source::Archive { .. },
+                        source: Source::Archive { .. } | Source::Pool { .. },
                         ..
                     } | Action::Upgrade {
-                        source: Source::Archive { .. },
+                        source: Source::Archive { .. } | Source::Pool { .. },
                         ..
                     } | Action::Downgrade {
-                        source: Source::Archive { .. },
+                        source: Source::Archive { .. } | Source::Pool { .. },
                         ..
                     }
                 )
@@ -699,6 +721,7 @@ impl Daemon {
             &plan,
             &self.config,
             &trust,
+            super::link::pool_repo(self).map(|(_, token)| token),
             confirm_removals,
             self.cancel.subscribe(),
             &mut report,
@@ -1184,6 +1207,7 @@ mod actions {
         plan: &Plan,
         config: &crate::daemon::config::DaemonConfig,
         trust: &crate::trust::TrustRule,
+        pool_token: Option<String>,
         confirm_removals: bool,
         cancel: watch::Receiver<bool>,
         report: &mut (impl FnMut(Progress) + Send),
@@ -1194,6 +1218,7 @@ mod actions {
             archive_dir: None,
             max_download_size: Some(config.max_download_size),
             ca_file: config.coordinator_ca_file.clone(),
+            pool_token,
         };
         // Transactions share 10–90 %; within one, pacman's own counter moves the bar.
         let (mut index, mut total) = (0usize, 1usize);
