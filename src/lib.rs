@@ -28,6 +28,7 @@
 //!
 //! Output:
 //! - [`display`]: error chains on one line and UTC timestamps, for every program.
+//! - [`words`]: counted nouns ("1 package", "2 packages"), for every program.
 //!
 //! Local state:
 //! - [`store`]: the SQLite snapshot history.
@@ -52,3 +53,4 @@ pub mod tls;
 #[cfg(feature = "tray")]
 pub mod tray;
 pub mod version;
+pub mod words;

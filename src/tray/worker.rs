@@ -13,16 +13,19 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::daemon::client::Client;
-use crate::daemon::protocol::{ErrorCode, Event, Reply, Request};
-use crate::plan::Action;
+use crate::daemon::protocol::{ErrorCode, Event, LinkState, Reply, Request, SetLatestPreview};
+use crate::plan::{Action, Conflict};
+use crate::snapshot::SnapshotHash;
 
-use super::model::{Daemon, Note, Notifier, finished_note, utc};
+use super::model::{Daemon, Note, Notifier, SetLatestConfirm, finished_note, utc};
 
 /// What the background thread tells the event loop, and what the loop's own handlers forward.
 #[derive(Debug, Clone)]
 pub enum UiEvent {
     /// The daemon's state changed (or it went away): redraw.
     Daemon(Box<Daemon>),
+    /// A new set-latest preview (what the pool would lose, the other machines afterwards).
+    SetLatest(Option<Box<SetLatestPreview>>),
     /// A menu item was clicked (its id).
     Menu(String),
     /// The background thread ended.
@@ -34,7 +37,8 @@ pub enum UiEvent {
 pub enum Command {
     Sync,
     Preview,
-    SetLatest,
+    /// Set-latest, as confirmed in the menu (the preview its label was made from).
+    SetLatest(SetLatestConfirm),
     Revert,
     /// Pause auto-sync when running, resume when paused.
     TogglePause,
@@ -56,7 +60,11 @@ struct Shared {
     notes: NoteSink,
     muted: AtomicBool,
     state: Mutex<(Daemon, Notifier)>,
+    /// The (state, target revision, pool size) the last set-latest preview was asked for.
+    set_latest_key: Mutex<Option<PreviewKey>>,
 }
+
+type PreviewKey = (SnapshotHash, Option<u64>, Option<u64>);
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, (Daemon, Notifier)> {
@@ -108,6 +116,7 @@ pub fn spawn(socket: PathBuf, muted: bool, ui: UiSink, notes: NoteSink) -> std::
         notes,
         muted: AtomicBool::new(muted),
         state: Mutex::new((Daemon::NotRunning("connecting".into()), Notifier::default())),
+        set_latest_key: Mutex::new(None),
     });
     let thread = std::thread::Builder::new()
         .name("pacpool-tray-io".into())
@@ -166,6 +175,7 @@ async fn subscription(shared: Arc<Shared>) {
                         Ok(event) => {
                             backoff = BACKOFF_MIN;
                             on_event(&shared, event);
+                            refresh_set_latest(&shared);
                         }
                         Err(e) => break e.to_string(),
                     }
@@ -174,6 +184,10 @@ async fn subscription(shared: Arc<Shared>) {
         };
         tracing::debug!(reason = %why, "pacpoold not reachable");
         shared.set_daemon(Daemon::NotRunning(why));
+        *shared
+            .set_latest_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         let jitter = Duration::from_millis(u64::from(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -215,11 +229,58 @@ fn on_event(shared: &Shared, event: Event) {
     shared.set_daemon(daemon);
 }
 
+/// Asks pacpoold for a new set-latest preview when this machine's state, the target or the
+/// pool's size changed since the last one (only while the user may act and the coordinator
+/// is connected: otherwise the menu item is disabled anyway). The preview goes to the menu.
+fn refresh_set_latest(shared: &Arc<Shared>) {
+    let key = match &shared.lock().0 {
+        Daemon::Up(s) if s.can_act && s.link == LinkState::Connected && s.operation.is_none() => {
+            s.current.as_ref().map(|c| {
+                (
+                    c.hash,
+                    s.target.as_ref().map(|t| t.revision),
+                    s.pool_endpoints,
+                )
+            })
+        }
+        _ => None,
+    };
+    let Some(key) = key else { return };
+    {
+        let mut last = shared
+            .set_latest_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *last == Some(key) {
+            return;
+        }
+        *last = Some(key);
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let reply = match Client::connect(&shared.socket).await {
+            Ok(mut c) => c.request(Request::SetLatestPreview, |_| {}).await,
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(Reply::SetLatestPreview { preview }) => {
+                (shared.ui)(UiEvent::SetLatest(Some(preview)))
+            }
+            Ok(Reply::Error { message, .. }) => {
+                tracing::warn!(%message, "no set-latest preview");
+                (shared.ui)(UiEvent::SetLatest(None));
+            }
+            Ok(other) => tracing::warn!(?other, "unexpected answer to set-latest-preview"),
+            Err(e) => tracing::debug!(error = %e, "no set-latest preview"),
+        }
+    });
+}
+
 fn title(cmd: Command) -> &'static str {
     match cmd {
         Command::Sync => "Sync",
         Command::Preview => "Preview",
-        Command::SetLatest => "Set as latest",
+        Command::SetLatest(_) => "Set as latest",
         Command::Revert => "Revert",
         Command::TogglePause => "Auto-sync",
         Command::History => "History",
@@ -245,7 +306,11 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
             confirm_removals: false,
         },
         Command::Preview => Request::Preview,
-        Command::SetLatest => Request::SetLatest,
+        Command::SetLatest(c) => Request::SetLatest {
+            allow_older: c.allow_older,
+            expect_state: Some(c.state),
+            expect_revision: c.target_revision,
+        },
         Command::Revert => Request::Revert {
             to: None,
             confirm_removals: false,
@@ -289,7 +354,16 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
                 lines.push(format!("… and {} more", preview.actions.len() - 15));
             }
             for c in &preview.conflicts {
-                lines.push(format!("conflict: {c}"));
+                lines.push(match c {
+                    // Resolved by the refresh the sync makes first, or a conflict then.
+                    Conflict::VersionUnavailable { name, wanted, .. } => {
+                        format!("after the refresh: {name} {wanted}")
+                    }
+                    Conflict::RepositoryUnavailable { name, repo, .. } => {
+                        format!("after the refresh: {name} (from {repo})")
+                    }
+                    _ => format!("conflict: {c}"),
+                });
             }
             if let Some(n) = &preview.needs_confirmation {
                 lines.push(format!(
@@ -300,8 +374,15 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
             let rev = preview
                 .target_revision
                 .map_or_else(String::new, |r| format!(" to revision {r}"));
+            if preview.needs_refresh {
+                lines.insert(
+                    0,
+                    "Sync refreshes the package databases (pacman -Sy) first, then plans again:"
+                        .into(),
+                );
+            }
             shared.answer(
-                format!("Sync{rev}: {}", preview.counts.summary()),
+                format!("Sync{rev}: {}", preview.summary()),
                 lines.join("\n"),
                 false,
             );

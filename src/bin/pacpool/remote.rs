@@ -178,7 +178,7 @@ fn tooltip(s: &LocalStatus) -> String {
             t.revision, t.set_by
         ));
     }
-    lines.push(counts_line(&s.counts));
+    lines.push(s.pending());
     if let Some(e) = &s.last_error {
         lines.push(format!("last error: {e}"));
     }
@@ -210,7 +210,7 @@ fn print_status(s: &LocalStatus) {
         ),
         None => println!("target:      none yet"),
     }
-    println!("pending:     {}", counts_line(&s.counts));
+    println!("pending:     {}", s.pending());
     if let Some(c) = &s.current {
         println!(
             "current:     {} ({} packages, recorded #{})",
@@ -250,7 +250,7 @@ fn refreshable(c: &Conflict) -> bool {
 }
 
 pub fn print_preview(p: &Preview) {
-    println!("{}", counts_line(&p.counts));
+    println!("{}", p.summary());
     for a in &p.actions {
         println!("  {}", describe(a));
     }
@@ -266,7 +266,7 @@ pub fn print_preview(p: &Preview) {
         .collect();
     if !missing.is_empty() {
         println!(
-            "not in this machine's package databases yet: {}\n  sync refreshes the databases (pacman -Sy) and plans again; if they are still missing there, it stops",
+            "not in this machine's package databases yet: {}\n  sync refreshes the databases (pacman -Sy) first and plans again; if they are still missing there, it stops",
             missing.join(", ")
         );
     }
@@ -310,7 +310,7 @@ pub async fn preview(socket: &Path, json: bool) -> Result<u8, Failure> {
     }
     Ok(if preview.conflicts.iter().any(|c| !refreshable(c)) {
         exit::CONFLICT
-    } else if preview.actions.is_empty() {
+    } else if preview.actions.is_empty() && !preview.needs_refresh {
         exit::NOTHING_TO_DO
     } else {
         exit::SUCCESS
@@ -399,22 +399,62 @@ pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     }
 }
 
-pub async fn set_latest(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
+pub async fn set_latest(
+    socket: &Path,
+    yes: bool,
+    allow_older: bool,
+    json: bool,
+) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
-    let status = status_for_action(&mut client).await?;
-    let pool = status.pool.clone().unwrap_or_else(|| "the pool".into());
-    let packages = status.current.as_ref().map_or(0, |c| c.package_count);
-    let others = match status.pool_endpoints.map(|n| n.saturating_sub(1)) {
-        None => "Every other machine in it will be behind.".to_owned(),
-        Some(0) => "No other machine is in it yet.".to_owned(),
-        Some(1) => "The 1 other machine in it will be behind.".to_owned(),
-        Some(n) => format!("The {n} other machines in it will be behind."),
+    status_for_action(&mut client).await?;
+    let Reply::SetLatestPreview { preview } =
+        ask(&mut client, Request::SetLatestPreview, true).await?
+    else {
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with a set-latest preview",
+        ));
     };
+    let pool = preview.pool.clone().unwrap_or_else(|| "the pool".into());
+    if let Some(line) = preview.loss_line(3) {
+        // Everything the pool would lose, whatever happens next.
+        if !json {
+            println!("{line}:");
+            for l in &preview.losses {
+                println!("  {l}");
+            }
+        }
+        if !allow_older {
+            return Err(Failure::new(
+                exit::REFUSED,
+                format!(
+                    "refused: {line}; run `pacpool sync` first to keep them, or pass --allow-older to make this state the target anyway"
+                ),
+            ));
+        }
+    }
     confirm(
-        &format!("Make this machine's {packages} packages the new target of {pool}? {others}"),
+        &format!(
+            "Make this machine's {} the new target of {pool}{}? Then {}.",
+            pacpool::words::packages(preview.packages),
+            if preview.goes_back() {
+                format!(
+                    " (it goes back {})",
+                    pacpool::words::packages(preview.losses.len())
+                )
+            } else {
+                String::new()
+            },
+            preview.others_line()
+        ),
         yes,
     )?;
-    match ask(&mut client, Request::SetLatest, json).await? {
+    let request = Request::SetLatest {
+        allow_older,
+        expect_state: Some(preview.state),
+        expect_revision: preview.target_revision,
+    };
+    match ask(&mut client, request, json).await? {
         Reply::Done { outcome } => finish(outcome, json),
         other => Err(unexpected(other)),
     }
