@@ -242,6 +242,7 @@ impl View {
                 && s.target.as_ref().map(|t| t.revision) == p.target_revision
         });
         let (set_latest_info, set_latest_confirm, set_latest_confirms) = match fresh {
+            None if !set_latest.enabled => (Vec::new(), Entry::off("Confirm"), None),
             None => (
                 Vec::new(),
                 Entry::off("Confirm (checking what it would change…)"),
@@ -253,15 +254,15 @@ impl View {
                     info.push(format!("Warning: {line}"));
                 }
                 info.push(format!("Then {}", p.others_line()));
-                let what = if p.goes_back() {
-                    "this older state"
+                let confirm = if p.goes_back() {
+                    "Confirm anyway"
                 } else {
-                    "this machine"
+                    "Confirm"
                 };
                 (
                     info,
                     Entry::on(format!(
-                        "Confirm: set pool {pool} to {what} ({})",
+                        "{confirm}: set pool {pool} to this machine ({})",
                         words::packages(p.packages)
                     )),
                     Some(SetLatestConfirm {
@@ -715,7 +716,7 @@ mod tests {
         );
         assert_eq!(
             v.set_latest_confirm,
-            Entry::on("Confirm: set pool lab to this older state (1 package)")
+            Entry::on("Confirm anyway: set pool lab to this machine (1 package)")
         );
         let c = v.set_latest_confirms.expect("confirmable");
         assert!(c.allow_older);

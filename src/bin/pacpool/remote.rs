@@ -433,9 +433,13 @@ pub async fn set_latest(
             ));
         }
     }
+    if !json {
+        // Computed by the coordinator from the other machines' reported states.
+        println!("then: {}", preview.others_line());
+    }
     confirm(
         &format!(
-            "Make this machine's {} the new target of {pool}{}? Then {}.",
+            "Make this machine's {} the new target of {pool}{}?",
             pacpool::words::packages(preview.packages),
             if preview.goes_back() {
                 format!(
@@ -445,7 +449,6 @@ pub async fn set_latest(
             } else {
                 String::new()
             },
-            preview.others_line()
         ),
         yes,
     )?;
