@@ -450,28 +450,74 @@ impl Desktop {
             .id
     }
 
-    /// A screenshot with the menu open: a right click on the tray host's icon (xdotool),
-    /// then Escape. Skipped (with a note) without xdotool.
-    fn menu_screenshot(&self, name: &str) {
+    /// A screenshot with the menu open: a click (`button` 3: right, 1: left) on the tray
+    /// host's icon (xdotool), then Escape; `submenu_at` hovers there first (to open the
+    /// set-latest submenu). Returns whether the screen changed (the menu opened). Skipped
+    /// (with a note) without xdotool.
+    fn menu_screenshot(&self, name: &str, button: &str, submenu_at: Option<(u32, u32)>) -> bool {
         if find_in_path("xdotool").is_none() {
             eprintln!("no menu screenshot {name}: xdotool is not installed");
-            return;
+            return false;
         }
         let xdo = |args: &[&str]| {
             let _ = self.command("xdotool").args(args).output();
         };
         let before = std::fs::read(self.screenshot(name)).unwrap_or_default();
         // gtk-sni-tray-standalone --top: a bar along the top edge, icons from the left.
-        xdo(&["mousemove", "12", "12", "click", "3"]);
-        // The menu is drawn when the screen changes (bounded: a host that opens no menu on a
-        // right click gets a screenshot without it).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline
-            && std::fs::read(self.screenshot(name)).unwrap_or_default() == before
-        {
+        xdo(&["mousemove", "12", "12", "click", button]);
+        // The menu is drawn when the screen changes (bounded: a host that opens no menu on
+        // this click gets a screenshot without it).
+        let changed = || std::fs::read(self.screenshot(name)).unwrap_or_default() != before;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut opened = changed();
+        while !opened && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
+            opened = changed();
+        }
+        if let Some((x, y)) = submenu_at.filter(|_| opened) {
+            let open = std::fs::read(self.screenshot(name)).unwrap_or_default();
+            xdo(&["mousemove", &x.to_string(), &y.to_string()]);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && std::fs::read(self.screenshot(name)).unwrap_or_default() == open
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         xdo(&["key", "Escape"]);
+        xdo(&["key", "Escape"]);
+        opened
+    }
+
+    /// A screenshot once dunst has drawn a notification in its corner (bounded wait).
+    fn note_screenshot(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let path = self.screenshot(name);
+            let mean = Command::new("convert")
+                .arg(&path)
+                .args([
+                    "-crop",
+                    "300x40+330+55",
+                    "+repage",
+                    "-format",
+                    "%[fx:mean]",
+                    "info:",
+                ])
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0);
+            if mean > 0.02 || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn click(&self, item: &(String, String), id: u32) {
@@ -790,7 +836,9 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         let found = wait_for(&format!("notification {summary:?} #{n}"), diag, || {
             desk.notes().into_iter().filter(|x| x.0 == summary).nth(n)
         });
-        desk.screenshot(shot);
+        desk.note_screenshot(shot);
+        // The next notification's screenshot shows it alone.
+        desk.dunstctl(&["close-all"]);
         found
     };
 
@@ -870,7 +918,47 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         std::fs::read(&shot_diverged).unwrap(),
         "the screen (the tray host's icon) changed"
     );
-    desk.menu_screenshot("04-menu-diverged");
+    desk.menu_screenshot("04-menu-diverged", "3", Some((60, 147)));
+    let left = desk.menu_screenshot("04-menu-left-click", "1", None);
+    eprintln!(
+        "left click opens the menu: {left}; Title {:?}, ItemIsMenu {:?}, ToolTip {:?}",
+        desk.try_gdbus(&[
+            "call",
+            "--session",
+            "--dest",
+            &item.0,
+            "--object-path",
+            &item.1,
+            "--method",
+            "org.freedesktop.DBus.Properties.Get",
+            "org.kde.StatusNotifierItem",
+            "Title"
+        ]),
+        desk.try_gdbus(&[
+            "call",
+            "--session",
+            "--dest",
+            &item.0,
+            "--object-path",
+            &item.1,
+            "--method",
+            "org.freedesktop.DBus.Properties.Get",
+            "org.kde.StatusNotifierItem",
+            "ItemIsMenu"
+        ]),
+        desk.try_gdbus(&[
+            "call",
+            "--session",
+            "--dest",
+            &item.0,
+            "--object-path",
+            &item.1,
+            "--method",
+            "org.freedesktop.DBus.Properties.Get",
+            "org.kde.StatusNotifierItem",
+            "ToolTip"
+        ]),
+    );
     // The CLI refuses the same set-latest without --allow-older, listing what would go.
     let out = db.cli(&["set-latest", "--yes"]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
@@ -1143,11 +1231,14 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
     // click on the notification does) syncs bob.
     desk.dunstctl(&["close-all"]);
     da.cli_code(&["set-latest", "--yes"], 0);
-    let (_, body, _) = note(
-        "lab: new target from alice",
-        2,
-        "19-note-new-target-sync-now",
-    );
+    let (_, body, _) = wait_for("the third target-changed notification", diag, || {
+        desk.notes()
+            .into_iter()
+            .filter(|x| x.0 == "lab: new target from alice")
+            .nth(2)
+    });
+    // Left open: its action is invoked below.
+    desk.note_screenshot("19-note-new-target-sync-now");
     assert_eq!(
         body,
         "alice set revision 4 (3 packages); against the previous target: 1 upgrade.\nThis machine: 1 upgrade to reach it.\nNothing changes until you use Sync now."
