@@ -70,6 +70,30 @@ impl SetLatestPart {
     }
 }
 
+// `set_title` reads tray-icon's `libappindicator::AppIndicator` as the one raw pointer it
+// holds: true only while the wrapper is exactly one pointer wide.
+const _: () =
+    assert!(std::mem::size_of::<libappindicator::AppIndicator>() == std::mem::size_of::<*mut u8>());
+
+/// Sets the StatusNotifierItem's `Title` property (and emits `NewTitle`): hosts that show
+/// a title on hover (KDE Plasma, GNOME's AppIndicator extension) show the state line.
+/// tray-icon 0.24 ignores tooltips on Linux and has no title setter (its `set_title` sets the
+/// panel label), so this calls libayatana-appindicator's `app_indicator_set_title`.
+fn set_title(tray: &TrayIcon, title: &str) {
+    let Ok(title) = std::ffi::CString::new(title) else {
+        return;
+    };
+    // SAFETY: on the event loop's thread (GTK's), while `tray` is alive. `app_indicator()`
+    // points at tray-icon's `libappindicator::AppIndicator`, whose only field is the
+    // indicator's `*mut AppIndicator` (checked by the size assertion above), so reading one
+    // pointer from it yields that field; the C call copies the string.
+    unsafe {
+        let wrapper = tray.app_indicator();
+        let raw = *(wrapper as *const *mut _);
+        libappindicator::app_indicator_set_title(raw, title.as_ptr());
+    }
+}
+
 fn icon(kind: IconKind) -> Icon {
     Icon::from_rgba(render(kind, ICON_SIZE), ICON_SIZE, ICON_SIZE)
         .expect("rendered icons have the right length")
@@ -145,6 +169,7 @@ impl Ui {
             .with_tooltip(&view.tooltip)
             .build()
             .context("create the tray icon (is a StatusNotifierItem host running?)")?;
+        set_title(&tray, &view.status_line);
         Ok(Ui {
             tray,
             icon: view.icon,
@@ -162,6 +187,7 @@ impl Ui {
             self.icon = view.icon;
         }
         let _ = self.tray.set_tooltip(Some(&view.tooltip));
+        set_title(&self.tray, &view.status_line);
         if SetLatestPart::of(view) != self.set_latest_shown {
             match build_menu(view, self.muted) {
                 Ok((menu, items, part)) => {
