@@ -64,8 +64,10 @@ pub enum Request {
         #[serde(default)]
         confirm_removals: bool,
     },
-    /// Anyone: what set-latest would do to the pool — what the pool would lose against its
-    /// current target, and every other machine's status afterwards (asked of the coordinator).
+    /// Authorized: what set-latest would do to the pool — what the pool would lose against its
+    /// current target, and every other machine's status afterwards. Changes nothing, but asks
+    /// the coordinator with this endpoint's token (whose rate limit an outsider must not be
+    /// able to use up).
     SetLatestPreview,
     /// Authorized: make this machine's state the pool's target.
     SetLatest {
@@ -101,11 +103,13 @@ fn default_limit() -> usize {
 }
 
 impl Request {
-    /// Whether the request changes anything (and so needs an authorized peer).
+    /// Whether the request needs an authorized peer: it changes something, or (set-latest's
+    /// preview) spends the endpoint's requests to the coordinator.
     pub fn is_action(&self) -> bool {
         matches!(
             self,
-            Request::Sync { .. }
+            Request::SetLatestPreview
+                | Request::Sync { .. }
                 | Request::SetLatest { .. }
                 | Request::Revert { .. }
                 | Request::Cancel
@@ -478,7 +482,10 @@ mod tests {
         );
         assert!(e.request.is_action());
         let p: Envelope = serde_json::from_str(r#"{"v":1,"cmd":"set-latest-preview"}"#).unwrap();
-        assert!(!p.request.is_action());
+        assert!(
+            p.request.is_action(),
+            "it spends the endpoint's coordinator requests"
+        );
     }
 
     #[test]

@@ -453,14 +453,12 @@ async fn dispatch(
             Ok(()) => Reply::Ok,
             Err(e) => e.into(),
         },
-        Request::SetLatestPreview => {
-            match super::link::set_latest_preview(daemon, auth.is_ok()).await {
-                Ok(preview) => Reply::SetLatestPreview {
-                    preview: Box::new(preview),
-                },
-                Err(e) => e.into(),
-            }
-        }
+        Request::SetLatestPreview => match super::link::set_latest_preview(daemon, true).await {
+            Ok(preview) => Reply::SetLatestPreview {
+                preview: Box::new(preview),
+            },
+            Err(e) => e.into(),
+        },
         Request::SetLatest {
             allow_older,
             expect_state,
