@@ -1090,6 +1090,7 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         diag,
     );
     desk.screenshot("12-behind");
+    desk.menu_screenshot("12-menu-behind", "3", Some((60, 147)));
     let preview = db.cli_code(&["preview"], 0);
     assert!(
         preview.starts_with("needs a database refresh first; then 1 upgrade\n"),

@@ -338,9 +338,7 @@ impl SetLatestPreview {
     /// "this machine is behind the target: the pool would go back 3 packages (openssl 3.4.0
     /// → 3.3.1, …)", listing at most `shown` packages; `None` when nothing goes back.
     pub fn loss_line(&self, shown: usize) -> Option<String> {
-        if self.losses.is_empty() {
-            return None;
-        }
+        let head = self.loss_header()?;
         let mut list: Vec<String> = self
             .losses
             .iter()
@@ -350,14 +348,22 @@ impl SetLatestPreview {
         if self.losses.len() > shown {
             list.push("…".into());
         }
+        Some(format!("{head} ({})", list.join(", ")))
+    }
+
+    /// [`Self::loss_line`] without the list: "this machine is behind the target: the pool
+    /// would go back 3 packages".
+    pub fn loss_header(&self) -> Option<String> {
+        if self.losses.is_empty() {
+            return None;
+        }
         Some(format!(
-            "this machine is {} the target: the pool would go back {} ({})",
+            "this machine is {} the target: the pool would go back {}",
             match self.relation {
                 EndpointState::Diverged => "diverged from",
                 _ => "behind",
             },
             crate::words::packages(self.losses.len()),
-            list.join(", ")
         ))
     }
 

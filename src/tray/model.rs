@@ -250,8 +250,14 @@ impl View {
             ),
             Some(p) => {
                 let mut info = Vec::new();
-                if let Some(line) = p.loss_line(3) {
-                    info.push(format!("Warning: {line}"));
+                if let Some(head) = p.loss_header() {
+                    // One package a line: a menu is read down, not across.
+                    const SHOWN: usize = 4;
+                    info.push(format!("Warning: {head}:"));
+                    info.extend(p.losses.iter().take(SHOWN).map(|l| format!("    {l}")));
+                    if p.losses.len() > SHOWN {
+                        info.push(format!("    … and {} more", p.losses.len() - SHOWN));
+                    }
                 }
                 info.push(format!("Then {}", p.others_line()));
                 let confirm = if p.goes_back() {
@@ -710,7 +716,11 @@ mod tests {
         assert_eq!(
             v.set_latest_info,
             [
-                "Warning: this machine is behind the target: the pool would go back 4 packages (pkg0 2.0-1 → 1.0-1, pkg1 2.0-1 → removed, pkg2 2.0-1 → 1.0-1, …)",
+                "Warning: this machine is behind the target: the pool would go back 4 packages:",
+                "    pkg0 2.0-1 → 1.0-1",
+                "    pkg1 2.0-1 → removed",
+                "    pkg2 2.0-1 → 1.0-1",
+                "    pkg3 2.0-1 → removed",
                 "Then alice becomes ahead"
             ]
         );
