@@ -675,7 +675,10 @@ impl AppState {
                         "endpoint.report",
                         Some(format!("endpoint:{id}")),
                         peer,
-                        Some(format!("state {hash} ({} packages)", stored.packages)),
+                        Some(format!(
+                            "state {hash} ({})",
+                            crate::words::packages(stored.packages)
+                        )),
                     )?;
                 }
                 Ok(Ok(changed))

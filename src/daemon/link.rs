@@ -859,8 +859,9 @@ fn to_result(r: Result<Outcome, ActionError>) -> OperationResult {
     if more > 0 {
         result.message = bounded(
             format!(
-                "{} ({more} more package failures not listed)",
-                result.message
+                "{} ({} not listed)",
+                result.message,
+                crate::words::count(more, "more package failure", "more package failures")
             ),
             RESULT_MESSAGE_MAX,
         );

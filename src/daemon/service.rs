@@ -702,8 +702,9 @@ impl Daemon {
             return Err(ActionError::new(
                 ErrorCode::NeedsConfirmation,
                 format!(
-                    "{kind} would remove {} packages, more than the cap of {}: confirm to go ahead",
-                    cap.removals, cap.cap
+                    "{kind} would remove {}, more than the cap of {}: confirm to go ahead",
+                    crate::words::packages(cap.removals),
+                    cap.cap
                 ),
             ));
         }

@@ -367,8 +367,10 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
             }
             if let Some(n) = &preview.needs_confirmation {
                 lines.push(format!(
-                    "{} removals exceed the cap of {}: confirm with `pacpool sync` in a terminal",
-                    n.removals, n.cap
+                    "{} {} the cap of {}: confirm with `pacpool sync` in a terminal",
+                    crate::words::count(n.removals, "removal", "removals"),
+                    crate::words::plural(n.removals, "exceeds", "exceed"),
+                    n.cap
                 ));
             }
             let rev = preview

@@ -205,25 +205,27 @@ fn print_status(s: &LocalStatus) {
     }
     match &s.target {
         Some(t) => println!(
-            "target:      revision {} set by {} ({} packages)",
-            t.revision, t.set_by, t.package_count
+            "target:      revision {} set by {} ({})",
+            t.revision,
+            t.set_by,
+            pacpool::words::packages(t.package_count)
         ),
         None => println!("target:      none yet"),
     }
     println!("pending:     {}", s.pending());
     if let Some(c) = &s.current {
         println!(
-            "current:     {} ({} packages, recorded #{})",
+            "current:     {} ({}, recorded #{})",
             c.hash.short(),
-            c.package_count,
+            pacpool::words::packages(c.package_count),
             c.id
         );
     }
     if let Some(p) = &s.previous {
         println!(
-            "previous:    {} ({} packages, #{}) — `pacpool revert` goes back to it",
+            "previous:    {} ({}, #{}) — `pacpool revert` goes back to it",
             p.hash.short(),
-            p.package_count,
+            pacpool::words::packages(p.package_count),
             p.id
         );
     }
@@ -275,8 +277,10 @@ pub fn print_preview(p: &Preview) {
     }
     if let Some(n) = &p.needs_confirmation {
         println!(
-            "note: {} removals exceed the cap of {}; you will be asked to confirm",
-            n.removals, n.cap
+            "note: {} {} the cap of {}; you will be asked to confirm",
+            pacpool::words::count(n.removals, "removal", "removals"),
+            pacpool::words::plural(n.removals, "exceeds", "exceed"),
+            n.cap
         );
     }
 }
@@ -476,10 +480,10 @@ pub async fn revert(
         Some(id) => format!("recorded state {id}"),
         None => match &status.previous {
             Some(p) => format!(
-                "the previous state {} (#{}, {} packages{})",
+                "the previous state {} (#{}, {}{})",
                 p.hash.short(),
                 p.id,
-                p.package_count,
+                pacpool::words::packages(p.package_count),
                 status
                     .revert_changes
                     .map(|c| format!("; this makes {}", c.summary()))
