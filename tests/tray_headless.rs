@@ -1133,11 +1133,22 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         body,
         "To target revision 2: needs a database refresh first; then 1 upgrade."
     );
+    // Cancelled while it waits (before pacman starts): said so, nothing changed.
+    db.cli_code(&["cancel"], 0);
+    let (_, body, _) = note("Sync cancelled", 0, "16-note-sync-cancelled");
+    assert_eq!(
+        body,
+        "cancelled before pacman started; nothing was changed."
+    );
+    wait_icon(IconKind::Behind);
+    // Again, and this time pacman gets its lock.
+    desk.click(&item, desk.item_id(&item, "Sync to latest — "));
+    wait_icon(IconKind::Syncing);
     std::fs::remove_file(b.lock_file()).unwrap();
     wait_for("bob's packages to equal alice's again", diag, || {
         same_packages(&a, &b).then_some(())
     });
-    let (_, body, _) = note("Sync finished", 1, "16-note-sync-finished-refresh");
+    let (_, body, _) = note("Sync finished", 1, "17-note-sync-finished-refresh");
     assert_eq!(body, "sync done after a database refresh: 1 upgrade.");
     wait_icon(IconKind::InSync);
 
@@ -1161,7 +1172,7 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
     );
     desk.click(&item, desk.item_id(&item, "Revert to previous ("));
     wait_icon(IconKind::Behind);
-    note("Revert finished", 0, "17-note-revert-finished");
+    note("Revert finished", 0, "18-note-revert-finished");
     assert!(b.pacman_ok(&["-Q", "editor"]).contains("editor 1.0-1"));
 
     // The CLI refuses set-latest from a behind machine without --allow-older and lists the
@@ -1189,7 +1200,7 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         .unwrap();
     assert_eq!(alice["state"], "ahead", "{statuses}");
     assert_eq!(alice["target_revision"], 3, "{statuses}");
-    note("Set as latest finished", 0, "18-note-set-latest-finished");
+    note("Set as latest finished", 0, "19-note-set-latest-finished");
 
     // Nothing was announced twice, the reconnects included.
     let notes = desk.notes();
@@ -1210,7 +1221,7 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
             .nth(2)
     });
     // Left open: its action is invoked below.
-    desk.note_screenshot("19-note-new-target-sync-now");
+    desk.note_screenshot("20-note-new-target-sync-now");
     assert_eq!(
         body,
         "alice set revision 4 (3 packages); against the previous target: 1 upgrade.\nThis machine: 1 upgrade to reach it.\nNothing changes until you use Sync now."
@@ -1259,7 +1270,7 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         .unwrap();
     assert_eq!(alice["state"], "ahead", "{statuses}");
     wait_icon(IconKind::InSync);
-    note("Set as latest finished", 1, "20-note-set-latest-tray");
+    note("Set as latest finished", 1, "21-note-set-latest-tray");
     drop(tray);
     drop(db);
 }

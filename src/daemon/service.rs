@@ -639,7 +639,10 @@ impl Daemon {
             .store()
             .operation_begin(kind, now())
             .map_err(ActionError::internal)?;
-        let _ = self.cancel.send(false);
+        // `send_replace`, not `send`: `send` leaves the value alone when nobody holds a
+        // receiver, which is the case between operations, so a cancel would outlive its
+        // operation and cancel the next one at once.
+        self.cancel.send_replace(false);
         let result = self
             .plan_apply_verify(
                 kind,
@@ -836,7 +839,8 @@ impl Daemon {
                 "no operation is running",
             ));
         }
-        let _ = self.cancel.send(true);
+        // Also while no step holds a receiver (between pacman runs): the next step sees it.
+        self.cancel.send_replace(true);
         Ok(())
     }
 

@@ -464,7 +464,7 @@ impl Notifier {
                 "Target revision {} (set by {}): {}.",
                 rev,
                 s.target.as_ref().map_or("?", |t| t.set_by.as_str()),
-                s.counts.summary()
+                s.pending()
             ),
             critical: false,
             sync_now: s.can_act,
@@ -513,6 +513,15 @@ fn started_body(kind: &str, s: &LocalStatus) -> String {
 
 pub fn finished_note(o: &Outcome) -> Note {
     let title = kind_title(&o.kind);
+    // `pacpool cancel` is honoured only before pacman starts (the daemon's wording).
+    if !o.ok && o.message.starts_with("cancelled") {
+        return Note {
+            summary: format!("{title} cancelled"),
+            body: format!("{}; nothing was changed.", o.message),
+            critical: false,
+            sync_now: false,
+        };
+    }
     let mut body = o.message.clone();
     if !body.ends_with('.') {
         body.push('.');

@@ -330,6 +330,11 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
     };
     match reply {
         Err(e) => shared.answer(format!("{what} failed"), e.to_string(), true),
+        // A cancelled operation had started: the subscription announces its end.
+        Ok(Reply::Error {
+            code: ErrorCode::Cancelled,
+            ..
+        }) if !matches!(shared.lock().0, Daemon::NotRunning(_)) => {}
         Ok(Reply::Error { code, message }) => {
             let hint = match code {
                 ErrorCode::NeedsConfirmation => {
