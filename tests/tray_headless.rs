@@ -1140,8 +1140,13 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         body,
         "cancelled before pacman started; nothing was changed."
     );
+    assert!(
+        !desk.notes().iter().any(|n| n.0 == "Sync failed"),
+        "one notification for a cancel: {:?}",
+        desk.notes()
+    );
     wait_icon(IconKind::Behind);
-    // Again, and this time pacman gets its lock.
+    // Again (the cancel ended with its operation), and this time pacman gets its lock.
     desk.click(&item, desk.item_id(&item, "Sync to latest — "));
     wait_icon(IconKind::Syncing);
     std::fs::remove_file(b.lock_file()).unwrap();
