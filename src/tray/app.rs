@@ -13,9 +13,8 @@ use tray_icon::menu::{IsMenuItem, Menu, MenuEvent, MenuItem, PredefinedMenuItem,
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
 use super::icons::{IconKind, render};
-use super::model::{Daemon, Entry, Note, SetLatestConfirm, View};
+use super::model::{Daemon, Entry, Note, SetLatestAnswer, SetLatestConfirm, View};
 use super::worker::{self, Command, UiEvent, muted_label};
-use crate::daemon::protocol::SetLatestPreview;
 
 /// Icon size handed to the tray host (it scales to its panel).
 pub const ICON_SIZE: u32 = 64;
@@ -300,7 +299,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let commands = worker.commands.clone();
     let _ = command_slot.set(commands.clone());
     let mut daemon = Daemon::NotRunning("connecting".into());
-    let mut set_latest: Option<Box<SetLatestPreview>> = None;
+    let mut set_latest: Option<SetLatestAnswer> = None;
     let mut ui: Option<Ui> = None;
     let mut muted = opts.muted;
     event_loop.run(move |event, _, control_flow| {
@@ -316,13 +315,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             Event::UserEvent(UiEvent::Daemon(d)) => {
                 daemon = *d;
                 if let Some(u) = &mut ui {
-                    u.update(&View::of(&daemon, set_latest.as_deref()));
+                    u.update(&View::of(&daemon, set_latest.as_ref()));
                 }
             }
-            Event::UserEvent(UiEvent::SetLatest(p)) => {
-                set_latest = p;
+            Event::UserEvent(UiEvent::SetLatest(answer)) => {
+                set_latest = Some(answer);
                 if let Some(u) = &mut ui {
-                    u.update(&View::of(&daemon, set_latest.as_deref()));
+                    u.update(&View::of(&daemon, set_latest.as_ref()));
                 }
             }
             Event::UserEvent(UiEvent::Menu(id)) => {

@@ -67,6 +67,14 @@ pub struct View {
     pub history: Entry,
 }
 
+/// The tray's last answer to "what would set-latest do to the pool?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetLatestAnswer {
+    Preview(Box<SetLatestPreview>),
+    /// pacpoold could not say (why); asked again at the next status change.
+    Failed(String),
+}
+
 /// What the user confirmed by clicking "Confirm" in the set-latest submenu: exactly the
 /// preview the label was made from (carried in the menu item's id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +151,7 @@ fn state_words(k: IconKind) -> &'static str {
 impl View {
     /// What the tray shows for `daemon`; `set_latest` is the last set-latest preview, used
     /// only when it was computed for the state and target the status shows.
-    pub fn of(daemon: &Daemon, set_latest_preview: Option<&SetLatestPreview>) -> View {
+    pub fn of(daemon: &Daemon, set_latest_answer: Option<&SetLatestAnswer>) -> View {
         let s = match daemon {
             Daemon::NotRunning(why) => {
                 let reason = format!("pacpoold is not running ({why})");
@@ -236,13 +244,22 @@ impl View {
         .then_some("coordinator not reachable");
         let set_latest = gated("Set as latest…".into(), offline);
         // The confirmation only from a preview of exactly this state and target.
-        let fresh = set_latest_preview.filter(|p| {
-            set_latest.enabled
-                && s.current.as_ref().map(|c| c.hash) == Some(p.state)
-                && s.target.as_ref().map(|t| t.revision) == p.target_revision
-        });
+        let fresh = match set_latest_answer {
+            Some(SetLatestAnswer::Preview(p))
+                if s.current.as_ref().map(|c| c.hash) == Some(p.state)
+                    && s.target.as_ref().map(|t| t.revision) == p.target_revision =>
+            {
+                Some(p)
+            }
+            _ => None,
+        };
         let (set_latest_info, set_latest_confirm, set_latest_confirms) = match fresh {
-            None if !set_latest.enabled => (Vec::new(), Entry::off("Confirm"), None),
+            _ if !set_latest.enabled => (Vec::new(), Entry::off("Confirm"), None),
+            None if let Some(SetLatestAnswer::Failed(why)) = set_latest_answer => (
+                Vec::new(),
+                Entry::off(format!("Confirm (cannot tell what it would change: {why})")),
+                None,
+            ),
             None => (
                 Vec::new(),
                 Entry::off("Confirm (checking what it would change…)"),
@@ -721,7 +738,8 @@ mod tests {
             package_count: 1,
         });
         let p = preview(hash, 4);
-        let v = View::of(&Daemon::Up(s.clone()), Some(&p));
+        let answer = SetLatestAnswer::Preview(Box::new(p.clone()));
+        let v = View::of(&Daemon::Up(s.clone()), Some(&answer));
         assert_eq!(
             v.set_latest_info,
             [
@@ -743,15 +761,24 @@ mod tests {
         assert_eq!(SetLatestConfirm::from_menu_id("set-latest"), None);
 
         // Nothing goes back: no warning, no allow-older.
-        let v = View::of(&Daemon::Up(s.clone()), Some(&preview(hash, 0)));
+        let v = View::of(
+            &Daemon::Up(s.clone()),
+            Some(&SetLatestAnswer::Preview(Box::new(preview(hash, 0)))),
+        );
         assert_eq!(v.set_latest_info, ["Then alice becomes ahead"]);
         assert!(!v.set_latest_confirms.unwrap().allow_older);
 
         // A preview of another state (or target) is not shown.
         let mut moved = s.clone();
         moved.target = Some(target(5));
-        let v = View::of(&Daemon::Up(moved), Some(&p));
+        let v = View::of(&Daemon::Up(moved), Some(&answer));
         assert!(v.set_latest_confirms.is_none() && !v.set_latest_confirm.enabled);
+        // pacpoold could not say: the menu says so instead of "checking" for ever.
+        let failed = SetLatestAnswer::Failed("cannot read pacman's state".into());
+        assert_eq!(
+            View::of(&Daemon::Up(s), Some(&failed)).set_latest_confirm,
+            Entry::off("Confirm (cannot tell what it would change: cannot read pacman's state)")
+        );
     }
 
     #[test]

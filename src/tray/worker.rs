@@ -13,19 +13,20 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::daemon::client::Client;
-use crate::daemon::protocol::{ErrorCode, Event, LinkState, Reply, Request, SetLatestPreview};
+use crate::daemon::protocol::{ErrorCode, Event, LinkState, Reply, Request};
 use crate::plan::{Action, Conflict};
 use crate::snapshot::SnapshotHash;
 
-use super::model::{Daemon, Note, Notifier, SetLatestConfirm, finished_note, utc};
+use super::model::{Daemon, Note, Notifier, SetLatestAnswer, SetLatestConfirm, finished_note, utc};
 
 /// What the background thread tells the event loop, and what the loop's own handlers forward.
 #[derive(Debug, Clone)]
 pub enum UiEvent {
     /// The daemon's state changed (or it went away): redraw.
     Daemon(Box<Daemon>),
-    /// A new set-latest preview (what the pool would lose, the other machines afterwards).
-    SetLatest(Option<Box<SetLatestPreview>>),
+    /// A new set-latest preview (what the pool would lose, the other machines afterwards),
+    /// or why there is none.
+    SetLatest(SetLatestAnswer),
     /// A menu item was clicked (its id).
     Menu(String),
     /// The background thread ended.
@@ -262,17 +263,22 @@ fn refresh_set_latest(shared: &Arc<Shared>) {
             Ok(mut c) => c.request(Request::SetLatestPreview, |_| {}).await,
             Err(e) => Err(e),
         };
-        match reply {
+        let failed = match reply {
             Ok(Reply::SetLatestPreview { preview }) => {
-                (shared.ui)(UiEvent::SetLatest(Some(preview)))
+                (shared.ui)(UiEvent::SetLatest(SetLatestAnswer::Preview(preview)));
+                return;
             }
-            Ok(Reply::Error { message, .. }) => {
-                tracing::warn!(%message, "no set-latest preview");
-                (shared.ui)(UiEvent::SetLatest(None));
-            }
-            Ok(other) => tracing::warn!(?other, "unexpected answer to set-latest-preview"),
-            Err(e) => tracing::debug!(error = %e, "no set-latest preview"),
-        }
+            Ok(Reply::Error { message, .. }) => message,
+            Ok(other) => format!("unexpected answer from pacpoold: {other:?}"),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(reason = %failed, "no set-latest preview");
+        // Asked again at the next status change.
+        *shared
+            .set_latest_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        (shared.ui)(UiEvent::SetLatest(SetLatestAnswer::Failed(failed)));
     });
 }
 
