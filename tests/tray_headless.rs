@@ -4,13 +4,19 @@
 //! against a real coordinator (in process, 127.0.0.1) and real pacpoold processes on sandbox
 //! pacman roots.
 //!
-//! Checked: the icon appears and follows the daemon's state (the PNG the tray hands the host
-//! is compared pixel for pixel with the expected state's icon; screenshots of the screen go
-//! to `target/tray-artifacts/`); a target change by another endpoint produces one
-//! notification with the right summary and body; clicking "Sync to latest" through dbusmenu
-//! makes the sandbox match the target; killing pacpoold shows "not running" and a restart
-//! recovers; "Set as latest" names the pool and the number of machines it affects and sets
-//! the target; a target-change notification's "Sync now" action syncs. Every wait is on an event or a bounded poll of a condition.
+//! Checked: the whole published menu (every label, enabled flag and submenu item, read with
+//! dbusmenu's `GetLayout`) equals what each state must show — no target, diverged, in sync,
+//! pacpoold not running, coordinator offline, behind with a database refresh to come,
+//! syncing — so a stale label fails; the icon follows the state (the PNG the tray hands the
+//! host is compared pixel for pixel) and the item's title is the state line; every
+//! notification's text (new target with what this machine needs, preview, started,
+//! finished, cancelled once) is checked; menu, preview, the CLI's preview and the sync's
+//! result agree on "needs a database refresh first; then 1 upgrade"; set-latest from a
+//! behind or diverged machine is refused by the CLI without `--allow-older` with the list of
+//! what the pool would lose, and with it (and through the tray's "Confirm anyway") the other
+//! machine's status is the one the confirmation showed; a notification's "Sync now" syncs.
+//! Screenshots of the menu (opened with xdotool when installed) and of each notification go
+//! to `target/tray-artifacts/`. Every wait is on an event or a bounded poll of a condition.
 //!
 //! Needs the display stack (`bash tests/run.sh` installs it on Debian 12); without it the
 //! test says what is missing and passes without running.
