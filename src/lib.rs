@@ -32,6 +32,7 @@
 //!
 //! Output:
 //! - [`display`]: error chains on one line and UTC timestamps, for every program.
+//! - [`words`]: counted nouns ("1 package", "2 packages"), for every program.
 //!
 //! Local state:
 //! - [`store`]: the SQLite snapshot history.
@@ -58,3 +59,4 @@ pub mod tls;
 pub mod tray;
 pub mod trust;
 pub mod version;
+pub mod words;

@@ -178,7 +178,7 @@ fn tooltip(s: &LocalStatus) -> String {
             t.revision, t.set_by
         ));
     }
-    lines.push(counts_line(&s.counts));
+    lines.push(s.pending());
     if let Some(e) = &s.last_error {
         lines.push(format!("last error: {e}"));
     }
@@ -205,25 +205,27 @@ fn print_status(s: &LocalStatus) {
     }
     match &s.target {
         Some(t) => println!(
-            "target:      revision {} set by {} ({} packages)",
-            t.revision, t.set_by, t.package_count
+            "target:      revision {} set by {} ({})",
+            t.revision,
+            t.set_by,
+            pacpool::words::packages(t.package_count)
         ),
         None => println!("target:      none yet"),
     }
-    println!("pending:     {}", counts_line(&s.counts));
+    println!("pending:     {}", s.pending());
     if let Some(c) = &s.current {
         println!(
-            "current:     {} ({} packages, recorded #{})",
+            "current:     {} ({}, recorded #{})",
             c.hash.short(),
-            c.package_count,
+            pacpool::words::packages(c.package_count),
             c.id
         );
     }
     if let Some(p) = &s.previous {
         println!(
-            "previous:    {} ({} packages, #{}) — `pacpool revert` goes back to it",
+            "previous:    {} ({}, #{}) — `pacpool revert` goes back to it",
             p.hash.short(),
-            p.package_count,
+            pacpool::words::packages(p.package_count),
             p.id
         );
     }
@@ -250,7 +252,7 @@ fn refreshable(c: &Conflict) -> bool {
 }
 
 pub fn print_preview(p: &Preview) {
-    println!("{}", counts_line(&p.counts));
+    println!("{}", p.summary());
     for a in &p.actions {
         println!("  {}", describe(a));
     }
@@ -266,7 +268,7 @@ pub fn print_preview(p: &Preview) {
         .collect();
     if !missing.is_empty() {
         println!(
-            "not in this machine's package databases yet: {}\n  sync refreshes the databases (pacman -Sy) and plans again; if they are still missing there, it stops",
+            "not in this machine's package databases yet: {}\n  sync refreshes the databases (pacman -Sy) first and plans again; if they are still missing there, it stops",
             missing.join(", ")
         );
     }
@@ -275,8 +277,10 @@ pub fn print_preview(p: &Preview) {
     }
     if let Some(n) = &p.needs_confirmation {
         println!(
-            "note: {} removals exceed the cap of {}; you will be asked to confirm",
-            n.removals, n.cap
+            "note: {} {} the cap of {}; you will be asked to confirm",
+            pacpool::words::count(n.removals, "removal", "removals"),
+            pacpool::words::plural(n.removals, "exceeds", "exceed"),
+            n.cap
         );
     }
 }
@@ -310,7 +314,7 @@ pub async fn preview(socket: &Path, json: bool) -> Result<u8, Failure> {
     }
     Ok(if preview.conflicts.iter().any(|c| !refreshable(c)) {
         exit::CONFLICT
-    } else if preview.actions.is_empty() {
+    } else if preview.actions.is_empty() && !preview.needs_refresh {
         exit::NOTHING_TO_DO
     } else {
         exit::SUCCESS
@@ -399,22 +403,65 @@ pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     }
 }
 
-pub async fn set_latest(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
+pub async fn set_latest(
+    socket: &Path,
+    yes: bool,
+    allow_older: bool,
+    json: bool,
+) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
-    let status = status_for_action(&mut client).await?;
-    let pool = status.pool.clone().unwrap_or_else(|| "the pool".into());
-    let packages = status.current.as_ref().map_or(0, |c| c.package_count);
-    let others = match status.pool_endpoints.map(|n| n.saturating_sub(1)) {
-        None => "Every other machine in it will be behind.".to_owned(),
-        Some(0) => "No other machine is in it yet.".to_owned(),
-        Some(1) => "The 1 other machine in it will be behind.".to_owned(),
-        Some(n) => format!("The {n} other machines in it will be behind."),
+    status_for_action(&mut client).await?;
+    let Reply::SetLatestPreview { preview } =
+        ask(&mut client, Request::SetLatestPreview, true).await?
+    else {
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with a set-latest preview",
+        ));
     };
+    let pool = preview.pool.clone().unwrap_or_else(|| "the pool".into());
+    if let Some(line) = preview.loss_line(3) {
+        // Everything the pool would lose, whatever happens next.
+        if !json {
+            println!("{line}:");
+            for l in &preview.losses {
+                println!("  {l}");
+            }
+        }
+        if !allow_older {
+            return Err(Failure::new(
+                exit::REFUSED,
+                format!(
+                    "refused: {line}; run `pacpool sync` first to keep them, or pass --allow-older to make this state the target anyway"
+                ),
+            ));
+        }
+    }
+    if !json {
+        // Computed by the coordinator from the other machines' reported states.
+        println!("then: {}", preview.others_line());
+    }
     confirm(
-        &format!("Make this machine's {packages} packages the new target of {pool}? {others}"),
+        &format!(
+            "Make this machine's {} the new target of {pool}{}?",
+            pacpool::words::packages(preview.packages),
+            if preview.goes_back() {
+                format!(
+                    " (it goes back {})",
+                    pacpool::words::packages(preview.losses.len())
+                )
+            } else {
+                String::new()
+            },
+        ),
         yes,
     )?;
-    match ask(&mut client, Request::SetLatest, json).await? {
+    let request = Request::SetLatest {
+        allow_older,
+        expect_state: Some(preview.state),
+        expect_revision: preview.target_revision,
+    };
+    match ask(&mut client, request, json).await? {
         Reply::Done { outcome } => finish(outcome, json),
         other => Err(unexpected(other)),
     }
@@ -433,10 +480,10 @@ pub async fn revert(
         Some(id) => format!("recorded state {id}"),
         None => match &status.previous {
             Some(p) => format!(
-                "the previous state {} (#{}, {} packages{})",
+                "the previous state {} (#{}, {}{})",
                 p.hash.short(),
                 p.id,
-                p.package_count,
+                pacpool::words::packages(p.package_count),
                 status
                     .revert_changes
                     .map(|c| format!("; this makes {}", c.summary()))
