@@ -111,6 +111,13 @@ pub(crate) struct Inner {
     /// `plan::status` results by (current, target, policy fingerprint).
     token_limiter: limits::RateLimiter,
     anonymous_limiter: limits::RateLimiter,
+    /// Per client IP, for requests whose token is not valid.
+    invalid_token_limiter: limits::RateLimiter,
+    /// KiB each endpoint may store per hour.
+    storage_limiter: limits::RateLimiter,
+    /// Per endpoint: the audit row its state reports are folded into while it is recent
+    /// (see `service::REPORT_AUDIT_WINDOW_SECS`).
+    report_audits: Mutex<HashMap<i64, service::ReportAudit>>,
     started_at: i64,
     statuses: Mutex<HashMap<StatusKey, (crate::plan::SyncStatus, crate::plan::Counts)>>,
     /// Endpoints per pool for `Welcome` (a count for the tray's confirmation, not worth a
@@ -355,6 +362,12 @@ pub async fn launch(
         settings.anonymous_rate_limit_per_minute,
         settings.anonymous_rate_limit_burst,
     );
+    let invalid_token_limiter = limits::RateLimiter::new(
+        settings.invalid_token_rate_limit_per_minute,
+        settings.invalid_token_rate_limit_burst,
+    );
+    let storage_kib = f64::from(settings.storage_per_endpoint_mib_per_hour) * 1024.0;
+    let storage_limiter = limits::RateLimiter::per_hour(storage_kib, storage_kib);
     let state = AppState(Arc::new(Inner {
         settings,
         db,
@@ -367,6 +380,9 @@ pub async fn launch(
         pool_sizes: Mutex::new(HashMap::new()),
         token_limiter,
         anonymous_limiter,
+        invalid_token_limiter,
+        storage_limiter,
+        report_audits: Mutex::new(HashMap::new()),
         started_at: db::now(),
         shutdown: stop_rx.clone(),
     }));
