@@ -65,19 +65,19 @@
 
 mod api;
 mod auth;
+mod connections;
 mod db;
 mod error;
 mod hub;
 mod limits;
 mod retention;
 mod service;
+mod serve;
 pub mod settings;
 mod snaptext;
-mod tls;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -264,6 +264,33 @@ impl AppState {
     }
 }
 
+/// Connections kept free for the database, log and other files.
+const RESERVED_FILES: u64 = 512;
+
+/// `max_connections`, lowered to what the open-file limit allows (raised to its hard limit
+/// first), with a warning when lowered: past the limit `accept` fails with "Too many open
+/// files" for everybody.
+fn connection_budget(wanted: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    let files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let allowed = files.saturating_sub(RESERVED_FILES).max(16);
+    if wanted as u64 > allowed {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = files,
+            using = allowed,
+            "max_connections is above what the open-file limit allows: raise LimitNOFILE (systemd) or `ulimit -n`, or lower max_connections"
+        );
+        return allowed as usize;
+    }
+    wanted
+}
+
 /// Completes when the coordinator shuts down.
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -389,6 +416,8 @@ pub async fn launch(
     tokio::spawn(state.clone().watch_offline());
     tokio::spawn(state.clone().run_retention());
     tokio::spawn(state.clone().run_checkpoints());
+    let limit_settings = state.settings.clone();
+    let state_settings_max = state.settings.max_connections;
     let app = api::router(state);
     if let Ok(addr) = listener.local_addr() {
         let scheme = if tls_config.is_some() {
@@ -403,26 +432,9 @@ pub async fn launch(
         tracing::info!("coordinator shutting down");
         let _ = stop_tx.send(true);
     });
-    let mut stop = stop_rx;
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    match tls_config {
-        // `tap_io` only so that axum's `ConnectInfo<SocketAddr>` applies to this listener.
-        Some(config) => {
-            use axum::serve::ListenerExt;
-            let listener = tls::TlsListener::new(listener, config).tap_io(|_| {});
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-    }
+    let max_connections = connection_budget(state_settings_max);
+    let limits = serve::Limits::from_settings(&limit_settings, max_connections);
+    serve::serve(listener, tls_config, app, limits, stop_rx).await
     .map_err(CoordinatorError::Serve)
 }
 
