@@ -310,18 +310,23 @@ mod tests {
         let _h = t.handshake(b).unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn idle_streams_time_out_unless_disarmed() {
         use tokio::io::AsyncReadExt;
+        let idle = Duration::from_millis(100);
         let (client, server) = tokio::io::duplex(64);
-        let mut io = IdleIo::new(server, Duration::from_secs(5));
+        let mut io = IdleIo::new(server, idle);
         let mut buf = [0u8; 8];
-        let e = io.read(&mut buf).await.unwrap_err();
+        // Bounded only so a bug hangs no test run.
+        let e = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf))
+            .await
+            .expect("the idle limit fires")
+            .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         let (client2, server2) = tokio::io::duplex(64);
-        let mut io = IdleIo::new(server2, Duration::from_secs(5));
+        let mut io = IdleIo::new(server2, idle);
         io.armed().store(false, Ordering::Relaxed);
-        let read = tokio::time::timeout(Duration::from_secs(60), io.read(&mut buf)).await;
+        let read = tokio::time::timeout(5 * idle, io.read(&mut buf)).await;
         assert!(read.is_err(), "a disarmed stream waits as long as it takes");
         drop((client, client2));
     }

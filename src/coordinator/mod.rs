@@ -71,8 +71,8 @@ mod error;
 mod hub;
 mod limits;
 mod retention;
-mod service;
 mod serve;
+mod service;
 pub mod settings;
 mod snaptext;
 mod ws;
@@ -379,7 +379,8 @@ pub async fn launch(
     };
     let admin_hash = admin_hash(&settings)?;
     let db_path = settings.database.clone();
-    let db = tokio::task::spawn_blocking(move || db::Db::open(&db_path))
+    let wal_limit = settings.wal_checkpoint_mib.saturating_mul(1 << 20);
+    let db = tokio::task::spawn_blocking(move || db::Db::open_with(&db_path, wal_limit))
         .await
         .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))??;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -434,8 +435,9 @@ pub async fn launch(
     });
     let max_connections = connection_budget(state_settings_max);
     let limits = serve::Limits::from_settings(&limit_settings, max_connections);
-    serve::serve(listener, tls_config, app, limits, stop_rx).await
-    .map_err(CoordinatorError::Serve)
+    serve::serve(listener, tls_config, app, limits, stop_rx)
+        .await
+        .map_err(CoordinatorError::Serve)
 }
 
 #[cfg(test)]
