@@ -1244,7 +1244,8 @@ async fn endpoints_are_renamed_moved_and_removed() {
         (st, err(&v).code.as_str()),
         (StatusCode::CONFLICT, "name_taken")
     );
-    // Move while connected: the socket is closed so it reconnects into the new pool.
+    // Move while connected: the socket is closed (4004, "moved") so it reconnects into the
+    // new pool.
     let (mut ws, _) = endpoint_ws(&s, &ep.endpoint_token).await;
     let moved: EndpointStatus = s
         .ok(
@@ -1256,7 +1257,7 @@ async fn endpoints_are_renamed_moved_and_removed() {
         .await;
     assert_eq!((moved.pool_id, moved.name.as_str()), (b_pool.id, "moved"));
     match ws_next(&mut ws).await {
-        Err(Some(frame)) => assert_eq!(u16::from(frame.code), 4001),
+        Err(Some(frame)) => assert_eq!(u16::from(frame.code), 4004),
         other => panic!("{other:?}"),
     }
     let (_ws, welcome) = endpoint_ws(&s, &ep.endpoint_token).await;
