@@ -11,13 +11,17 @@
 //! Starts `PATH` (default `target/debug/pacpool-coordinator`; give an earlier build for the
 //! "before" figure) on 127.0.0.1 with a fresh database and the soft open-file limit a
 //! systemd service gets by default (1,024), then:
-//! 1. probes `GET /api/v1/pools` (admin token) from 127.0.0.1 one request after another for
-//!    `--seconds`, each bounded by 5 s: the baseline;
+//! 1. probes `GET /api/v1/pools` (admin token) from 127.0.0.1 one request after another, each
+//!    on a new connection (a new TLS handshake with `--tls`), for `--seconds`, each bounded
+//!    by 5 s: the baseline;
 //! 2. opens `--hostile` connections (at most 5,000) from 127.0.0.2 … (spread over `--sources`
 //!    addresses), each sending a partial request head (or, with `--tls`, nothing at all) and
 //!    one more header byte every 2 s, and probes again while they are held;
 //! 3. prints p50 / p99 / max latency and the probes that failed or took 5 s, and how many
 //!    hostile connections the coordinator had closed by the end.
+//!
+//! With `--rate R` the hostile connections are opened at R per second *while* probing (a
+//! flood of new silent connections, as in the TLS-handshake finding) instead of before it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -123,6 +127,50 @@ async fn hostile(to: SocketAddr, from: String, tls: bool) -> Option<tokio::net::
     Some(c)
 }
 
+/// `--rate`: hostile connections opened at `rate` per second while probing.
+#[allow(clippy::too_many_arguments)]
+async fn flood(
+    client: &reqwest::Client,
+    url: &str,
+    to: SocketAddr,
+    n: usize,
+    sources: usize,
+    rate: f64,
+    seconds: f64,
+    tls: bool,
+) {
+    let opener = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for i in 0..n {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            if start.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            let from = format!("127.0.0.{}", 2 + i % sources);
+            if let Some(c) = hostile(to, from, tls).await {
+                held.push(c);
+            }
+        }
+        (held, start.elapsed())
+    });
+    let mut during = probe(client, url, seconds).await;
+    let (held, took) = opener.await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = held
+        .iter()
+        .filter(|c| !matches!(c.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock))
+        .count();
+    println!(
+        "  during a flood:  {} ({} hostile connections opened at up to {rate}/s in {:.1} s; at the end {closed} closed by the coordinator, {} still open)",
+        during.line(),
+        held.len(),
+        took.as_secs_f64(),
+        held.len() - closed
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -135,6 +183,7 @@ async fn main() {
     let sources: usize = arg(&args, "--sources", 1usize).clamp(1, 200);
     let seconds: f64 = arg(&args, "--seconds", 10.0f64).clamp(1.0, 60.0);
     let tls = args.iter().any(|a| a == "--tls");
+    let rate: f64 = arg(&args, "--rate", 0.0f64).clamp(0.0, 5000.0);
     let nofile = raise_nofile();
 
     let dir = tempfile::tempdir().unwrap();
@@ -151,7 +200,10 @@ async fn main() {
         dir.path().join("c.db").display(),
         token_file.display()
     );
-    let mut client = reqwest::Client::builder().no_proxy();
+    // A new connection per probe: what a hostile crowd blocks is accepting new ones.
+    let mut client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0);
     if tls {
         let (cert, key, ca) = certificates(dir.path());
         config.push_str(&format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n"));
@@ -192,6 +244,13 @@ async fn main() {
     let mut base = probe(&client, &url, seconds).await;
     println!("  baseline:        {}", base.line());
 
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    if rate > 0.0 {
+        flood(&client, &url, to, n, sources, rate, seconds, tls).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut held = Vec::new();
     let opened = Instant::now();

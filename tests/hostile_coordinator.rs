@@ -408,6 +408,8 @@ fn rest_rows(w: &World) -> Vec<Row> {
         row("invalid UTF-8 in a report", M::POST, "/endpoint/report", a(), json_raw(b"{\"kind\":\"full\",\"snapshot\":{\"packages\":[{\"name\":\"\xc3\x28\",\"version\":\"1-1\",\"arch\":\"any\",\"reason\":\"explicit\"}]}}".to_vec()), 400, "invalid_request"),
         row("name is a number", M::POST, "/pools", admin(), Body::Json(json!({"name": 5})), 400, "invalid_request"),
         row("removal_cap is a string", M::POST, "/pools", admin(), Body::Json(json!({"name": "x", "policy": {"plan": {"removal_cap": "ten"}}})), 400, "invalid_request"),
+        row("1,001 ignore patterns", M::POST, "/pools", admin(), Body::Json(json!({"name": "x", "policy": {"plan": {"ignore": vec!["a*"; 1001]}}})), 400, "invalid_request"),
+        row("a 300-byte protected pattern", M::POST, "/pools", admin(), Body::Json(json!({"name": "x", "policy": {"plan": {"protected": ["a".repeat(300)]}}})), 400, "invalid_request"),
         row("max_uses negative", M::POST, format!("/pools/{p1}/join-tokens"), admin(), Body::Json(json!({"max_uses": -1})), 400, "invalid_request"),
         row("expires_in 1e30", M::POST, format!("/pools/{p1}/join-tokens"), admin(), Body::Json(json!({"expires_in": 1e30})), 400, "invalid_request"),
         row("expires_in beyond the maximum", M::POST, format!("/pools/{p1}/join-tokens"), admin(), Body::Json(json!({"expires_in": u64::MAX})), 400, "invalid_request"),

@@ -409,7 +409,23 @@ fn check_name(kind: &str, name: &str) -> Result<(), ApiErr> {
     }
 }
 
+/// Most patterns in a policy's `ignore` or `protected` list, and the longest pattern.
+const MAX_POLICY_PATTERNS: usize = 1000;
+const MAX_PATTERN_BYTES: usize = 256;
+
 fn check_policy(policy: &PoolPolicy) -> Result<(), ApiErr> {
+    for (list, patterns) in [
+        ("ignore", &policy.plan.ignore),
+        ("protected", &policy.plan.protected),
+    ] {
+        if patterns.len() > MAX_POLICY_PATTERNS
+            || patterns.iter().any(|p| p.len() > MAX_PATTERN_BYTES)
+        {
+            return Err(ApiErr::invalid(format!(
+                "the policy's {list} list is too large: use at most {MAX_POLICY_PATTERNS} patterns of at most {MAX_PATTERN_BYTES} bytes (globs such as `linux*` cover many packages)"
+            )));
+        }
+    }
     policy
         .plan
         .compile()

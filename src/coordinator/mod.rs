@@ -13,7 +13,10 @@
 //!   decoding) and the size-bounded snapshot caches.
 //! - `hub`: per-pool fan-out of server events to sockets.
 //! - `api`: the router, REST handlers, statistics, metrics and health.
-//! - `limits`: per-token rate limiting and the client address (trusted proxies).
+//! - `limits`: rate limiting (per token, per client IP, storage per endpoint) and the client
+//!   address (trusted proxies).
+//! - `serve`: the accept loop (hyper with header-read timeout, TLS handshakes) and
+//!   `connections`: connection caps per address and in total, the idle limit.
 //! - `retention`: the periodic cleanup of old operations, audit entries, target revisions
 //!   and unreferenced snapshots.
 //! - `ws`: the endpoint socket and the admin subscription socket.
@@ -39,8 +42,10 @@
 //!   `POST /operations/{id}/cancel[?force=true]`, `GET /audit?cursor=&limit=`
 //!   (`Page<AuditEntry>`)
 //!
-//! Every request is rate limited per bearer token (per client IP without one): over the
-//! limit, `429 rate_limited` with `Retry-After`.
+//! Every request is rate limited per valid bearer token (its WebSocket messages take from the
+//! same bucket), per client IP without one or with an invalid one: over the limit,
+//! `429 rate_limited` with `Retry-After`. What one endpoint may store per hour is bounded
+//! too (`storage_per_endpoint_mib_per_hour`; also `429 rate_limited`).
 //!
 //! Registration (no bearer; the join token is in the body): `POST /register`
 //! (`RegisterRequest` → 201 `RegisterResponse`, always a new endpoint and token).
