@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -303,9 +303,24 @@ impl Plan {
 struct Offer {
     repo: RepoName,
     version: PkgVersion,
+    /// `%FILENAME%`, `%CSIZE%`, `%SHA256SUM%` and `%PGPSIG%` of the package file.
+    filename: String,
+    csize: Option<u64>,
+    sha256: Option<String>,
+    pgpsig: Option<String>,
     depends: Vec<String>,
     provides: Vec<String>,
     conflicts: Vec<String>,
+}
+
+/// A sync database's description of one package file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedFile {
+    pub repo: RepoName,
+    pub filename: String,
+    pub csize: Option<u64>,
+    pub sha256: Option<String>,
+    pub pgpsig: Option<String>,
 }
 
 /// What package files can be had: sync repositories (in pacman.conf order), cache files and
@@ -347,6 +362,10 @@ impl Availability {
         self.offers.entry(p.name).or_default().push(Offer {
             repo: p.repo,
             version: p.version,
+            filename: p.filename,
+            csize: p.csize,
+            sha256: p.sha256,
+            pgpsig: p.pgpsig,
             depends: p.depends,
             provides: p.provides,
             conflicts: p.conflicts,
@@ -359,6 +378,25 @@ impl Availability {
             .get(name)
             .and_then(|o| o.first())
             .map(|o| o.repo.clone())
+    }
+
+    /// What the first repository (in pacman.conf order) that offers exactly `name`
+    /// `version` says about its file.
+    pub fn exact_file(&self, name: &PkgName, version: &PkgVersion) -> Option<OfferedFile> {
+        self.offer_exact(name, version).map(|o| OfferedFile {
+            repo: o.repo.clone(),
+            filename: o.filename.clone(),
+            csize: o.csize,
+            sha256: o.sha256.clone(),
+            pgpsig: o.pgpsig.clone(),
+        })
+    }
+
+    /// The cache file for exactly `name` `version`, if a cache directory has one.
+    pub fn cached(&self, name: &PkgName, version: &PkgVersion) -> Option<&Path> {
+        self.cache
+            .get(&(name.clone(), version.clone()))
+            .map(PathBuf::as_path)
     }
 
     fn offer_exact(&self, name: &PkgName, version: &PkgVersion) -> Option<&Offer> {
@@ -767,6 +805,7 @@ mod tests {
             filename: format!("{name}-{version}-x86_64.pkg.tar.zst"),
             sha256: None,
             csize: None,
+            pgpsig: None,
             depends: depends.iter().map(|s| s.to_string()).collect(),
             provides: vec![],
             conflicts: conflicts.iter().map(|s| s.to_string()).collect(),

@@ -181,6 +181,11 @@ pub enum ReportAck {
 pub struct SetTargetRequest {
     pub expected_revision: u64,
     pub snapshot: SnapshotHash,
+    /// What each package file of the state is, as the setting endpoint's sync databases and
+    /// cache say (older endpoints send none). A hint for the installing endpoints, never
+    /// trust: see [`crate::manifest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<crate::manifest::Manifest>,
 }
 
 /// Admin: point the pool's target at an earlier revision's snapshot (as a new revision).

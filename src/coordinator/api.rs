@@ -257,6 +257,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/endpoints/ws", get(ws::endpoint_socket))
         // both
         .route("/snapshots/{hash}", get(get_snapshot))
+        .route("/pools/{id}/targets/{revision}/manifest", get(get_manifest))
         // unauthenticated
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -1289,6 +1290,33 @@ async fn endpoint_result(
     ApiJson(result): ApiJson<OperationResult>,
 ) -> ApiResult<Operation> {
     Ok(Json(state.result(&ep, id, result, peer(&ci)).await?))
+}
+
+/// A target revision's manifest (what each package file is). An endpoint may read its own
+/// pool's; an admin any. 404 when the revision has none (set by an older endpoint, or gone).
+async fn get_manifest(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((pool_id, revision)): ApiPath<(i64, u64)>,
+) -> ApiResult<crate::manifest::Manifest> {
+    if let Caller::Endpoint(ep) = &caller
+        && ep.pool_id != pool_id
+    {
+        return Err(ApiErr::not_found(format!(
+            "pool {pool_id} is not this endpoint's pool"
+        )));
+    }
+    let body = state
+        .db
+        .read(move |conn| {
+            db::manifest_body(conn, pool_id, revision)?.ok_or_else(|| {
+                ApiErr::not_found(format!(
+                    "pool {pool_id} has no manifest for revision {revision}"
+                ))
+            })
+        })
+        .await?;
+    Ok(Json(super::service::decode_manifest(&body)?))
 }
 
 /// The canonical text form of a snapshot ([`crate::snapshot::Snapshot::encode`]). An

@@ -157,6 +157,34 @@ impl Endpoint {
         }
     }
 
+    /// Fetches a target revision's manifest; `None` when the coordinator has none (an older
+    /// coordinator or endpoint) or sends one that does not validate. A manifest only adds
+    /// checks (see [`crate::manifest`]), so going without one is safe.
+    async fn fetch_manifest(&self, target: &TargetInfo) -> Option<crate::manifest::Manifest> {
+        let path = format!(
+            "/pools/{}/targets/{}/manifest",
+            target.pool_id, target.revision
+        );
+        let result: Result<crate::manifest::Manifest, CallError> =
+            self.call(self.http.get(self.url(&path))).await;
+        match result {
+            Ok(m) => match m.validate() {
+                Ok(()) => Some(m),
+                Err(e) => {
+                    tracing::warn!(
+                        revision = target.revision,
+                        "ignoring the target's manifest: {e}"
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!(revision = target.revision, error = ?e, "no manifest for the target");
+                None
+            }
+        }
+    }
+
     /// Fetches a snapshot (canonical text) and checks it against its hash.
     async fn fetch_snapshot(&self, hash: &SnapshotHash) -> Result<Snapshot, CallError> {
         let resp = self
@@ -718,7 +746,8 @@ async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) 
     match endpoint.fetch_snapshot(&target.snapshot).await {
         Ok(snap) => {
             let revision = target.revision;
-            match daemon.set_target(target, snap) {
+            let manifest = endpoint.fetch_manifest(&target).await;
+            match daemon.set_target(target, snap, manifest) {
                 Ok(summary) => {
                     tracing::info!(revision, changes = summary.total(), "new pool target")
                 }
@@ -1109,6 +1138,10 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
         let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
     }
     let expected = daemon.target_info().map_or(0, |t| t.revision);
+    let manifest = daemon
+        .record_manifest()
+        .await
+        .filter(|m| m.validate().is_ok());
     let result: Result<TargetInfo, CallError> = endpoint
         .call(
             endpoint
@@ -1117,13 +1150,14 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
                 .json(&SetTargetRequest {
                     expected_revision: expected,
                     snapshot: hash,
+                    manifest: manifest.clone(),
                 }),
         )
         .await;
     match result {
         Ok(info) => {
             let revision = info.revision;
-            daemon.set_target(info, snapshot.clone())?;
+            daemon.set_target(info, snapshot.clone(), manifest)?;
             Ok(Outcome {
                 kind: "set-latest".into(),
                 ok: true,
@@ -1150,8 +1184,9 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
                     "the pool target moved: revision {} was set by {} (you expected revision {expected}); review `pacpool preview` and try again",
                     w.revision, w.set_by
                 );
+                let winner_manifest = endpoint.fetch_manifest(&w).await;
                 if let Ok(snap) = endpoint.fetch_snapshot(&w.snapshot).await
-                    && daemon.set_target(w, snap).is_ok()
+                    && daemon.set_target(w, snap, winner_manifest).is_ok()
                 {
                     let counts = daemon.status(true, None).counts;
                     message.push_str(&format!("; syncing to it would make {}", counts.summary()));
