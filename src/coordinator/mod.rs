@@ -251,8 +251,8 @@ const STATUS_CACHE_ENTRIES: usize = 64 * 1024;
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl AppState {
-    /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] until shutdown (the writer does not:
-    /// see `db::Db::checkpoint`).
+    /// Checkpoints the WAL passively every [`CHECKPOINT_EVERY`] until shutdown; the writer
+    /// itself checkpoints completely only when the WAL passes `wal_checkpoint_mib` (see `db`).
     async fn run_checkpoints(self) {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -422,8 +422,10 @@ pub async fn launch(
     tokio::spawn(state.clone().watch_offline());
     tokio::spawn(state.clone().run_retention());
     tokio::spawn(state.clone().run_checkpoints());
-    let limit_settings = state.settings.clone();
-    let state_settings_max = state.settings.max_connections;
+    let limits = serve::Limits::from_settings(
+        &state.settings,
+        connection_budget(state.settings.max_connections),
+    );
     let app = api::router(state);
     if let Ok(addr) = listener.local_addr() {
         let scheme = if tls_config.is_some() {
@@ -438,8 +440,6 @@ pub async fn launch(
         tracing::info!("coordinator shutting down");
         let _ = stop_tx.send(true);
     });
-    let max_connections = connection_budget(state_settings_max);
-    let limits = serve::Limits::from_settings(&limit_settings, max_connections);
     serve::serve(listener, tls_config, app, limits, stop_rx)
         .await
         .map_err(CoordinatorError::Serve)
