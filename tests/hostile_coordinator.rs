@@ -1187,6 +1187,9 @@ fn slowloris_connections_are_capped_and_timed_out() {
         let (closed, open) = closed_by_server(held, Duration::from_secs(3)).await;
         eprintln!("300 partial-header connections from one address, cap 50: {closed} closed at once, {open} held");
         assert_eq!((closed, open), (250, 50));
+        let (_, metrics) = w.call(Method::GET, "/metrics", &Auth::None, &Body::None).await;
+        let metrics = metrics.as_str().unwrap_or_default().to_owned();
+        assert!(metrics.contains("pacpool_connections_refused_total 250"), "{metrics}");
     });
     drop(w);
     // The header read timeout.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,7 +24,15 @@ struct Counts {
     handshakes: usize,
 }
 
+/// Counters for `GET /metrics`.
+#[derive(Default)]
+pub(crate) struct Gauges {
+    pub open: AtomicU64,
+    pub refused: AtomicU64,
+}
+
 pub(crate) struct ConnTable {
+    gauges: Arc<Gauges>,
     max_total: usize,
     max_per_ip: usize,
     max_handshakes_per_ip: usize,
@@ -62,8 +70,10 @@ impl ConnTable {
         max_per_ip: usize,
         max_handshakes_per_ip: usize,
         exempt: Vec<IpAddr>,
+        gauges: Arc<Gauges>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            gauges,
             max_total: max_total.max(1),
             max_per_ip: max_per_ip.max(1),
             max_handshakes_per_ip: max_handshakes_per_ip.max(1),
@@ -79,16 +89,21 @@ impl ConnTable {
     /// A place for a new connection from `ip`, unless a limit is reached.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refused> {
         let mut st = self.lock();
-        if st.0 >= self.max_total {
-            return Err(Refused::Total);
-        }
         let exempt = self.exempt.contains(&ip);
-        let c = st.1.entry(ip).or_default();
-        if !exempt && c.open >= self.max_per_ip {
-            return Err(Refused::PerIp);
+        let over = if st.0 >= self.max_total {
+            Some(Refused::Total)
+        } else {
+            st.1.get(&ip)
+                .filter(|c| !exempt && c.open >= self.max_per_ip)
+                .map(|_| Refused::PerIp)
+        };
+        if let Some(why) = over {
+            self.gauges.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(why);
         }
-        c.open += 1;
+        st.1.entry(ip).or_default().open += 1;
         st.0 += 1;
+        self.gauges.open.store(st.0 as u64, Ordering::Relaxed);
         Ok(ConnSlot {
             table: self.clone(),
             ip,
@@ -101,6 +116,7 @@ impl ConnTable {
         let exempt = self.exempt.contains(&ip);
         let c = st.1.entry(ip).or_default();
         if !exempt && c.handshakes >= self.max_handshakes_per_ip {
+            self.gauges.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::Handshakes);
         }
         c.handshakes += 1;
@@ -120,6 +136,7 @@ impl ConnTable {
         let mut st = self.lock();
         if conn {
             st.0 -= 1;
+            self.gauges.open.store(st.0 as u64, Ordering::Relaxed);
         }
         if let Some(c) = st.1.get_mut(&ip) {
             if conn {
@@ -293,7 +310,8 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let proxy: IpAddr = "192.0.2.9".parse().unwrap();
-        let t = ConnTable::new(5, 2, 1, vec![proxy]);
+        let gauges = Arc::new(Gauges::default());
+        let t = ConnTable::new(5, 2, 1, vec![proxy], gauges.clone());
         let a1 = t.admit(a).unwrap();
         let _a2 = t.admit(a).unwrap();
         assert_eq!(t.admit(a).err(), Some(Refused::PerIp));
@@ -308,6 +326,8 @@ mod tests {
         assert_eq!(t.handshake(b).err(), Some(Refused::Handshakes));
         drop(h);
         let _h = t.handshake(b).unwrap();
+        assert_eq!(gauges.open.load(Ordering::Relaxed), 5);
+        assert_eq!(gauges.refused.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test]

@@ -167,6 +167,8 @@ pub(crate) struct Metrics {
     reports_need_full: AtomicU64,
     target_changes: AtomicU64,
     operations_created: AtomicU64,
+    /// Open connections and connections refused over a limit (shared with `serve`).
+    connections: Arc<connections::Gauges>,
 }
 
 impl Metrics {
@@ -228,6 +230,18 @@ impl Metrics {
                 "counter",
                 "Operations created.",
                 self.operations_created.load(Ordering::Relaxed),
+            ),
+            (
+                "pacpool_connections_open",
+                "gauge",
+                "Open client connections (WebSockets included).",
+                self.connections.open.load(Ordering::Relaxed),
+            ),
+            (
+                "pacpool_connections_refused_total",
+                "counter",
+                "Connections closed at once for being over max_connections, max_connections_per_ip or max_tls_handshakes_per_ip.",
+                self.connections.refused.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, value) in gauges {
@@ -425,6 +439,7 @@ pub async fn launch(
     let limits = serve::Limits::from_settings(
         &state.settings,
         connection_budget(state.settings.max_connections),
+        state.metrics.connections.clone(),
     );
     let app = api::router(state);
     if let Ok(addr) = listener.local_addr() {

@@ -44,7 +44,11 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    pub(crate) fn from_settings(s: &Settings, max_connections: usize) -> Self {
+    pub(crate) fn from_settings(
+        s: &Settings,
+        max_connections: usize,
+        gauges: Arc<super::connections::Gauges>,
+    ) -> Self {
         Self {
             header_read: Duration::from_secs(s.header_read_timeout_secs.max(1)),
             idle: Duration::from_secs(s.idle_timeout_secs),
@@ -53,6 +57,7 @@ impl Limits {
                 s.max_connections_per_ip,
                 s.max_tls_handshakes_per_ip,
                 s.trusted_proxies.clone(),
+                gauges,
             ),
         }
     }
