@@ -1108,9 +1108,11 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         0,
         "13-note-preview-refresh",
     );
+    // The pool repository has alice's editor 1.1-1 (she uploaded it when she set the target),
+    // so even before the refresh the upgrade has a source.
     assert_eq!(
         body,
-        "Sync refreshes the package databases (pacman -Sy) first, then plans again:\nafter the refresh: editor 1.1-1"
+        "Sync refreshes the package databases (pacman -Sy) first, then plans again:\nupgrade editor 1.0-1 → 1.1-1"
     );
 
     // Syncing: the test holds pacman's lock, so the sync waits in its database refresh.
