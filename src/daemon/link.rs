@@ -294,6 +294,25 @@ fn http_client(config: &super::config::DaemonConfig) -> Result<reqwest::Client, 
 }
 
 /// The stored endpoint token, if registered.
+/// Largest manifest sent with set-latest (the coordinator's default request limit is 8 MiB).
+const MAX_MANIFEST_JSON: usize = 6 << 20;
+
+/// A manifest small enough to send: signatures go first when it is too large (each endpoint
+/// then needs `FILE.sig` from its mirror or cache, as without a manifest).
+fn fit_manifest(mut m: crate::manifest::Manifest) -> crate::manifest::Manifest {
+    let size = serde_json::to_vec(&m).map_or(0, |j| j.len());
+    if size > MAX_MANIFEST_JSON {
+        tracing::warn!(
+            bytes = size,
+            "the target's manifest is too large to send whole; sending it without signatures"
+        );
+        for e in &mut m.entries {
+            e.signature = None;
+        }
+    }
+    m
+}
+
 /// Uploads the package files of revision `revision` that the pool repository lacks and
 /// cannot fetch itself, from this machine's cache, one at a time. Failures are logged: a
 /// member that cannot get a file from the pool repository falls back to the archive.
@@ -1358,7 +1377,8 @@ async fn set_latest_inner(
     let manifest = daemon
         .record_manifest()
         .await
-        .filter(|m| m.validate().is_ok());
+        .filter(|m| m.validate().is_ok())
+        .map(fit_manifest);
     let result: Result<TargetInfo, CallError> = endpoint
         .call(
             endpoint
