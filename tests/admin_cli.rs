@@ -359,7 +359,14 @@ fn tokens_refusals_and_unreachable() {
     let out = run_admin(&url, &["--token", wrong, "pools", "list"], &[]);
     out.expect(4, &["pools", "list (wrong token)"]);
     assert!(
-        out.stderr.contains("unauthorized") && out.stderr.contains("admin token"),
+        out.stderr.contains("did not accept the admin token")
+            && out.stderr.contains("--token-file"),
+        "{}",
+        out.stderr
+    );
+    // Only the admin's wording: not the endpoints' ("register again with a join token").
+    assert!(
+        !out.stderr.contains("register again") && !out.stderr.contains("join token"),
         "{}",
         out.stderr
     );
@@ -407,7 +414,7 @@ fn tokens_refusals_and_unreachable() {
     assert!(
         out.stderr
             .contains(&format!("cannot read the admin token from {missing}"))
-            && out.stderr.contains("pass --token"),
+            && out.stderr.contains("pass --token-file FILE"),
         "{}",
         out.stderr
     );

@@ -16,7 +16,9 @@ use super::protocol::{
 };
 use crate::localdb::Fingerprint;
 use crate::machine::MachineState;
-use crate::plan::{Action, Conflict, Counts, Plan, Source, SyncStatus, plan, status};
+use crate::plan::{
+    Action, Conflict, Counts, Plan, Skipped, Source, SyncStatus, kept_by_policy, plan, status,
+};
 use crate::proto::{AutoSyncMode, EndpointState, PackageFailure, PoolPolicy, Progress, TargetInfo};
 use crate::snapshot::{Snapshot, SnapshotHash};
 use crate::store::{HistoryEntry, LocalOperation, Store};
@@ -78,7 +80,12 @@ struct State {
     read_error: Option<String>,
     last_sync: Option<i64>,
     paused: bool,
+    /// The last [`Daemon::sync_status`], for (current, target, policy).
+    status_cache: Option<(StatusKey, StatusValue)>,
 }
+
+type StatusKey = (SnapshotHash, SnapshotHash, crate::plan::Policy);
+type StatusValue = (EndpointState, Counts, Vec<Skipped>);
 
 pub struct Daemon {
     config: DaemonConfig,
@@ -104,8 +111,9 @@ pub(crate) fn now() -> i64 {
 impl Daemon {
     /// Opens the state directory and store, marks operations a previous run left behind as
     /// interrupted, loads the cached pool target and takes the first snapshot.
-    pub async fn open(config: DaemonConfig) -> anyhow::Result<Self> {
+    pub async fn open(mut config: DaemonConfig) -> anyhow::Result<Self> {
         use anyhow::Context;
+        config.resolve()?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -333,33 +341,56 @@ impl Daemon {
         self.state().machine.as_ref().map(|m| m.snapshot.clone())
     }
 
+    /// The policy this machine plans with: the pool's, to which the local `[policy]` only adds
+    /// (its globs join the pool's, its removal cap is a ceiling: [`Policy::with_local`]); the
+    /// local one alone until the pool's arrives.
+    ///
+    /// [`Policy::with_local`]: crate::plan::Policy::with_local
     fn policy(&self, s: &State) -> crate::plan::Policy {
-        s.pool_policy
-            .as_ref()
-            .map_or_else(|| self.config.policy.clone(), |p| p.plan.clone())
+        match &s.pool_policy {
+            Some(p) => p.plan.with_local(&self.config.policy),
+            None => self.config.policy.clone(),
+        }
+    }
+
+    /// This machine against the target: state, pending changes and what the policy keeps.
+    /// Cached per (state, target, policy), and computed without holding the state lock, so
+    /// that status requests (anyone may send them) never make an operation wait.
+    fn sync_status(&self) -> StatusValue {
+        let (key, current, target) = {
+            let s = self.state();
+            let (Some(m), Some((info, target))) = (&s.machine, &s.target) else {
+                return (EndpointState::Unknown, Counts::default(), Vec::new());
+            };
+            let key = (m.snapshot.hash(), info.snapshot, self.policy(&s));
+            if let Some((k, v)) = &s.status_cache
+                && *k == key
+            {
+                return v.clone();
+            }
+            (key, m.snapshot.clone(), target.clone())
+        };
+        let value = match key.2.compile() {
+            Ok(policy) => {
+                let (st, counts) = status(&current, &target, &policy);
+                let state = match st {
+                    SyncStatus::InSync => EndpointState::InSync,
+                    SyncStatus::Behind => EndpointState::Behind,
+                    SyncStatus::Ahead => EndpointState::Ahead,
+                    SyncStatus::Diverged => EndpointState::Diverged,
+                };
+                (state, counts, kept_by_policy(&current, &target, &policy))
+            }
+            Err(_) => (EndpointState::Error, Counts::default(), Vec::new()),
+        };
+        self.state().status_cache = Some((key, value.clone()));
+        value
     }
 
     /// The status as a peer sees it; `can_act` / `why_not` describe that peer's rights.
     pub fn status(&self, can_act: bool, why_not: Option<String>) -> LocalStatus {
+        let (mut state, counts, kept) = self.sync_status();
         let mut s = self.state();
-        let (mut state, counts) = match (&s.machine, &s.target) {
-            (Some(m), Some((_, target))) => match self.policy(&s).compile() {
-                Ok(policy) => {
-                    let (st, counts) = status(&m.snapshot, target, &policy);
-                    (
-                        match st {
-                            SyncStatus::InSync => EndpointState::InSync,
-                            SyncStatus::Behind => EndpointState::Behind,
-                            SyncStatus::Ahead => EndpointState::Ahead,
-                            SyncStatus::Diverged => EndpointState::Diverged,
-                        },
-                        counts,
-                    )
-                }
-                Err(_) => (EndpointState::Error, Counts::default()),
-            },
-            _ => (EndpointState::Unknown, Counts::default()),
-        };
         if s.running.is_some() {
             state = EndpointState::Syncing;
         }
@@ -375,6 +406,7 @@ impl Daemon {
         LocalStatus {
             state,
             counts,
+            kept,
             endpoint: s.endpoint_name.clone(),
             pool: s.pool_name.clone(),
             pool_endpoints: s.pool_endpoints,

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use pacpool::display::clean;
 use pacpool::localdb::Reason;
 use pacpool::plan::Scope;
 use pacpool::proto::{
@@ -371,7 +372,7 @@ impl Api {
     /// Prints `value` as JSON when `--json` was given; returns whether it did.
     fn printed_json(&self, value: &Value) -> bool {
         if self.json {
-            println!(
+            pacpool::outln!(
                 "{}",
                 serde_json::to_string_pretty(value).expect("a JSON value serializes")
             );
@@ -430,19 +431,24 @@ impl Api {
                 ),
             );
         };
-        let mut message = format!("{}: {}", err.code, clean(&err.message));
-        if let Some(hint) = cli_hint(&err.code) {
-            message.push_str(&format!("\n{hint}"));
-        }
+        // The coordinator's wording for an unknown token speaks to endpoints (register
+        // again); an admin needs to hear about the admin token alone.
         if status == StatusCode::UNAUTHORIZED {
             let from = match &self.source {
                 TokenSource::Argument => "--token / PACPOOL_ADMIN_TOKEN".to_owned(),
                 TokenSource::File(p) => format!("the token file {}", p.display()),
             };
-            message.push_str(&format!(
-                "\nthe coordinator at {} did not accept the admin token from {from}: pass the token from {DEFAULT_TOKEN_FILE} on the coordinator host",
-                self.base
-            ));
+            return failure(
+                code,
+                format!(
+                    "the coordinator at {} did not accept the admin token from {from}: pass the one in {DEFAULT_TOKEN_FILE} on the coordinator host with --token-file FILE (or --token / PACPOOL_ADMIN_TOKEN)",
+                    self.base
+                ),
+            );
+        }
+        let mut message = format!("{}: {}", err.code, clean(&err.message));
+        if let Some(hint) = cli_hint(&err.code) {
+            message.push_str(&format!("\n{hint}"));
         }
         failure(code, message)
     }
@@ -492,7 +498,7 @@ fn read_token(path: &Path) -> Result<String, Failure> {
             failure(
                 exit::FAILURE,
                 format!(
-                    "cannot read the admin token from {}: {e}; pass --token or run on the coordinator host",
+                    "cannot read the admin token from {}: {e}; pass --token-file FILE (or --token / PACPOOL_ADMIN_TOKEN), or run on the coordinator host",
                     path.display()
                 ),
             )
@@ -538,23 +544,6 @@ fn read_policy(path: &Path) -> Result<PoolPolicy, Failure> {
 
 // ---------------------------------------------------------------------------------------------
 // Output helpers
-
-/// Text from the coordinator, made safe for a terminal (no escape sequences, no line breaks).
-fn clean(s: &str) -> String {
-    if s.chars().any(char::is_control) {
-        s.chars()
-            .flat_map(|c| {
-                if c.is_control() {
-                    c.escape_default().collect::<Vec<_>>()
-                } else {
-                    vec![c]
-                }
-            })
-            .collect()
-    } else {
-        s.to_owned()
-    }
-}
 
 fn when(secs: Option<i64>) -> String {
     secs.map_or_else(|| "-".to_owned(), utc)
@@ -621,7 +610,7 @@ impl Table {
     }
 
     fn print(&self) {
-        print!("{}", self.render());
+        pacpool::out!("{}", self.render());
     }
 }
 
@@ -629,13 +618,13 @@ impl Table {
 fn print_fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     for (k, v) in fields {
-        println!("{:<width$} {}", format!("{k}:"), clean(v));
+        pacpool::outln!("{:<width$} {}", format!("{k}:"), clean(v));
     }
 }
 
 fn next_page(next: Option<i64>) {
     if let Some(n) = next {
-        eprintln!("more: repeat with --cursor {n}");
+        pacpool::errln!("more: repeat with --cursor {n}");
     }
 }
 
@@ -674,7 +663,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
             }
             let pools: Vec<Pool> = typed(v, "pool list")?;
             if pools.is_empty() {
-                println!("no pools yet: create one with `pacpool admin pools create NAME`");
+                pacpool::outln!("no pools yet: create one with `pacpool admin pools create NAME`");
                 return Ok(());
             }
             let mut t = Table::new(&[
@@ -722,7 +711,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                 return Ok(());
             }
             let p: Pool = typed(v, "pool")?;
-            println!(
+            pacpool::outln!(
                 "created pool {} ({}); let machines join with `pacpool admin join-token create {}`",
                 clean(&p.name),
                 p.id,
@@ -753,12 +742,12 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                     format!("cannot show the policy as TOML: {e}"),
                 )
             })?;
-            println!("policy (TOML, as `pools set-policy --file` takes it):");
+            pacpool::outln!("policy (TOML, as `pools set-policy --file` takes it):");
             for line in toml.lines() {
                 if line.is_empty() {
-                    println!();
+                    pacpool::outln!();
                 } else {
-                    println!("    {}", clean(line));
+                    pacpool::outln!("    {}", clean(line));
                 }
             }
         }
@@ -781,7 +770,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                 return Ok(());
             }
             let p: Pool = typed(v, "pool")?;
-            println!(
+            pacpool::outln!(
                 "set the policy of pool {} ({}) from {}",
                 clean(&p.name),
                 p.id,
@@ -806,7 +795,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                 return Ok(());
             }
             let p: Pool = typed(v, "pool")?;
-            println!("pool {} is now named {}", p.id, clean(&p.name));
+            pacpool::outln!("pool {} is now named {}", p.id, clean(&p.name));
         }
         PoolsCmd::Delete { pool } => {
             let id = api.pool_id(pool).await?;
@@ -814,7 +803,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                 .call(Method::DELETE, &format!("/pools/{id}"), &[], None)
                 .await?;
             if !api.printed_json(&v) {
-                println!("deleted pool {id}");
+                pacpool::outln!("deleted pool {id}");
             }
         }
     }
@@ -856,13 +845,13 @@ async fn join_token(
     let uses = t
         .max_uses
         .map_or_else(|| "any number of".to_owned(), |n| format!("up to {n}"));
-    eprintln!(
+    pacpool::errln!(
         "join token {} for pool {}: {uses} registrations until {} UTC. It is shown only now; the coordinator keeps only its hash.",
         t.id,
         t.pool_id,
         utc(t.expires_at)
     );
-    println!("{}", clean(&t.token));
+    pacpool::outln!("{}", clean(&t.token));
     Ok(())
 }
 
@@ -879,7 +868,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
             }
             let list: Vec<EndpointStatus> = typed(v, "endpoint list")?;
             if list.is_empty() {
-                println!(
+                pacpool::outln!(
                     "pool {id} has no endpoints: give a machine a token from `pacpool admin join-token create {id}`"
                 );
                 return Ok(());
@@ -924,7 +913,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 .await?;
             if !api.printed_json(&v) {
                 let e: EndpointStatus = typed(v, "endpoint")?;
-                println!("endpoint {} is now named {}", e.id, clean(&e.name));
+                pacpool::outln!("endpoint {} is now named {}", e.id, clean(&e.name));
             }
         }
         EndpointsCmd::Move { id, pool } => {
@@ -943,7 +932,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 .await?;
             if !api.printed_json(&v) {
                 let e: EndpointStatus = typed(v, "endpoint")?;
-                println!(
+                pacpool::outln!(
                     "endpoint {} ({}) is now in pool {}: {}",
                     e.id,
                     clean(&e.name),
@@ -957,7 +946,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 .call(Method::DELETE, &format!("/endpoints/{id}"), &[], None)
                 .await?;
             if !api.printed_json(&v) {
-                println!("removed endpoint {id}; its token no longer works");
+                pacpool::outln!("removed endpoint {id}; its token no longer works");
             }
         }
         EndpointsCmd::Revoke { id } => {
@@ -965,7 +954,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 .call(Method::POST, &format!("/endpoints/{id}/revoke"), &[], None)
                 .await?;
             if !api.printed_json(&v) {
-                println!(
+                pacpool::outln!(
                     "revoked the token of endpoint {id}; it must register again with a join token"
                 );
             }
@@ -1032,9 +1021,9 @@ async fn show_endpoint(api: &Api, id: i64, diff: bool) -> Result<(), Failure> {
     match delta {
         Some((cur, tgt)) => print_diff(&cur, &tgt, &pool.policy),
         None if e.current.is_none() => {
-            println!("no diff: the endpoint has not reported its state yet")
+            pacpool::outln!("no diff: the endpoint has not reported its state yet")
         }
-        None => println!("no diff: the pool has no target yet"),
+        None => pacpool::outln!("no diff: the pool has no target yet"),
     }
     Ok(())
 }
@@ -1132,13 +1121,13 @@ fn print_diff(current: &Snapshot, target: &Snapshot, policy: &PoolPolicy) {
         t.row(vec![change.to_owned(), name.to_owned(), from, to]);
     }
     if t.rows.is_empty() {
-        println!("no package differences from the target under the pool policy");
+        pacpool::outln!("no package differences from the target under the pool policy");
     } else {
-        println!("a sync would change:");
+        pacpool::outln!("a sync would change:");
         t.print();
     }
     if !ignored.is_empty() {
-        println!("ignored by the pool policy: {}", clean(&ignored.join(" ")));
+        pacpool::outln!("ignored by the pool policy: {}", clean(&ignored.join(" ")));
     }
 }
 
@@ -1155,7 +1144,7 @@ async fn targets(api: &Api, cmd: &TargetsCmd) -> Result<(), Failure> {
             }
             let list: Vec<TargetInfo> = typed(v, "target list")?;
             if list.is_empty() {
-                println!(
+                pacpool::outln!(
                     "pool {id} has no target yet: it gets one when an endpoint runs `pacpool set-latest`"
                 );
                 return Ok(());
@@ -1205,7 +1194,7 @@ async fn targets(api: &Api, cmd: &TargetsCmd) -> Result<(), Failure> {
                 return Ok(());
             }
             let t: TargetInfo = typed(v, "target")?;
-            println!("pool {id} target is now {}", target_line(&t));
+            pacpool::outln!("pool {id} target is now {}", target_line(&t));
         }
     }
     Ok(())
@@ -1259,7 +1248,7 @@ async fn operations(api: &Api, cmd: &OperationsCmd) -> Result<(), Failure> {
             }
             let page: Page<Operation> = typed(v, "operation list")?;
             if page.items.is_empty() {
-                println!("no operations");
+                pacpool::outln!("no operations");
                 return Ok(());
             }
             let mut t = Table::new(&[
@@ -1304,9 +1293,9 @@ async fn operations(api: &Api, cmd: &OperationsCmd) -> Result<(), Failure> {
             }
             let o: Operation = typed(v, "operation")?;
             if o.state == OperationState::Cancelled {
-                println!("cancelled operation {}", o.id);
+                pacpool::outln!("cancelled operation {}", o.id);
             } else {
-                println!(
+                pacpool::outln!(
                     "asked endpoint {} to stop operation {} (now {}); it stops before pacman starts, or finishes",
                     o.endpoint_id,
                     o.id,
@@ -1351,7 +1340,7 @@ fn print_operation(o: &Operation) {
     if let Some(r) = &o.result
         && !r.failures.is_empty()
     {
-        println!("package failures:");
+        pacpool::outln!("package failures:");
         let mut t = Table::new(&["PACKAGE", "REASON"]);
         for f in &r.failures {
             t.row(vec![f.name.clone(), f.reason.clone()]);
@@ -1377,7 +1366,7 @@ async fn audit(api: &Api, limit: Option<u16>, cursor: Option<i64>) -> Result<(),
     }
     let page: Page<AuditEntry> = typed(v, "audit page")?;
     if page.items.is_empty() {
-        println!("the audit log is empty");
+        pacpool::outln!("the audit log is empty");
         return Ok(());
     }
     let mut t = Table::new(&[
