@@ -336,3 +336,47 @@ fn the_machine_policy_adds_to_the_pool_policy() {
     let json = db_.status();
     assert_eq!(json["kept"].as_array().unwrap().len(), 2, "{json}");
 }
+
+/// A pool target larger than the machine accepts (`max_packages`, issue 12, item 8) is not
+/// fetched nor adopted, and the status says why and what to do.
+#[test]
+fn a_target_larger_than_max_packages_is_refused() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    publish_everywhere(
+        &[&a, &b],
+        &[
+            ("p1", "1.0-1", &[]),
+            ("p2", "1.0-1", &[]),
+            ("p3", "1.0-1", &[]),
+            ("p4", "1.0-1", &[]),
+        ],
+    );
+    a.pacman_ok(&["-Sy", "p1", "p2", "p3", "p4"]);
+    b.pacman_ok(&["-Sy", "p1"]);
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "a", Some((&coord.url(), &join))));
+    let b_config = write_config(&b, "b", Some((&coord.url(), &join)));
+    let text = std::fs::read_to_string(&b_config).unwrap();
+    std::fs::write(&b_config, format!("max_packages = 3\n{text}")).unwrap();
+    let db_ = Daemon::start(&b_config);
+    db_.wait_status("B connected", |s| s["link"] == "connected");
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    let s = db_.wait_status("B refused or adopted the target", |s| {
+        !s["target"].is_null()
+            || s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_packages"))
+    });
+    let why = s["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("holds 4 packages, more than this machine accepts (3)")
+            && why.contains("max_packages"),
+        "{s}"
+    );
+    assert!(s["target"].is_null(), "{s}");
+}

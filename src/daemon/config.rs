@@ -44,6 +44,9 @@ pub struct DaemonConfig {
     pub heartbeat_interval: u64,
     /// History entries kept locally.
     pub history_keep: usize,
+    /// The most packages a pool target may hold; a larger one is refused before it is
+    /// decoded (real machines have a few thousand).
+    pub max_packages: usize,
     /// How pacman is run.
     pub pacman: PacmanSettings,
     /// Where pacman's state is read from: pacman.conf, dbpath and cache dirs are derived
@@ -68,6 +71,7 @@ impl Default for DaemonConfig {
             check_interval: 300,
             heartbeat_interval: 30,
             history_keep: 200,
+            max_packages: crate::snapshot::DEFAULT_MAX_PACKAGES,
             pacman: PacmanSettings::default(),
             // Derived from `pacman` by `resolve`.
             paths: PacmanPaths::default(),

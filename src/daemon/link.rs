@@ -157,8 +157,13 @@ impl Endpoint {
         }
     }
 
-    /// Fetches a snapshot (canonical text) and checks it against its hash.
-    async fn fetch_snapshot(&self, hash: &SnapshotHash) -> Result<Snapshot, CallError> {
+    /// Fetches a snapshot (canonical text) and checks it against its hash; one of more than
+    /// `max_packages` packages is refused before it is decoded.
+    async fn fetch_snapshot(
+        &self,
+        hash: &SnapshotHash,
+        max_packages: usize,
+    ) -> Result<Snapshot, CallError> {
         let resp = self
             .http
             .get(self.url(&format!("/snapshots/{hash}")))
@@ -190,6 +195,11 @@ impl Endpoint {
                     hash.short()
                 )),
             });
+        }
+        // One line per package after the header.
+        let packages = body.lines().count().saturating_sub(1);
+        if packages > max_packages {
+            return Err(bad(too_many_packages(packages, max_packages)));
         }
         let snap = Snapshot::decode(&body)
             .map_err(|e| bad(format!("the coordinator sent an unreadable snapshot: {e}")))?;
@@ -710,12 +720,29 @@ async fn session(
     }
 }
 
+/// Why a pool target is refused for its size.
+fn too_many_packages(packages: usize, max: usize) -> String {
+    format!(
+        "the pool target holds {packages} packages, more than this machine accepts ({max}): \
+         it was not adopted; if the pool really is that large, raise max_packages in \
+         pacpoold.toml, else set a real machine's state as the pool target"
+    )
+}
+
 /// Fetches and stores a new pool target unless we already have it.
 async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) {
     if daemon.target_info().as_ref() == Some(&target) {
         return;
     }
-    match endpoint.fetch_snapshot(&target.snapshot).await {
+    let max = daemon.config().max_packages;
+    // Said by the coordinator before the snapshot is fetched; the fetch checks it again.
+    if target.package_count > max as u64 {
+        let why = too_many_packages(target.package_count as usize, max);
+        tracing::warn!(revision = target.revision, "{why}");
+        daemon.note_error(why);
+        return;
+    }
+    match endpoint.fetch_snapshot(&target.snapshot, max).await {
         Ok(snap) => {
             let revision = target.revision;
             match daemon.set_target(target, snap) {
@@ -1150,7 +1177,9 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
                     "the pool target moved: revision {} was set by {} (you expected revision {expected}); review `pacpool preview` and try again",
                     w.revision, w.set_by
                 );
-                if let Ok(snap) = endpoint.fetch_snapshot(&w.snapshot).await
+                if let Ok(snap) = endpoint
+                    .fetch_snapshot(&w.snapshot, daemon.config().max_packages)
+                    .await
                     && daemon.set_target(w, snap).is_ok()
                 {
                     let counts = daemon.status(true, None).counts;

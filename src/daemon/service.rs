@@ -871,6 +871,12 @@ impl Daemon {
         Some(counts)
     }
 
+    /// Shows `message` as the status's `last_error` (until the next operation ends).
+    pub(crate) fn note_error(&self, message: String) {
+        self.state().last_error = Some(message);
+        self.emit_status();
+    }
+
     pub(crate) fn set_pool_endpoints(&self, count: Option<u64>) {
         self.state().pool_endpoints = count;
     }
