@@ -530,16 +530,57 @@ fn read_policy(path: &Path) -> Result<PoolPolicy, Failure> {
             format!("cannot read policy file {}: {e}", path.display()),
         )
     })?;
-    toml::from_str(&text).map_err(|e| {
+    let policy = parse_pool_policy(&text).map_err(|e| {
         failure(
             exit::FAILURE,
             format!(
                 "policy file {} is not a pool policy: {}\n(see `pacpool admin pools show POOL` for the form)",
                 path.display(),
-                e.to_string().trim_end()
+                e.trim_end()
             ),
         )
-    })
+    })?;
+    let dropped: Vec<&str> = pacpool::plan::DEFAULT_PROTECTED
+        .iter()
+        .copied()
+        .filter(|d| !policy.plan.protected.iter().any(|p| p == d))
+        .collect();
+    if !dropped.is_empty() {
+        pacpool::errln!(
+            "pacpool: warning: the policy's `protected` leaves out {} of the default protections; \
+             a machine still keeps what its own pacpoold.toml [policy] protects (those defaults \
+             unless it says otherwise)",
+            dropped.join(", ")
+        );
+    }
+    Ok(policy)
+}
+
+/// A pool policy from TOML in either shape: the pool's own (`[plan]` with `scope`, `ignore`,
+/// `protected`, `removal_cap`, plus `auto_sync`, `auto_sync_window`, `conflict_strategy`), or
+/// with the `[plan]` keys at the top, as in `pacpoold.toml`'s `[policy]`, so that one example
+/// works in both places.
+fn parse_pool_policy(text: &str) -> Result<PoolPolicy, String> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut plan = match table.remove("plan") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return Err("`plan` must be a table: [plan]".into()),
+        None => toml::Table::new(),
+    };
+    for key in ["scope", "ignore", "protected", "removal_cap"] {
+        if let Some(v) = table.remove(key) {
+            if plan.contains_key(key) {
+                return Err(format!(
+                    "`{key}` is given twice, at the top and in [plan]: keep one"
+                ));
+            }
+            plan.insert(key.to_owned(), v);
+        }
+    }
+    table.insert("plan".to_owned(), toml::Value::Table(plan));
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
