@@ -101,6 +101,14 @@ async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>,
     Ok(body)
 }
 
+/// An error as the coordinator sent it, made safe for the journal, the status and the
+/// terminals that show them: control characters (escape sequences, line breaks) escaped.
+fn from_coordinator(mut e: ApiError) -> ApiError {
+    e.code = crate::display::clean(&e.code);
+    e.message = crate::display::clean(&e.message);
+    e
+}
+
 /// Where and how to reach the coordinator.
 struct Endpoint {
     base: String,
@@ -144,15 +152,18 @@ impl Endpoint {
                 })
             })
         } else {
-            Err(CallError::Api(serde_json::from_slice(&body).unwrap_or(
-                ApiError {
+            Err(CallError::Api(from_coordinator(
+                serde_json::from_slice(&body).unwrap_or(ApiError {
                     code: status.as_str().into(),
                     message: format!(
-                    "the coordinator answered {status}: {}",
-                    String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
-                ),
+                        "the coordinator answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    ),
                     detail: None,
-                },
+                }),
             )))
         }
     }
@@ -189,7 +200,7 @@ impl Endpoint {
         };
         if !status.is_success() {
             return Err(match serde_json::from_str::<ApiError>(&body) {
-                Ok(e) => CallError::Api(e),
+                Ok(e) => CallError::Api(from_coordinator(e)),
                 Err(_) => bad(format!(
                     "the coordinator answered {status} for snapshot {}",
                     hash.short()
@@ -337,7 +348,7 @@ async fn ensure_registered(daemon: &Daemon, base: &str) -> Result<Endpoint, Stri
     let body = resp.bytes().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
         let msg = serde_json::from_slice::<ApiError>(&body)
-            .map(|e| e.message)
+            .map(|e| from_coordinator(e).message)
             .unwrap_or_else(|_| status.to_string());
         return Err(format!("registration refused: {msg}"));
     }
@@ -676,6 +687,7 @@ async fn session(
                     }
                     ServerMsg::PolicyChanged { policy } => daemon.set_pool_policy(policy),
                     ServerMsg::Error { error } => {
+                        let error = from_coordinator(error);
                         tracing::warn!(code = %error.code, message = %error.message, "the coordinator reported an error");
                         if error.code == "protocol_mismatch" || error.code == "unauthorized" {
                             return lost(false, error.message);
@@ -1243,6 +1255,17 @@ mod tests {
             snapshot: None,
         }));
         assert_eq!(small.message, "done");
+    }
+
+    #[test]
+    fn coordinator_errors_are_made_safe_for_terminals_and_the_journal() {
+        let e = from_coordinator(ApiError {
+            code: "x\u{1b}[2J".into(),
+            message: "busy\u{1b}]0;pwned\u{7}\nforged line".into(),
+            detail: None,
+        });
+        assert_eq!(e.code, "x\\u{1b}[2J");
+        assert_eq!(e.message, "busy\\u{1b}]0;pwned\\u{7}\\nforged line");
     }
 
     #[test]

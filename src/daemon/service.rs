@@ -845,7 +845,13 @@ impl Daemon {
         }
     }
 
+    /// Names from the coordinator, kept with control characters escaped: they reach the
+    /// journal, the status and the terminals that show it.
     pub(crate) fn set_identity(&self, endpoint: &str, pool: &str) {
+        let (endpoint, pool) = (
+            &crate::display::clean(endpoint),
+            &crate::display::clean(pool),
+        );
         let store = self.store();
         let _ = store.set(keys::ENDPOINT_NAME, endpoint);
         let _ = store.set(keys::POOL_NAME, pool);
