@@ -187,3 +187,43 @@ fn status_and_history_say_what_they_show() {
     // Logs written to a file (not a terminal) carry no colour codes.
     assert!(!d.log().contains('\u{1b}'), "{}", d.log());
 }
+
+/// Under systemd (standard error is the stream `JOURNAL_STREAM` names) each log line starts
+/// with its syslog priority, which journald keeps as `PRIORITY`, and carries no colour; in a
+/// file, no colour either.
+#[test]
+fn logs_carry_journald_priorities_under_systemd_and_no_colour() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |journal: bool| {
+        let path = dir.path().join(format!("log-{journal}"));
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pacpool"));
+        c.arg("--socket")
+            .arg(dir.path().join("no-daemon.sock"))
+            .arg("notify")
+            .env("PACPOOL_LOG", "info")
+            .stderr(file);
+        if journal {
+            c.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        } else {
+            c.env_remove("JOURNAL_STREAM");
+        }
+        let status = c.status().unwrap();
+        assert!(status.success(), "notify without a daemon succeeds");
+        std::fs::read_to_string(&path).unwrap()
+    };
+    let journal = run(true);
+    assert!(
+        journal.starts_with("<6>") && journal.contains("pacpoold is not running"),
+        "{journal:?}"
+    );
+    assert!(!journal.contains('\u{1b}'), "{journal:?}");
+    let file = run(false);
+    assert!(file.contains("pacpoold is not running"), "{file:?}");
+    assert!(
+        !file.starts_with('<') && !file.contains('\u{1b}'),
+        "{file:?}"
+    );
+}
