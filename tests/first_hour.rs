@@ -227,3 +227,31 @@ fn logs_carry_journald_priorities_under_systemd_and_no_colour() {
         "{file:?}"
     );
 }
+
+/// Each command's help lists the options it uses, grouped: `admin` the coordinator's, not
+/// the daemon socket.
+#[test]
+fn help_groups_options_by_what_they_reach() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pacpool"))
+            .args(args)
+            .env_remove("PACPOOL_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let admin = help(&["admin", "--help"]);
+    assert!(admin.contains("Coordinator options:"), "{admin}");
+    assert!(!admin.contains("--socket"), "{admin}");
+    let top = help(&["--help"]);
+    assert!(
+        top.contains("Daemon options:") && top.contains("--socket"),
+        "{top}"
+    );
+    let status = help(&["status", "--help"]);
+    assert!(
+        !status.contains("--url") && !status.contains("--ca-file"),
+        "{status}"
+    );
+}

@@ -139,6 +139,13 @@ fn the_admin_commands_run_as_written() {
         ran += 1;
     }
     assert_eq!(ran, 3, "{block}");
+    // Every list takes its pool the same way; an empty one says what it lists.
+    let (code, out, err) = pacpool(&["admin", "operations", "list", "1"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("requested through the coordinator") && out.contains("pacpool history"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -43,11 +43,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct AdminArgs {
     /// The coordinator's base URL: https://HOST:PORT across a network (its certificate is
     /// checked against the system's trust store and --ca-file); http:// only on its own host
-    #[arg(long, global = true, env = "PACPOOL_ADMIN_URL", default_value = DEFAULT_URL, value_name = "URL")]
+    #[arg(long, global = true, env = "PACPOOL_ADMIN_URL", default_value = DEFAULT_URL, value_name = "URL", help_heading = "Coordinator options")]
     url: String,
     /// A PEM file with the CA certificate(s) that signed the coordinator's certificate,
     /// trusted besides the system's (for a private CA or a self-signed certificate)
-    #[arg(long, global = true, env = "PACPOOL_CA_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PACPOOL_CA_FILE",
+        value_name = "FILE",
+        help_heading = "Coordinator options"
+    )]
     ca_file: Option<PathBuf>,
     /// The admin token (visible to other local users in the process list: prefer
     /// --token-file or the environment variable)
@@ -56,12 +62,18 @@ pub struct AdminArgs {
         global = true,
         env = "PACPOOL_ADMIN_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN"
+        value_name = "TOKEN",
+        help_heading = "Coordinator options"
     )]
     token: Option<String>,
     /// A file holding the admin token [default without --token:
     /// /var/lib/pacpool-coordinator/admin-token]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Coordinator options"
+    )]
     token_file: Option<PathBuf>,
     /// Print the API's JSON instead of tables
     #[arg(long, global = true)]
@@ -176,10 +188,10 @@ enum TargetsCmd {
 
 #[derive(Subcommand)]
 enum OperationsCmd {
-    /// List operations, newest first
+    /// List the operations requested through the coordinator, newest first (syncs and
+    /// reverts run on a machine itself are in its `pacpool history`)
     List {
-        /// Only this pool's
-        #[arg(long, value_name = "POOL")]
+        /// Only this pool's (as `endpoints list POOL` takes it)
         pool: Option<String>,
         /// Only this endpoint's
         #[arg(long, value_name = "ID")]
@@ -1289,7 +1301,9 @@ async fn operations(api: &Api, cmd: &OperationsCmd) -> Result<(), Failure> {
             }
             let page: Page<Operation> = typed(v, "operation list")?;
             if page.items.is_empty() {
-                pacpool::outln!("no operations");
+                pacpool::outln!(
+                    "no operations requested through the coordinator (syncs and reverts run on a machine itself are in its `pacpool history`)"
+                );
                 return Ok(());
             }
             let mut t = Table::new(&[

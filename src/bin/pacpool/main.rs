@@ -25,8 +25,9 @@ use pacpool::snapshot::Snapshot;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// pacpoold's socket
-    #[arg(long, global = true, env = "PACPOOL_SOCKET", default_value = pacpool::daemon::config::DEFAULT_SOCKET)]
+    /// pacpoold's socket, for the commands that talk to this machine's daemon (given before
+    /// the command: `pacpool --socket PATH status`); `pacpool admin` does not use it
+    #[arg(long, env = "PACPOOL_SOCKET", default_value = pacpool::daemon::config::DEFAULT_SOCKET, value_name = "PATH", help_heading = "Daemon options")]
     socket: PathBuf,
 }
 
