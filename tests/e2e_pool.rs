@@ -318,7 +318,27 @@ fn the_machine_policy_adds_to_the_pool_policy() {
             && preview.contains("kept: keepme-sshd (protected)"),
         "{preview}"
     );
-    db_.cli_code(&["sync", "--yes"], 0);
+    let out = db_.cli(&["sync", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Progress: one line per transaction and per package step, no "starting" repeats.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = progress.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with(":: transaction 1 of ")),
+        "{progress}"
+    );
+    assert!(!progress.contains(":: starting"), "{progress}");
+    let mut seen = std::collections::HashSet::new();
+    for l in &lines {
+        if l.starts_with(":: transaction ") {
+            seen.clear();
+        }
+        assert!(seen.insert(*l), "a progress line repeats:\n{progress}");
+    }
+    assert!(
+        progress.contains("(newer)") && progress.contains("(stray)"),
+        "each package step is named:\n{progress}"
+    );
     let installed = b.pacman_ok(&["-Qq"]);
     assert!(!installed.lines().any(|l| l == "stray"), "{installed}");
     assert!(installed.lines().any(|l| l == "keepme-sshd"), "{installed}");

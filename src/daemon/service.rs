@@ -1179,12 +1179,35 @@ mod actions {
                 ApplyEvent::Fetching { name, .. } => {
                     stage("downloading", 8, Some(name.to_string()))
                 }
+                // One line per transaction: "transaction 2 of 3" (4 packages); pacman's own
+                // "starting" adds nothing to it.
                 ApplyEvent::Transaction {
-                    index: i, total: t, ..
+                    index: i,
+                    total: t,
+                    command,
                 } => {
                     (index, total) = (i, t);
-                    stage("starting pacman", at(i, t, 0), None)
+                    let targets = command
+                        .split(" -- ")
+                        .nth(1)
+                        .map_or(0, |s| s.split_whitespace().count());
+                    stage(
+                        &format!("transaction {} of {t}", i + 1),
+                        at(i, t, 0),
+                        Some(match targets {
+                            1 => "1 package".to_owned(),
+                            n => format!("{n} packages"),
+                        }),
+                    )
                 }
+                ApplyEvent::Pacman {
+                    event:
+                        PacmanEvent::Progress(crate::exec::Progress {
+                            stage: crate::exec::Stage::Starting,
+                            ..
+                        }),
+                    ..
+                } => return,
                 ApplyEvent::Pacman {
                     event: PacmanEvent::Progress(p),
                     ..

@@ -56,19 +56,21 @@ pub async fn connect(socket: &Path) -> Result<Client, Failure> {
 }
 
 async fn ask(client: &mut Client, request: Request, quiet: bool) -> Result<Reply, Failure> {
-    let mut last_stage = String::new();
+    // One line per step: a new stage, or the same stage on the next package (pacman's
+    // percentages within a step are not repeated).
+    let mut last: (String, Option<String>) = (String::new(), None);
     let reply = client
         .request(request, |p: &Progress| {
-            if !quiet && p.stage != last_stage {
+            if !quiet && (&p.stage, &p.current) != (&last.0, &last.1) {
                 pacpool::errln!(
                     ":: {}{}",
-                    p.stage,
+                    clean(&p.stage),
                     p.current
                         .as_deref()
-                        .map(|c| format!(" ({c})"))
+                        .map(|c| format!(" ({})", clean(c)))
                         .unwrap_or_default()
                 );
-                last_stage = p.stage.clone();
+                last = (p.stage.clone(), p.current.clone());
             }
         })
         .await
