@@ -255,3 +255,40 @@ fn help_groups_options_by_what_they_reach() {
         "{status}"
     );
 }
+
+/// `serve --database X --admin-token-file Y` keeps everything where it is told: the admin
+/// token is written to Y, not to /var/lib/pacpool-coordinator.
+#[test]
+fn the_coordinator_writes_its_admin_token_where_it_is_told() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(dir.path().join("c.db"))
+        .arg("--admin-token-file")
+        .arg(&token)
+        .env("RUST_LOG", "info")
+        .env_remove("PACPOOL_COORDINATOR_ADMIN_TOKEN_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.map_while(Result::ok) {
+        let ready = line.contains("coordinator listening");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("coordinator listening")),
+        "{seen:?}"
+    );
+    let text = std::fs::read_to_string(&token).expect("the token is where it was told");
+    assert!(!text.trim().is_empty());
+}
