@@ -327,6 +327,10 @@ fn the_machine_policy_adds_to_the_pool_policy() {
         lines.iter().any(|l| l.starts_with(":: transaction 1 of ")),
         "{progress}"
     );
+    assert!(
+        progress.contains(" (1 install)") && progress.contains(" (1 removal)"),
+        "each transaction says what it does:\n{progress}"
+    );
     assert!(!progress.contains(":: starting"), "{progress}");
     let mut seen = std::collections::HashSet::new();
     for l in &lines {

@@ -1187,17 +1187,10 @@ mod actions {
                     command,
                 } => {
                     (index, total) = (i, t);
-                    let targets = command
-                        .split(" -- ")
-                        .nth(1)
-                        .map_or(0, |s| s.split_whitespace().count());
                     stage(
                         &format!("transaction {} of {t}", i + 1),
                         at(i, t, 0),
-                        Some(match targets {
-                            1 => "1 package".to_owned(),
-                            n => format!("{n} packages"),
-                        }),
+                        Some(transaction_summary(plan, &command)),
                     )
                 }
                 ApplyEvent::Pacman {
@@ -1255,6 +1248,52 @@ mod actions {
             .collect())
     }
 
+    /// What one transaction of `plan` does, from its command line: "2 upgrades, 1 install".
+    /// Its targets (after `--`) are `repo/name=version`, package files or names; each
+    /// counts the plan's action of that kind for that name.
+    pub(super) fn transaction_summary(plan: &Plan, command: &str) -> String {
+        let op = command.split_whitespace().nth(1).unwrap_or_default();
+        let names: Vec<String> = command
+            .split(" -- ")
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|t| {
+                let t = t.trim_matches('\'');
+                let t = t.rsplit('/').next().unwrap_or(t);
+                match t.split_once(".pkg.tar") {
+                    // name-version-rel-arch.pkg.tar.*
+                    Some((stem, _)) => stem.rsplitn(4, '-').nth(3).unwrap_or(stem).to_owned(),
+                    None => t.split('=').next().unwrap_or(t).to_owned(),
+                }
+            })
+            .collect();
+        let mut c = Counts::default();
+        for a in &plan.actions {
+            if !names.iter().any(|n| n == a.name().as_str()) {
+                continue;
+            }
+            match (op, a) {
+                ("-S" | "-U", Action::Install { .. }) => c.install += 1,
+                ("-S" | "-U", Action::Upgrade { .. }) => c.upgrade += 1,
+                ("-S" | "-U", Action::Downgrade { .. }) => c.downgrade += 1,
+                ("-R", Action::Remove { .. }) => c.remove += 1,
+                ("-D", Action::MarkDependency { .. } | Action::MarkExplicit { .. }) => {
+                    c.reason += 1
+                }
+                _ => {}
+            }
+        }
+        if c.total() > 0 {
+            c.summary()
+        } else {
+            match names.len() {
+                1 => "1 package".to_owned(),
+                n => format!("{n} packages"),
+            }
+        }
+    }
+
     fn exec_error(e: ExecError) -> ActionError {
         let code = match &e {
             ExecError::Busy { .. } => ErrorCode::Busy,
@@ -1300,6 +1339,60 @@ mod tests {
         assert_eq!(
             super::read_error_message(&other),
             "cannot read pacman's state: no local pacman database"
+        );
+    }
+
+    #[test]
+    fn a_transaction_says_what_it_does() {
+        use super::actions::transaction_summary;
+        use crate::plan::{Action, Plan, Source};
+        let name = |n: &str| n.parse().unwrap();
+        let version = |v: &str| v.parse().unwrap();
+        let plan = Plan {
+            actions: vec![
+                Action::Upgrade {
+                    name: name("editor"),
+                    from: version("1.0-1"),
+                    to: version("1.1-1"),
+                    arch: "x86_64".parse().unwrap(),
+                    source: Source::Cache {
+                        path: "/c/editor-1.1-1-x86_64.pkg.tar.zst".into(),
+                    },
+                },
+                Action::Remove {
+                    name: name("oldtool"),
+                    version: version("1.0-1"),
+                },
+                Action::MarkDependency {
+                    name: name("editor"),
+                },
+            ],
+            conflicts: Vec::new(),
+            skipped: Vec::new(),
+            needs_confirmation: None,
+        };
+        assert_eq!(
+            transaction_summary(
+                &plan,
+                "pacman -U --noconfirm -- /c/editor-1.1-1-x86_64.pkg.tar.zst"
+            ),
+            "1 upgrade"
+        );
+        assert_eq!(
+            transaction_summary(&plan, "pacman -S --needed -- core/editor=1.1-1"),
+            "1 upgrade"
+        );
+        assert_eq!(
+            transaction_summary(&plan, "pacman -R --noconfirm -- oldtool"),
+            "1 removal"
+        );
+        assert_eq!(
+            transaction_summary(&plan, "pacman -D --asdeps -- editor"),
+            "1 reason change"
+        );
+        assert_eq!(
+            transaction_summary(&plan, "pacman -S -- core/x=1 core/y=2"),
+            "2 packages"
         );
     }
 
