@@ -788,6 +788,7 @@ async fn main() {
         .json(&SetTargetRequest {
             expected_revision: 0,
             snapshot: last_states[0].hash(),
+            manifest: None,
         })
         .send()
         .await

@@ -31,6 +31,11 @@ ensure_tools() {
 	if ! have pacman repo-add vercmp bsdtar makepkg zstd; then
 		apt_packages+=(pacman-package-manager makepkg libarchive-tools zstd)
 	fi
+	# pacpoold checks package signatures with gpg on pacman's keyring (pacman-key comes with
+	# pacman); the trust tests make keyrings and sign packages with them.
+	if ! have gpg gpgconf; then
+		apt_packages+=(gnupg)
+	fi
 	# ---- LATER SYSTEM PACKAGES ---------------------------------------------------------
 	# The tray tests (GTK, Xvfb, a tray host, notifications) add their packages here, in the
 	# same form: a check, then the Debian packages to install when it fails.

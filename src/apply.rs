@@ -21,13 +21,20 @@
 //! 5. install reasons: `-D --asdeps -- …`, `-D --asexplicit -- …`.
 //!
 //! Archive packages are fetched first, before any transaction, into
-//! [`ApplyOptions::archive_dir`] as `FILE.part`, checked (the file name names the planned
-//! package and version; the content starts with the zstd or xz magic its extension promises),
-//! then renamed into place; `URL.sig` is fetched next to it when the archive has one, so
-//! pacman verifies the signature under its `LocalFileSigLevel`. `http://` and `file://`
-//! (absolute paths, no percent-decoding) URLs are supported; `https://` needs a TLS backend
-//! this build does not have. Before anything runs, every cache file the plan names must still
-//! exist.
+//! [`ApplyOptions::archive_dir`] as `FILE.part` (at most the size the target's manifest states,
+//! else [`ApplyOptions::max_download_size`]), checked (the file name names the planned package
+//! and version; the content starts with the zstd or xz magic its extension promises), with
+//! `URL.sig` fetched beside it when the archive has one. `https://` (the system's trust store
+//! plus [`ApplyOptions::ca_file`]), `http://` and `file://` (absolute paths, no
+//! percent-decoding) URLs are supported. Before anything runs, every cache file the plan names
+//! must still exist.
+//!
+//! # Trust
+//! Every file that `pacman -U` will install, fetched or cached, passes the
+//! [`crate::trust::TrustRule`] first: digest, size and signature as pacman would check them
+//! for the repository the package comes from, whatever `LocalFileSigLevel` says. A fetched
+//! file that fails is deleted; any failure refuses the whole apply before pacman runs
+//! ([`ApplyError::Untrusted`]). Only then is a download renamed into place.
 //!
 //! # Cancellation and failure
 //! Cancellation is honoured until the first pacman transaction starts (while fetching and
@@ -53,8 +60,17 @@ use tokio::sync::watch;
 use crate::cache::parse_package_filename;
 use crate::exec::{self, ExecError, PacmanEvent, PacmanOp, PacmanSettings, SyncTarget};
 use crate::localdb::Reason;
+use crate::manifest::sig_path;
 use crate::names::{PkgName, PkgVersion};
 use crate::plan::{Action, Conflict, Plan, RemovalCapExceeded, Source};
+use crate::trust::{TrustCheck, TrustRule, Untrusted};
+
+/// Largest package download when the target's manifest states no size (4 GiB: above the
+/// largest package in Arch's repositories).
+pub const DEFAULT_MAX_DOWNLOAD_SIZE: u64 = 4 << 30;
+
+/// Largest `.sig` download.
+const MAX_SIGNATURE_DOWNLOAD: u64 = crate::manifest::MAX_SIGNATURE_BYTES as u64;
 
 /// Where downloaded archive packages go when [`ApplyOptions::archive_dir`] and
 /// [`PacmanSettings::cachedir`] are unset: pacman's default cache.
@@ -69,6 +85,14 @@ pub struct ApplyOptions {
     /// Where packages fetched from the archive are stored before `pacman -U`: unset means
     /// [`PacmanSettings::cachedir`], else [`DEFAULT_ARCHIVE_DIR`].
     pub archive_dir: Option<PathBuf>,
+    /// Largest download when the manifest states no size: unset means
+    /// [`DEFAULT_MAX_DOWNLOAD_SIZE`].
+    pub max_download_size: Option<u64>,
+    /// A CA certificate (PEM) trusted for `https://` downloads besides the system's store.
+    pub ca_file: Option<PathBuf>,
+    /// This endpoint's token, sent to the pool's repository (never to an archive).
+    #[serde(skip)]
+    pub pool_token: Option<String>,
 }
 
 impl ApplyOptions {
@@ -154,6 +178,12 @@ pub enum ApplyError {
     NeedsConfirmation(RemovalCapExceeded),
     #[error("the plan cannot be applied, nothing was changed: {why}")]
     InvalidPlan { why: String },
+    /// Files pacman would not trust from where they come; nothing was installed.
+    #[error(
+        "untrusted-package: {}; nothing was changed",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Untrusted(Vec<Untrusted>),
     #[error("cannot fetch {name} from {url}: {why}; nothing was changed")]
     Fetch {
         name: PkgName,
@@ -196,7 +226,10 @@ fn failed_message(report: &ApplyReport) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fetch {
     name: PkgName,
-    url: String,
+    version: PkgVersion,
+    /// Tried in order (the next only when one cannot be fetched): the URL, and whether it is
+    /// the pool's repository (which gets [`ApplyOptions::pool_token`]).
+    urls: Vec<(String, bool)>,
     dest: PathBuf,
 }
 
@@ -222,7 +255,7 @@ fn archive_dest(
 struct Grouped {
     fetches: Vec<Fetch>,
     /// Cache files the transactions install, checked before anything runs.
-    cached: Vec<(PkgName, PathBuf)>,
+    cached: Vec<(PkgName, PkgVersion, PathBuf)>,
     transactions: Vec<Transaction>,
 }
 
@@ -279,14 +312,30 @@ fn group(plan: &Plan, archive_dir: &Path) -> Result<Grouped, ApplyError> {
                 version: version.clone(),
             }),
             Source::Cache { path } => {
-                cached.push((name.clone(), path.clone()));
+                cached.push((name.clone(), version.clone(), path.clone()));
                 files[slot].push((path.clone(), name.clone()));
             }
             Source::Archive { url } => {
                 let dest = archive_dest(name, version, url, archive_dir)?;
                 fetches.push(Fetch {
                     name: name.clone(),
-                    url: url.clone(),
+                    version: version.clone(),
+                    urls: vec![(url.clone(), false)],
+                    dest: dest.clone(),
+                });
+                files[slot].push((dest, name.clone()));
+            }
+            Source::Pool { url, archive } => {
+                let dest = archive_dest(name, version, url, archive_dir)?;
+                let mut urls = vec![(url.clone(), true)];
+                if let Some(a) = archive {
+                    archive_dest(name, version, a, archive_dir)?;
+                    urls.push((a.clone(), false));
+                }
+                fetches.push(Fetch {
+                    name: name.clone(),
+                    version: version.clone(),
+                    urls,
                     dest: dest.clone(),
                 });
                 files[slot].push((dest, name.clone()));
@@ -373,12 +422,13 @@ fn refuse(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
     Ok(())
 }
 
-/// Applies `plan` with pacman. See the module docs for the refusals, the transactions, and
-/// what cancellation means.
+/// Applies `plan` with pacman. See the module docs for the refusals, the transactions, the
+/// trust rule, and what cancellation means.
 pub async fn apply(
     plan: &Plan,
     settings: &PacmanSettings,
     opts: &ApplyOptions,
+    trust: &TrustRule,
     progress: &mut (impl FnMut(ApplyEvent) + Send),
     cancel: &watch::Receiver<bool>,
 ) -> Result<ApplyReport, ApplyError> {
@@ -389,7 +439,7 @@ pub async fn apply(
         transactions,
     } = group(plan, &opts.resolved_archive_dir(settings))?;
     // A cache cleaned since planning would otherwise fail halfway through the transactions.
-    for (name, path) in &cached {
+    for (name, _, path) in &cached {
         if !tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()) {
             return Err(ApplyError::InvalidPlan {
                 why: format!(
@@ -399,25 +449,113 @@ pub async fn apply(
             });
         }
     }
+    let client = if fetches
+        .iter()
+        .any(|f| f.urls.iter().any(|(u, _)| u.starts_with("http")))
+    {
+        Some(
+            download_client(opts.ca_file.as_deref()).map_err(|why| ApplyError::Fetch {
+                name: fetches[0].name.clone(),
+                url: fetches[0].urls[0].0.clone(),
+                why,
+            })?,
+        )
+    } else {
+        None
+    };
+    let mut untrusted = Vec::new();
+    // Downloads wait as `.part` files until every file has passed the trust rule.
+    let mut staged = Vec::new();
+    let discard = |staged: &[(PathBuf, PathBuf)]| {
+        for (part, _) in staged {
+            let _ = std::fs::remove_file(part);
+            let _ = std::fs::remove_file(sig_path(part));
+        }
+    };
     for f in &fetches {
-        progress(ApplyEvent::Fetching {
-            name: f.name.clone(),
-            url: f.url.clone(),
-        });
-        match fetch(&f.url, &f.dest, cancel).await {
-            Ok(()) => {}
-            Err(FetchError::Cancelled) => {
-                return Err(ApplyError::NotStarted {
-                    source: ExecError::Cancelled,
-                });
+        let limit = trust
+            .manifest_entry(&f.name, &f.version)
+            .and_then(|e| e.size)
+            .unwrap_or(opts.max_download_size.unwrap_or(DEFAULT_MAX_DOWNLOAD_SIZE));
+        let mut fetched = None;
+        let mut failures = Vec::new();
+        for (url, is_pool) in &f.urls {
+            progress(ApplyEvent::Fetching {
+                name: f.name.clone(),
+                url: url.clone(),
+            });
+            let token = if *is_pool {
+                opts.pool_token.as_deref()
+            } else {
+                None
+            };
+            match fetch(client.as_ref(), url, token, &f.dest, limit, cancel).await {
+                Ok(part) => {
+                    fetched = Some(part);
+                    break;
+                }
+                Err(FetchError::Failed(why)) => {
+                    tracing::debug!(package = %f.name, url, "cannot fetch: {why}");
+                    failures.push(format!("{url}: {why}"));
+                }
+                Err(e) => {
+                    discard(&staged);
+                    return Err(match e {
+                        FetchError::TooLarge(why) => ApplyError::Untrusted(vec![Untrusted {
+                            name: f.name.clone(),
+                            version: f.version.clone(),
+                            file: file_name(&f.dest),
+                            check: TrustCheck::Size,
+                            why,
+                        }]),
+                        _ => ApplyError::NotStarted {
+                            source: ExecError::Cancelled,
+                        },
+                    });
+                }
             }
-            Err(FetchError::Failed(why)) => {
-                return Err(ApplyError::Fetch {
-                    name: f.name.clone(),
-                    url: f.url.clone(),
-                    why,
-                });
+        }
+        let Some(part) = fetched else {
+            discard(&staged);
+            return Err(ApplyError::Fetch {
+                name: f.name.clone(),
+                url: f.urls.last().map(|(u, _)| u.clone()).unwrap_or_default(),
+                why: failures.join("; "),
+            });
+        };
+        match trust.check(&f.name, &f.version, &part).await {
+            Ok(()) => staged.push((part, f.dest.clone())),
+            Err(mut u) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                let _ = tokio::fs::remove_file(sig_path(&part)).await;
+                u.file = file_name(&f.dest);
+                untrusted.push(u);
             }
+        }
+    }
+    for (name, version, path) in &cached {
+        if let Err(u) = trust.check(name, version, path).await {
+            untrusted.push(u);
+        }
+    }
+    if !untrusted.is_empty() {
+        discard(&staged);
+        for u in &untrusted {
+            tracing::warn!(package = %u.name, version = %u.version, check = ?u.check, "refused an untrusted package file: {}", u.why);
+        }
+        return Err(ApplyError::Untrusted(untrusted));
+    }
+    for (part, dest) in &staged {
+        let moved = tokio::fs::rename(part, dest).await;
+        let sig = sig_path(part);
+        if moved.is_ok() && tokio::fs::metadata(&sig).await.is_ok() {
+            let _ = tokio::fs::rename(&sig, sig_path(dest)).await;
+        }
+        if let Err(e) = moved {
+            discard(&staged);
+            return Err(ApplyError::InvalidPlan {
+                why: format!("cannot move {} into place: {e}", dest.display()),
+            });
         }
     }
     let mut report = ApplyReport {
@@ -479,7 +617,15 @@ pub async fn apply(
 
 enum FetchError {
     Cancelled,
+    /// Larger than its bound.
+    TooLarge(String),
     Failed(String),
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Magic bytes of the compressions archive packages use, by file extension.
@@ -488,7 +634,29 @@ const MAGIC: &[(&str, &[u8])] = &[
     (".pkg.tar.xz", &[0xFD, b'7', b'z', b'X', b'Z', 0x00]),
 ];
 
-async fn fetch(url: &str, dest: &Path, cancel: &watch::Receiver<bool>) -> Result<(), FetchError> {
+/// The HTTP client for archive downloads: https with the system's store plus `ca_file`.
+fn download_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let tls = crate::tls::client_config(ca_file).map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .user_agent(concat!("pacpoold/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+        .build()
+        .map_err(|e| format!("cannot set up the HTTP client: {e}"))
+}
+
+/// Downloads `url` to `DEST.part` (at most `limit` bytes), checks its magic bytes and fetches
+/// `URL.sig` to `DEST.part.sig` when there is one. Returns the `.part` path; the caller checks
+/// trust and renames.
+async fn fetch(
+    client: Option<&reqwest::Client>,
+    url: &str,
+    token: Option<&str>,
+    dest: &Path,
+    limit: u64,
+    cancel: &watch::Receiver<bool>,
+) -> Result<PathBuf, FetchError> {
     if *cancel.borrow() {
         return Err(FetchError::Cancelled);
     }
@@ -510,50 +678,48 @@ async fn fetch(url: &str, dest: &Path, cancel: &watch::Receiver<bool>) -> Result
         .await
         .map_err(|e| FetchError::Failed(format!("cannot create {}: {e}", dir.display())))?;
     let part = dir.join(format!("{file_name}.part"));
+    let part_sig = sig_path(&part);
+    // A stale signature next to a new download would be taken for its own.
+    let _ = tokio::fs::remove_file(&part_sig).await;
     let mut cancel = cancel.clone();
     let download = async {
-        download(url, &part).await?;
-        check_magic(&part, magic).await?;
-        fetch_signature(url, dest).await;
+        download(client, url, token, &part, limit).await?;
+        check_magic(&part, magic)
+            .await
+            .map_err(FetchError::Failed)?;
+        match download(
+            client,
+            &format!("{url}.sig"),
+            token,
+            &part_sig,
+            MAX_SIGNATURE_DOWNLOAD,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                let why = match e {
+                    FetchError::TooLarge(w) | FetchError::Failed(w) => w,
+                    FetchError::Cancelled => "cancelled".into(),
+                };
+                tracing::debug!("no signature for {url}: {why}");
+                let _ = tokio::fs::remove_file(&part_sig).await;
+            }
+        }
         Ok(())
     };
     let result = tokio::select! {
-        r = download => r.map_err(FetchError::Failed),
+        r = download => r,
         _ = cancelled(&mut cancel) => Err(FetchError::Cancelled),
     };
-    let result = match result {
-        Ok(()) => tokio::fs::rename(&part, dest)
-            .await
-            .map_err(|e| FetchError::Failed(format!("cannot move it to {}: {e}", dest.display()))),
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&part).await;
-    }
-    result
-}
-
-/// Fetches `URL.sig` to `DEST.sig` when the archive has it, so that pacman checks the
-/// package's signature under its `LocalFileSigLevel` (the Arch Linux Archive signs every
-/// package). Best effort: without a signature file pacman's SigLevel decides alone.
-async fn fetch_signature(url: &str, dest: &Path) {
-    let with = |suffix: &str| {
-        let mut s = dest.as_os_str().to_owned();
-        s.push(suffix);
-        PathBuf::from(s)
-    };
-    let (sig, part) = (with(".sig"), with(".sig.part"));
-    // A stale signature next to a new download would make pacman refuse it.
-    let _ = tokio::fs::remove_file(&sig).await;
-    match download(&format!("{url}.sig"), &part).await {
-        Ok(()) => {
-            if let Err(e) = tokio::fs::rename(&part, &sig).await {
-                tracing::warn!("cannot move {} into place: {e}", part.display());
-            }
+    match result {
+        Ok(()) => Ok(part),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            let _ = tokio::fs::remove_file(&part_sig).await;
+            Err(e)
         }
-        Err(e) => tracing::debug!("no signature for {url}: {e}"),
     }
-    let _ = tokio::fs::remove_file(&part).await;
 }
 
 /// Resolves when a cancel is requested; never if the sender is gone.
@@ -563,40 +729,79 @@ async fn cancelled(cancel: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn download(url: &str, part: &Path) -> Result<(), String> {
-    let write_err = |e: std::io::Error| format!("cannot write {}: {e}", part.display());
+fn too_large(url: &str, limit: u64) -> FetchError {
+    FetchError::TooLarge(format!(
+        "{url} is larger than {limit} bytes, the size the target's manifest states (or the download ceiling `max_download_size`); the download was stopped and deleted"
+    ))
+}
+
+/// Copies or downloads `url` to `part`, refusing more than `limit` bytes.
+async fn download(
+    client: Option<&reqwest::Client>,
+    url: &str,
+    token: Option<&str>,
+    part: &Path,
+    limit: u64,
+) -> Result<(), FetchError> {
+    let write_err =
+        |e: std::io::Error| FetchError::Failed(format!("cannot write {}: {e}", part.display()));
+    let mut out = tokio::fs::File::create(part).await.map_err(write_err)?;
+    let mut written = 0u64;
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
-            return Err("a file:// URL needs an absolute path".into());
+            return Err(FetchError::Failed(
+                "a file:// URL needs an absolute path".into(),
+            ));
         }
-        tokio::fs::copy(path, part)
+        let src = tokio::fs::File::open(path)
             .await
-            .map_err(|e| format!("cannot copy {path}: {e}"))?;
-        return Ok(());
-    }
-    if url.starts_with("https://") {
-        return Err(
-            "https:// needs TLS support, which this build does not include: use an http:// or file:// archive"
-                .into(),
-        );
-    }
-    if !url.starts_with("http://") {
-        return Err("only http:// and file:// archive URLs are supported".into());
-    }
-    let client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .read_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| e.to_string())?;
-    let mut out = tokio::fs::File::create(part).await.map_err(write_err)?;
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-        out.write_all(&chunk).await.map_err(write_err)?;
+            .map_err(|e| FetchError::Failed(format!("cannot read {path}: {e}")))?;
+        let mut src = src.take(limit + 1);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = src
+                .read(&mut buf)
+                .await
+                .map_err(|e| FetchError::Failed(format!("cannot read {path}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            if written > limit {
+                return Err(too_large(url, limit));
+            }
+            out.write_all(&buf[..n]).await.map_err(write_err)?;
+        }
+    } else {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(FetchError::Failed(
+                "only https://, http:// and file:// archive URLs are supported".into(),
+            ));
+        }
+        let client = client.ok_or_else(|| FetchError::Failed("no HTTP client".into()))?;
+        let mut req = client.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| FetchError::Failed(crate::display::std_error_line(&e)))?;
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large(url, limit));
+        }
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| FetchError::Failed(crate::display::std_error_line(&e)))?
+        {
+            written += chunk.len() as u64;
+            if written > limit {
+                return Err(too_large(url, limit));
+            }
+            out.write_all(&chunk).await.map_err(write_err)?;
+        }
     }
     out.flush().await.map_err(write_err)?;
     out.sync_all().await.map_err(write_err)?;
@@ -718,7 +923,11 @@ mod tests {
         } = group(&p, Path::new("/arch")).unwrap();
         assert_eq!(
             cached,
-            [(n("down"), PathBuf::from("/c/down-1-1-any.pkg.tar.zst"))]
+            [(
+                n("down"),
+                v("1-1"),
+                PathBuf::from("/c/down-1-1-any.pkg.tar.zst")
+            )]
         );
         assert_eq!(
             show(&ts),
@@ -737,7 +946,11 @@ mod tests {
             fetches,
             [Fetch {
                 name: n("olddep"),
-                url: "http://a/o/olddep/olddep-0.5-1-any.pkg.tar.zst".into(),
+                version: v("0.5-1"),
+                urls: vec![(
+                    "http://a/o/olddep/olddep-0.5-1-any.pkg.tar.zst".into(),
+                    false
+                )],
                 dest: "/arch/olddep-0.5-1-any.pkg.tar.zst".into()
             }]
         );

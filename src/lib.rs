@@ -15,6 +15,10 @@
 //! - [`snapshot`]: canonical package sets with a content hash, and deltas between them.
 //! - [`plan`]: current vs target state into ordered actions, conflicts and a status.
 //! - [`machine`]: this machine's state from pacman's files, located via pacman.conf.
+//! - [`manifest`]: what each package file of a target is (repository, size, digest,
+//!   signature), recorded by the endpoint that sets the target.
+//! - [`trust`]: the rule every file passes before `pacman -U`: pacman's own `SigLevel` and
+//!   keyring for the repository the package comes from.
 //!
 //! Wire types:
 //! - [`proto`]: coordinator REST bodies and WebSocket messages (shared by all programs).
@@ -44,6 +48,7 @@ pub mod exec;
 pub mod localdb;
 pub mod logging;
 pub mod machine;
+pub mod manifest;
 pub mod names;
 pub mod pacman_conf;
 pub mod plan;
@@ -54,4 +59,5 @@ pub mod syncdb;
 pub mod tls;
 #[cfg(feature = "tray")]
 pub mod tray;
+pub mod trust;
 pub mod version;

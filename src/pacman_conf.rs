@@ -67,14 +67,79 @@ pub struct PacmanConf {
     pub ignore_pkg: Vec<String>,
     /// In file order.
     pub repos: Vec<RepoConf>,
+    /// `GPGDir`: the first value wins, as in pacman.
+    pub gpg_dir: Option<PathBuf>,
+    /// `[options]` `SigLevel` tokens, in file order (see [`SigLevel`]).
+    pub sig_level: Vec<String>,
 }
 
-/// A repository section: `[name]` and its `Server` lines, in order.
+/// A repository section: `[name]`, its `Server` lines and its `SigLevel` tokens, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoConf {
     pub name: RepoName,
     pub servers: Vec<String>,
+    pub sig_level: Vec<String>,
 }
+
+/// When pacman checks a package's signature (the package half of a `SigLevel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigCheck {
+    /// No check, even when a signature is there.
+    Never,
+    /// Checked when present.
+    Optional,
+    /// Must be present and valid.
+    Required,
+}
+
+/// The package half of a `SigLevel`: when to check, and whether keys the keyring does not
+/// fully trust are accepted (`TrustAll`) or not (`TrustedOnly`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SigLevel {
+    pub check: SigCheck,
+    pub trust_all: bool,
+}
+
+impl SigLevel {
+    /// pacman's built-in default when no `SigLevel` is configured: `Optional TrustedOnly`.
+    pub const PACMAN_DEFAULT: SigLevel = SigLevel {
+        check: SigCheck::Optional,
+        trust_all: false,
+    };
+
+    /// Applies `SigLevel` tokens in order, as pacman's `process_siglevel` does; tokens
+    /// prefixed `Database` do not touch the package half. `None` for a token pacman rejects.
+    pub fn apply<'a>(mut self, tokens: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        for token in tokens {
+            let (package, word) = if let Some(w) = token.strip_prefix("Package") {
+                (true, w)
+            } else if let Some(w) = token.strip_prefix("Database") {
+                (false, w)
+            } else {
+                (true, token)
+            };
+            let check = match word {
+                "Never" => Some(SigCheck::Never),
+                "Optional" => Some(SigCheck::Optional),
+                "Required" => Some(SigCheck::Required),
+                "TrustedOnly" | "TrustAll" => None,
+                _ => return None,
+            };
+            if !package {
+                continue;
+            }
+            match check {
+                Some(c) => self.check = c,
+                None => self.trust_all = word == "TrustAll",
+            }
+        }
+        Some(self)
+    }
+}
+
+/// pacman's default keyring directory.
+pub const DEFAULT_GPG_DIR: &str = "/etc/pacman.d/gnupg/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PacmanConfError {
@@ -211,6 +276,26 @@ impl PacmanConf {
     /// The repository called `name`.
     pub fn repo(&self, name: &str) -> Option<&RepoConf> {
         self.repos.iter().find(|r| r.name.as_str() == name)
+    }
+
+    /// pacman's keyring: `GPGDir`, else `/etc/pacman.d/gnupg/`.
+    pub fn gpg_dir(&self) -> PathBuf {
+        self.gpg_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_GPG_DIR))
+    }
+
+    /// The package signature level of `repo` (its own `SigLevel` on top of `[options]`'), or
+    /// of `[options]` alone for `None`, as pacman computes it. The tokens were checked when
+    /// the file was read.
+    pub fn package_sig_level(&self, repo: Option<&str>) -> SigLevel {
+        let own = repo
+            .and_then(|r| self.repo(r))
+            .map(|r| r.sig_level.as_slice())
+            .unwrap_or_default();
+        SigLevel::PACMAN_DEFAULT
+            .apply(self.sig_level.iter().chain(own).map(String::as_str))
+            .unwrap_or(SigLevel::PACMAN_DEFAULT)
     }
 }
 
@@ -366,6 +451,7 @@ impl Parser {
         self.conf.repos.push(RepoConf {
             name: repo,
             servers: Vec::new(),
+            sig_level: Vec::new(),
         });
         self.repo_origin.push((f.file.clone(), f.line));
         self.section = Section::Repo(self.conf.repos.len() - 1);
@@ -383,6 +469,7 @@ impl Parser {
             "RootDir" => Some(&mut c.root_dir),
             "DBPath" => Some(&mut c.db_path),
             "LogFile" => Some(&mut c.log_file),
+            "GPGDir" => Some(&mut c.gpg_dir),
             _ => None,
         };
         if let Some(slot) = single {
@@ -409,6 +496,10 @@ impl Parser {
             "HookDir" => c.hook_dirs.extend(split_list(value).map(PathBuf::from)),
             "Architecture" => c.architecture.extend(split_list(value).map(str::to_owned)),
             "IgnorePkg" => c.ignore_pkg.extend(split_list(value).map(str::to_owned)),
+            "SigLevel" => {
+                let tokens = self.sig_level_tokens(value, stack)?;
+                self.conf.sig_level.extend(tokens);
+            }
             _ => tracing::debug!(key, "pacman.conf: option not used by pacpool"),
         }
         Ok(())
@@ -432,10 +523,34 @@ impl Parser {
                     ));
                 }
             }
+        } else if key == "SigLevel" {
+            let tokens = self.sig_level_tokens(value.unwrap_or_default(), stack)?;
+            self.conf.repos[i].sig_level.extend(tokens);
         } else {
             tracing::debug!(key, repo = %self.conf.repos[i].name, "pacman.conf: repository directive not used by pacpool");
         }
         Ok(())
+    }
+
+    /// The tokens of a `SigLevel` value; pacman refuses a file with an unknown one, so do we.
+    fn sig_level_tokens(
+        &self,
+        value: &str,
+        stack: &[Frame],
+    ) -> Result<Vec<String>, PacmanConfError> {
+        let tokens: Vec<String> = split_list(value).map(str::to_owned).collect();
+        for t in &tokens {
+            if SigLevel::PACMAN_DEFAULT.apply([t.as_str()]).is_none() {
+                return Err(self.syntax(
+                    stack,
+                    format!(
+                        "SigLevel value {} is not one of Never, Optional, Required, TrustedOnly, TrustAll (optionally prefixed Package or Database)",
+                        shown(t)
+                    ),
+                ));
+            }
+        }
+        Ok(tokens)
     }
 
     fn include(&mut self, pattern: &str, stack: &mut Vec<Frame>) -> Result<(), PacmanConfError> {

@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -144,6 +145,13 @@ pub enum Source {
     Cache { path: PathBuf },
     /// To be fetched from the configured archive (Arch Linux Archive layout) into the cache.
     Archive { url: String },
+    /// To be fetched from the pool's repository on the coordinator (`url`, with this
+    /// endpoint's token), else from the archive (`archive`), into the cache.
+    Pool {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        archive: Option<String>,
+    },
 }
 
 /// One step of a plan.
@@ -343,19 +351,39 @@ impl Plan {
 struct Offer {
     repo: RepoName,
     version: PkgVersion,
+    /// `%FILENAME%`, `%CSIZE%`, `%SHA256SUM%` and `%PGPSIG%` of the package file.
+    filename: String,
+    csize: Option<u64>,
+    sha256: Option<String>,
+    pgpsig: Option<String>,
     depends: Vec<String>,
     provides: Vec<String>,
     conflicts: Vec<String>,
 }
 
-/// What package files can be had: sync repositories (in pacman.conf order), cache files and
-/// an optional archive base URL.
+/// A sync database's description of one package file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedFile {
+    pub repo: RepoName,
+    pub filename: String,
+    pub csize: Option<u64>,
+    pub sha256: Option<String>,
+    pub pgpsig: Option<String>,
+}
+
+/// What package files can be had: sync repositories (in pacman.conf order), cache files, the
+/// pool's repository and an optional archive base URL, tried in that order.
+///
+/// Cloning is cheap (the tables are shared), so a plan may use a copy that names the pool's
+/// repository ([`Availability::with_pool_repo`]).
 #[derive(Debug, Clone, Default)]
 pub struct Availability {
-    offers: BTreeMap<PkgName, Vec<Offer>>,
-    cache: BTreeMap<(PkgName, PkgVersion), PathBuf>,
-    unavailable: BTreeMap<RepoName, String>,
+    offers: Arc<BTreeMap<PkgName, Vec<Offer>>>,
+    cache: Arc<BTreeMap<(PkgName, PkgVersion), PathBuf>>,
+    unavailable: Arc<BTreeMap<RepoName, String>>,
     archive_base: Option<String>,
+    /// Base URL of the pool target's repository on the coordinator: `BASE/FILE`.
+    pool_repo: Option<String>,
 }
 
 impl Availability {
@@ -365,28 +393,49 @@ impl Availability {
         cache: Vec<CachedFile>,
         archive_base: Option<String>,
     ) -> Self {
-        let mut me = Self {
-            archive_base: archive_base.map(|u| u.trim_end_matches('/').to_owned()),
-            ..Self::default()
-        };
+        let mut offers = BTreeMap::new();
+        let mut unavailable = BTreeMap::new();
+        let mut cached = BTreeMap::new();
         for (repo, db) in sync {
             match db {
-                Ok(db) => db.packages.into_iter().for_each(|p| me.add_offer(p)),
+                Ok(db) => db
+                    .packages
+                    .into_iter()
+                    .for_each(|p| Self::add_offer(&mut offers, p)),
                 Err(e) => {
-                    me.unavailable.insert(repo, e.to_string());
+                    unavailable.insert(repo, e.to_string());
                 }
             }
         }
         for f in cache {
-            me.cache.entry((f.name, f.version)).or_insert(f.path);
+            cached.entry((f.name, f.version)).or_insert(f.path);
         }
-        me
+        Self {
+            offers: Arc::new(offers),
+            cache: Arc::new(cached),
+            unavailable: Arc::new(unavailable),
+            archive_base: archive_base.map(|u| u.trim_end_matches('/').to_owned()),
+            pool_repo: None,
+        }
     }
 
-    fn add_offer(&mut self, p: SyncPackage) {
-        self.offers.entry(p.name).or_default().push(Offer {
+    /// A copy that also fetches from the pool target's repository at `base` (`BASE/FILE`),
+    /// after the caches and before the archive.
+    pub fn with_pool_repo(&self, base: Option<String>) -> Self {
+        Self {
+            pool_repo: base.map(|u| u.trim_end_matches('/').to_owned()),
+            ..self.clone()
+        }
+    }
+
+    fn add_offer(offers: &mut BTreeMap<PkgName, Vec<Offer>>, p: SyncPackage) {
+        offers.entry(p.name).or_default().push(Offer {
             repo: p.repo,
             version: p.version,
+            filename: p.filename,
+            csize: p.csize,
+            sha256: p.sha256,
+            pgpsig: p.pgpsig,
             depends: p.depends,
             provides: p.provides,
             conflicts: p.conflicts,
@@ -399,6 +448,25 @@ impl Availability {
             .get(name)
             .and_then(|o| o.first())
             .map(|o| o.repo.clone())
+    }
+
+    /// What the first repository (in pacman.conf order) that offers exactly `name`
+    /// `version` says about its file.
+    pub fn exact_file(&self, name: &PkgName, version: &PkgVersion) -> Option<OfferedFile> {
+        self.offer_exact(name, version).map(|o| OfferedFile {
+            repo: o.repo.clone(),
+            filename: o.filename.clone(),
+            csize: o.csize,
+            sha256: o.sha256.clone(),
+            pgpsig: o.pgpsig.clone(),
+        })
+    }
+
+    /// The cache file for exactly `name` `version`, if a cache directory has one.
+    pub fn cached(&self, name: &PkgName, version: &PkgVersion) -> Option<&Path> {
+        self.cache
+            .get(&(name.clone(), version.clone()))
+            .map(PathBuf::as_path)
     }
 
     fn offer_exact(&self, name: &PkgName, version: &PkgVersion) -> Option<&Offer> {
@@ -418,10 +486,15 @@ impl Availability {
         if let Some(path) = self.cache.get(&(want.name.clone(), want.version.clone())) {
             return Ok(Source::Cache { path: path.clone() });
         }
-        if let Some(base) = &self.archive_base {
-            return Ok(Source::Archive {
-                url: archive_url(base, want),
+        let archive = self.archive_base.as_deref().map(|b| archive_url(b, want));
+        if let Some(base) = &self.pool_repo {
+            return Ok(Source::Pool {
+                url: format!("{base}/{}", package_file_name(want)),
+                archive,
             });
+        }
+        if let Some(url) = archive {
+            return Ok(Source::Archive { url });
         }
         if let Some(repo) = &want.repo
             && let Some(why) = self.unavailable.get(repo)
@@ -448,15 +521,15 @@ impl Availability {
     }
 }
 
+/// `<name>-<version>-<arch>.pkg.tar.zst`, the file name packages have had since 2020.
+pub fn package_file_name(p: &PackageState) -> String {
+    format!("{}-{}-{}.pkg.tar.zst", p.name, p.version, p.arch)
+}
+
 /// The Arch Linux Archive layout: `BASE/<first letter>/<name>/<name>-<version>-<arch>.pkg.tar.zst`.
 pub fn archive_url(base: &str, p: &PackageState) -> String {
     let first = &p.name.as_str()[..1];
-    format!(
-        "{base}/{first}/{name}/{name}-{version}-{arch}.pkg.tar.zst",
-        name = p.name,
-        version = p.version,
-        arch = p.arch
-    )
+    format!("{base}/{first}/{}/{}", p.name, package_file_name(p))
 }
 
 /// Restricts both sides to what the policy manages: ignored packages are dropped, and in
@@ -826,6 +899,7 @@ mod tests {
             filename: format!("{name}-{version}-x86_64.pkg.tar.zst"),
             sha256: None,
             csize: None,
+            pgpsig: None,
             depends: depends.iter().map(|s| s.to_string()).collect(),
             provides: vec![],
             conflicts: conflicts.iter().map(|s| s.to_string()).collect(),

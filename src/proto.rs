@@ -181,6 +181,11 @@ pub enum ReportAck {
 pub struct SetTargetRequest {
     pub expected_revision: u64,
     pub snapshot: SnapshotHash,
+    /// What each package file of the state is, as the setting endpoint's sync databases and
+    /// cache say (older endpoints send none). A hint for the installing endpoints, never
+    /// trust: see [`crate::manifest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<crate::manifest::Manifest>,
 }
 
 /// Admin: point the pool's target at an earlier revision's snapshot (as a new revision).
@@ -408,6 +413,23 @@ pub struct Stats {
     /// Unix seconds when the coordinator started.
     pub started_at: i64,
     pub per_pool: Vec<PoolStats>,
+    /// The pool repositories' package store (older coordinators send none).
+    #[serde(default)]
+    pub repo: RepoStats,
+}
+
+/// The pool repositories' content store: bytes held, the quota, and traffic since start.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RepoStats {
+    pub bytes_stored: u64,
+    pub quota_bytes: u64,
+    /// Package files served from the store without fetching.
+    pub hits: u64,
+    /// Files fetched from an upstream mirror or archive.
+    pub upstream_fetches: u64,
+    /// Files stored from endpoint uploads.
+    pub uploads: u64,
+    pub bytes_served: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

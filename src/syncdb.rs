@@ -43,6 +43,10 @@ pub struct SyncPackage {
     pub sha256: Option<String>,
     /// `%CSIZE%`, the size of the package file.
     pub csize: Option<u64>,
+    /// `%PGPSIG%`, the package's detached signature in base64, when the database carries
+    /// it (Arch's databases do not; pacman then keeps `FILE.sig` in the cache). A value that
+    /// is not base64 of at most [`crate::manifest::MAX_SIGNATURE_BYTES`] bytes is dropped.
+    pub pgpsig: Option<String>,
     pub depends: Vec<String>,
     pub provides: Vec<String>,
     pub conflicts: Vec<String>,
@@ -560,6 +564,10 @@ fn parse_entry(repo: &RepoName, dir: &str, bytes: &[u8]) -> Result<SyncPackage, 
         filename: filename.to_owned(),
         sha256,
         csize: desc.number("CSIZE")?,
+        pgpsig: desc
+            .first("PGPSIG")
+            .filter(|s| plausible_signature(s))
+            .map(str::to_owned),
         depends: desc.strings("DEPENDS"),
         provides: desc.strings("PROVIDES"),
         conflicts: desc.strings("CONFLICTS"),
@@ -570,9 +578,17 @@ fn parse_entry(repo: &RepoName, dir: &str, bytes: &[u8]) -> Result<SyncPackage, 
     })
 }
 
+/// Whether `s` can be base64 of a detached signature (bounded size, base64 alphabet).
+fn plausible_signature(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= crate::manifest::MAX_SIGNATURE_BYTES * 4 / 3 + 4
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+}
+
 /// A `%FILENAME%` must be a plain file name that is safe on a command line and in a URL
 /// path, and name a package archive.
-fn check_filename(s: &str) -> Result<(), &'static str> {
+pub fn check_filename(s: &str) -> Result<(), &'static str> {
     if s.is_empty() {
         return Err("is empty");
     }

@@ -54,8 +54,34 @@ async fn run_apply(
     cancel: &watch::Receiver<bool>,
 ) -> (Result<ApplyReport, ApplyError>, Vec<ApplyEvent>) {
     let mut events = Vec::new();
-    let r = apply(plan, settings, opts, &mut |e| events.push(e), cancel).await;
+    let trust = trust_rule(settings);
+    let r = apply(
+        plan,
+        settings,
+        opts,
+        &trust,
+        &mut |e| events.push(e),
+        cancel,
+    )
+    .await;
     (r, events)
+}
+
+/// The trust rule of the sandbox that `settings` runs pacman on: its pacman.conf (SigLevel
+/// Never in these tests) and what its sync databases offer now.
+fn trust_rule(settings: &PacmanSettings) -> pacpool::trust::TrustRule {
+    let config = settings
+        .config
+        .clone()
+        .expect("sandbox settings name a pacman.conf");
+    let conf = pacpool::pacman_conf::PacmanConf::load(&config).unwrap();
+    let machine = PacmanPaths {
+        config: Some(config),
+        ..Default::default()
+    }
+    .read()
+    .expect("read the sandbox's pacman state");
+    pacpool::trust::TrustRule::new(Some(&conf), machine.availability, None, false)
 }
 
 fn kinds(p: &Plan) -> Vec<String> {
@@ -73,6 +99,7 @@ fn kinds(p: &Plan) -> Vec<String> {
                     Source::Repo { .. } => " repo",
                     Source::Cache { .. } => " cache",
                     Source::Archive { .. } => " archive",
+                    Source::Pool { .. } => " pool",
                 },
                 _ => "",
             };

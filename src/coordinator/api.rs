@@ -257,6 +257,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/endpoints/ws", get(ws::endpoint_socket))
         // both
         .route("/snapshots/{hash}", get(get_snapshot))
+        .route("/pools/{id}/targets/{revision}/manifest", get(get_manifest))
+        .route(
+            "/pools/{id}/repo/{revision}",
+            get(super::pool_repo::missing),
+        )
+        .route(
+            "/pools/{id}/repo/{revision}/{file}",
+            get(super::pool_repo::get_file)
+                .put(super::pool_repo::put_file)
+                // Uploads are bounded by the manifest's size instead.
+                .layer(DefaultBodyLimit::disable()),
+        )
         // unauthenticated
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -278,7 +290,8 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = if route.ends_with("/ws") {
+    // Sockets live long; repository transfers are bounded by size, not time.
+    let response = if route.ends_with("/ws") || route.contains("/repo/") {
         next.run(req).await
     } else {
         let limit = Duration::from_secs(state.settings.request_timeout_secs.max(1));
@@ -376,7 +389,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render() + &state.pool_repo.metrics(),
     )
         .into_response()
 }
@@ -1270,6 +1283,33 @@ async fn endpoint_result(
     ApiJson(result): ApiJson<OperationResult>,
 ) -> ApiResult<Operation> {
     Ok(Json(state.result(&ep, id, result, peer(&ci)).await?))
+}
+
+/// A target revision's manifest (what each package file is). An endpoint may read its own
+/// pool's; an admin any. 404 when the revision has none (set by an older endpoint, or gone).
+async fn get_manifest(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((pool_id, revision)): ApiPath<(i64, u64)>,
+) -> ApiResult<crate::manifest::Manifest> {
+    if let Caller::Endpoint(ep) = &caller
+        && ep.pool_id != pool_id
+    {
+        return Err(ApiErr::not_found(format!(
+            "pool {pool_id} is not this endpoint's pool"
+        )));
+    }
+    let body = state
+        .db
+        .read(move |conn| {
+            db::manifest_body(conn, pool_id, revision)?.ok_or_else(|| {
+                ApiErr::not_found(format!(
+                    "pool {pool_id} has no manifest for revision {revision}"
+                ))
+            })
+        })
+        .await?;
+    Ok(Json(super::service::decode_manifest(&body)?))
 }
 
 /// The canonical text form of a snapshot ([`crate::snapshot::Snapshot::encode`]). An

@@ -109,6 +109,13 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX endpoints_current ON endpoints(current) WHERE current IS NOT NULL;
      CREATE INDEX targets_snapshot ON targets(snapshot);
      CREATE INDEX operations_to_snapshot ON operations(to_snapshot) WHERE to_snapshot IS NOT NULL;",
+    // 4: a target revision's manifest (gzip of its JSON), kept as long as the revision.
+    "CREATE TABLE target_manifests (
+        pool_id INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (pool_id, revision)
+     );",
 ];
 
 /// Longest chain of delta-stored snapshots: reading one applies at most this many deltas.
@@ -775,6 +782,46 @@ pub fn audit_page(
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Stores `manifest` (already validated) as revision `revision`'s of pool `pool_id`.
+pub(crate) fn put_manifest(
+    tx: &Connection,
+    pool_id: i64,
+    revision: u64,
+    gzipped_json: &[u8],
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO target_manifests (pool_id, revision, body) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![pool_id, revision as i64, gzipped_json])?;
+    Ok(())
+}
+
+/// Copies revision `from`'s manifest (if any) to revision `to` of the same pool.
+pub(crate) fn copy_manifest(
+    tx: &Connection,
+    pool_id: i64,
+    from: u64,
+    to: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO target_manifests (pool_id, revision, body)
+         SELECT pool_id, ?3, body FROM target_manifests WHERE pool_id = ?1 AND revision = ?2",
+    )?
+    .execute(params![pool_id, from as i64, to as i64])?;
+    Ok(())
+}
+
+/// The stored (gzipped JSON) manifest of a pool's revision.
+pub(crate) fn manifest_body(
+    conn: &Connection,
+    pool_id: i64,
+    revision: u64,
+) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT body FROM target_manifests WHERE pool_id = ?1 AND revision = ?2")?
+        .query_row(params![pool_id, revision as i64], |r| r.get(0))
+        .optional()
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub enum CoordinatorError {
     BadAdminHash,
     #[error("serving HTTP failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    PackageStore(#[from] super::pool_repo::StoreError),
     /// `[tls]` is set but its certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),

@@ -69,6 +69,7 @@ mod db;
 mod error;
 mod hub;
 mod limits;
+pub mod pool_repo;
 mod retention;
 mod service;
 pub mod settings;
@@ -116,6 +117,8 @@ pub(crate) struct Inner {
     /// Endpoints per pool for `Welcome` (a count for the tray's confirmation, not worth a
     /// query on every connect of a reconnect storm): (count, when counted).
     pool_sizes: Mutex<HashMap<i64, (u64, std::time::Instant)>>,
+    /// The pool repositories' package store.
+    pool_repo: pool_repo::PackageStore,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -348,6 +351,7 @@ pub async fn launch(
     let db = tokio::task::spawn_blocking(move || db::Db::open(&db_path))
         .await
         .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))??;
+    let pool_repo = pool_repo::PackageStore::open(&settings.repo, &settings.database)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let token_limiter =
         limits::RateLimiter::new(settings.rate_limit_per_minute, settings.rate_limit_burst);
@@ -365,6 +369,7 @@ pub async fn launch(
         texts: snaptext::SizedCache::new(TEXT_CACHE_BYTES),
         statuses: Mutex::new(HashMap::new()),
         pool_sizes: Mutex::new(HashMap::new()),
+        pool_repo,
         token_limiter,
         anonymous_limiter,
         started_at: db::now(),

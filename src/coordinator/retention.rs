@@ -60,6 +60,13 @@ fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiEr
                     LIMIT ?2)",
             )?
             .execute(params![settings.max_target_history as i64, BATCH])? as u64;
+        // A manifest lives exactly as long as its revision.
+        tx.prepare_cached(
+            "DELETE FROM target_manifests WHERE NOT EXISTS (
+                SELECT 1 FROM targets t
+                WHERE t.pool_id = target_manifests.pool_id AND t.revision = target_manifests.revision)",
+        )?
+        .execute([])?;
     }
     let mut stmt = tx.prepare_cached(
         "DELETE FROM snapshots WHERE hash IN (
@@ -127,6 +134,16 @@ impl AppState {
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention run failed; retrying next period"),
+            }
+            match self.pool_repo.collect_garbage(&self).await {
+                Ok(0) => {}
+                Ok(freed) => tracing::info!(
+                    freed,
+                    "pool repository: dropped files no kept revision refers to"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "pool repository clean-up failed; retrying next period")
+                }
             }
         }
     }

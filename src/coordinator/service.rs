@@ -316,6 +316,7 @@ impl AppState {
             snapshot_bytes,
             reports_accepted: self.metrics.reports_accepted.load(Ordering::Relaxed),
             started_at: self.started_at,
+            repo: self.pool_repo.stats(),
             ..Stats::default()
         };
         for (pool_id, name) in pools {
@@ -666,6 +667,12 @@ impl AppState {
         peer: Option<IpAddr>,
     ) -> Result<TargetInfo, ApiErr> {
         let ep = ep.clone();
+        let manifest = req
+            .manifest
+            .as_ref()
+            .map(encode_manifest)
+            .transpose()?
+            .map(|body| (req.manifest.as_ref().map_or(0, |m| m.entries.len()), body));
         let (info, previous) = self
             .db
             .write(move |tx| {
@@ -711,6 +718,15 @@ impl AppState {
                 )?;
                 let info = db::target_at(tx, ep.pool_id, next)?
                     .ok_or_else(|| ApiErr::internal("new target vanished"))?;
+                if let Some((entries, body)) = &manifest {
+                    if *entries as u64 > info.package_count {
+                        return Err(ApiErr::invalid(format!(
+                            "the manifest describes {entries} packages, the state has {}: send one entry per package at most",
+                            info.package_count
+                        )));
+                    }
+                    db::put_manifest(tx, ep.pool_id, next, body)?;
+                }
                 Ok((info, previous))
             })
             .await?;
@@ -763,6 +779,7 @@ impl AppState {
                     peer,
                     Some(format!("revision {next} = revision {}", req.to_revision)),
                 )?;
+                db::copy_manifest(tx, pool_id, req.to_revision, next)?;
                 let info = db::target_at(tx, pool_id, next)?
                     .ok_or_else(|| ApiErr::internal("new target vanished"))?;
                 Ok((info, previous))
@@ -1069,4 +1086,28 @@ impl AppState {
         self.operation_updated(&op).await;
         Ok(op)
     }
+}
+
+/// Checks a manifest received from an endpoint and encodes it for storage (gzip of JSON).
+fn encode_manifest(m: &crate::manifest::Manifest) -> Result<Vec<u8>, ApiErr> {
+    use std::io::Write as _;
+    m.validate()
+        .map_err(|e| ApiErr::invalid(format!("{e}: nothing was stored")))?;
+    let json = serde_json::to_vec(m).map_err(|e| ApiErr::internal(e.to_string()))?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&json)
+        .map_err(|e| ApiErr::internal(e.to_string()))?;
+    gz.finish().map_err(|e| ApiErr::internal(e.to_string()))
+}
+
+/// Decodes a stored manifest (gzip of JSON), reading at most 64 MiB of JSON.
+pub(crate) fn decode_manifest(body: &[u8]) -> Result<crate::manifest::Manifest, ApiErr> {
+    use std::io::Read as _;
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(64 << 20)
+        .read_to_end(&mut json)
+        .map_err(|e| ApiErr::internal(format!("a stored manifest is unreadable: {e}")))?;
+    serde_json::from_slice(&json)
+        .map_err(|e| ApiErr::internal(format!("a stored manifest is unreadable: {e}")))
 }

@@ -66,6 +66,19 @@ anonymous_rate_limit_burst = 20000
 # one of these addresses (a reverse proxy) is the last address of X-Forwarded-For used.
 trusted_proxies = []
 
+# The pool repository: each kept target revision is served as a pacman repository at
+# /api/v1/pools/ID/repo/REVISION (Server line for pacman.conf), with package files stored once
+# by SHA-256 in `dir` (default: packages/ beside the database). A file the store lacks is
+# fetched from `upstream` (pacman Server lines, $repo and $arch replaced) or `archive_url`
+# (Arch Linux Archive layout) at most once, or uploaded by the endpoint that set the target.
+# Files no kept revision refers to are dropped at each retention run.
+[repo]
+# dir = "/var/lib/pacpool-coordinator/packages"
+quota_bytes = 53687091200
+upstream = []
+# archive_url = "https://archive.archlinux.org/packages"
+max_file_size = 4294967296
+
 # TLS: serve https:// and wss:// on `listen` instead of plain HTTP. Both are PEM files: the
 # certificate chain (server certificate first, then intermediates) and its private key
 # (PKCS#8, RSA or EC), readable by the coordinator's user. Read once at start; restart the
@@ -132,6 +145,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Serve TLS with this certificate and key; default none (plain HTTP).
     pub tls: Option<TlsSettings>,
+    /// `[repo]`: the pool repositories' package store and upstreams.
+    pub repo: super::pool_repo::RepoSettings,
 }
 
 /// `[tls]`: the coordinator's certificate chain and private key, both PEM files.
@@ -164,6 +179,7 @@ impl Default for Settings {
             anonymous_rate_limit_burst: 20_000,
             trusted_proxies: Vec::new(),
             tls: None,
+            repo: Default::default(),
         }
     }
 }

@@ -56,6 +56,12 @@ pub struct DaemonConfig {
     pub policy: Policy,
     /// Local override of the pool's auto-sync mode.
     pub auto_sync: Option<AutoSyncMode>,
+    /// Install foreign packages (no configured repository offers them: AUR, local builds)
+    /// without a signature. A decision of this machine's owner; the coordinator cannot make
+    /// it. Default false: a foreign package needs a signature by a key pacman's keyring trusts.
+    pub allow_unsigned_foreign: bool,
+    /// Largest package download (bytes) when the target's manifest states no size.
+    pub max_download_size: u64,
 }
 
 impl Default for DaemonConfig {
@@ -77,6 +83,8 @@ impl Default for DaemonConfig {
             paths: PacmanPaths::default(),
             policy: Policy::default(),
             auto_sync: None,
+            allow_unsigned_foreign: false,
+            max_download_size: crate::apply::DEFAULT_MAX_DOWNLOAD_SIZE,
         }
     }
 }

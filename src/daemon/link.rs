@@ -168,6 +168,34 @@ impl Endpoint {
         }
     }
 
+    /// Fetches a target revision's manifest; `None` when the coordinator has none (an older
+    /// coordinator or endpoint) or sends one that does not validate. A manifest only adds
+    /// checks (see [`crate::manifest`]), so going without one is safe.
+    async fn fetch_manifest(&self, target: &TargetInfo) -> Option<crate::manifest::Manifest> {
+        let path = format!(
+            "/pools/{}/targets/{}/manifest",
+            target.pool_id, target.revision
+        );
+        let result: Result<crate::manifest::Manifest, CallError> =
+            self.call(self.http.get(self.url(&path))).await;
+        match result {
+            Ok(m) => match m.validate() {
+                Ok(()) => Some(m),
+                Err(e) => {
+                    tracing::warn!(
+                        revision = target.revision,
+                        "ignoring the target's manifest: {e}"
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!(revision = target.revision, error = ?e, "no manifest for the target");
+                None
+            }
+        }
+    }
+
     /// Fetches a snapshot (canonical text) and checks it against its hash; one of more than
     /// `max_packages` packages is refused before it is decoded.
     async fn fetch_snapshot(
@@ -287,6 +315,100 @@ fn http_client(config: &super::config::DaemonConfig) -> Result<reqwest::Client, 
 }
 
 /// The stored endpoint token, if registered.
+/// Uploads the package files of revision `revision` that the pool repository lacks and
+/// cannot fetch itself, from this machine's cache, one at a time. Failures are logged: a
+/// member that cannot get a file from the pool repository falls back to the archive.
+async fn upload_missing(
+    ep: &Endpoint,
+    pool_id: i64,
+    revision: u64,
+    availability: &crate::plan::Availability,
+) {
+    let path = format!("/pools/{pool_id}/repo/{revision}");
+    let missing: Vec<String> = match ep.call(ep.http.get(ep.url(&path))).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = ?e, "pool repository: cannot list missing files");
+            return;
+        }
+    };
+    let mut sent = 0usize;
+    for file in missing {
+        let Some((name, version, _)) = crate::cache::parse_package_filename(&file) else {
+            continue;
+        };
+        let Some(local) = availability.cached(&name, &version) else {
+            continue;
+        };
+        if local.file_name().and_then(|f| f.to_str()) != Some(file.as_str()) {
+            continue;
+        }
+        let body = match tokio::fs::File::open(local).await {
+            Ok(f) => reqwest::Body::wrap_stream(tokio_util_stream(f)),
+            Err(e) => {
+                tracing::warn!(
+                    file,
+                    "pool repository: cannot read {}: {e}",
+                    local.display()
+                );
+                continue;
+            }
+        };
+        let url = ep.url(&format!("{path}/{file}"));
+        match ep
+            .http
+            .put(url)
+            .bearer_auth(&ep.token)
+            .timeout(Duration::from_secs(3600))
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => sent += 1,
+            Ok(r) => {
+                tracing::warn!(file, status = %r.status(), "pool repository refused an upload")
+            }
+            Err(e) => tracing::warn!(file, "pool repository upload failed: {}", connect_error(&e)),
+        }
+    }
+    if sent > 0 {
+        tracing::info!(sent, revision, "pool repository: uploaded files it lacked");
+    }
+}
+
+/// A file as a stream of chunks, for streaming uploads without reading it whole.
+fn tokio_util_stream(
+    f: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
+    futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+/// The pool target's repository on the coordinator (`…/pools/ID/repo/REVISION`) and this
+/// endpoint's token for it, when the daemon is registered and knows a target.
+pub(crate) fn pool_repo(daemon: &Daemon) -> Option<(String, String)> {
+    let base = coordinator_base(daemon.config().coordinator_url.as_deref()?);
+    let target = daemon.target_info()?;
+    let token = read_token(daemon)?;
+    Some((
+        format!(
+            "{base}{API_PREFIX}/pools/{}/repo/{}",
+            target.pool_id, target.revision
+        ),
+        token,
+    ))
+}
+
 fn read_token(daemon: &Daemon) -> Option<String> {
     std::fs::read_to_string(daemon.config().token_path())
         .ok()
@@ -757,7 +879,8 @@ async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) 
     match endpoint.fetch_snapshot(&target.snapshot, max).await {
         Ok(snap) => {
             let revision = target.revision;
-            match daemon.set_target(target, snap) {
+            let manifest = endpoint.fetch_manifest(&target).await;
+            match daemon.set_target(target, snap, manifest) {
                 Ok(summary) => {
                     tracing::info!(revision, changes = summary.total(), "new pool target")
                 }
@@ -1148,6 +1271,10 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
         let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
     }
     let expected = daemon.target_info().map_or(0, |t| t.revision);
+    let manifest = daemon
+        .record_manifest()
+        .await
+        .filter(|m| m.validate().is_ok());
     let result: Result<TargetInfo, CallError> = endpoint
         .call(
             endpoint
@@ -1156,13 +1283,28 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
                 .json(&SetTargetRequest {
                     expected_revision: expected,
                     snapshot: hash,
+                    manifest: manifest.clone(),
                 }),
         )
         .await;
     match result {
         Ok(info) => {
             let revision = info.revision;
-            daemon.set_target(info, snapshot.clone())?;
+            let pool_id = info.pool_id;
+            daemon.set_target(info, snapshot.clone(), manifest)?;
+            // The files the pool repository cannot fetch itself go up in the background.
+            let (base, token, http) = (
+                endpoint.base.clone(),
+                endpoint.token.clone(),
+                endpoint.http.clone(),
+            );
+            let availability = daemon.availability();
+            tokio::spawn(async move {
+                let ep = Endpoint { base, token, http };
+                if let Some(a) = availability {
+                    upload_missing(&ep, pool_id, revision, &a).await;
+                }
+            });
             Ok(Outcome {
                 kind: "set-latest".into(),
                 ok: true,
@@ -1189,10 +1331,11 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
                     "the pool target moved: revision {} was set by {} (you expected revision {expected}); review `pacpool preview` and try again",
                     w.revision, w.set_by
                 );
+                let winner_manifest = endpoint.fetch_manifest(&w).await;
                 if let Ok(snap) = endpoint
                     .fetch_snapshot(&w.snapshot, daemon.config().max_packages)
                     .await
-                    && daemon.set_target(w, snap).is_ok()
+                    && daemon.set_target(w, snap, winner_manifest).is_ok()
                 {
                     let counts = daemon.status(true, None).counts;
                     message.push_str(&format!("; syncing to it would make {}", counts.summary()));

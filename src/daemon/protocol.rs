@@ -111,6 +111,9 @@ pub enum ErrorCode {
     Conflict,
     /// Removals above the cap need `confirm_removals`.
     NeedsConfirmation,
+    /// A package file failed the trust rule (digest, size or signature, as pacman would check
+    /// it for its repository); nothing was installed.
+    UntrustedPackage,
     NothingToDo,
     /// The coordinator is needed and unreachable, or not configured.
     Offline,

@@ -16,6 +16,7 @@ use super::protocol::{
 };
 use crate::localdb::Fingerprint;
 use crate::machine::MachineState;
+use crate::manifest::Manifest;
 use crate::plan::{
     Action, Conflict, Counts, Plan, Skipped, Source, SyncStatus, kept_by_policy, plan, status,
 };
@@ -27,6 +28,8 @@ use crate::store::{HistoryEntry, LocalOperation, Store};
 pub(crate) mod keys {
     pub const TARGET_INFO: &str = "target_info";
     pub const TARGET_SNAPSHOT: &str = "target_snapshot";
+    /// The pool target's manifest (JSON), `""` when the coordinator has none.
+    pub const TARGET_MANIFEST: &str = "target_manifest";
     pub const POOL_POLICY: &str = "pool_policy";
     pub const POOL_NAME: &str = "pool_name";
     pub const ENDPOINT_NAME: &str = "endpoint_name";
@@ -62,6 +65,8 @@ struct State {
     fingerprint: Option<Fingerprint>,
     current: Option<HistoryEntry>,
     target: Option<(TargetInfo, Snapshot)>,
+    /// The pool target's manifest (what each package file is), when the coordinator has one.
+    manifest: Option<std::sync::Arc<crate::manifest::Manifest>>,
     pool_policy: Option<PoolPolicy>,
     pool_name: Option<String>,
     /// Endpoints in the pool (from the coordinator's welcome; not persisted).
@@ -142,7 +147,12 @@ impl Daemon {
                 Snapshot::decode(&text),
             ) {
                 (Ok(info), Ok(snap)) if snap.hash() == info.snapshot => {
-                    state.target = Some((info, snap))
+                    state.target = Some((info, snap));
+                    state.manifest = store
+                        .get(keys::TARGET_MANIFEST)?
+                        .and_then(|m| serde_json::from_str::<Manifest>(&m).ok())
+                        .filter(|m| m.validate().is_ok())
+                        .map(std::sync::Arc::new);
                 }
                 _ => tracing::warn!("ignoring an unreadable cached pool target"),
             }
@@ -467,20 +477,87 @@ impl Daemon {
         }
     }
 
+    /// What this machine's sync databases and caches offer (as last read).
+    pub(crate) fn availability(&self) -> Option<std::sync::Arc<crate::plan::Availability>> {
+        self.state()
+            .machine
+            .as_ref()
+            .map(|m| m.availability.clone())
+    }
+
+    /// The manifest of this machine's current state: what each package file is, from its own
+    /// sync databases and cache (hashes only cache files no database describes).
+    pub(crate) async fn record_manifest(&self) -> Option<Manifest> {
+        let (snapshot, availability) = {
+            let s = self.state();
+            let m = s.machine.as_ref()?;
+            (m.snapshot.clone(), m.availability.clone())
+        };
+        tokio::task::spawn_blocking(move || Manifest::record(&snapshot, &availability))
+            .await
+            .ok()
+    }
+
+    /// The trust rule for installing package files: this machine's pacman.conf (the one pacman
+    /// runs with), what its sync databases offer, and the pool target's manifest.
+    fn trust_rule(&self) -> Result<crate::trust::TrustRule, ActionError> {
+        let conf_path = self
+            .config
+            .pacman
+            .config
+            .clone()
+            .or_else(|| self.config.paths.config.clone())
+            .unwrap_or_else(|| std::path::PathBuf::from("/etc/pacman.conf"));
+        let conf = crate::pacman_conf::PacmanConf::load(&conf_path).map_err(|e| {
+            ActionError::new(
+                ErrorCode::Internal,
+                format!("cannot read pacman's configuration to check package signatures: {e}"),
+            )
+        })?;
+        let s = self.state();
+        let availability = s
+            .machine
+            .as_ref()
+            .map(|m| m.availability.clone())
+            .ok_or_else(|| {
+                ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet")
+            })?;
+        Ok(crate::trust::TrustRule::new(
+            Some(&conf),
+            availability,
+            s.manifest.clone(),
+            self.config.allow_unsigned_foreign,
+        ))
+    }
+
     fn plan_to(&self, target: &Snapshot) -> Result<Plan, ActionError> {
         let s = self.state();
-        let machine = s.machine.as_ref().ok_or_else(|| {
-            ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet")
-        })?;
         let policy = self
             .policy(&s)
             .compile()
             .map_err(|e| ActionError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        // The pool's repository has the pool target's files (not those of older local states).
+        let pool_target = s
+            .target
+            .as_ref()
+            .is_some_and(|(_, t)| t.hash() == target.hash());
+        let pool_repo = if pool_target {
+            drop(s);
+            super::link::pool_repo(self).map(|(url, _)| url)
+        } else {
+            drop(s);
+            None
+        };
+        let s = self.state();
+        let machine = s.machine.as_ref().ok_or_else(|| {
+            ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet")
+        })?;
+        let availability = machine.availability.with_pool_repo(pool_repo);
         Ok(plan(
             &machine.snapshot,
             target,
             &machine.local,
-            &machine.availability,
+            &availability,
             &policy,
         ))
     }
@@ -622,13 +699,13 @@ impl Daemon {
                 matches!(
                     a,
                     Action::Install {
-                        source: Source::Archive { .. },
+                        source: Source::Archive { .. } | Source::Pool { .. },
                         ..
                     } | Action::Upgrade {
-                        source: Source::Archive { .. },
+                        source: Source::Archive { .. } | Source::Pool { .. },
                         ..
                     } | Action::Downgrade {
-                        source: Source::Archive { .. },
+                        source: Source::Archive { .. } | Source::Pool { .. },
                         ..
                     }
                 )
@@ -671,9 +748,12 @@ impl Daemon {
                 snapshot: self.state().current.as_ref().map(|c| c.hash),
             });
         }
+        let trust = self.trust_rule()?;
         let applied = actions::apply(
             &plan,
-            &self.config.pacman,
+            &self.config,
+            &trust,
+            super::link::pool_repo(self).map(|(_, token)| token),
             confirm_removals,
             self.cancel.subscribe(),
             &mut report,
@@ -906,6 +986,7 @@ impl Daemon {
         &self,
         info: TargetInfo,
         snap: Snapshot,
+        manifest: Option<Manifest>,
     ) -> Result<Counts, ActionError> {
         if snap.hash() != info.snapshot {
             return Err(ActionError::new(
@@ -922,6 +1003,13 @@ impl Daemon {
             store
                 .set(keys::TARGET_INFO, &json)
                 .map_err(ActionError::internal)?;
+            let manifest_json = match &manifest {
+                Some(m) => serde_json::to_string(m).map_err(ActionError::internal)?,
+                None => String::new(),
+            };
+            store
+                .set(keys::TARGET_MANIFEST, &manifest_json)
+                .map_err(ActionError::internal)?;
         }
         let summary = {
             let mut s = self.state();
@@ -930,6 +1018,7 @@ impl Daemon {
                 _ => Counts::default(),
             };
             s.target = Some((info.clone(), snap));
+            s.manifest = manifest.map(std::sync::Arc::new);
             summary
         };
         self.emit(Event::TargetChanged {
@@ -1160,14 +1249,20 @@ mod actions {
     /// Applies `plan`; returns the packages that did not reach their target.
     pub(super) async fn apply(
         plan: &Plan,
-        settings: &PacmanSettings,
+        config: &crate::daemon::config::DaemonConfig,
+        trust: &crate::trust::TrustRule,
+        pool_token: Option<String>,
         confirm_removals: bool,
         cancel: watch::Receiver<bool>,
         report: &mut (impl FnMut(Progress) + Send),
     ) -> Result<Vec<PackageFailure>, ActionError> {
+        let settings = &config.pacman;
         let opts = ApplyOptions {
             confirm_removals,
             archive_dir: None,
+            max_download_size: Some(config.max_download_size),
+            ca_file: config.coordinator_ca_file.clone(),
+            pool_token,
         };
         // Transactions share 10–90 %; within one, pacman's own counter moves the bar.
         let (mut index, mut total) = (0usize, 1usize);
@@ -1224,12 +1319,15 @@ mod actions {
             report(p);
         };
         let failures =
-            match crate::apply::apply(plan, settings, &opts, &mut on_event, &cancel).await {
+            match crate::apply::apply(plan, settings, &opts, trust, &mut on_event, &cancel).await {
                 Ok(r) => r.failures,
                 Err(ApplyError::Failed { report }) => report.failures,
                 Err(ApplyError::NotStarted { source }) => return Err(exec_error(source)),
                 Err(e @ ApplyError::Conflicts(_)) => {
                     return Err(ActionError::new(ErrorCode::Conflict, e.to_string()));
+                }
+                Err(e @ ApplyError::Untrusted(_)) => {
+                    return Err(ActionError::new(ErrorCode::UntrustedPackage, e.to_string()));
                 }
                 Err(e @ ApplyError::NeedsConfirmation(_)) => {
                     return Err(ActionError::new(

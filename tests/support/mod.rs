@@ -360,6 +360,21 @@ impl Sandbox {
         }
     }
 
+    /// Replaces the `[options]` signature levels of the sandbox's pacman.conf (the test
+    /// default is `Never` for both), e.g. Arch's `("Required DatabaseOptional", "Optional")`.
+    pub fn set_sig_levels(&self, sig_level: &str, local_file: &str) {
+        let text = fs::read_to_string(self.config()).unwrap();
+        let text = text
+            .replace("SigLevel = Never\nLocalFileSigLevel = Never\n", "")
+            .replace(
+                "Architecture = auto\n",
+                &format!(
+                    "Architecture = auto\nSigLevel = {sig_level}\nLocalFileSigLevel = {local_file}\n"
+                ),
+            );
+        fs::write(self.config(), text).unwrap();
+    }
+
     /// pacman's lock file, `DBPath/db.lck`.
     pub fn lock_file(&self) -> PathBuf {
         self.dbpath().join("db.lck")
@@ -373,4 +388,6 @@ impl Sandbox {
 }
 pub mod coordinator;
 pub mod daemon;
+pub mod http;
+pub mod keyring;
 pub mod rng;

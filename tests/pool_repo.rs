@@ -1,0 +1,215 @@
+//! The pool repository with real parts: a real coordinator on 127.0.0.1, real pacpoold
+//! processes on sandbox roots, real pacman (pacpool's own syncs, and a stock `pacman -Sy`
+//! using the pool repository as a `Server`), and a real HTTP mirror whose request log counts
+//! upstream fetches.
+
+mod support;
+
+use std::fs;
+use std::path::PathBuf;
+
+use support::coordinator::{ADMIN, Coordinator};
+use support::daemon::{Daemon, write_config};
+use support::http::FileServer;
+use support::{PkgSpec, REPO, Sandbox, host_arch};
+
+fn build(sb: &Sandbox, specs: &[(&str, &str)]) -> Vec<PathBuf> {
+    specs
+        .iter()
+        .map(|(n, v)| sb.build_package(&PkgSpec::new(n, v).arch(&host_arch())))
+        .collect()
+}
+
+fn pool(coord: &Coordinator, name: &str) -> (i64, String) {
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({ "name": name })));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    (
+        pool["id"].as_i64().unwrap(),
+        join["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Waits (bounded) until the coordinator reports no missing files for the revision.
+fn wait_uploaded(coord: &Coordinator, pool_id: i64, revision: u64) {
+    for _ in 0..600 {
+        let missing = coord.admin("GET", &format!("/pools/{pool_id}/repo/{revision}"), None);
+        if missing.as_array().is_some_and(|m| m.is_empty()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the setting endpoint never uploaded the files the pool repository lacked");
+}
+
+#[test]
+fn a_target_stays_installable_after_its_versions_leave_the_mirror() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let v1 = build(
+        &a,
+        &[("tool", "1.0-1"), ("libthing", "1.0-1"), ("basics", "1-1")],
+    );
+    a.publish(&v1);
+    b.publish(&v1);
+    a.pacman_ok(&["-Sy", "tool", "libthing", "basics"]);
+    b.pacman_ok(&["-Sy", "basics"]);
+    for f in fs::read_dir(b.cachedir()).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
+    let (pool_id, join) = pool(&coord, "lab");
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    db_.wait_status("B connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    // No upstream is configured: alice uploads what the pool repository lacks.
+    wait_uploaded(&coord, pool_id, 1);
+
+    // The mirror moves on: both repositories now offer only 1.1-1; bob's cache is empty and
+    // there is no archive.
+    let v2 = build(&a, &[("tool", "1.1-1"), ("libthing", "1.1-1")]);
+    b.publish(&v2);
+    for old in &v1[..2] {
+        fs::remove_file(b.repo_dir().join(old.file_name().unwrap())).unwrap();
+    }
+    b.pacman_ok(&["-Sy"]);
+    db_.cli_code(&["notify"], 0);
+    assert_eq!(fs::read_dir(b.cachedir()).unwrap().count(), 0);
+    db_.wait_status("B behind", |s| s["target"]["revision"] == 1);
+    let preview: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["preview", "--json"], 0)).unwrap();
+    for a in preview["actions"].as_array().unwrap() {
+        assert_eq!(a["source"]["kind"], "pool", "{preview}");
+    }
+    db_.cli_code(&["sync", "--yes"], 0);
+    assert_eq!(
+        b.pacman_ok(&["-Q", "tool", "libthing"]),
+        "tool 1.0-1\nlibthing 1.0-1\n",
+        "preview was: {preview}"
+    );
+    let stats = coord.admin("GET", "/stats", None);
+    assert!(stats["repo"]["uploads"].as_u64() >= Some(2), "{stats}");
+    assert!(stats["repo"]["bytes_served"].as_u64() > Some(0), "{stats}");
+    assert!(stats["repo"]["bytes_stored"].as_u64() > Some(0), "{stats}");
+}
+
+#[test]
+fn ten_endpoints_one_upstream_fetch_per_file_and_a_stock_pacman_can_use_it() {
+    let a = Sandbox::new();
+    let pkgs = build(&a, &[("tool", "2.0-1"), ("libthing", "2.0-1")]);
+    a.publish(&pkgs);
+    a.pacman_ok(&["-Sy", "tool", "libthing"]);
+    // The upstream mirror: pacman's layout, `$repo/os/$arch/FILE`.
+    let mirror = tempfile::tempdir().unwrap();
+    let shelf = mirror.path().join(REPO).join("os").join(host_arch());
+    fs::create_dir_all(&shelf).unwrap();
+    for p in &pkgs {
+        fs::copy(p, shelf.join(p.file_name().unwrap())).unwrap();
+    }
+    let server = FileServer::start(mirror.path(), true);
+    let dbdir = tempfile::tempdir().unwrap();
+    let upstream = format!("{}/$repo/os/$arch", server.url());
+    let coord = Coordinator::start_with(&dbdir.path().join("c.db"), None, |s| {
+        s.repo.upstream = vec![upstream];
+    });
+    let (pool_id, join) = pool(&coord, "lab");
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    // With an upstream, nothing needs uploading.
+    let missing = coord.admin("GET", &format!("/pools/{pool_id}/repo/1"), None);
+    assert_eq!(missing, serde_json::json!([]));
+
+    // Ten endpoints ask for both files at the same time.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = format!("{}/api/v1", coord.url());
+    let tokens: Vec<String> = (0..10)
+        .map(|i| {
+            rt.block_on(async {
+                let r: serde_json::Value = reqwest::Client::new()
+                    .post(format!("{base}/register"))
+                    .json(&serde_json::json!({"join_token": join, "name": format!("m{i}")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                r["endpoint_token"].as_str().unwrap().to_owned()
+            })
+        })
+        .collect();
+    let files: Vec<String> = pkgs
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let bodies = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in &tokens {
+            for f in &files {
+                let url = format!("{base}/pools/{pool_id}/repo/1/{f}");
+                let t = t.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = reqwest::Client::new()
+                        .get(url)
+                        .bearer_auth(t)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.unwrap()
+                }));
+            }
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(
+            body.as_ref(),
+            fs::read(&pkgs[i % pkgs.len()]).unwrap(),
+            "every endpoint got the exact file"
+        );
+    }
+    let log = server.requests();
+    for f in &files {
+        let fetched = log.iter().filter(|r| r.ends_with(&format!("/{f}"))).count();
+        assert_eq!(
+            fetched, 1,
+            "{f} fetched from upstream {fetched} times: {log:?}"
+        );
+    }
+    let stats = coord.admin("GET", "/stats", None);
+    assert_eq!(stats["repo"]["upstream_fetches"], 2, "{stats}");
+
+    // A stock pacman with the pool repository as a Server (the token as the URL's password)
+    // installs the target's versions; an unknown token is refused.
+    let without_own_repo = |sb: &Sandbox| {
+        let conf = fs::read_to_string(sb.config()).unwrap();
+        conf[..conf.find(&format!("[{REPO}]")).unwrap()].to_owned()
+    };
+    let c = Sandbox::new();
+    let conf = without_own_repo(&c);
+    let server_line = format!(
+        "[poolrepo]\nServer = http://pacpool:{ADMIN}@{}/api/v1/pools/{pool_id}/repo/1\n",
+        coord.addr
+    );
+    fs::write(c.config(), format!("{conf}\n{server_line}")).unwrap();
+    c.pacman_ok(&["-Sy", "poolrepo/tool", "poolrepo/libthing"]);
+    assert_eq!(
+        c.pacman_ok(&["-Q", "tool", "libthing"]),
+        "tool 2.0-1\nlibthing 2.0-1\n"
+    );
+    let d = Sandbox::new();
+    let conf = without_own_repo(&d);
+    fs::write(
+        d.config(),
+        format!("{conf}\n{}", server_line.replace(ADMIN, "not-a-token")),
+    )
+    .unwrap();
+    assert!(!d.pacman(&["-Sy"]).status.success());
+}
