@@ -42,13 +42,14 @@ ensure_tools() {
 	# pacpool-tray builds against GTK 3 (libgtk-3-dev) and loads libayatana-appindicator3 at
 	# run time; tests/tray_headless.rs runs it under Xvfb with gtk-sni-tray-standalone as the
 	# StatusNotifierItem host, dunst as the notification server, gdbus to read the icon and
-	# click the menu, and ImageMagick's import/convert for screenshots and pixels.
+	# click the menu, ImageMagick's import/convert for screenshots and pixels, and xdotool to
+	# open the menu for its screenshot.
 	# (`import`, not `convert`: some images carry a stand-in `convert` script; grep reads all of
 	# ldconfig's output so that pipefail never sees a SIGPIPE.)
-	if ((tray)) && { ! have pkg-config Xvfb xauth import dunst gdbus dbus-daemon gtk-sni-tray-standalone ||
+	if ((tray)) && { ! have pkg-config Xvfb xauth import dunst gdbus dbus-daemon gtk-sni-tray-standalone xdotool ||
 		! pkg-config --exists gtk+-3.0 ||
 		! { ldconfig -p 2>/dev/null | grep 'libayatana-appindicator3\.so\.1' >/dev/null; }; }; then
-		apt_packages+=(pkg-config libgtk-3-dev libayatana-appindicator3-1 xvfb xauth imagemagick
+		apt_packages+=(pkg-config libgtk-3-dev libayatana-appindicator3-1 xvfb xauth imagemagick xdotool
 			dunst libglib2.0-bin dbus haskell-gtk-sni-tray-utils)
 	fi
 	# tests/fault_network.rs puts endpoints in their own network namespaces (ip netns, veth)

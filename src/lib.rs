@@ -34,6 +34,7 @@
 //! - [`display`]: error chains on one line, UTC timestamps, terminal-safe text, and output
 //!   that ends quietly on a closed pipe, for every program.
 //! - [`logging`]: log lines coloured only on a terminal, with syslog priorities for journald.
+//! - [`words`]: counted nouns ("1 package", "2 packages"), for every program.
 //!
 //! Local state:
 //! - [`store`]: the SQLite snapshot history.
@@ -61,3 +62,4 @@ pub mod tls;
 pub mod tray;
 pub mod trust;
 pub mod version;
+pub mod words;

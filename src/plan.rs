@@ -292,7 +292,7 @@ impl Counts {
             (self.reason, "reason change", "reason changes"),
         ] {
             if n > 0 {
-                parts.push(format!("{n} {}", if n == 1 { one } else { many }));
+                parts.push(crate::words::count(n, one, many));
             }
         }
         if parts.is_empty() {

@@ -433,6 +433,36 @@ pub struct RepoStats {
 }
 
 // ---------------------------------------------------------------------------------------------
+// What-if: `POST /api/v1/endpoint/what-if` (endpoint token, read-only).
+
+/// "What would the pool look like if `snapshot` (a state this endpoint already reported)
+/// became its target?" Asked before set-latest, so the confirmation shows computed statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhatIfRequest {
+    pub snapshot: SnapshotHash,
+}
+
+/// The coordinator's answer: every other endpoint of the pool, its status now and the
+/// status it would have with `snapshot` as the target (computed exactly as
+/// `GET /pools/{id}/endpoints` computes statuses, offline and running operations included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhatIf {
+    /// The pool's current target revision (`None`: no target yet).
+    pub target_revision: Option<u64>,
+    pub endpoints: Vec<WhatIfEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhatIfEndpoint {
+    pub id: i64,
+    pub name: String,
+    pub now: EndpointState,
+    pub after: EndpointState,
+    /// What a sync of that endpoint would do afterwards.
+    pub counts_after: Counts,
+}
+
+// ---------------------------------------------------------------------------------------------
 // WebSocket: `GET /api/v1/endpoints/ws` with `Authorization: Bearer <endpoint token>`.
 
 /// Endpoint → coordinator.

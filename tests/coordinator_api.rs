@@ -794,6 +794,85 @@ async fn status_is_computed_against_the_target() {
     s.shutdown().await;
 }
 
+/// Set-latest's what-if: every other endpoint's status with the asker's reported state as
+/// the target, equal to what the coordinator reports once that state is the target.
+#[tokio::test]
+async fn what_if_statuses_are_the_ones_reported_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (pool, eps) = pool_with(&s, "what-if", 4).await;
+    let newest = snap(&[("bash", "5.2-1"), ("zlib", "1.3-1")]);
+    let older = snap(&[("bash", "5.1-1"), ("zlib", "1.3-1")]);
+    let other = snap(&[("bash", "5.1-1"), ("vim", "9.1-1")]);
+    for (ep, st) in eps.iter().zip([&newest, &older, &other]) {
+        s.report_full(&ep.endpoint_token, st).await;
+    }
+    s.post(
+        "/endpoint/target",
+        &eps[0].endpoint_token,
+        json!({ "expected_revision": 0, "snapshot": newest.hash() }),
+    )
+    .await;
+    // host1 (behind) asks what its state as the target would mean for the others.
+    let w: pacpool::proto::WhatIf = s
+        .ok(
+            Method::POST,
+            "/endpoint/what-if",
+            &eps[1].endpoint_token,
+            Some(json!({ "snapshot": older.hash() })),
+        )
+        .await;
+    assert_eq!(w.target_revision, Some(1));
+    let seen: Vec<(&str, EndpointState, EndpointState)> = w
+        .endpoints
+        .iter()
+        .map(|e| (e.name.as_str(), e.now, e.after))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("host0", EndpointState::InSync, EndpointState::Ahead),
+            ("host2", EndpointState::Diverged, EndpointState::Diverged),
+            ("host3", EndpointState::Unknown, EndpointState::Unknown),
+        ]
+    );
+    // Read-only: the target did not move. Then host1 sets it, and the statuses match.
+    s.post(
+        "/endpoint/target",
+        &eps[1].endpoint_token,
+        json!({ "expected_revision": 1, "snapshot": older.hash() }),
+    )
+    .await;
+    let all: Vec<EndpointStatus> = s
+        .ok(
+            Method::GET,
+            &format!("/pools/{}/endpoints", pool.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    for e in &w.endpoints {
+        let now = all.iter().find(|a| a.id == e.id).unwrap();
+        assert_eq!(
+            (now.state, now.counts, now.target_revision),
+            (e.after, e.counts_after, Some(2)),
+            "{}",
+            e.name
+        );
+    }
+    // Only the asker's own reported state can be asked about.
+    let (st, body) = s
+        .post(
+            "/endpoint/what-if",
+            &eps[1].endpoint_token,
+            json!({ "snapshot": other.hash() }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{body}");
+    assert_eq!(err(&body).code, "state_not_reported");
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn websocket_flow_and_target_push() {
     let dir = tempfile::tempdir().unwrap();

@@ -144,7 +144,23 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     let s = db_.wait_status("B sees revision 2", |s| s["target"]["revision"] == 2);
     assert_eq!(s["state"], "behind");
     assert_eq!(s["counts"]["upgrade"], 1);
-    db_.cli_code(&["sync", "--yes"], 0);
+    // Status, preview, the start of the sync and its result tell the same story.
+    assert_eq!(s["needs_refresh"], true);
+    assert!(
+        db_.cli_code(&["status"], 0)
+            .contains("pending:     needs a database refresh first; then 1 upgrade\n")
+    );
+    let preview = db_.cli_code(&["preview"], 0);
+    assert!(
+        preview.starts_with("needs a database refresh first; then 1 upgrade\n"),
+        "{preview}"
+    );
+    let synced = db_.cli_code(&["sync", "--yes"], 0);
+    assert!(
+        synced.starts_with("needs a database refresh first; then 1 upgrade\n")
+            && synced.ends_with("sync done after a database refresh: 1 upgrade\n"),
+        "{synced}"
+    );
     assert_eq!(hash_without(&b, "linux-demo"), local_hash(&a));
 
     // A goes back to editor 1.0 (from its cache) and marks shell as a dependency. The
@@ -154,7 +170,14 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     a.pacman_ok(&["-U", a.cachedir().join(&old).to_str().unwrap()]);
     a.pacman_ok(&["-D", "--asdeps", "shell"]);
     da.cli_code(&["notify"], 0);
-    da.cli_code(&["set-latest", "--yes"], 0);
+    // The pool would go back a version: refused until told, with what it would lose.
+    let refused = da.cli(&["set-latest", "--yes"]);
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("  editor 1.1-1 → 1.0-1\n"),
+        "{refused:?}"
+    );
+    da.cli_code(&["set-latest", "--yes", "--allow-older"], 0);
     std::fs::remove_file(b.cachedir().join(&old)).unwrap();
     let shelf = archive.path().join("e/editor");
     std::fs::create_dir_all(&shelf).unwrap();

@@ -217,7 +217,8 @@ fn setup() -> World {
     w.sb.pacman_ok(&["-Rns", "only-a"]);
     w.sb.pacman_ok(&["-S", "only-b"]);
     d.cli_code(&["notify"], 0);
-    d.cli_code(&["set-latest", "--yes"], 0);
+    // State B lacks only-a: the pool goes back, which set-latest only does when told.
+    d.cli_code(&["set-latest", "--yes", "--allow-older"], 0);
     w.b = local_hash(&w.sb);
     let eps = w.admin("GET", &format!("/pools/{pool}/endpoints"), None);
     w.endpoint = eps[0]["id"].as_i64().unwrap();
@@ -394,7 +395,7 @@ fn trial(w: &World, kind: Kind, rng: &mut Rng, budget: Duration, f: &mut Figures
     let args: Vec<String> = match kind {
         Kind::CliSync => vec!["sync".into(), "--yes".into()],
         Kind::Revert => vec!["revert".into(), "--yes".into(), "--to".into(), aim.clone()],
-        Kind::SetLatest => vec!["set-latest".into(), "--yes".into()],
+        Kind::SetLatest => vec!["set-latest".into(), "--yes".into(), "--allow-older".into()],
         Kind::RequestedSync => Vec::new(),
     };
     let mut op_id = None;
@@ -481,7 +482,7 @@ fn trial(w: &World, kind: Kind, rng: &mut Rng, budget: Duration, f: &mut Figures
                 "trial {n}: target after an interrupted set-latest: {t}"
             );
             // And set-latest again converges: the pool follows this machine.
-            d.cli_code(&["set-latest", "--yes"], 0);
+            d.cli_code(&["set-latest", "--yes", "--allow-older"], 0);
             assert_eq!(w.current_target()["snapshot"], aim.as_str());
         }
     }

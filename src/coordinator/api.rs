@@ -245,6 +245,7 @@ pub(crate) fn router(state: AppState) -> Router {
             get(endpoint_target).post(endpoint_set_target),
         )
         .route("/endpoint/status", get(endpoint_status))
+        .route("/endpoint/what-if", post(endpoint_what_if))
         .route(
             "/endpoint/operations",
             post(endpoint_create_operation).get(endpoint_operations),
@@ -1226,6 +1227,16 @@ async fn endpoint_set_target(
     ApiJson(req): ApiJson<SetTargetRequest>,
 ) -> ApiResult<TargetInfo> {
     Ok(Json(state.set_target(&ep, req, peer(&ci)).await?))
+}
+
+/// Read-only: the other endpoints' statuses now and if this endpoint's reported state became
+/// the target (asked before set-latest).
+async fn endpoint_what_if(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<crate::proto::WhatIfRequest>,
+) -> ApiResult<crate::proto::WhatIf> {
+    Ok(Json(state.what_if(&ep, req.snapshot).await?))
 }
 
 async fn endpoint_status(

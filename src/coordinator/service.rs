@@ -55,6 +55,7 @@ fn known_state(conn: &Connection, id: i64) -> Result<Option<SnapshotHash>, ApiEr
 }
 
 /// An endpoint row as needed for status.
+#[derive(Clone)]
 struct EndpointRow {
     id: i64,
     name: String,
@@ -240,6 +241,70 @@ impl AppState {
                 let policy = db::policy_of(conn, row.pool_id)?.unwrap_or_default();
                 let target = db::current_target(conn, row.pool_id)?;
                 st.status_of(conn, row, target.as_ref(), &compile_keyed(&policy)?)
+            })
+            .await
+    }
+
+    /// Set-latest's what-if: every other endpoint of `ep`'s pool, its status now and with
+    /// `snapshot` as the target, computed by [`Self::status_of`] as the statuses the
+    /// coordinator reports after the change. Read-only. `snapshot` must be the state `ep`
+    /// last reported (what set-latest would make the target), else 409 `state_not_reported`.
+    pub(crate) async fn what_if(
+        &self,
+        ep: &EndpointAuth,
+        snapshot: SnapshotHash,
+    ) -> Result<crate::proto::WhatIf, ApiErr> {
+        let st = self.clone();
+        let (me, pool_id) = (ep.id, ep.pool_id);
+        self.db
+            .read(move |conn| {
+                if known_state(conn, me)? != Some(snapshot) {
+                    return Err(ApiErr::conflict(
+                        "state_not_reported",
+                        format!(
+                            "state {snapshot} is not this endpoint's last reported state: report it first"
+                        ),
+                    ));
+                }
+                let policy = compile_keyed(&db::policy_of(conn, pool_id)?.unwrap_or_default())?;
+                let target = db::current_target(conn, pool_id)?;
+                let package_count = st
+                    .load_snapshot(conn, &snapshot)?
+                    .map_or(0, |s| s.len() as u64);
+                let candidate = TargetInfo {
+                    pool_id,
+                    revision: target.as_ref().map_or(1, |t| t.revision + 1),
+                    snapshot,
+                    package_count,
+                    set_by_endpoint: Some(me),
+                    set_by: String::new(),
+                    set_at: now(),
+                    reverted_from: None,
+                };
+                let sql = format!(
+                    "SELECT {ENDPOINT_COLS} FROM endpoints WHERE pool_id = ?1 AND id != ?2 ORDER BY id"
+                );
+                let rows = conn
+                    .prepare_cached(&sql)?
+                    .query_map(params![pool_id, me], endpoint_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut endpoints = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let again = row.clone();
+                    let now = st.status_of(conn, row, target.as_ref(), &policy)?;
+                    let after = st.status_of(conn, again, Some(&candidate), &policy)?;
+                    endpoints.push(crate::proto::WhatIfEndpoint {
+                        id: now.id,
+                        name: now.name,
+                        now: now.state,
+                        after: after.state,
+                        counts_after: after.counts,
+                    });
+                }
+                Ok(crate::proto::WhatIf {
+                    target_revision: target.map(|t| t.revision),
+                    endpoints,
+                })
             })
             .await
     }
@@ -624,7 +689,10 @@ impl AppState {
                         "endpoint.report",
                         Some(format!("endpoint:{id}")),
                         peer,
-                        Some(format!("state {hash} ({} packages)", stored.packages)),
+                        Some(format!(
+                            "state {hash} ({})",
+                            crate::words::packages(stored.packages)
+                        )),
                     )?;
                 }
                 Ok(Ok(changed))

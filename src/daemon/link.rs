@@ -945,7 +945,8 @@ async fn run_requested(
     let result = match operation.kind {
         OperationKind::SyncToLatest => daemon.sync(false, progress).await,
         OperationKind::Revert => daemon.revert(to.as_deref(), false, progress).await,
-        OperationKind::SetAsLatest => set_latest(&daemon).await,
+        // An administrator asked for it explicitly: no local confirmation to check.
+        OperationKind::SetAsLatest => set_latest(&daemon, &SetLatestOptions::requested()).await,
     };
     let body = result_body(id, to_result(result));
     let stored = {
@@ -991,8 +992,9 @@ fn to_result(r: Result<Outcome, ActionError>) -> OperationResult {
     if more > 0 {
         result.message = bounded(
             format!(
-                "{} ({more} more package failures not listed)",
-                result.message
+                "{} ({} not listed)",
+                result.message,
+                crate::words::count(more, "more package failure", "more package failures")
             ),
             RESULT_MESSAGE_MAX,
         );
@@ -1212,51 +1214,92 @@ async fn deliver_once(daemon: &Daemon, endpoint: &Endpoint) -> bool {
     left
 }
 
+/// What the user confirmed for set-latest (from the local socket's `set-latest` request).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetLatestOptions {
+    /// The pool may go back (older versions, fewer packages).
+    pub allow_older: bool,
+    /// The state the confirmation showed; refused when the machine changed since.
+    pub expect_state: Option<SnapshotHash>,
+    /// The target revision the confirmation was computed against.
+    pub expect_revision: Option<u64>,
+}
+
+impl SetLatestOptions {
+    /// An operation an administrator requested through the coordinator.
+    fn requested() -> Self {
+        Self {
+            allow_older: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// "Set as latest": report the current state, then make it the pool target if the target is
-/// still the revision we know. On a lost race, say who won.
-pub async fn set_latest(daemon: &Daemon) -> Result<Outcome, ActionError> {
+/// still the revision we know. On a lost race, say who won. Refused when the pool would go
+/// back and `opts.allow_older` is not set, or when the state or target changed since the
+/// confirmation.
+pub async fn set_latest(daemon: &Daemon, opts: &SetLatestOptions) -> Result<Outcome, ActionError> {
     let _guard = daemon.begin("set-latest")?;
     let op = daemon
         .store()
         .operation_begin("set-latest", now())
         .map_err(|e| ActionError::new(ErrorCode::Internal, e.to_string()))?;
-    let result = set_latest_checked(daemon).await;
+    let result = set_latest_checked(daemon, opts).await;
     // Recorded, and announced to subscribers (the tray), like sync and revert.
     daemon.finish(op, "set-latest", &result);
     result
 }
 
-async fn set_latest_checked(daemon: &Daemon) -> Result<Outcome, ActionError> {
-    let Some(base) = daemon.config().coordinator_url.clone() else {
-        return Err(ActionError::new(
-            ErrorCode::Offline,
-            "no coordinator configured: set coordinator_url in pacpoold.toml",
-        ));
-    };
-    let base = coordinator_base(&base);
-    let Some(token) = read_token(daemon) else {
-        return Err(ActionError::new(
-            ErrorCode::Offline,
-            "not registered with the coordinator yet: check join_token and the daemon's log",
-        ));
-    };
-    let endpoint = Endpoint {
-        base,
-        token,
-        http: http_client(daemon.config()).map_err(|m| ActionError::new(ErrorCode::Offline, m))?,
-    };
-    set_latest_inner(daemon, &endpoint).await
+/// What set-latest would do to the pool: the local part (what the pool loses) and every
+/// other machine's status afterwards, computed by the coordinator. `fresh`: re-read pacman's
+/// state in full first (for peers that may act, as for preview).
+pub async fn set_latest_preview(
+    daemon: &Daemon,
+    fresh: bool,
+) -> Result<super::protocol::SetLatestPreview, ActionError> {
+    daemon
+        .refresh("set-latest-preview", fresh)
+        .await
+        .map_err(|e| daemon.refresh_failed(e))?;
+    let (snapshot, mut preview) = daemon.set_latest_local()?;
+    match what_if(daemon, &snapshot).await {
+        Ok(w) => preview.others = Some(w.endpoints),
+        Err(e) => {
+            tracing::debug!(error = %e, "set-latest preview without the coordinator's what-if");
+            preview.others_error = Some(e.message);
+        }
+    }
+    Ok(preview)
 }
 
-async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcome, ActionError> {
-    daemon
-        .refresh("set-latest", true)
-        .await
-        .map_err(|e| ActionError::new(ErrorCode::Internal, format!("{e:#}")))?;
-    let snapshot = daemon
-        .current_snapshot()
-        .ok_or_else(|| ActionError::new(ErrorCode::Internal, "pacman's state has not been read"))?;
+/// The coordinator's what-if for `snapshot`, reporting it first unless the coordinator has
+/// already acknowledged it.
+async fn what_if(
+    daemon: &Daemon,
+    snapshot: &Snapshot,
+) -> Result<crate::proto::WhatIf, ActionError> {
+    let endpoint = endpoint_for(daemon)?;
     let hash = snapshot.hash();
+    let acked = daemon.store().get(keys::ACKED_STATE).ok().flatten();
+    if acked.as_deref() != Some(hash.to_hex().as_str()) {
+        report_full(daemon, &endpoint, snapshot).await?;
+    }
+    Ok(endpoint
+        .call(
+            endpoint
+                .http
+                .post(endpoint.url("/endpoint/what-if"))
+                .json(&crate::proto::WhatIfRequest { snapshot: hash }),
+        )
+        .await?)
+}
+
+async fn report_full(
+    daemon: &Daemon,
+    endpoint: &Endpoint,
+    snapshot: &Snapshot,
+) -> Result<(), ActionError> {
     let ack: ReportAck = endpoint
         .call(
             endpoint
@@ -1270,6 +1313,86 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
     if let ReportAck::Accepted { state } = ack {
         let _ = daemon.store().set(keys::ACKED_STATE, &state.to_hex());
     }
+    Ok(())
+}
+
+async fn set_latest_checked(
+    daemon: &Daemon,
+    opts: &SetLatestOptions,
+) -> Result<Outcome, ActionError> {
+    let endpoint = endpoint_for(daemon)?;
+    set_latest_inner(daemon, &endpoint, opts).await
+}
+
+/// The coordinator connection for one request, or why there is none.
+fn endpoint_for(daemon: &Daemon) -> Result<Endpoint, ActionError> {
+    let Some(base) = daemon.config().coordinator_url.clone() else {
+        return Err(ActionError::new(
+            ErrorCode::Offline,
+            "no coordinator configured: set coordinator_url in pacpoold.toml",
+        ));
+    };
+    let base = coordinator_base(&base);
+    let Some(token) = read_token(daemon) else {
+        return Err(ActionError::new(
+            ErrorCode::Offline,
+            "not registered with the coordinator yet: check join_token and the daemon's log",
+        ));
+    };
+    Ok(Endpoint {
+        base,
+        token,
+        http: http_client(daemon.config()).map_err(|m| ActionError::new(ErrorCode::Offline, m))?,
+    })
+}
+
+async fn set_latest_inner(
+    daemon: &Daemon,
+    endpoint: &Endpoint,
+    opts: &SetLatestOptions,
+) -> Result<Outcome, ActionError> {
+    daemon
+        .refresh("set-latest", true)
+        .await
+        .map_err(|e| ActionError::new(ErrorCode::Internal, format!("{e:#}")))?;
+    let (snapshot, local) = daemon.set_latest_local()?;
+    let hash = snapshot.hash();
+    if let Some(seen) = opts.expect_state
+        && seen != hash
+    {
+        return Err(ActionError::new(
+            ErrorCode::Conflict,
+            format!(
+                "this machine's packages changed since the confirmation (it showed state {}, now {}): review `pacpool set-latest` again",
+                seen.short(),
+                hash.short()
+            ),
+        ));
+    }
+    if let Some(seen) = opts.expect_revision
+        && Some(seen) != local.target_revision
+    {
+        return Err(ActionError::new(
+            ErrorCode::Conflict,
+            format!(
+                "the pool target moved since the confirmation (it showed revision {seen}, now {}): review `pacpool set-latest` again",
+                local
+                    .target_revision
+                    .map_or("none".into(), |r| r.to_string())
+            ),
+        ));
+    }
+    if !opts.allow_older
+        && let Some(line) = local.loss_line(5)
+    {
+        return Err(ActionError::new(
+            ErrorCode::NeedsConfirmation,
+            format!(
+                "{line}; run `pacpool sync` first to keep them, or `pacpool set-latest --allow-older` to make this state the target anyway"
+            ),
+        ));
+    }
+    report_full(daemon, endpoint, &snapshot).await?;
     let expected = daemon.target_info().map_or(0, |t| t.revision);
     let manifest = daemon
         .record_manifest()
@@ -1309,8 +1432,8 @@ async fn set_latest_inner(daemon: &Daemon, endpoint: &Endpoint) -> Result<Outcom
                 kind: "set-latest".into(),
                 ok: true,
                 message: format!(
-                    "this machine's {} packages are now the pool target (revision {revision})",
-                    snapshot.len()
+                    "this machine's {} are now the pool target (revision {revision})",
+                    crate::words::packages(snapshot.len())
                 ),
                 counts: Default::default(),
                 failures: Vec::new(),

@@ -64,8 +64,27 @@ pub enum Request {
         #[serde(default)]
         confirm_removals: bool,
     },
+    /// Authorized: what set-latest would do to the pool — what the pool would lose against its
+    /// current target, and every other machine's status afterwards. Changes nothing, but asks
+    /// the coordinator with this endpoint's token (whose rate limit an outsider must not be
+    /// able to use up).
+    SetLatestPreview,
     /// Authorized: make this machine's state the pool's target.
-    SetLatest,
+    SetLatest {
+        /// Go ahead although the pool would go back (this machine is behind or diverged:
+        /// older versions or missing packages). Without it such a set-latest is refused with
+        /// `needs-confirmation` and the list of what the pool would lose.
+        #[serde(default)]
+        allow_older: bool,
+        /// The state the user saw in the confirmation ([`SetLatestPreview::state`]); refused
+        /// with `conflict` when this machine's packages changed since (older clients send none).
+        #[serde(default)]
+        expect_state: Option<SnapshotHash>,
+        /// The pool target revision the confirmation was computed against; refused with
+        /// `conflict` when the target moved since (older clients send none).
+        #[serde(default)]
+        expect_revision: Option<u64>,
+    },
     /// Authorized: go back to the previous recorded state, or to `to` (history id or hash prefix).
     Revert {
         #[serde(default)]
@@ -84,12 +103,14 @@ fn default_limit() -> usize {
 }
 
 impl Request {
-    /// Whether the request changes anything (and so needs an authorized peer).
+    /// Whether the request needs an authorized peer: it changes something, or (set-latest's
+    /// preview) spends the endpoint's requests to the coordinator.
     pub fn is_action(&self) -> bool {
         matches!(
             self,
-            Request::Sync { .. }
-                | Request::SetLatest
+            Request::SetLatestPreview
+                | Request::Sync { .. }
+                | Request::SetLatest { .. }
                 | Request::Revert { .. }
                 | Request::Cancel
                 | Request::PauseAutoSync { .. }
@@ -131,6 +152,9 @@ pub enum Reply {
     },
     Preview {
         preview: Preview,
+    },
+    SetLatestPreview {
+        preview: Box<SetLatestPreview>,
     },
     History {
         entries: Vec<HistoryEntry>,
@@ -205,6 +229,20 @@ pub struct LocalStatus {
     /// What "revert to previous" would change (older daemons send none).
     #[serde(default)]
     pub revert_changes: Option<Counts>,
+    /// A sync must refresh the sync databases first: some target versions are not in them
+    /// yet (see [`Preview::needs_refresh`]; older daemons send `false`).
+    #[serde(default)]
+    pub needs_refresh: bool,
+    /// The pool's daily auto-sync window (UTC `HH:MM-HH:MM`), if any (older daemons send none).
+    #[serde(default)]
+    pub auto_sync_window: Option<String>,
+}
+
+impl LocalStatus {
+    /// What a sync will do (see [`pending_summary`]).
+    pub fn pending(&self) -> String {
+        pending_summary(&self.counts, self.needs_refresh)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +259,164 @@ pub struct Preview {
     pub conflicts: Vec<Conflict>,
     pub skipped: Vec<Skipped>,
     pub needs_confirmation: Option<RemovalCapExceeded>,
+    /// Some target versions are not in this machine's sync databases (or only in the
+    /// archive): a sync refreshes them first (`pacman -Sy`) and plans again. `counts` is then
+    /// what the sync makes after the refresh (the menu's numbers), while `actions` and
+    /// `conflicts` are the plan on the databases as they are (older daemons send none).
+    #[serde(default)]
+    pub needs_refresh: bool,
+}
+
+impl Preview {
+    /// The one-line summary every client shows: "2 installs", or "needs a database refresh
+    /// first; then 2 installs".
+    pub fn summary(&self) -> String {
+        pending_summary(&self.counts, self.needs_refresh)
+    }
+}
+
+/// What a sync will do, in the words every client uses (status, menu, preview, sync).
+pub fn pending_summary(counts: &Counts, needs_refresh: bool) -> String {
+    if needs_refresh {
+        format!("needs a database refresh first; then {}", counts.summary())
+    } else {
+        counts.summary()
+    }
+}
+
+/// What set-latest would do to the pool, for its confirmation (tray and CLI).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetLatestPreview {
+    pub pool: Option<String>,
+    /// This machine's state, which would become the target.
+    pub state: SnapshotHash,
+    pub packages: usize,
+    /// The pool's current target revision (`None`: no target yet).
+    pub target_revision: Option<u64>,
+    /// This machine against the current target (`unknown` without one).
+    pub relation: EndpointState,
+    /// What the pool would lose: packages of the current target that this machine has only
+    /// at an older version, or not at all. Non-empty means set-latest needs `allow_older`.
+    pub losses: Vec<PoolLoss>,
+    /// Every other machine of the pool now and afterwards, computed by the coordinator;
+    /// `None` when it could not be asked (`others_error` says why).
+    pub others: Option<Vec<crate::proto::WhatIfEndpoint>>,
+    pub others_error: Option<String>,
+}
+
+/// A package the pool target would go back on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolLoss {
+    pub name: String,
+    /// The version in the current target.
+    pub from: String,
+    /// This machine's version (`None`: this machine lacks the package, so the pool loses it).
+    pub to: Option<String>,
+}
+
+impl std::fmt::Display for PoolLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.to {
+            Some(to) => write!(f, "{} {} → {to}", self.name, self.from),
+            None => write!(f, "{} {} → removed", self.name, self.from),
+        }
+    }
+}
+
+fn state_name(s: EndpointState) -> &'static str {
+    match s {
+        EndpointState::InSync => "in sync",
+        EndpointState::Behind => "behind",
+        EndpointState::Ahead => "ahead",
+        EndpointState::Diverged => "diverged",
+        EndpointState::Syncing => "syncing",
+        EndpointState::Error => "in error",
+        EndpointState::Offline => "offline",
+        EndpointState::Unknown => "unknown",
+    }
+}
+
+impl SetLatestPreview {
+    /// Whether set-latest would take the pool back (needs `allow_older`).
+    pub fn goes_back(&self) -> bool {
+        !self.losses.is_empty()
+    }
+
+    /// "this machine is behind the target: the pool would go back 3 packages (openssl 3.4.0
+    /// → 3.3.1, …)", listing at most `shown` packages; `None` when nothing goes back.
+    pub fn loss_line(&self, shown: usize) -> Option<String> {
+        let head = self.loss_header()?;
+        let mut list: Vec<String> = self
+            .losses
+            .iter()
+            .take(shown)
+            .map(|l| l.to_string())
+            .collect();
+        if self.losses.len() > shown {
+            list.push("…".into());
+        }
+        Some(format!("{head} ({})", list.join(", ")))
+    }
+
+    /// [`Self::loss_line`] without the list: "this machine is behind the target: the pool
+    /// would go back 3 packages".
+    pub fn loss_header(&self) -> Option<String> {
+        if self.losses.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "this machine is {} the target: the pool would go back {}",
+            match self.relation {
+                EndpointState::Diverged => "diverged from",
+                _ => "behind",
+            },
+            crate::words::packages(self.losses.len()),
+        ))
+    }
+
+    /// What happens to the other machines: "alice becomes ahead; bob and carol stay in
+    /// sync", from the coordinator's computed statuses.
+    pub fn others_line(&self) -> String {
+        let Some(others) = &self.others else {
+            return format!(
+                "the other machines' statuses are unknown ({})",
+                self.others_error
+                    .as_deref()
+                    .unwrap_or("the coordinator was not asked")
+            );
+        };
+        if others.is_empty() {
+            return "no other machine is in the pool yet".into();
+        }
+        // Grouped by (stays, state), in the order first seen.
+        let mut groups: Vec<(bool, EndpointState, Vec<&str>)> = Vec::new();
+        for o in others {
+            let stays = o.now == o.after;
+            match groups
+                .iter_mut()
+                .find(|(s, st, _)| *s == stays && *st == o.after)
+            {
+                Some(g) => g.2.push(&o.name),
+                None => groups.push((stays, o.after, vec![&o.name])),
+            }
+        }
+        groups
+            .iter()
+            .map(|(stays, state, names)| {
+                let who = match names.len() {
+                    1 => names[0].to_owned(),
+                    n if n <= 3 => format!("{} and {}", names[..n - 1].join(", "), names[n - 1]),
+                    n => format!("{} and {} more", names[..2].join(", "), n - 2),
+                };
+                let verb = match stays {
+                    true => crate::words::plural(names.len(), "stays", "stay"),
+                    false => crate::words::plural(names.len(), "becomes", "become"),
+                };
+                format!("{who} {verb} {}", state_name(*state))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,6 +442,9 @@ pub enum Event {
     TargetChanged {
         target: TargetInfo,
         summary: Counts,
+        /// What a sync of this machine to the new target does (older daemons send none).
+        #[serde(default)]
+        this_machine: Option<Counts>,
     },
     OperationStarted {
         kind: String,
@@ -281,5 +480,64 @@ mod tests {
         assert!(serde_json::from_str::<Envelope>(r#"{"cmd":"status"}"#).is_err());
         let h: Envelope = serde_json::from_str(r#"{"v":1,"cmd":"history"}"#).unwrap();
         assert_eq!(h.request, Request::History { limit: 20 });
+    }
+
+    #[test]
+    fn set_latest_from_older_clients_does_not_allow_older() {
+        let e: Envelope = serde_json::from_str(r#"{"v":1,"cmd":"set-latest"}"#).unwrap();
+        assert_eq!(
+            e.request,
+            Request::SetLatest {
+                allow_older: false,
+                expect_state: None,
+                expect_revision: None
+            }
+        );
+        assert!(e.request.is_action());
+        let p: Envelope = serde_json::from_str(r#"{"v":1,"cmd":"set-latest-preview"}"#).unwrap();
+        assert!(
+            p.request.is_action(),
+            "it spends the endpoint's coordinator requests"
+        );
+    }
+
+    #[test]
+    fn others_line_groups_computed_statuses() {
+        use crate::proto::WhatIfEndpoint;
+        let ep = |name: &str, now, after| WhatIfEndpoint {
+            id: 0,
+            name: name.into(),
+            now,
+            after,
+            counts_after: Counts::default(),
+        };
+        let mut p = SetLatestPreview {
+            pool: None,
+            state: crate::snapshot::Snapshot::default().hash(),
+            packages: 0,
+            target_revision: None,
+            relation: EndpointState::Unknown,
+            losses: Vec::new(),
+            others: Some(vec![
+                ep("alice", EndpointState::InSync, EndpointState::Ahead),
+                ep("carol", EndpointState::InSync, EndpointState::Behind),
+                ep("dave", EndpointState::Behind, EndpointState::Behind),
+                ep("erin", EndpointState::InSync, EndpointState::Behind),
+            ]),
+            others_error: None,
+        };
+        assert_eq!(
+            p.others_line(),
+            "alice becomes ahead; carol and erin become behind; dave stays behind"
+        );
+        assert_eq!(p.loss_line(3), None);
+        p.others = Some(Vec::new());
+        assert_eq!(p.others_line(), "no other machine is in the pool yet");
+        p.others = None;
+        p.others_error = Some("coordinator unreachable".into());
+        assert_eq!(
+            p.others_line(),
+            "the other machines' statuses are unknown (coordinator unreachable)"
+        );
     }
 }

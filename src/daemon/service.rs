@@ -12,7 +12,8 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use super::config::DaemonConfig;
 use super::protocol::{
-    ErrorCode, Event, LinkState, LocalStatus, Outcome, Preview, RunningOperation,
+    ErrorCode, Event, LinkState, LocalStatus, Outcome, PoolLoss, Preview, RunningOperation,
+    SetLatestPreview,
 };
 use crate::localdb::Fingerprint;
 use crate::machine::MachineState;
@@ -73,6 +74,10 @@ struct State {
     pool_endpoints: Option<u64>,
     /// What "revert to previous" would change, for (current, previous) snapshot hashes.
     revert_counts: Option<((SnapshotHash, SnapshotHash), Counts)>,
+    /// Whether a sync from the current state to the target must refresh the sync databases
+    /// first, for (current, target) hashes; cleared whenever pacman's state is read again
+    /// (the databases may have changed).
+    refresh_needed: Option<((SnapshotHash, SnapshotHash), bool)>,
     endpoint_name: Option<String>,
     link: Option<LinkState>,
     running: Option<RunningOperation>,
@@ -324,6 +329,7 @@ impl Daemon {
             let mut s = self.state();
             s.fingerprint = Some(fingerprint);
             s.machine = Some(machine);
+            s.refresh_needed = None;
             s.current = Some(recorded.entry().clone());
         }
         if new {
@@ -413,6 +419,11 @@ impl Daemon {
         let revert_changes = previous
             .as_ref()
             .and_then(|p| self.revert_counts(&mut s, p.hash));
+        let needs_refresh = counts.total() > 0 && self.refresh_needed(&mut s);
+        let auto_sync_window = s
+            .pool_policy
+            .as_ref()
+            .and_then(|p| p.auto_sync_window.clone());
         LocalStatus {
             state,
             counts,
@@ -436,7 +447,35 @@ impl Daemon {
             can_act,
             why_not,
             revert_changes,
+            needs_refresh,
+            auto_sync_window,
         }
+    }
+
+    /// Whether syncing to the target needs a database refresh first (cached per pair of
+    /// hashes until pacman's state is read again).
+    fn refresh_needed(&self, s: &mut State) -> bool {
+        let (Some(m), Some((_, target))) = (&s.machine, &s.target) else {
+            return false;
+        };
+        let key = (m.snapshot.hash(), target.hash());
+        if let Some((k, v)) = &s.refresh_needed
+            && *k == key
+        {
+            return *v;
+        }
+        let Ok(policy) = self.policy(s).compile() else {
+            return false;
+        };
+        let v = needs_database_refresh(&plan(
+            &m.snapshot,
+            target,
+            &m.local,
+            &m.availability,
+            &policy,
+        ));
+        s.refresh_needed = Some((key, v));
+        v
     }
 
     fn auto_sync_mode_locked(&self, s: &State) -> AutoSyncMode {
@@ -456,7 +495,13 @@ impl Daemon {
             .map_err(|e| self.refresh_failed(e))?;
         let (target, info) = self.target()?;
         let plan = self.plan_to(&target)?;
-        Ok(preview_of(&plan, Some(info.revision)))
+        let mut preview = preview_of(&plan, Some(info.revision));
+        if preview.needs_refresh {
+            // The sync refreshes first and then makes the whole difference: the same numbers
+            // as the status (and the tray's menu).
+            preview.counts = self.status(true, None).counts;
+        }
+        Ok(preview)
     }
 
     fn target(&self) -> Result<(Snapshot, TargetInfo), ActionError> {
@@ -648,7 +693,10 @@ impl Daemon {
             .store()
             .operation_begin(kind, now())
             .map_err(ActionError::internal)?;
-        let _ = self.cancel.send(false);
+        // `send_replace`, not `send`: `send` leaves the value alone when nobody holds a
+        // receiver, which is the case between operations, so a cancel would outlive its
+        // operation and cancel the next one at once.
+        self.cancel.send_replace(false);
         let result = self
             .plan_apply_verify(
                 kind,
@@ -689,29 +737,8 @@ impl Daemon {
         let mut plan = self.plan_to(target)?;
         // A version missing from the sync databases may just be newer than they are: refresh
         // them before giving up or fetching from the archive (which only has what was).
-        let unavailable = |p: &Plan| {
-            p.conflicts.iter().any(|c| {
-                matches!(
-                    c,
-                    Conflict::VersionUnavailable { .. } | Conflict::RepositoryUnavailable { .. }
-                )
-            }) || p.actions.iter().any(|a| {
-                matches!(
-                    a,
-                    Action::Install {
-                        source: Source::Archive { .. } | Source::Pool { .. },
-                        ..
-                    } | Action::Upgrade {
-                        source: Source::Archive { .. } | Source::Pool { .. },
-                        ..
-                    } | Action::Downgrade {
-                        source: Source::Archive { .. } | Source::Pool { .. },
-                        ..
-                    }
-                )
-            })
-        };
-        if may_refresh_databases && unavailable(&plan) {
+        let refreshed = may_refresh_databases && needs_database_refresh(&plan);
+        if refreshed {
             report(stage("refreshing databases", 5, None));
             actions::refresh_databases(&self.config.pacman, self.cancel.subscribe()).await?;
             self.refresh(kind, true)
@@ -732,8 +759,9 @@ impl Daemon {
             return Err(ActionError::new(
                 ErrorCode::NeedsConfirmation,
                 format!(
-                    "{kind} would remove {} packages, more than the cap of {}: confirm to go ahead",
-                    cap.removals, cap.cap
+                    "{kind} would remove {}, more than the cap of {}: confirm to go ahead",
+                    crate::words::packages(cap.removals),
+                    cap.cap
                 ),
             ));
         }
@@ -779,11 +807,20 @@ impl Daemon {
             kind: kind.to_owned(),
             ok,
             message: if ok {
-                format!("{kind} done: {} change(s)", counts.total())
+                format!(
+                    "{kind} done{}: {}",
+                    if refreshed {
+                        " after a database refresh"
+                    } else {
+                        ""
+                    },
+                    counts.summary()
+                )
             } else {
                 format!(
-                    "{kind} finished, but {} package(s) differ from the target",
-                    failures.len()
+                    "{kind} finished, but {} {} from the target",
+                    crate::words::packages(failures.len()),
+                    crate::words::plural(failures.len(), "differs", "differ")
                 )
             },
             counts,
@@ -857,7 +894,8 @@ impl Daemon {
                 "no operation is running",
             ));
         }
-        let _ = self.cancel.send(true);
+        // Also while no step holds a receiver (between pacman runs): the next step sees it.
+        self.cancel.send_replace(true);
         Ok(())
     }
 
@@ -975,6 +1013,47 @@ impl Daemon {
         self.emit_status();
     }
 
+    /// The local part of set-latest's confirmation: this machine's state (after the last
+    /// read), how it relates to the cached pool target and what the pool would lose;
+    /// `others` is left for the coordinator's what-if.
+    pub(crate) fn set_latest_local(&self) -> Result<(Snapshot, SetLatestPreview), ActionError> {
+        let s = self.state();
+        let machine = s.machine.as_ref().ok_or_else(|| {
+            ActionError::new(ErrorCode::Internal, "pacman's state has not been read yet")
+        })?;
+        let uncompiled = self.policy(&s);
+        let policy = uncompiled
+            .compile()
+            .map_err(|e| ActionError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        let current = machine.snapshot.clone();
+        let (relation, losses) = match &s.target {
+            Some((_, target)) => {
+                let relation = match status(&current, target, &policy).0 {
+                    SyncStatus::InSync => EndpointState::InSync,
+                    SyncStatus::Behind => EndpointState::Behind,
+                    SyncStatus::Ahead => EndpointState::Ahead,
+                    SyncStatus::Diverged => EndpointState::Diverged,
+                };
+                (
+                    relation,
+                    pool_losses(&current, target, &policy, uncompiled.scope),
+                )
+            }
+            None => (EndpointState::Unknown, Vec::new()),
+        };
+        let preview = SetLatestPreview {
+            pool: s.pool_name.clone(),
+            state: current.hash(),
+            packages: current.len(),
+            target_revision: s.target.as_ref().map(|(t, _)| t.revision),
+            relation,
+            losses,
+            others: None,
+            others_error: None,
+        };
+        Ok((current, preview))
+    }
+
     /// The cached pool target.
     pub(crate) fn target_info(&self) -> Option<TargetInfo> {
         self.state().target.as_ref().map(|(t, _)| t.clone())
@@ -1011,19 +1090,25 @@ impl Daemon {
                 .set(keys::TARGET_MANIFEST, &manifest_json)
                 .map_err(ActionError::internal)?;
         }
-        let summary = {
+        let (summary, this_machine) = {
             let mut s = self.state();
-            let summary = match (&s.target, self.policy(&s).compile()) {
-                (Some((_, old)), Ok(policy)) => status(old, &snap, &policy).1,
+            let policy = self.policy(&s).compile();
+            let summary = match (&s.target, &policy) {
+                (Some((_, old)), Ok(policy)) => status(old, &snap, policy).1,
                 _ => Counts::default(),
+            };
+            let this_machine = match (&s.machine, &policy) {
+                (Some(m), Ok(policy)) => Some(status(&m.snapshot, &snap, policy).1),
+                _ => None,
             };
             s.target = Some((info.clone(), snap));
             s.manifest = manifest.map(std::sync::Arc::new);
-            summary
+            (summary, this_machine)
         };
         self.emit(Event::TargetChanged {
             target: info,
             summary,
+            this_machine,
         });
         self.emit_status();
         Ok(summary)
@@ -1167,7 +1252,79 @@ pub(crate) fn preview_of(plan: &Plan, target_revision: Option<u64>) -> Preview {
         conflicts: plan.conflicts.clone(),
         skipped: plan.skipped.clone(),
         needs_confirmation: plan.needs_confirmation.clone(),
+        needs_refresh: needs_database_refresh(plan),
     }
+}
+
+/// What the pool target would lose if `current` replaced `target`: packages the target has
+/// at a newer version than `current`, or that `current` lacks. Packages the policy ignores are
+/// left out, and in explicit-only scope so are dependencies neither side installed explicitly.
+pub(crate) fn pool_losses(
+    current: &Snapshot,
+    target: &Snapshot,
+    policy: &crate::plan::CompiledPolicy,
+    scope: crate::plan::Scope,
+) -> Vec<PoolLoss> {
+    use crate::localdb::Reason;
+    let mut out = Vec::new();
+    for want in target.packages() {
+        let name = want.name.as_str();
+        if policy.is_ignored(name) {
+            continue;
+        }
+        let have = current.get(name);
+        if scope == crate::plan::Scope::ExplicitOnly
+            && want.reason != Reason::Explicit
+            && have.is_none_or(|h| h.reason != Reason::Explicit)
+        {
+            continue;
+        }
+        match have {
+            None => out.push(PoolLoss {
+                name: name.to_owned(),
+                from: want.version.to_string(),
+                to: None,
+            }),
+            Some(h)
+                if crate::version::vercmp(h.version.as_str(), want.version.as_str())
+                    == std::cmp::Ordering::Less =>
+            {
+                out.push(PoolLoss {
+                    name: name.to_owned(),
+                    from: want.version.to_string(),
+                    to: Some(h.version.to_string()),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// Whether a sync refreshes the sync databases before applying `plan`: a target version is
+/// missing from them (it may just be newer than they are), or would come from the archive
+/// (which only has what was).
+pub(crate) fn needs_database_refresh(plan: &Plan) -> bool {
+    plan.conflicts.iter().any(|c| {
+        matches!(
+            c,
+            Conflict::VersionUnavailable { .. } | Conflict::RepositoryUnavailable { .. }
+        )
+    }) || plan.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::Install {
+                source: Source::Archive { .. } | Source::Pool { .. },
+                ..
+            } | Action::Upgrade {
+                source: Source::Archive { .. } | Source::Pool { .. },
+                ..
+            } | Action::Downgrade {
+                source: Source::Archive { .. } | Source::Pool { .. },
+                ..
+            }
+        )
+    })
 }
 
 /// Packages where `after` still differs from `target` under `policy`, with the reason.
@@ -1385,10 +1542,7 @@ mod actions {
         if c.total() > 0 {
             c.summary()
         } else {
-            match names.len() {
-                1 => "1 package".to_owned(),
-                n => format!("{n} packages"),
-            }
+            crate::words::packages(names.len())
         }
     }
 
@@ -1492,6 +1646,24 @@ mod tests {
             transaction_summary(&plan, "pacman -S -- core/x=1 core/y=2"),
             "2 packages"
         );
+    }
+
+    #[test]
+    fn pool_losses_list_older_and_missing_packages() {
+        use crate::snapshot::Snapshot;
+        let snap = |text: &str| {
+            Snapshot::decode(&format!("pacpool-snapshot 1\n{text}")).expect("valid snapshot")
+        };
+        let target = snap(
+            "a 2.0-1 x86_64 e -\nb 1.0-1 x86_64 e -\nc 1.0-1 x86_64 e -\nd 1.0-1 x86_64 e -\n",
+        );
+        let current = snap(
+            "a 1.5-1 x86_64 e -\nc 1.1-1 x86_64 e -\nd 1.0-1 x86_64 e -\ne 1.0-1 x86_64 e -\n",
+        );
+        let policy = crate::plan::Policy::default().compile().unwrap();
+        let losses = super::pool_losses(&current, &target, &policy, crate::plan::Scope::Full);
+        let text: Vec<String> = losses.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["a 2.0-1 → 1.5-1", "b 1.0-1 → removed"]);
     }
 
     #[test]

@@ -453,10 +453,27 @@ async fn dispatch(
             Ok(()) => Reply::Ok,
             Err(e) => e.into(),
         },
-        Request::SetLatest => match super::link::set_latest(daemon).await {
-            Ok(outcome) => Reply::Done { outcome },
+        Request::SetLatestPreview => match super::link::set_latest_preview(daemon, true).await {
+            Ok(preview) => Reply::SetLatestPreview {
+                preview: Box::new(preview),
+            },
             Err(e) => e.into(),
         },
+        Request::SetLatest {
+            allow_older,
+            expect_state,
+            expect_revision,
+        } => {
+            let opts = super::link::SetLatestOptions {
+                allow_older,
+                expect_state,
+                expect_revision,
+            };
+            match super::link::set_latest(daemon, &opts).await {
+                Ok(outcome) => Reply::Done { outcome },
+                Err(e) => e.into(),
+            }
+        }
         Request::Sync { confirm_removals } => {
             let (send, rx) = progress_channel();
             with_progress(daemon.sync(confirm_removals, send), rx, w).await?

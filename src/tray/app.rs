@@ -9,11 +9,11 @@ use anyhow::Context as _;
 use tao::event::{Event, StartCause};
 use tao::event_loop::{ControlFlow, EventLoopBuilder};
 use tokio::sync::mpsc;
-use tray_icon::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem, Submenu};
+use tray_icon::menu::{IsMenuItem, Menu, MenuEvent, MenuItem, PredefinedMenuItem, Submenu};
 use tray_icon::{Icon, TrayIcon, TrayIconBuilder};
 
 use super::icons::{IconKind, render};
-use super::model::{Daemon, Entry, Note, View};
+use super::model::{Daemon, Entry, Note, SetLatestAnswer, SetLatestConfirm, View};
 use super::worker::{self, Command, UiEvent, muted_label};
 
 /// Icon size handed to the tray host (it scales to its panel).
@@ -27,17 +27,70 @@ pub struct Options {
 struct Ui {
     tray: TrayIcon,
     icon: IconKind,
+    items: Items,
+    /// The set-latest submenu as built: muda cannot relabel a submenu (its GTK item holds a
+    /// box, and the new text never reaches the exported dbusmenu), so a change rebuilds the
+    /// whole menu.
+    set_latest_shown: SetLatestPart,
+    muted: bool,
+}
+
+/// The items updated in place.
+struct Items {
     status: MenuItem,
     detail: MenuItem,
     sync: MenuItem,
     preview: MenuItem,
-    set_latest: Submenu,
-    set_latest_confirm: MenuItem,
     revert: MenuItem,
     pause: MenuItem,
     history: MenuItem,
     mute: MenuItem,
-    muted: bool,
+}
+
+/// Everything the set-latest submenu shows, and what its confirmation confirms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SetLatestPart {
+    label: Entry,
+    info: Vec<String>,
+    confirm: Entry,
+    confirm_id: String,
+}
+
+impl SetLatestPart {
+    fn of(view: &View) -> Self {
+        Self {
+            label: view.set_latest.clone(),
+            info: view.set_latest_info.clone(),
+            confirm: view.set_latest_confirm.clone(),
+            confirm_id: view
+                .set_latest_confirms
+                .map_or_else(|| "set-latest-pending".to_owned(), |c| c.menu_id()),
+        }
+    }
+}
+
+// `set_title` reads tray-icon's `libappindicator::AppIndicator` as the one raw pointer it
+// holds: true only while the wrapper is exactly one pointer wide.
+const _: () =
+    assert!(std::mem::size_of::<libappindicator::AppIndicator>() == std::mem::size_of::<*mut u8>());
+
+/// Sets the StatusNotifierItem's `Title` property (and emits `NewTitle`): hosts that show
+/// a title on hover (KDE Plasma, GNOME's AppIndicator extension) show the state line.
+/// tray-icon 0.24 ignores tooltips on Linux and has no title setter (its `set_title` sets the
+/// panel label), so this calls libayatana-appindicator's `app_indicator_set_title`.
+fn set_title(tray: &TrayIcon, title: &str) {
+    let Ok(title) = std::ffi::CString::new(title) else {
+        return;
+    };
+    // SAFETY: on the event loop's thread (GTK's), while `tray` is alive. `app_indicator()`
+    // points at tray-icon's `libappindicator::AppIndicator`, whose only field is the
+    // indicator's `*mut AppIndicator` (checked by the size assertion above), so reading one
+    // pointer from it yields that field; the C call copies the string.
+    unsafe {
+        let wrapper = tray.app_indicator();
+        let raw = *(wrapper as *const *mut _);
+        libappindicator::app_indicator_set_title(raw, title.as_ptr());
+    }
 }
 
 fn icon(kind: IconKind) -> Icon {
@@ -50,62 +103,77 @@ fn apply(item: &MenuItem, e: &Entry) {
     item.set_enabled(e.enabled);
 }
 
+/// The whole menu for `view`.
+fn build_menu(view: &View, muted: bool) -> anyhow::Result<(Menu, Items, SetLatestPart)> {
+    let item = |id: &str, e: &Entry| MenuItem::with_id(id, &e.label, e.enabled, None);
+    let part = SetLatestPart::of(view);
+    let items = Items {
+        status: MenuItem::with_id("status", &view.status_line, false, None),
+        detail: MenuItem::with_id("detail", &view.detail_line, false, None),
+        sync: item("sync", &view.sync),
+        preview: item("preview", &view.preview),
+        revert: item("revert", &view.revert),
+        pause: item("pause", &view.pause),
+        history: item("history", &view.history),
+        mute: MenuItem::with_id("mute", muted_label(muted), true, None),
+    };
+    let info: Vec<MenuItem> = part
+        .info
+        .iter()
+        .enumerate()
+        .map(|(i, line)| MenuItem::with_id(format!("set-latest-info-{i}"), line, false, None))
+        .collect();
+    let confirm = MenuItem::with_id(
+        part.confirm_id.as_str(),
+        &part.confirm.label,
+        part.confirm.enabled,
+        None,
+    );
+    let mut children: Vec<&dyn IsMenuItem> = info.iter().map(|i| i as &dyn IsMenuItem).collect();
+    children.push(&confirm);
+    let set_latest = Submenu::with_id_and_items(
+        "set-latest-menu",
+        &part.label.label,
+        part.label.enabled,
+        &children,
+    )?;
+    let quit = MenuItem::with_id("quit", "Quit", true, None);
+    let menu = Menu::with_items(&[
+        &items.status,
+        &items.detail,
+        &PredefinedMenuItem::separator(),
+        &items.sync,
+        &items.preview,
+        &set_latest,
+        &items.revert,
+        &PredefinedMenuItem::separator(),
+        &items.pause,
+        &items.history,
+        &items.mute,
+        &PredefinedMenuItem::separator(),
+        &quit,
+    ])?;
+    Ok((menu, items, part))
+}
+
 impl Ui {
     fn new(view: &View, muted: bool) -> anyhow::Result<Ui> {
-        let item = |id: &str, e: &Entry| MenuItem::with_id(id, &e.label, e.enabled, None);
-        let status = MenuItem::with_id("status", &view.status_line, false, None);
-        let detail = MenuItem::with_id("detail", &view.detail_line, false, None);
-        let sync = item("sync", &view.sync);
-        let preview = item("preview", &view.preview);
-        let set_latest_confirm = item("set-latest", &view.set_latest_confirm);
-        let set_latest = Submenu::with_id_and_items(
-            "set-latest-menu",
-            &view.set_latest.label,
-            view.set_latest.enabled,
-            &[&set_latest_confirm],
-        )?;
-        let revert = item("revert", &view.revert);
-        let pause = item("pause", &view.pause);
-        let history = item("history", &view.history);
-        let mute = MenuItem::with_id("mute", muted_label(muted), true, None);
-        let quit = MenuItem::with_id("quit", "Quit", true, None);
-        let menu = Menu::with_items(&[
-            &status,
-            &detail,
-            &PredefinedMenuItem::separator(),
-            &sync,
-            &preview,
-            &set_latest,
-            &revert,
-            &PredefinedMenuItem::separator(),
-            &pause,
-            &history,
-            &mute,
-            &PredefinedMenuItem::separator(),
-            &quit,
-        ])?;
+        let (menu, items, part) = build_menu(view, muted)?;
         let tray = TrayIconBuilder::new()
             .with_id("pacpool")
             .with_menu(Box::new(menu))
             .with_icon(icon(view.icon))
-            // Linux tray hosts (StatusNotifierItem via libappindicator) show no tooltip; the
-            // menu's first two lines carry the same facts there.
+            // StatusNotifierItem hosts (libappindicator) show no tooltip: tray-icon ignores it
+            // on Linux; the menu's first two lines carry the same facts there.
             .with_tooltip(&view.tooltip)
             .build()
             .context("create the tray icon (is a StatusNotifierItem host running?)")?;
+        set_title(&tray, &view.status_line);
         Ok(Ui {
             tray,
             icon: view.icon,
-            status,
-            detail,
-            sync,
-            preview,
-            set_latest,
-            set_latest_confirm,
-            revert,
-            pause,
-            history,
-            mute,
+            items,
+            set_latest_shown: part,
             muted,
         })
     }
@@ -118,16 +186,26 @@ impl Ui {
             self.icon = view.icon;
         }
         let _ = self.tray.set_tooltip(Some(&view.tooltip));
-        self.status.set_text(&view.status_line);
-        self.detail.set_text(&view.detail_line);
-        apply(&self.sync, &view.sync);
-        apply(&self.preview, &view.preview);
-        self.set_latest.set_text(&view.set_latest.label);
-        self.set_latest.set_enabled(view.set_latest.enabled);
-        apply(&self.set_latest_confirm, &view.set_latest_confirm);
-        apply(&self.revert, &view.revert);
-        apply(&self.pause, &view.pause);
-        apply(&self.history, &view.history);
+        set_title(&self.tray, &view.status_line);
+        if SetLatestPart::of(view) != self.set_latest_shown {
+            match build_menu(view, self.muted) {
+                Ok((menu, items, part)) => {
+                    self.tray.set_menu(Some(Box::new(menu)));
+                    self.items = items;
+                    self.set_latest_shown = part;
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot rebuild the tray menu"),
+            }
+        }
+        let i = &self.items;
+        i.status.set_text(&view.status_line);
+        i.detail.set_text(&view.detail_line);
+        apply(&i.sync, &view.sync);
+        apply(&i.preview, &view.preview);
+        apply(&i.revert, &view.revert);
+        apply(&i.pause, &view.pause);
+        apply(&i.history, &view.history);
     }
 }
 
@@ -153,13 +231,16 @@ fn show_note(note: Note, commands: Option<mpsc::UnboundedSender<Command>>) {
                         .is_ok_and(|caps| caps.iter().any(|c| c == "actions"))
             });
             if sync.is_some() {
+                // "default" is a click on the notification; "sync-now" is the button that
+                // servers showing actions (GNOME, KDE, dunst's context menu) display.
                 n.action("default", "Sync now");
+                n.action("sync-now", "Sync now");
             }
             match n.show() {
                 Ok(handle) => {
                     if let Some(sync) = sync {
                         handle.wait_for_action(|action| {
-                            if action == "default" {
+                            if action == "default" || action == "sync-now" {
                                 tracing::info!("\"Sync now\" clicked in a notification");
                                 let _ = sync.send(Command::Sync);
                             }
@@ -218,12 +299,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let commands = worker.commands.clone();
     let _ = command_slot.set(commands.clone());
     let mut daemon = Daemon::NotRunning("connecting".into());
+    let mut set_latest: Option<SetLatestAnswer> = None;
     let mut ui: Option<Ui> = None;
     let mut muted = opts.muted;
     event_loop.run(move |event, _, control_flow| {
         *control_flow = ControlFlow::Wait;
         match event {
-            Event::NewEvents(StartCause::Init) => match Ui::new(&View::of(&daemon), muted) {
+            Event::NewEvents(StartCause::Init) => match Ui::new(&View::of(&daemon, None), muted) {
                 Ok(u) => ui = Some(u),
                 Err(e) => {
                     eprintln!("pacpool-tray: error: {e:#}");
@@ -233,14 +315,22 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             Event::UserEvent(UiEvent::Daemon(d)) => {
                 daemon = *d;
                 if let Some(u) = &mut ui {
-                    u.update(&View::of(&daemon));
+                    u.update(&View::of(&daemon, set_latest.as_ref()));
+                }
+            }
+            Event::UserEvent(UiEvent::SetLatest(answer)) => {
+                set_latest = Some(answer);
+                if let Some(u) = &mut ui {
+                    u.update(&View::of(&daemon, set_latest.as_ref()));
                 }
             }
             Event::UserEvent(UiEvent::Menu(id)) => {
                 let cmd = match id.as_str() {
                     "sync" => Command::Sync,
                     "preview" => Command::Preview,
-                    "set-latest" => Command::SetLatest,
+                    other if SetLatestConfirm::from_menu_id(other).is_some() => Command::SetLatest(
+                        SetLatestConfirm::from_menu_id(other).expect("checked above"),
+                    ),
                     "revert" => Command::Revert,
                     "pause" => Command::TogglePause,
                     "history" => Command::History,
@@ -248,7 +338,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         muted = !muted;
                         if let Some(u) = &mut ui {
                             u.muted = muted;
-                            u.mute.set_text(muted_label(muted));
+                            u.items.mute.set_text(muted_label(muted));
                         }
                         Command::ToggleMute
                     }

@@ -1,8 +1,10 @@
 //! What the tray shows, computed from the daemon's [`LocalStatus`] (pure: no GTK, no I/O),
 //! and which events become desktop notifications (with de-duplication).
 
-use crate::daemon::protocol::{Event, LinkState, LocalStatus, Outcome};
-use crate::proto::EndpointState;
+use crate::daemon::protocol::{Event, LinkState, LocalStatus, Outcome, SetLatestPreview};
+use crate::proto::{AutoSyncMode, EndpointState};
+use crate::snapshot::SnapshotHash;
+use crate::words;
 
 use super::icons::IconKind;
 
@@ -52,11 +54,70 @@ pub struct View {
     pub detail_line: String,
     pub sync: Entry,
     pub preview: Entry,
+    /// The "Set as latest…" submenu's own label.
     pub set_latest: Entry,
+    /// Lines in the submenu above the confirmation (disabled): what the pool would lose,
+    /// what becomes of the other machines.
+    pub set_latest_info: Vec<String>,
     pub set_latest_confirm: Entry,
+    /// What clicking the confirmation confirms (`None`: nothing to confirm yet).
+    pub set_latest_confirms: Option<SetLatestConfirm>,
     pub revert: Entry,
     pub pause: Entry,
     pub history: Entry,
+}
+
+/// The tray's last answer to "what would set-latest do to the pool?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetLatestAnswer {
+    Preview(Box<SetLatestPreview>),
+    /// pacpoold could not say (why); asked again at the next status change.
+    Failed(String),
+}
+
+/// What the user confirmed by clicking "Confirm" in the set-latest submenu: exactly the
+/// preview the label was made from (carried in the menu item's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetLatestConfirm {
+    pub state: SnapshotHash,
+    pub target_revision: Option<u64>,
+    pub allow_older: bool,
+}
+
+impl SetLatestConfirm {
+    const PREFIX: &'static str = "set-latest:";
+
+    /// The menu item id: `set-latest:<state>:<revision or ->:<older 0|1>`.
+    pub fn menu_id(&self) -> String {
+        format!(
+            "{}{}:{}:{}",
+            Self::PREFIX,
+            self.state.to_hex(),
+            self.target_revision
+                .map_or_else(|| "-".to_owned(), |r| r.to_string()),
+            u8::from(self.allow_older)
+        )
+    }
+
+    pub fn from_menu_id(id: &str) -> Option<Self> {
+        let mut parts = id.strip_prefix(Self::PREFIX)?.split(':');
+        let state: SnapshotHash =
+            serde_json::from_value(serde_json::Value::String(parts.next()?.to_owned())).ok()?;
+        let target_revision = match parts.next()? {
+            "-" => None,
+            r => Some(r.parse().ok()?),
+        };
+        let allow_older = match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        Some(Self {
+            state,
+            target_revision,
+            allow_older,
+        })
+    }
 }
 
 fn icon_for(s: &LocalStatus) -> IconKind {
@@ -88,7 +149,9 @@ fn state_words(k: IconKind) -> &'static str {
 }
 
 impl View {
-    pub fn of(daemon: &Daemon) -> View {
+    /// What the tray shows for `daemon`; `set_latest` is the last set-latest preview, used
+    /// only when it was computed for the state and target the status shows.
+    pub fn of(daemon: &Daemon, set_latest_answer: Option<&SetLatestAnswer>) -> View {
         let s = match daemon {
             Daemon::NotRunning(why) => {
                 let reason = format!("pacpoold is not running ({why})");
@@ -100,7 +163,9 @@ impl View {
                     sync: Entry::off("Sync to latest (pacpoold not running)"),
                     preview: Entry::off("Preview… (pacpoold not running)"),
                     set_latest: Entry::off("Set as latest… (pacpoold not running)"),
+                    set_latest_info: Vec::new(),
                     set_latest_confirm: Entry::off("Confirm"),
+                    set_latest_confirms: None,
                     revert: Entry::off("Revert to previous (pacpoold not running)"),
                     pause: Entry::off("Pause auto-sync (pacpoold not running)"),
                     history: Entry::off("History… (pacpoold not running)"),
@@ -127,7 +192,7 @@ impl View {
         );
         let detail_line = format!("{target_text}; {last_sync}");
         let mut tooltip = vec![status_line.clone(), target_text.clone()];
-        tooltip.push(format!("pending: {}", s.counts.summary()));
+        tooltip.push(format!("pending: {}", s.pending()));
         tooltip.push(last_sync.clone());
         if let Some(e) = &s.last_error {
             tooltip.push(format!("last error: {e}"));
@@ -155,7 +220,17 @@ impl View {
         let sync = match (&s.target, pending) {
             (None, _) => gated("Sync to latest".into(), Some("no pool target yet")),
             (Some(_), false) => Entry::off("Sync to latest — nothing to do"),
-            (Some(_), true) => gated(format!("Sync to latest — {}", s.counts.summary()), None),
+            (Some(_), true) => gated(
+                if s.needs_refresh {
+                    format!(
+                        "Sync to latest — {} (after a database refresh)",
+                        s.counts.summary()
+                    )
+                } else {
+                    format!("Sync to latest — {}", s.counts.summary())
+                },
+                None,
+            ),
         };
         let preview = if s.target.is_some() {
             Entry::on("Preview…")
@@ -167,25 +242,67 @@ impl View {
             LinkState::Offline | LinkState::NotConfigured | LinkState::Unregistered
         )
         .then_some("coordinator not reachable");
-        let packages = s.current.as_ref().map_or(0, |c| c.package_count);
         let set_latest = gated("Set as latest…".into(), offline);
-        let others = match s.pool_endpoints.map(|n| n.saturating_sub(1)) {
-            None => "every other machine in it becomes behind".to_owned(),
-            Some(0) => "no other machine is in it yet".to_owned(),
-            Some(1) => "the 1 other machine in it becomes behind".to_owned(),
-            Some(n) => format!("the {n} other machines in it become behind"),
+        // The confirmation only from a preview of exactly this state and target.
+        let fresh = match set_latest_answer {
+            Some(SetLatestAnswer::Preview(p))
+                if s.current.as_ref().map(|c| c.hash) == Some(p.state)
+                    && s.target.as_ref().map(|t| t.revision) == p.target_revision =>
+            {
+                Some(p)
+            }
+            _ => None,
         };
-        let set_latest_confirm = gated(
-            format!("Confirm: set pool {pool} to this machine ({packages} packages); {others}"),
-            offline,
-        );
+        let (set_latest_info, set_latest_confirm, set_latest_confirms) = match fresh {
+            _ if !set_latest.enabled => (Vec::new(), Entry::off("Confirm"), None),
+            None if let Some(SetLatestAnswer::Failed(why)) = set_latest_answer => (
+                Vec::new(),
+                Entry::off(format!("Confirm (cannot tell what it would change: {why})")),
+                None,
+            ),
+            None => (
+                Vec::new(),
+                Entry::off("Confirm (checking what it would change…)"),
+                None,
+            ),
+            Some(p) => {
+                let mut info = Vec::new();
+                if let Some(head) = p.loss_header() {
+                    // One package a line: a menu is read down, not across.
+                    const SHOWN: usize = 4;
+                    info.push(format!("Warning: {head}:"));
+                    info.extend(p.losses.iter().take(SHOWN).map(|l| format!("    {l}")));
+                    if p.losses.len() > SHOWN {
+                        info.push(format!("    … and {} more", p.losses.len() - SHOWN));
+                    }
+                }
+                info.push(format!("Then {}", p.others_line()));
+                let confirm = if p.goes_back() {
+                    "Confirm anyway"
+                } else {
+                    "Confirm"
+                };
+                (
+                    info,
+                    Entry::on(format!(
+                        "{confirm}: set pool {pool} to this machine ({})",
+                        words::packages(p.packages)
+                    )),
+                    Some(SetLatestConfirm {
+                        state: p.state,
+                        target_revision: p.target_revision,
+                        allow_older: p.goes_back(),
+                    }),
+                )
+            }
+        };
         let revert = match &s.previous {
             Some(p) => {
                 let changes = match s.revert_changes {
                     Some(c) if c.total() > 0 => c.summary(),
                     Some(_) => "no package changes".to_owned(),
                     // An older daemon: the snapshot's size instead.
-                    None => format!("{} packages", p.package_count),
+                    None => words::packages(p.package_count),
                 };
                 gated(
                     format!("Revert to previous ({}: {changes})", utc(p.taken_at)),
@@ -211,7 +328,9 @@ impl View {
             sync,
             preview,
             set_latest,
+            set_latest_info,
             set_latest_confirm,
+            set_latest_confirms,
             revert,
             pause,
             history: Entry::on("History…"),
@@ -257,7 +376,11 @@ pub struct Notifier {
 impl Notifier {
     pub fn on_event(&mut self, event: &Event) -> Option<Note> {
         match event {
-            Event::TargetChanged { target, summary } => {
+            Event::TargetChanged {
+                target,
+                summary,
+                this_machine,
+            } => {
                 if self
                     .announced_revision
                     .is_some_and(|r| r >= target.revision)
@@ -274,24 +397,41 @@ impl Notifier {
                     .as_ref()
                     .and_then(|s| s.pool.clone())
                     .unwrap_or_else(|| "the pool".into());
+                let mut body = format!(
+                    "{} set revision {} ({})",
+                    target.set_by,
+                    target.revision,
+                    words::packages(target.package_count)
+                );
+                if summary.total() > 0 {
+                    body.push_str(&format!(
+                        "; against the previous target: {}",
+                        summary.summary()
+                    ));
+                }
+                body.push('.');
+                let needs = this_machine.filter(|c| c.total() > 0);
+                match needs {
+                    Some(c) => {
+                        body.push_str(&format!("\nThis machine: {} to reach it.", c.summary()))
+                    }
+                    None if this_machine.is_some() => {
+                        body.push_str("\nThis machine already matches it.")
+                    }
+                    None => {}
+                }
+                let can_act = self.last.as_ref().is_some_and(|s| s.can_act);
+                if needs.is_some()
+                    && let Some(s) = &self.last
+                {
+                    body.push('\n');
+                    body.push_str(&when_applied(s));
+                }
                 Some(Note {
                     summary: format!("{pool}: new target from {}", target.set_by),
-                    body: if summary.total() == 0 {
-                        format!(
-                            "{} set revision {} ({} packages).",
-                            target.set_by, target.revision, target.package_count
-                        )
-                    } else {
-                        format!(
-                            "{} set revision {} ({} packages); against the previous target: {}.",
-                            target.set_by,
-                            target.revision,
-                            target.package_count,
-                            summary.summary()
-                        )
-                    },
+                    body,
                     critical: false,
-                    sync_now: self.last.as_ref().is_some_and(|s| s.can_act),
+                    sync_now: can_act && needs.is_some(),
                 })
             }
             Event::OperationStarted { kind } => {
@@ -301,7 +441,10 @@ impl Notifier {
                 self.running = Some(kind.clone());
                 Some(Note {
                     summary: format!("{} started", kind_title(kind)),
-                    body: String::new(),
+                    body: self
+                        .last
+                        .as_deref()
+                        .map_or_else(String::new, |s| started_body(kind, s)),
                     critical: false,
                     sync_now: false,
                 })
@@ -338,7 +481,7 @@ impl Notifier {
                 "Target revision {} (set by {}): {}.",
                 rev,
                 s.target.as_ref().map_or("?", |t| t.set_by.as_str()),
-                s.counts.summary()
+                s.pending()
             ),
             critical: false,
             sync_now: s.can_act,
@@ -346,11 +489,72 @@ impl Notifier {
     }
 }
 
+/// When a new target reaches this machine, from its auto-sync settings.
+fn when_applied(s: &LocalStatus) -> String {
+    match (s.auto_sync, s.auto_sync_paused, &s.auto_sync_window) {
+        (AutoSyncMode::Apply, false, None) => "Auto-sync applies it now.".into(),
+        (AutoSyncMode::Apply, false, Some(w)) => {
+            format!("Auto-sync applies it in the next window ({w} UTC), or use Sync now.")
+        }
+        (AutoSyncMode::Apply, true, _) => "Auto-sync is paused: use Sync now to apply it.".into(),
+        (AutoSyncMode::Notify | AutoSyncMode::Off, _, _) => {
+            "Nothing changes until you use Sync now.".into()
+        }
+    }
+}
+
+/// What an operation that just started is about to do, from the last status.
+fn started_body(kind: &str, s: &LocalStatus) -> String {
+    match kind {
+        "sync" => match &s.target {
+            Some(t) => format!("To target revision {}: {}.", t.revision, s.pending()),
+            None => String::new(),
+        },
+        "revert" => match (&s.previous, s.revert_changes) {
+            (Some(p), Some(c)) => format!(
+                "Back to the state recorded {}: {}.",
+                utc(p.taken_at),
+                c.summary()
+            ),
+            (Some(p), None) => format!("Back to the state recorded {}.", utc(p.taken_at)),
+            (None, _) => String::new(),
+        },
+        "set-latest" => format!(
+            "Making this machine's {} the target of {}.",
+            words::packages(s.current.as_ref().map_or(0, |c| c.package_count)),
+            s.pool.as_deref().unwrap_or("the pool")
+        ),
+        _ => String::new(),
+    }
+}
+
 pub fn finished_note(o: &Outcome) -> Note {
     let title = kind_title(&o.kind);
+    // `pacpool cancel` is honoured only before pacman starts (the daemon's wording).
+    if !o.ok && o.message.starts_with("cancelled") {
+        return Note {
+            summary: format!("{title} cancelled"),
+            body: format!("{}; nothing was changed.", o.message),
+            critical: false,
+            sync_now: false,
+        };
+    }
     let mut body = o.message.clone();
+    if !body.ends_with('.') {
+        body.push('.');
+    }
     for f in o.failures.iter().take(5) {
         body.push_str(&format!("\n{}: {}", f.name, f.reason));
+    }
+    if o.failures.len() > 5 {
+        body.push_str(&format!("\n… and {} more", o.failures.len() - 5));
+    }
+    if !o.ok {
+        body.push_str(match o.kind.as_str() {
+            "set-latest" => "\nNothing was changed on the pool. Open \"Set as latest…\" again to see why and what it would change.",
+            _ if o.failures.is_empty() => "\nNext: fix the cause above, then try again (`pacpool preview` shows what is left).",
+            _ => "\nNext: `pacpool preview` shows what is left; `pacpool history` keeps this result.",
+        });
     }
     Note {
         summary: if o.ok {
@@ -395,6 +599,8 @@ mod tests {
             can_act: true,
             why_not: None,
             revert_changes: None,
+            needs_refresh: false,
+            auto_sync_window: None,
         })
     }
 
@@ -420,7 +626,7 @@ mod tests {
 
     #[test]
     fn view_labels_counts_and_reasons() {
-        let v = View::of(&Daemon::Up(status(EndpointState::Behind, Some(4))));
+        let v = View::of(&Daemon::Up(status(EndpointState::Behind, Some(4))), None);
         assert_eq!(v.icon, IconKind::Behind);
         assert_eq!(
             v.sync,
@@ -432,20 +638,12 @@ mod tests {
             v.tooltip
         );
         assert!(v.tooltip.contains("last sync 2025-11-22 00:30 UTC"));
-        assert!(
-            v.set_latest_confirm
-                .label
-                .contains("set pool lab to this machine"),
-            "{}",
-            v.set_latest_confirm.label
+        // No preview yet: nothing to confirm.
+        assert_eq!(
+            v.set_latest_confirm,
+            Entry::off("Confirm (checking what it would change…)")
         );
-        assert!(
-            v.set_latest_confirm
-                .label
-                .ends_with("; the 3 other machines in it become behind"),
-            "{}",
-            v.set_latest_confirm.label
-        );
+        assert!(v.set_latest_confirms.is_none());
         let mut back = status(EndpointState::Ahead, Some(4));
         back.previous = Some(crate::store::HistoryEntry {
             id: 1,
@@ -460,27 +658,25 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            View::of(&Daemon::Up(back.clone())).revert,
+            View::of(&Daemon::Up(back.clone()), None).revert,
             Entry::on("Revert to previous (2025-11-22 00:30 UTC: 1 install, 2 removals)")
         );
         back.revert_changes = None;
         assert_eq!(
-            View::of(&Daemon::Up(back)).revert.label,
+            View::of(&Daemon::Up(back), None).revert.label,
             "Revert to previous (2025-11-22 00:30 UTC: 7 packages)"
         );
-        let mut alone = status(EndpointState::Ahead, Some(4));
-        alone.pool_endpoints = Some(1);
-        let v = View::of(&Daemon::Up(alone));
-        assert!(
-            v.set_latest_confirm
-                .label
-                .ends_with("no other machine is in it yet")
+        let mut needs = status(EndpointState::Behind, Some(4));
+        needs.needs_refresh = true;
+        assert_eq!(
+            View::of(&Daemon::Up(needs), None).sync.label,
+            "Sync to latest — 3 upgrades, 1 downgrade (after a database refresh)"
         );
 
         let mut s = status(EndpointState::Behind, Some(4));
         s.can_act = false;
         s.why_not = Some("not in group wheel".into());
-        let v = View::of(&Daemon::Up(s));
+        let v = View::of(&Daemon::Up(s), None);
         assert!(!v.sync.enabled);
         assert!(
             v.sync.label.ends_with("(not allowed: not in group wheel)"),
@@ -489,16 +685,101 @@ mod tests {
         );
         assert!(!v.pause.enabled && v.preview.enabled);
 
-        let v = View::of(&Daemon::NotRunning("connection refused".into()));
+        let v = View::of(&Daemon::NotRunning("connection refused".into()), None);
         assert_eq!(v.icon, IconKind::NotRunning);
         assert!(!v.sync.enabled);
 
         let mut s = status(EndpointState::InSync, Some(4));
         s.counts = Counts::default();
         s.link = LinkState::Offline;
-        let v = View::of(&Daemon::Up(s));
+        let v = View::of(&Daemon::Up(s), None);
         assert_eq!(v.icon, IconKind::Offline);
         assert!(!v.sync.enabled && !v.set_latest.enabled);
+    }
+
+    fn preview(state: SnapshotHash, losses: usize) -> SetLatestPreview {
+        use crate::daemon::protocol::PoolLoss;
+        use crate::proto::WhatIfEndpoint;
+        SetLatestPreview {
+            pool: Some("lab".into()),
+            state,
+            packages: 1,
+            target_revision: Some(4),
+            relation: EndpointState::Behind,
+            losses: (0..losses)
+                .map(|i| PoolLoss {
+                    name: format!("pkg{i}"),
+                    from: "2.0-1".into(),
+                    to: (i % 2 == 0).then(|| "1.0-1".into()),
+                })
+                .collect(),
+            others: Some(vec![WhatIfEndpoint {
+                id: 1,
+                name: "alice".into(),
+                now: EndpointState::InSync,
+                after: EndpointState::Ahead,
+                counts_after: Counts {
+                    downgrade: 1,
+                    ..Default::default()
+                },
+            }]),
+            others_error: None,
+        }
+    }
+
+    #[test]
+    fn set_latest_confirmation_says_what_the_pool_loses() {
+        let mut s = status(EndpointState::Behind, Some(4));
+        let hash = Snapshot::default().hash();
+        s.current = Some(crate::store::HistoryEntry {
+            id: 2,
+            hash,
+            taken_at: 0,
+            trigger: "start".into(),
+            package_count: 1,
+        });
+        let p = preview(hash, 4);
+        let answer = SetLatestAnswer::Preview(Box::new(p.clone()));
+        let v = View::of(&Daemon::Up(s.clone()), Some(&answer));
+        assert_eq!(
+            v.set_latest_info,
+            [
+                "Warning: this machine is behind the target: the pool would go back 4 packages:",
+                "    pkg0 2.0-1 → 1.0-1",
+                "    pkg1 2.0-1 → removed",
+                "    pkg2 2.0-1 → 1.0-1",
+                "    pkg3 2.0-1 → removed",
+                "Then alice becomes ahead"
+            ]
+        );
+        assert_eq!(
+            v.set_latest_confirm,
+            Entry::on("Confirm anyway: set pool lab to this machine (1 package)")
+        );
+        let c = v.set_latest_confirms.expect("confirmable");
+        assert!(c.allow_older);
+        assert_eq!(SetLatestConfirm::from_menu_id(&c.menu_id()), Some(c));
+        assert_eq!(SetLatestConfirm::from_menu_id("set-latest"), None);
+
+        // Nothing goes back: no warning, no allow-older.
+        let v = View::of(
+            &Daemon::Up(s.clone()),
+            Some(&SetLatestAnswer::Preview(Box::new(preview(hash, 0)))),
+        );
+        assert_eq!(v.set_latest_info, ["Then alice becomes ahead"]);
+        assert!(!v.set_latest_confirms.unwrap().allow_older);
+
+        // A preview of another state (or target) is not shown.
+        let mut moved = s.clone();
+        moved.target = Some(target(5));
+        let v = View::of(&Daemon::Up(moved), Some(&answer));
+        assert!(v.set_latest_confirms.is_none() && !v.set_latest_confirm.enabled);
+        // pacpoold could not say: the menu says so instead of "checking" for ever.
+        let failed = SetLatestAnswer::Failed("cannot read pacman's state".into());
+        assert_eq!(
+            View::of(&Daemon::Up(s), Some(&failed)).set_latest_confirm,
+            Entry::off("Confirm (cannot tell what it would change: cannot read pacman's state)")
+        );
     }
 
     #[test]
@@ -516,13 +797,17 @@ mod tests {
                 upgrade: 2,
                 ..Default::default()
             },
+            this_machine: Some(Counts {
+                install: 2,
+                ..Default::default()
+            }),
         };
         let note = n.on_event(&changed).expect("announced");
         assert_eq!(note.summary, "lab: new target from alice");
         assert!(note.sync_now, "offers Sync now to a user who may act");
         assert!(
             note.body
-                .contains("revision 4 (12 packages); against the previous target: 2 upgrades"),
+                .contains("revision 4 (12 packages); against the previous target: 2 upgrades.\nThis machine: 2 installs to reach it.\nNothing changes until you use Sync now."),
             "{}",
             note.body
         );
@@ -545,7 +830,14 @@ mod tests {
         let start = Event::OperationStarted {
             kind: "sync".into(),
         };
-        assert_eq!(n.on_event(&start).unwrap().summary, "Sync started");
+        let started = n.on_event(&start).unwrap();
+        assert_eq!(
+            (started.summary.as_str(), started.body.as_str()),
+            (
+                "Sync started",
+                "To target revision 4: 3 upgrades, 1 downgrade."
+            )
+        );
         assert!(n.on_event(&start).is_none());
         let done = Event::OperationFinished {
             outcome: Outcome {
@@ -558,9 +850,11 @@ mod tests {
             },
         };
         let note = n.on_event(&done).unwrap();
-        assert_eq!(
-            (note.summary.as_str(), note.body.as_str()),
-            ("Sync failed", "pacman failed")
+        assert_eq!(note.summary, "Sync failed");
+        assert!(
+            note.body.starts_with("pacman failed.\nNext: "),
+            "{}",
+            note.body
         );
 
         // A target set by this machine is not announced.
@@ -569,7 +863,8 @@ mod tests {
         assert!(
             n.on_event(&Event::TargetChanged {
                 target: mine,
-                summary: Counts::default()
+                summary: Counts::default(),
+                this_machine: None,
             })
             .is_none()
         );

@@ -13,16 +13,20 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::daemon::client::Client;
-use crate::daemon::protocol::{ErrorCode, Event, Reply, Request};
-use crate::plan::Action;
+use crate::daemon::protocol::{ErrorCode, Event, LinkState, Reply, Request};
+use crate::plan::{Action, Conflict};
+use crate::snapshot::SnapshotHash;
 
-use super::model::{Daemon, Note, Notifier, finished_note, utc};
+use super::model::{Daemon, Note, Notifier, SetLatestAnswer, SetLatestConfirm, finished_note, utc};
 
 /// What the background thread tells the event loop, and what the loop's own handlers forward.
 #[derive(Debug, Clone)]
 pub enum UiEvent {
     /// The daemon's state changed (or it went away): redraw.
     Daemon(Box<Daemon>),
+    /// A new set-latest preview (what the pool would lose, the other machines afterwards),
+    /// or why there is none.
+    SetLatest(SetLatestAnswer),
     /// A menu item was clicked (its id).
     Menu(String),
     /// The background thread ended.
@@ -34,7 +38,8 @@ pub enum UiEvent {
 pub enum Command {
     Sync,
     Preview,
-    SetLatest,
+    /// Set-latest, as confirmed in the menu (the preview its label was made from).
+    SetLatest(SetLatestConfirm),
     Revert,
     /// Pause auto-sync when running, resume when paused.
     TogglePause,
@@ -56,7 +61,11 @@ struct Shared {
     notes: NoteSink,
     muted: AtomicBool,
     state: Mutex<(Daemon, Notifier)>,
+    /// The (state, target revision, pool size) the last set-latest preview was asked for.
+    set_latest_key: Mutex<Option<PreviewKey>>,
 }
+
+type PreviewKey = (SnapshotHash, Option<u64>, Option<u64>);
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, (Daemon, Notifier)> {
@@ -108,6 +117,7 @@ pub fn spawn(socket: PathBuf, muted: bool, ui: UiSink, notes: NoteSink) -> std::
         notes,
         muted: AtomicBool::new(muted),
         state: Mutex::new((Daemon::NotRunning("connecting".into()), Notifier::default())),
+        set_latest_key: Mutex::new(None),
     });
     let thread = std::thread::Builder::new()
         .name("pacpool-tray-io".into())
@@ -166,6 +176,7 @@ async fn subscription(shared: Arc<Shared>) {
                         Ok(event) => {
                             backoff = BACKOFF_MIN;
                             on_event(&shared, event);
+                            refresh_set_latest(&shared);
                         }
                         Err(e) => break e.to_string(),
                     }
@@ -174,6 +185,10 @@ async fn subscription(shared: Arc<Shared>) {
         };
         tracing::debug!(reason = %why, "pacpoold not reachable");
         shared.set_daemon(Daemon::NotRunning(why));
+        *shared
+            .set_latest_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         let jitter = Duration::from_millis(u64::from(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -215,11 +230,63 @@ fn on_event(shared: &Shared, event: Event) {
     shared.set_daemon(daemon);
 }
 
+/// Asks pacpoold for a new set-latest preview when this machine's state, the target or the
+/// pool's size changed since the last one (only while the user may act and the coordinator
+/// is connected: otherwise the menu item is disabled anyway). The preview goes to the menu.
+fn refresh_set_latest(shared: &Arc<Shared>) {
+    let key = match &shared.lock().0 {
+        Daemon::Up(s) if s.can_act && s.link == LinkState::Connected && s.operation.is_none() => {
+            s.current.as_ref().map(|c| {
+                (
+                    c.hash,
+                    s.target.as_ref().map(|t| t.revision),
+                    s.pool_endpoints,
+                )
+            })
+        }
+        _ => None,
+    };
+    let Some(key) = key else { return };
+    {
+        let mut last = shared
+            .set_latest_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *last == Some(key) {
+            return;
+        }
+        *last = Some(key);
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let reply = match Client::connect(&shared.socket).await {
+            Ok(mut c) => c.request(Request::SetLatestPreview, |_| {}).await,
+            Err(e) => Err(e),
+        };
+        let failed = match reply {
+            Ok(Reply::SetLatestPreview { preview }) => {
+                (shared.ui)(UiEvent::SetLatest(SetLatestAnswer::Preview(preview)));
+                return;
+            }
+            Ok(Reply::Error { message, .. }) => message,
+            Ok(other) => format!("unexpected answer from pacpoold: {other:?}"),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(reason = %failed, "no set-latest preview");
+        // Asked again at the next status change.
+        *shared
+            .set_latest_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        (shared.ui)(UiEvent::SetLatest(SetLatestAnswer::Failed(failed)));
+    });
+}
+
 fn title(cmd: Command) -> &'static str {
     match cmd {
         Command::Sync => "Sync",
         Command::Preview => "Preview",
-        Command::SetLatest => "Set as latest",
+        Command::SetLatest(_) => "Set as latest",
         Command::Revert => "Revert",
         Command::TogglePause => "Auto-sync",
         Command::History => "History",
@@ -245,7 +312,11 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
             confirm_removals: false,
         },
         Command::Preview => Request::Preview,
-        Command::SetLatest => Request::SetLatest,
+        Command::SetLatest(c) => Request::SetLatest {
+            allow_older: c.allow_older,
+            expect_state: Some(c.state),
+            expect_revision: c.target_revision,
+        },
         Command::Revert => Request::Revert {
             to: None,
             confirm_removals: false,
@@ -265,6 +336,11 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
     };
     match reply {
         Err(e) => shared.answer(format!("{what} failed"), e.to_string(), true),
+        // A cancelled operation had started: the subscription announces its end.
+        Ok(Reply::Error {
+            code: ErrorCode::Cancelled,
+            ..
+        }) if !matches!(shared.lock().0, Daemon::NotRunning(_)) => {}
         Ok(Reply::Error { code, message }) => {
             let hint = match code {
                 ErrorCode::NeedsConfirmation => {
@@ -289,19 +365,37 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
                 lines.push(format!("… and {} more", preview.actions.len() - 15));
             }
             for c in &preview.conflicts {
-                lines.push(format!("conflict: {c}"));
+                lines.push(match c {
+                    // Resolved by the refresh the sync makes first, or a conflict then.
+                    Conflict::VersionUnavailable { name, wanted, .. } => {
+                        format!("after the refresh: {name} {wanted}")
+                    }
+                    Conflict::RepositoryUnavailable { name, repo, .. } => {
+                        format!("after the refresh: {name} (from {repo})")
+                    }
+                    _ => format!("conflict: {c}"),
+                });
             }
             if let Some(n) = &preview.needs_confirmation {
                 lines.push(format!(
-                    "{} removals exceed the cap of {}: confirm with `pacpool sync` in a terminal",
-                    n.removals, n.cap
+                    "{} {} the cap of {}: confirm with `pacpool sync` in a terminal",
+                    crate::words::count(n.removals, "removal", "removals"),
+                    crate::words::plural(n.removals, "exceeds", "exceed"),
+                    n.cap
                 ));
             }
             let rev = preview
                 .target_revision
                 .map_or_else(String::new, |r| format!(" to revision {r}"));
+            if preview.needs_refresh {
+                lines.insert(
+                    0,
+                    "Sync refreshes the package databases (pacman -Sy) first, then plans again:"
+                        .into(),
+                );
+            }
             shared.answer(
-                format!("Sync{rev}: {}", preview.counts.summary()),
+                format!("Sync{rev}: {}", preview.summary()),
                 lines.join("\n"),
                 false,
             );

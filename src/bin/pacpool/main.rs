@@ -88,6 +88,10 @@ enum Command {
     SetLatest {
         #[arg(long, short)]
         yes: bool,
+        /// go ahead although this machine is behind or diverged: the pool would go back to
+        /// older versions or lose packages (they are listed first)
+        #[arg(long)]
+        allow_older: bool,
         #[arg(long)]
         json: bool,
     },
@@ -172,9 +176,11 @@ fn main() -> ExitCode {
         }
         Command::Preview { json } => Some(rt.block_on(remote::preview(&socket, json))),
         Command::Sync { yes, json } => Some(rt.block_on(remote::sync(&socket, yes, json))),
-        Command::SetLatest { yes, json } => {
-            Some(rt.block_on(remote::set_latest(&socket, yes, json)))
-        }
+        Command::SetLatest {
+            yes,
+            allow_older,
+            json,
+        } => Some(rt.block_on(remote::set_latest(&socket, yes, allow_older, json))),
         Command::Revert { ref to, yes, json } => {
             Some(rt.block_on(remote::revert(&socket, to.clone(), yes, json)))
         }

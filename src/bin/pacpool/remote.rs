@@ -183,7 +183,7 @@ fn tooltip(s: &LocalStatus) -> String {
             t.revision, t.set_by
         ));
     }
-    lines.push(counts_line(&s.counts));
+    lines.push(s.pending());
     if let Some(e) = &s.last_error {
         lines.push(format!("last error: {e}"));
     }
@@ -192,10 +192,7 @@ fn tooltip(s: &LocalStatus) -> String {
 
 /// "1 package kept by policy", "2 packages kept by policy".
 fn kept_line(kept: &[Skipped]) -> String {
-    match kept.len() {
-        1 => "1 package kept by policy".to_owned(),
-        n => format!("{n} packages kept by policy"),
-    }
+    format!("{} kept by policy", pacpool::words::packages(kept.len()))
 }
 
 /// One line per difference the policy leaves alone: `kept: delta (protected)`.
@@ -230,28 +227,28 @@ fn print_status(s: &LocalStatus) {
     }
     match &s.target {
         Some(t) => pacpool::outln!(
-            "target:      revision {} set by {} ({} packages)",
+            "target:      revision {} set by {} ({})",
             t.revision,
             clean(&t.set_by),
-            t.package_count
+            pacpool::words::packages(t.package_count)
         ),
         None => pacpool::outln!("target:      none yet"),
     }
-    pacpool::outln!("pending:     {}", counts_line(&s.counts));
+    pacpool::outln!("pending:     {}", s.pending());
     print_kept(&s.kept);
     if let Some(c) = &s.current {
         pacpool::outln!(
-            "current:     {} ({} packages, recorded #{})",
+            "current:     {} ({}, recorded #{})",
             c.hash.short(),
-            c.package_count,
+            pacpool::words::packages(c.package_count),
             c.id
         );
     }
     if let Some(p) = &s.previous {
         pacpool::outln!(
-            "previous:    {} ({} packages, #{}) — `pacpool revert` goes back to it",
+            "previous:    {} ({}, #{}) — `pacpool revert` goes back to it",
             p.hash.short(),
-            p.package_count,
+            pacpool::words::packages(p.package_count),
             p.id
         );
     }
@@ -278,7 +275,7 @@ fn refreshable(c: &Conflict) -> bool {
 }
 
 pub fn print_preview(p: &Preview) {
-    pacpool::outln!("{}", counts_line(&p.counts));
+    pacpool::outln!("{}", p.summary());
     for a in &p.actions {
         pacpool::outln!("  {}", describe(a));
     }
@@ -294,7 +291,7 @@ pub fn print_preview(p: &Preview) {
         .collect();
     if !missing.is_empty() {
         pacpool::outln!(
-            "not in this machine's package databases yet: {}\n  sync refreshes the databases (pacman -Sy) and plans again; if they are still missing there, it stops",
+            "not in this machine's package databases yet: {}\n  sync refreshes the databases (pacman -Sy) first and plans again; if they are still missing there, it stops",
             missing.join(", ")
         );
     }
@@ -306,8 +303,9 @@ pub fn print_preview(p: &Preview) {
     }
     if let Some(n) = &p.needs_confirmation {
         pacpool::outln!(
-            "note: {} removals exceed the cap of {}; you will be asked to confirm",
-            n.removals,
+            "note: {} {} the cap of {}; you will be asked to confirm",
+            pacpool::words::count(n.removals, "removal", "removals"),
+            pacpool::words::plural(n.removals, "exceeds", "exceed"),
             n.cap
         );
     }
@@ -342,7 +340,7 @@ pub async fn preview(socket: &Path, json: bool) -> Result<u8, Failure> {
     }
     Ok(if preview.conflicts.iter().any(|c| !refreshable(c)) {
         exit::CONFLICT
-    } else if preview.actions.is_empty() {
+    } else if preview.actions.is_empty() && !preview.needs_refresh {
         exit::NOTHING_TO_DO
     } else {
         exit::SUCCESS
@@ -434,22 +432,65 @@ pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     }
 }
 
-pub async fn set_latest(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
+pub async fn set_latest(
+    socket: &Path,
+    yes: bool,
+    allow_older: bool,
+    json: bool,
+) -> Result<u8, Failure> {
     let mut client = connect(socket).await?;
-    let status = status_for_action(&mut client).await?;
-    let pool = status.pool.clone().unwrap_or_else(|| "the pool".into());
-    let packages = status.current.as_ref().map_or(0, |c| c.package_count);
-    let others = match status.pool_endpoints.map(|n| n.saturating_sub(1)) {
-        None => "Every other machine in it will be behind.".to_owned(),
-        Some(0) => "No other machine is in it yet.".to_owned(),
-        Some(1) => "The 1 other machine in it will be behind.".to_owned(),
-        Some(n) => format!("The {n} other machines in it will be behind."),
+    status_for_action(&mut client).await?;
+    let Reply::SetLatestPreview { preview } =
+        ask(&mut client, Request::SetLatestPreview, true).await?
+    else {
+        return Err(Failure::new(
+            exit::FAILURE,
+            "pacpoold did not answer with a set-latest preview",
+        ));
     };
+    let pool = preview.pool.clone().unwrap_or_else(|| "the pool".into());
+    if let Some(line) = preview.loss_line(3) {
+        // Everything the pool would lose, whatever happens next.
+        if !json {
+            pacpool::outln!("{}:", clean(&line));
+            for l in &preview.losses {
+                pacpool::outln!("  {}", clean(&l.to_string()));
+            }
+        }
+        if !allow_older {
+            return Err(Failure::new(
+                exit::REFUSED,
+                format!(
+                    "refused: {line}; run `pacpool sync` first to keep them, or pass --allow-older to make this state the target anyway"
+                ),
+            ));
+        }
+    }
+    if !json {
+        // Computed by the coordinator from the other machines' reported states.
+        pacpool::outln!("then: {}", clean(&preview.others_line()));
+    }
     confirm(
-        &format!("Make this machine's {packages} packages the new target of {pool}? {others}"),
+        &format!(
+            "Make this machine's {} the new target of {pool}{}?",
+            pacpool::words::packages(preview.packages),
+            if preview.goes_back() {
+                format!(
+                    " (it goes back {})",
+                    pacpool::words::packages(preview.losses.len())
+                )
+            } else {
+                String::new()
+            },
+        ),
         yes,
     )?;
-    match ask(&mut client, Request::SetLatest, json).await? {
+    let request = Request::SetLatest {
+        allow_older,
+        expect_state: Some(preview.state),
+        expect_revision: preview.target_revision,
+    };
+    match ask(&mut client, request, json).await? {
         Reply::Done { outcome } => finish(outcome, json),
         other => Err(unexpected(other)),
     }
@@ -468,10 +509,10 @@ pub async fn revert(
         Some(id) => format!("recorded state {id}"),
         None => match &status.previous {
             Some(p) => format!(
-                "the previous state {} (#{}, {} packages{})",
+                "the previous state {} (#{}, {}{})",
                 p.hash.short(),
                 p.id,
-                p.package_count,
+                pacpool::words::packages(p.package_count),
                 status
                     .revert_changes
                     .map(|c| format!("; this makes {}", c.summary()))
