@@ -1,8 +1,14 @@
 //! Coordinator load program (loopback only; bounded in count and time).
 //!
 //! `cargo bench --bench coordinator_load -- [--endpoints N] [--report-rate R] [--seconds S]
-//! [--storm M] [--skip-ws] [--full-rounds K]` (`PACPOOL_BENCH_COORDINATOR=PATH` runs another coordinator
-//! binary, e.g. a copy of an earlier build, for before/after comparisons)
+//! [--storm M] [--skip-ws] [--full-rounds K] [--wal-minutes W]` (`PACPOOL_BENCH_COORDINATOR=PATH`
+//! runs another coordinator binary, e.g. a copy of an earlier build, for before/after
+//! comparisons; the settings this version added are then left out of its configuration)
+//!
+//! `--wal-minutes W` runs only the sustained-write mode: the 200 endpoints send new full
+//! 1,500-package states at concurrency 50 for W minutes, and every 5 s the program prints the
+//! reports accepted in those 5 s and the sizes of the database and its WAL file; at the end,
+//! the largest WAL seen and the slowest and fastest 5 s.
 //!
 //! Starts the real `pacpool-coordinator` binary on 127.0.0.1 with a fresh SQLite database and
 //! measures, in one run:
@@ -282,6 +288,117 @@ async fn ingest(
     }
 }
 
+/// `--wal-minutes`: sustained full reports at concurrency 50; prints throughput and the
+/// database and WAL sizes every 5 s.
+async fn wal_run(
+    client: &reqwest::Client,
+    url: &str,
+    endpoints: &[RegisterResponse],
+    db: &std::path::Path,
+    minutes: f64,
+    server: u32,
+) {
+    const WINDOW: Duration = Duration::from_secs(5);
+    // Each body is a template with one package's version left open, so a new state costs
+    // the client one string concatenation.
+    let templates: Arc<Vec<(String, String, String)>> = Arc::new(
+        endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let json = serde_json::to_string(&StateReport::Full {
+                    snapshot: state(i, 0),
+                })
+                .unwrap();
+                let needle = format!("9.{i}.0-1");
+                let at = json.find(&needle).unwrap();
+                (
+                    ep.endpoint_token.clone(),
+                    json[..at].to_owned(),
+                    json[at + needle.len()..].to_owned(),
+                )
+            })
+            .collect(),
+    );
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len()) as f64 / 1048576.0;
+    let wal = {
+        let mut p = db.as_os_str().to_owned();
+        p.push("-wal");
+        std::path::PathBuf::from(p)
+    };
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(minutes * 60.0);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (client, url, templates) = (client.clone(), url.to_owned(), templates.clone());
+        let (accepted, errors, next) = (accepted.clone(), errors.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let i = n % templates.len();
+                let (token, pre, post) = &templates[i];
+                let body = format!("{pre}9.{i}.{}-1{post}", n / templates.len() + 1);
+                let ok = match client
+                    .post(&url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().is_success(),
+                    Err(_) => false,
+                };
+                let counter = if ok { &accepted } else { &errors };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    println!(
+        "sustained full 1,500-package reports, 200 endpoints, c=50, {minutes} min; every 5 s: reports, database MiB, WAL MiB"
+    );
+    let (mut max_wal, mut max_db, mut windows) = (0.0f64, 0.0f64, Vec::new());
+    let mut last = 0;
+    let cpu = CpuMark::now(server);
+    while Instant::now() < end {
+        tokio::time::sleep(WINDOW).await;
+        let now = accepted.load(Ordering::Relaxed);
+        let (d, w) = (size(db), size(&wal));
+        max_wal = max_wal.max(w);
+        max_db = max_db.max(d);
+        windows.push(now - last);
+        println!(
+            "  {:>5.0} s  {:>5} reports  db {:>7.1} MiB  wal {:>7.1} MiB",
+            start.elapsed().as_secs_f64(),
+            now - last,
+            d,
+            w
+        );
+        last = now;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let full = windows;
+    let (lo, hi) = (
+        full.iter().min().copied().unwrap_or(0),
+        full.iter().max().copied().unwrap_or(0),
+    );
+    let third = full.len() / 3;
+    let first: usize = full[..third].iter().sum::<usize>() / third.max(1);
+    let lastw: usize = full[full.len() - third..].iter().sum::<usize>() / third.max(1);
+    println!(
+        "summary: {} reports accepted, {} errors in {:.0} s; largest WAL {max_wal:.1} MiB, largest database {max_db:.1} MiB; per 5 s: min {lo}, max {hi}, first third mean {first}, last third mean {lastw}",
+        accepted.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64()
+    );
+    println!("  {}", cpu.since(server));
+}
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -477,6 +594,7 @@ async fn main() {
     let storm: usize = arg(&args, "--storm", 1000).min(fanout);
     let skip_ws = args.iter().any(|a| a == "--skip-ws");
     let full_rounds: usize = arg(&args, "--full-rounds", 1).clamp(1, 30);
+    let wal_minutes: f64 = arg(&args, "--wal-minutes", 0.0f64).clamp(0.0, 60.0);
     let nofile = raise_nofile();
 
     let dir = tempfile::tempdir().unwrap();
@@ -492,9 +610,16 @@ async fn main() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\nadmin_token_file = \"{}\"\n",
+            "listen = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\nadmin_token_file = \"{}\"\n{}",
             dir.path().join("coordinator.db").display(),
-            token_file.display()
+            token_file.display(),
+            // All clients are on 127.0.0.1, and the load is the point: no per-address
+            // connection cap, no storage budget. An earlier binary does not know these keys.
+            if std::env::var_os("PACPOOL_BENCH_COORDINATOR").is_some() {
+                ""
+            } else {
+                "max_connections_per_ip = 1000000\nmax_connections = 1000000\nstorage_per_endpoint_mib_per_hour = 0\n"
+            }
         ),
     )
     .unwrap();
@@ -565,6 +690,19 @@ async fn main() {
     // 1. Full-state ingest over REST.
     let endpoints = register(INGEST_ENDPOINTS, "ep").await;
     let report_url = format!("{base}/endpoint/report");
+    if wal_minutes > 0.0 {
+        let db = dir.path().join("coordinator.db");
+        wal_run(
+            &client,
+            &report_url,
+            &endpoints,
+            &db,
+            wal_minutes,
+            server.pid(),
+        )
+        .await;
+        return;
+    }
     let mut last_states = Vec::new();
     for (round, concurrency) in [1usize, 10, 50].into_iter().enumerate() {
         // `--full-rounds K`: each endpoint reports K new full states in a row (a longer

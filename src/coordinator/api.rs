@@ -25,7 +25,7 @@ use super::AppState;
 use super::auth::{Admin, Caller, EndpointAuth, new_token, token_hash};
 use super::db::{self, now};
 use super::error::ApiErr;
-use super::hub::Audience;
+use super::hub::{Audience, Kick};
 use super::service::Actor;
 use super::snaptext::{FullText, SnapText};
 use super::ws;
@@ -312,44 +312,48 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 
 /// Rate limits each request (see `limits`) and replaces the socket address in `ConnectInfo`
 /// by the client address (different only behind a trusted proxy), so handlers, the audit log
-/// and sockets all see the client.
+/// and sockets all see the client. A bearer token is looked up here: a valid one is limited
+/// by its own bucket, an invalid one (like no token) by the client IP's, and the extractors
+/// reuse what was found.
 async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    use super::auth::{Resolved, bearer_in, caller_of};
+    use super::limits::Key;
     if let Some(ConnectInfo(sock)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
         let client =
             super::limits::client_addr(sock, req.headers(), &state.settings.trusted_proxies);
         req.extensions_mut().insert(ConnectInfo(client));
-        let bearer = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        let checked = match bearer {
-            Some(token) => {
-                let h: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-                state
-                    .token_limiter
-                    .check(super::limits::Key::Token(h), std::time::Instant::now())
-            }
-            None => state.anonymous_limiter.check(
-                super::limits::Key::Ip(client.ip()),
-                std::time::Instant::now(),
-            ),
+        let now = std::time::Instant::now();
+        let by_ip = Key::Ip(client.ip());
+        let invalid = |state: &AppState| {
+            state
+                .invalid_token_limiter
+                .check(by_ip, now)
+                .and_then(|()| state.anonymous_limiter.check(by_ip, now))
+        };
+        let checked = match bearer_in(req.headers()).map(str::to_owned) {
+            Some(token) => match caller_of(&state, &token).await {
+                Ok(Some(caller)) => {
+                    req.extensions_mut().insert(Resolved(Some(caller)));
+                    let h: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+                    state.token_limiter.check(Key::Token(h), now)
+                }
+                Ok(None) => {
+                    req.extensions_mut().insert(Resolved(None));
+                    invalid(&state)
+                }
+                // The database failed: the handler's own lookup reports it.
+                Err(_) => invalid(&state),
+            },
+            // An Authorization header that is not a usable bearer token.
+            None if req.headers().contains_key(header::AUTHORIZATION) => invalid(&state),
+            None => state.anonymous_limiter.check(by_ip, now),
         };
         if let Err(wait) = checked {
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            let mut resp = ApiErr::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "too many requests with this token (or from this address): retry after {secs} s; the limits are rate_limit_per_minute / rate_limit_burst in the coordinator configuration"
-                ),
-            )
-            .with_detail(serde_json::json!({ "retry_after_secs": secs }))
-            .into_response();
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            let mut resp = super::limits::rate_limited(wait).into_response();
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(super::limits::retry_after_secs(wait)),
+            );
             return resp;
         }
     }
@@ -419,7 +423,23 @@ fn check_name(kind: &str, name: &str) -> Result<(), ApiErr> {
     }
 }
 
+/// Most patterns in a policy's `ignore` or `protected` list, and the longest pattern.
+const MAX_POLICY_PATTERNS: usize = 1000;
+const MAX_PATTERN_BYTES: usize = 256;
+
 fn check_policy(policy: &PoolPolicy) -> Result<(), ApiErr> {
+    for (list, patterns) in [
+        ("ignore", &policy.plan.ignore),
+        ("protected", &policy.plan.protected),
+    ] {
+        if patterns.len() > MAX_POLICY_PATTERNS
+            || patterns.iter().any(|p| p.len() > MAX_PATTERN_BYTES)
+        {
+            return Err(ApiErr::invalid(format!(
+                "the policy's {list} list is too large: use at most {MAX_POLICY_PATTERNS} patterns of at most {MAX_PATTERN_BYTES} bytes (globs such as `linux*` cover many packages)"
+            )));
+        }
+    }
     policy
         .plan
         .compile()
@@ -893,8 +913,8 @@ async fn update_endpoint(
         .await?;
     if old_pool != new_pool {
         state.pool_membership_changed();
-        // Its socket is subscribed to the old pool: make it reconnect (and get a new Welcome).
-        state.hub.disconnect(old_pool, id);
+        // Its sockets act for the old pool: close them; reconnecting gives the new Welcome.
+        state.hub.kick(id, Kick::Moved);
     }
     let status = state.endpoint_status(id).await?;
     state.status_changed(new_pool, id).await;
@@ -908,7 +928,7 @@ async fn delete_endpoint(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiErr> {
     let peer = peer(&ci);
-    let pool_id = state
+    state
         .db
         .write(move |tx| {
             let row: (i64, String) = tx
@@ -928,11 +948,11 @@ async fn delete_endpoint(
                 peer,
                 Some(row.1),
             )?;
-            Ok(row.0)
+            Ok(())
         })
         .await?;
     state.pool_membership_changed();
-    state.hub.disconnect(pool_id, id);
+    state.hub.kick(id, Kick::Removed);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -943,15 +963,14 @@ async fn revoke_endpoint(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiErr> {
     let peer = peer(&ci);
-    let pool_id = state
+    state
         .db
         .write(move |tx| {
-            let pool_id: i64 = tx
-                .query_row("SELECT pool_id FROM endpoints WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
+            tx.query_row("SELECT pool_id FROM endpoints WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
             tx.execute("UPDATE endpoints SET token_hash = NULL WHERE id = ?1", [id])?;
             db::audit(
                 tx,
@@ -961,10 +980,10 @@ async fn revoke_endpoint(
                 peer,
                 None,
             )?;
-            Ok(pool_id)
+            Ok(())
         })
         .await?;
-    state.hub.disconnect(pool_id, id);
+    state.hub.kick(id, Kick::Revoked);
     Ok(StatusCode::NO_CONTENT)
 }
 

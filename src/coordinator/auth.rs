@@ -29,7 +29,12 @@ pub fn token_hash(token: &str) -> String {
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_in(&parts.headers)
+}
+
+/// The bearer token of a request, if it has a well-formed one.
+pub fn bearer_in(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -79,6 +84,25 @@ pub async fn endpoint_by_token(
         .await
 }
 
+/// Who a bearer token belongs to: the admin, an endpoint, or nobody (`None`).
+pub async fn caller_of(state: &AppState, token: &str) -> Result<Option<Caller>, ApiErr> {
+    if state.is_admin_token(token) {
+        return Ok(Some(Caller::Admin));
+    }
+    Ok(endpoint_by_token(state, token).await?.map(Caller::Endpoint))
+}
+
+/// What the rate-limit middleware found out about the request's token (a request
+/// extension), so the extractors below do not look it up a second time.
+#[derive(Debug, Clone)]
+pub struct Resolved(pub Option<Caller>);
+
+fn unknown() -> ApiErr {
+    ApiErr::unauthorized(
+        "unknown or revoked token: endpoints must register again with a join token",
+    )
+}
+
 fn missing() -> ApiErr {
     ApiErr::unauthorized(
         "missing bearer token: send `Authorization: Bearer <token>` (the admin token, or the endpoint token from registration)",
@@ -90,15 +114,10 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiErr> {
         let token = bearer(parts).ok_or_else(missing)?;
-        if state.is_admin_token(token) {
-            return Ok(Caller::Admin);
+        if let Some(Resolved(found)) = parts.extensions.get::<Resolved>() {
+            return found.clone().ok_or_else(unknown);
         }
-        match endpoint_by_token(state, token).await? {
-            Some(ep) => Ok(Caller::Endpoint(ep)),
-            None => Err(ApiErr::unauthorized(
-                "unknown or revoked token: endpoints must register again with a join token",
-            )),
-        }
+        caller_of(state, token).await?.ok_or_else(unknown)
     }
 }
 

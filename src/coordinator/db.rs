@@ -8,6 +8,14 @@
 //! not checkpoint on commit: a periodic PASSIVE checkpoint on a reader connection copies the
 //! WAL into the database file, so that copying and its fsync never delay a write.
 //!
+//! A PASSIVE checkpoint can never restart the WAL while writes keep coming and readers keep
+//! reading (checkpoint starvation): the file then grows without bound. So after a commit that
+//! left the WAL file above its limit (`wal_checkpoint_mib`), the writer itself runs a
+//! `RESTART` checkpoint between two batches: it waits (busy handler) for readers to move to
+//! the newest state, copies everything, and the next write starts the WAL from its
+//! beginning; `journal_size_limit` then truncates the file back to the limit. Writes queue
+//! meanwhile (the bench in `benches/coordinator_load.rs --wal-minutes` shows the cost).
+//!
 //! Group commit: the writer thread takes every change queued while it was busy (up to
 //! [`MAX_BATCH`]) into one `BEGIN IMMEDIATE` transaction, each change inside its own
 //! `SAVEPOINT` (a change that fails is rolled back alone and answered at once), then commits
@@ -134,6 +142,10 @@ type Deliver = Box<dyn FnOnce(Option<&ApiErr>) + Send>;
 /// A change queued for the writer thread: runs inside the batch's transaction.
 type Job = Box<dyn FnOnce(&Connection) -> Option<Deliver> + Send>;
 
+/// The default WAL size past which the writer checkpoints (`wal_checkpoint_mib`).
+#[cfg(test)]
+pub const DEFAULT_WAL_LIMIT: u64 = 64 << 20;
+
 #[derive(Clone)]
 pub struct Db {
     path: Arc<PathBuf>,
@@ -165,7 +177,14 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
 
 impl Db {
     /// Opens (creating if needed) the database and brings its schema up to date.
+    #[cfg(test)]
     pub fn open(path: &Path) -> Result<Self, CoordinatorError> {
+        Self::open_with(path, DEFAULT_WAL_LIMIT)
+    }
+
+    /// [`Db::open`], with the WAL kept near `wal_limit` bytes (0: no limit; see the module
+    /// documentation).
+    pub fn open_with(path: &Path, wal_limit: u64) -> Result<Self, CoordinatorError> {
         let db_err = |e: rusqlite::Error| CoordinatorError::Database {
             path: path.to_owned(),
             detail: e.to_string(),
@@ -204,10 +223,22 @@ impl Db {
             .map_err(db_err)?;
         conn.pragma_update(None, "cache_size", -16_384)
             .map_err(db_err)?;
+        if wal_limit > 0 {
+            conn.query_row(
+                &format!("PRAGMA journal_size_limit = {wal_limit}"),
+                [],
+                |_| Ok(()),
+            )
+            .map_err(db_err)?;
+        }
+        let wal = WalLimit {
+            path: wal_path(path),
+            limit: wal_limit,
+        };
         let (writer, jobs) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("pacpool-db-writer".into())
-            .spawn(move || run_writer(conn, jobs))
+            .spawn(move || run_writer(conn, jobs, wal))
             .map_err(|e| CoordinatorError::Database {
                 path: path.to_owned(),
                 detail: format!("cannot start the writer thread: {e}"),
@@ -300,9 +331,63 @@ impl Db {
     }
 }
 
+/// The `-wal` file next to the database.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// Where the WAL is and the size past which the writer checkpoints it (0: never).
+struct WalLimit {
+    path: PathBuf,
+    limit: u64,
+}
+
+impl WalLimit {
+    /// After a commit: a `RESTART` checkpoint when the WAL file is past the limit. A
+    /// checkpoint that could not finish (a reader stayed past `busy_timeout`) is retried
+    /// after the next commit.
+    fn check(&self, conn: &Connection) {
+        if self.limit == 0 {
+            return;
+        }
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if size <= self.limit {
+            return;
+        }
+        let t = std::time::Instant::now();
+        let done = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        match done {
+            Ok((0, frames, copied)) => tracing::debug!(
+                wal_bytes = size,
+                frames,
+                copied,
+                ms = t.elapsed().as_millis() as u64,
+                "WAL checkpointed by the writer"
+            ),
+            Ok((_, frames, copied)) => tracing::info!(
+                wal_bytes = size,
+                frames,
+                copied,
+                "WAL checkpoint could not finish (readers stayed); retrying after the next write"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; retrying after the next write")
+            }
+        }
+    }
+}
+
 /// The writer thread: takes queued changes in batches into one transaction each, until
 /// every [`Db`] handle is gone.
-fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
+fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut pending: Vec<Deliver> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = jobs.recv() {
@@ -380,6 +465,7 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
         for d in pending.drain(..) {
             d(failure.as_ref());
         }
+        wal.check(&conn);
     }
 }
 
@@ -963,6 +1049,58 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_bounds_the_wal_while_readers_keep_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let limit = 1 << 20;
+        let db = Db::open_with(&path, limit).unwrap();
+        // A reader that always has a read transaction open: passive checkpoints alone could
+        // never restart the WAL.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let conn = open_conn(&path).unwrap();
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n: i64 = conn
+                        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+                        .unwrap();
+                    assert!(n >= 0);
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let mut largest = 0;
+        // 24 MiB of rows, 64 KiB per transaction.
+        for i in 0..384 {
+            db.write(move |tx| {
+                for j in 0..16 {
+                    audit(
+                        tx,
+                        "test",
+                        "wal",
+                        Some(format!("{i}/{j}")),
+                        None,
+                        Some("x".repeat(4096)),
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+            largest = largest.max(std::fs::metadata(wal_path(&path)).unwrap().len());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        assert!(
+            largest <= 2 * limit,
+            "the WAL reached {largest} bytes with a limit of {limit}"
+        );
     }
 
     #[test]

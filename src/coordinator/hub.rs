@@ -5,6 +5,10 @@
 //! endpoint) never pushes endpoint sockets behind. Every event names its audience; endpoint
 //! sockets filter events addressed to one endpoint. Messages are serialized once, however
 //! many sockets receive them.
+//!
+//! Separately, every endpoint socket is registered under its endpoint id from the moment it
+//! opens (before `hello`, before it joins a pool channel), so revoking, removing or moving an
+//! endpoint closes its sockets at once, whatever phase they are in ([`Hub::kick`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::proto::ServerMsg;
 
@@ -36,8 +40,59 @@ pub enum Audience {
 pub enum EventKind {
     /// A serialized [`ServerMsg`] (reference-counted: every socket sends the same bytes).
     Msg(Utf8Bytes),
-    /// Close the endpoint's sockets (token revoked or endpoint removed).
-    Disconnect,
+}
+
+/// Why an endpoint's sockets are closed by the coordinator; each has its own close code
+/// (private range 4000-4999) so the endpoint's log says what happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The endpoint's token was revoked: it must register again.
+    Revoked,
+    /// The endpoint was deleted: it must register again.
+    Removed,
+    /// The endpoint was moved to another pool: reconnecting gives it the new pool's target.
+    Moved,
+}
+
+impl Kick {
+    pub fn close_code(self) -> u16 {
+        match self {
+            Kick::Revoked => 4001,
+            Kick::Removed => 4003,
+            Kick::Moved => 4004,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Kick::Revoked => "endpoint token revoked: register again with a join token",
+            Kick::Removed => "endpoint removed: register again with a join token",
+            Kick::Moved => "endpoint moved to another pool: reconnect",
+        }
+    }
+}
+
+type Registry = Arc<Mutex<HashMap<i64, Vec<(u64, watch::Sender<Option<Kick>>)>>>>;
+
+/// One open endpoint socket's registration: [`Hub::kick`] sets its value; dropping it
+/// unregisters the socket.
+pub struct EndpointSocket {
+    pub kicked: watch::Receiver<Option<Kick>>,
+    endpoint: i64,
+    id: u64,
+    registry: Registry,
+}
+
+impl Drop for EndpointSocket {
+    fn drop(&mut self) {
+        let mut map = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get_mut(&self.endpoint) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                map.remove(&self.endpoint);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +126,9 @@ struct PoolChannel {
 #[derive(Default)]
 pub struct Hub {
     pools: Mutex<HashMap<i64, PoolChannel>>,
+    /// Open endpoint sockets by endpoint id.
+    sockets: Registry,
+    next_socket: std::sync::atomic::AtomicU64,
 }
 
 /// Counts an admin subscriber while alive.
@@ -153,14 +211,33 @@ impl Hub {
         }
     }
 
-    pub fn disconnect(&self, pool_id: i64, endpoint_id: i64) {
-        self.send(
-            pool_id,
-            Event {
-                to: Audience::Endpoint(endpoint_id),
-                kind: EventKind::Disconnect,
-            },
-        );
+    /// Registers an endpoint socket as soon as it opens (see the module documentation).
+    pub fn register_endpoint(&self, endpoint: i64) -> EndpointSocket {
+        let (tx, kicked) = watch::channel(None);
+        let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(endpoint)
+            .or_default()
+            .push((id, tx));
+        EndpointSocket {
+            kicked,
+            endpoint,
+            id,
+            registry: self.sockets.clone(),
+        }
+    }
+
+    /// Closes every open socket of `endpoint` (called after the change committed); returns
+    /// how many were told.
+    pub fn kick(&self, endpoint: i64, why: Kick) -> usize {
+        let map = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.get(&endpoint).map(Vec::as_slice).unwrap_or_default();
+        for (_, tx) in list {
+            tx.send_replace(Some(why));
+        }
+        list.len()
     }
 }
 
@@ -180,22 +257,38 @@ mod tests {
         let (mut admin, guard) = hub.subscribe_admin(1);
         assert!(hub.has_admins(1) && !hub.has_admins(2));
         hub.publish(1, Audience::Endpoint(7), &cancel(3));
-        hub.disconnect(1, 8);
         hub.publish(2, Audience::All, &cancel(4));
         hub.publish(1, Audience::Admins, &cancel(5));
         let first = ep.try_recv().unwrap();
         assert!(first.for_endpoint(7) && !first.for_endpoint(8) && first.for_admin());
-        let second = ep.try_recv().unwrap();
-        assert!(second.for_endpoint(8) && !second.for_admin());
         assert!(
             ep.try_recv().is_err(),
             "neither pool 2's nor the admin-only event reaches an endpoint socket of pool 1"
         );
-        // Admins get the directed message and the admin-only one, not the disconnect.
+        // Admins get the directed message and the admin-only one.
         assert!(admin.try_recv().unwrap().for_endpoint(7));
         assert_eq!(admin.try_recv().unwrap().to, Audience::Admins);
         assert!(admin.try_recv().is_err());
         drop(guard);
         assert!(!hub.has_admins(1));
+    }
+
+    #[test]
+    fn kicks_reach_every_registered_socket_of_the_endpoint_only() {
+        let hub = Hub::default();
+        let a1 = hub.register_endpoint(1);
+        let a2 = hub.register_endpoint(1);
+        let b = hub.register_endpoint(2);
+        assert_eq!(hub.kick(1, Kick::Moved), 2);
+        assert_eq!(*a1.kicked.borrow(), Some(Kick::Moved));
+        assert_eq!(*a2.kicked.borrow(), Some(Kick::Moved));
+        assert_eq!(*b.kicked.borrow(), None);
+        drop((a1, a2));
+        assert_eq!(
+            hub.kick(1, Kick::Revoked),
+            0,
+            "closed sockets are unregistered"
+        );
+        assert_eq!(hub.kick(2, Kick::Removed), 1);
     }
 }

@@ -1,7 +1,10 @@
-//! Per-token rate limiting and the client address.
+//! Rate limiting and the client address.
 //!
-//! A token bucket per bearer token (keyed by the token's SHA-256, so the limit applies before
-//! any database lookup, to unknown tokens too), or per client IP for requests without one.
+//! A token bucket per valid bearer token (keyed by the token's SHA-256), shared by its REST
+//! requests and its WebSocket messages. Requests without a token, and requests whose token is
+//! not valid (unknown, revoked, malformed), are limited per client IP instead, so a random
+//! token per request gets no fresh bucket. The same buckets, counted in bytes, bound what one
+//! endpoint may store per hour ([`RateLimiter::take`]).
 //! The client IP is the socket's peer; `X-Forwarded-For` is believed only when that peer is
 //! listed in `trusted_proxies`, and then its last (nearest) address is used.
 
@@ -10,13 +13,34 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+
+use super::error::ApiErr;
 
 /// What a bucket is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key {
     Token([u8; 32]),
     Ip(IpAddr),
+    Endpoint(i64),
+}
+
+/// The answer to a request over a rate limit (`429 rate_limited`, the wait in `detail`).
+pub fn rate_limited(wait: Duration) -> ApiErr {
+    let secs = retry_after_secs(wait);
+    ApiErr::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "too many requests with this token (or from this address): retry after {secs} s; the limits are rate_limit_per_minute / rate_limit_burst (anonymous_* and invalid_token_* per address) in the coordinator configuration"
+        ),
+    )
+    .with_detail(serde_json::json!({ "retry_after_secs": secs }))
+}
+
+/// A wait in whole seconds for `Retry-After` (at least 1).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 struct Bucket {
@@ -43,8 +67,23 @@ impl RateLimiter {
         }
     }
 
+    /// A bucket of `burst` units refilled at `per_hour`; `per_hour <= 0` disables it.
+    pub fn per_hour(per_hour: f64, burst: f64) -> Self {
+        Self {
+            per_sec: per_hour / 3600.0,
+            burst: burst.max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Takes one request from `key`'s bucket; `Err(wait)` when empty.
     pub fn check(&self, key: Key, now: Instant) -> Result<(), Duration> {
+        self.take(key, 1.0, now)
+    }
+
+    /// Takes `cost` units from `key`'s bucket; `Err(wait)` (and nothing taken) when fewer are
+    /// left. A cost above the bucket size is capped at it (it waits for a full bucket).
+    pub fn take(&self, key: Key, cost: f64, now: Instant) -> Result<(), Duration> {
         if self.per_sec <= 0.0 {
             return Ok(());
         }
@@ -62,11 +101,12 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.per_sec).min(self.burst);
         b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        let cost = cost.min(self.burst);
+        if b.tokens >= cost {
+            b.tokens -= cost;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.per_sec))
+            Err(Duration::from_secs_f64((cost - b.tokens) / self.per_sec))
         }
     }
 }
@@ -108,6 +148,20 @@ mod tests {
         rl.check(k, t1).unwrap();
         assert!(rl.check(k, t1).is_err());
         assert!(RateLimiter::new(0, 0).check(k, t0).is_ok());
+    }
+
+    #[test]
+    fn costs_are_taken_whole_or_not_at_all() {
+        // 3,600 units an hour (one a second), bucket of 1,000.
+        let rl = RateLimiter::new(60, 1000);
+        let t0 = Instant::now();
+        let k = Key::Endpoint(1);
+        rl.take(k, 600.0, t0).unwrap();
+        let wait = rl.take(k, 600.0, t0).unwrap_err();
+        assert!(wait >= Duration::from_secs(199) && wait <= Duration::from_secs(201));
+        // The refused take took nothing: 400 are still there.
+        rl.take(k, 400.0, t0).unwrap();
+        assert!(rl.take(k, 1.0, t0).is_err());
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //!   decoding) and the size-bounded snapshot caches.
 //! - `hub`: per-pool fan-out of server events to sockets.
 //! - `api`: the router, REST handlers, statistics, metrics and health.
-//! - `limits`: per-token rate limiting and the client address (trusted proxies).
+//! - `limits`: rate limiting (per token, per client IP, storage per endpoint) and the client
+//!   address (trusted proxies).
+//! - `serve`: the accept loop (hyper with header-read timeout, TLS handshakes) and
+//!   `connections`: connection caps per address and in total, the idle limit.
 //! - `retention`: the periodic cleanup of old operations, audit entries, target revisions
 //!   and unreferenced snapshots.
 //! - `ws`: the endpoint socket and the admin subscription socket.
@@ -39,8 +42,10 @@
 //!   `POST /operations/{id}/cancel[?force=true]`, `GET /audit?cursor=&limit=`
 //!   (`Page<AuditEntry>`)
 //!
-//! Every request is rate limited per bearer token (per client IP without one): over the
-//! limit, `429 rate_limited` with `Retry-After`.
+//! Every request is rate limited per valid bearer token (its WebSocket messages take from the
+//! same bucket), per client IP without one or with an invalid one: over the limit,
+//! `429 rate_limited` with `Retry-After`. What one endpoint may store per hour is bounded
+//! too (`storage_per_endpoint_mib_per_hour`; also `429 rate_limited`).
 //!
 //! Registration (no bearer; the join token is in the body): `POST /register`
 //! (`RegisterRequest` → 201 `RegisterResponse`, always a new endpoint and token).
@@ -65,20 +70,20 @@
 
 mod api;
 mod auth;
+mod connections;
 mod db;
 mod error;
 mod hub;
 mod limits;
 pub mod pool_repo;
 mod retention;
+mod serve;
 mod service;
 pub mod settings;
 mod snaptext;
-mod tls;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -112,6 +117,13 @@ pub(crate) struct Inner {
     /// `plan::status` results by (current, target, policy fingerprint).
     token_limiter: limits::RateLimiter,
     anonymous_limiter: limits::RateLimiter,
+    /// Per client IP, for requests whose token is not valid.
+    invalid_token_limiter: limits::RateLimiter,
+    /// KiB each endpoint may store per hour.
+    storage_limiter: limits::RateLimiter,
+    /// Per endpoint: the audit row its state reports are folded into while it is recent
+    /// (see `service::REPORT_AUDIT_WINDOW_SECS`).
+    report_audits: Mutex<HashMap<i64, service::ReportAudit>>,
     started_at: i64,
     statuses: Mutex<HashMap<StatusKey, (crate::plan::SyncStatus, crate::plan::Counts)>>,
     /// Endpoints per pool for `Welcome` (a count for the tray's confirmation, not worth a
@@ -158,6 +170,8 @@ pub(crate) struct Metrics {
     reports_need_full: AtomicU64,
     target_changes: AtomicU64,
     operations_created: AtomicU64,
+    /// Open connections and connections refused over a limit (shared with `serve`).
+    connections: Arc<connections::Gauges>,
 }
 
 impl Metrics {
@@ -220,6 +234,18 @@ impl Metrics {
                 "Operations created.",
                 self.operations_created.load(Ordering::Relaxed),
             ),
+            (
+                "pacpool_connections_open",
+                "gauge",
+                "Open client connections (WebSockets included).",
+                self.connections.open.load(Ordering::Relaxed),
+            ),
+            (
+                "pacpool_connections_refused_total",
+                "counter",
+                "Connections closed at once for being over max_connections, max_connections_per_ip or max_tls_handshakes_per_ip.",
+                self.connections.refused.load(Ordering::Relaxed),
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(
@@ -242,8 +268,8 @@ const STATUS_CACHE_ENTRIES: usize = 64 * 1024;
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl AppState {
-    /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] until shutdown (the writer does not:
-    /// see `db::Db::checkpoint`).
+    /// Checkpoints the WAL passively every [`CHECKPOINT_EVERY`] until shutdown; the writer
+    /// itself checkpoints completely only when the WAL passes `wal_checkpoint_mib` (see `db`).
     async fn run_checkpoints(self) {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -258,6 +284,33 @@ impl AppState {
             }
         }
     }
+}
+
+/// Connections kept free for the database, log and other files.
+const RESERVED_FILES: u64 = 512;
+
+/// `max_connections`, lowered to what the open-file limit allows (raised to its hard limit
+/// first), with a warning when lowered: past the limit `accept` fails with "Too many open
+/// files" for everybody.
+fn connection_budget(wanted: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    let files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let allowed = files.saturating_sub(RESERVED_FILES).max(16);
+    if wanted as u64 > allowed {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = files,
+            using = allowed,
+            "max_connections is above what the open-file limit allows: raise LimitNOFILE (systemd) or `ulimit -n`, or lower max_connections"
+        );
+        return allowed as usize;
+    }
+    wanted
 }
 
 /// Completes when the coordinator shuts down.
@@ -348,7 +401,8 @@ pub async fn launch(
     };
     let admin_hash = admin_hash(&settings)?;
     let db_path = settings.database.clone();
-    let db = tokio::task::spawn_blocking(move || db::Db::open(&db_path))
+    let wal_limit = settings.wal_checkpoint_mib.saturating_mul(1 << 20);
+    let db = tokio::task::spawn_blocking(move || db::Db::open_with(&db_path, wal_limit))
         .await
         .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))??;
     let pool_repo = pool_repo::PackageStore::open(&settings.repo, &settings.database)?;
@@ -359,6 +413,12 @@ pub async fn launch(
         settings.anonymous_rate_limit_per_minute,
         settings.anonymous_rate_limit_burst,
     );
+    let invalid_token_limiter = limits::RateLimiter::new(
+        settings.invalid_token_rate_limit_per_minute,
+        settings.invalid_token_rate_limit_burst,
+    );
+    let storage_kib = f64::from(settings.storage_per_endpoint_mib_per_hour) * 1024.0;
+    let storage_limiter = limits::RateLimiter::per_hour(storage_kib, storage_kib);
     let state = AppState(Arc::new(Inner {
         settings,
         db,
@@ -372,12 +432,20 @@ pub async fn launch(
         pool_repo,
         token_limiter,
         anonymous_limiter,
+        invalid_token_limiter,
+        storage_limiter,
+        report_audits: Mutex::new(HashMap::new()),
         started_at: db::now(),
         shutdown: stop_rx.clone(),
     }));
     tokio::spawn(state.clone().watch_offline());
     tokio::spawn(state.clone().run_retention());
     tokio::spawn(state.clone().run_checkpoints());
+    let limits = serve::Limits::from_settings(
+        &state.settings,
+        connection_budget(state.settings.max_connections),
+        state.metrics.connections.clone(),
+    );
     let app = api::router(state);
     if let Ok(addr) = listener.local_addr() {
         let scheme = if tls_config.is_some() {
@@ -392,27 +460,9 @@ pub async fn launch(
         tracing::info!("coordinator shutting down");
         let _ = stop_tx.send(true);
     });
-    let mut stop = stop_rx;
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    match tls_config {
-        // `tap_io` only so that axum's `ConnectInfo<SocketAddr>` applies to this listener.
-        Some(config) => {
-            use axum::serve::ListenerExt;
-            let listener = tls::TlsListener::new(listener, config).tap_io(|_| {});
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-        }
-    }
-    .map_err(CoordinatorError::Serve)
+    serve::serve(listener, tls_config, app, limits, stop_rx)
+        .await
+        .map_err(CoordinatorError::Serve)
 }
 
 #[cfg(test)]

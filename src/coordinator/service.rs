@@ -44,6 +44,72 @@ impl std::fmt::Display for Actor {
 /// larger ones on the blocking pool.
 const INLINE_APPLY_BYTES: usize = 1 << 20;
 
+/// State changes an endpoint reports within this many seconds of its last audited one are
+/// folded into that audit row (its time, state and a count are updated) instead of adding
+/// rows: a flapping or hostile endpoint cannot multiply the audit log.
+pub(crate) const REPORT_AUDIT_WINDOW_SECS: i64 = 60;
+
+/// What an audit row, an operation or a target row costs against the storage budget, beyond
+/// its text.
+const ROW_COST_BYTES: usize = 256;
+
+/// Bounds of what an operation result may store (longer text is cut, with a note).
+const MAX_RESULT_MESSAGE: usize = 8 * 1024;
+const MAX_FAILURE_NAME: usize = 256;
+const MAX_FAILURE_REASON: usize = 1024;
+/// The failures of one result together (names and reasons).
+const MAX_FAILURES_BYTES: usize = 256 * 1024;
+
+/// The audit row an endpoint's reports are currently folded into.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReportAudit {
+    row: i64,
+    since: i64,
+    changes: u64,
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked when cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    const MARK: &str = " [cut: too long]";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end])
+}
+
+/// A result bounded for storage: long texts are cut, failures past [`MAX_FAILURES_BYTES`]
+/// are dropped and counted in the message. Nothing is refused, so a daemon's real result is
+/// never lost for being long.
+fn bound_result(mut result: OperationResult) -> OperationResult {
+    let mut used = 0;
+    let mut kept = Vec::new();
+    let total = result.failures.len();
+    for f in result.failures.drain(..) {
+        let f = crate::proto::PackageFailure {
+            name: bounded(&f.name, MAX_FAILURE_NAME),
+            reason: bounded(&f.reason, MAX_FAILURE_REASON),
+        };
+        used += f.name.len() + f.reason.len();
+        if used > MAX_FAILURES_BYTES {
+            break;
+        }
+        kept.push(f);
+    }
+    let dropped = total - kept.len();
+    result.failures = kept;
+    result.message = bounded(&result.message, MAX_RESULT_MESSAGE);
+    if dropped > 0 {
+        result.message.push_str(&format!(
+            " ({dropped} more failures not stored: over the coordinator's limit)"
+        ));
+    }
+    result
+}
+
 /// The state the coordinator last acknowledged for an endpoint.
 fn known_state(conn: &Connection, id: i64) -> Result<Option<SnapshotHash>, ApiErr> {
     let known: Option<String> = conn
@@ -102,6 +168,89 @@ fn compile_keyed(policy: &PoolPolicy) -> Result<PolicyKey, ApiErr> {
 }
 
 impl AppState {
+    /// Takes `bytes` from the endpoint's storage budget (`storage_per_endpoint_mib_per_hour`),
+    /// or refuses the change with 429.
+    fn charge_storage(&self, endpoint: i64, bytes: usize) -> Result<(), ApiErr> {
+        let kib = bytes as f64 / 1024.0;
+        let key = super::limits::Key::Endpoint(endpoint);
+        self.storage_limiter
+            .take(key, kib, std::time::Instant::now())
+            .map_err(|wait| {
+                let secs = super::limits::retry_after_secs(wait);
+                tracing::info!(endpoint, bytes, "endpoint over its storage budget");
+                ApiErr::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "this endpoint stored more than storage_per_endpoint_mib_per_hour ({} MiB) recently: retry after {secs} s",
+                        self.settings.storage_per_endpoint_mib_per_hour
+                    ),
+                )
+                .with_detail(serde_json::json!({ "retry_after_secs": secs }))
+            })
+    }
+
+    /// Audits an endpoint's new state, folding it into the endpoint's last report row when
+    /// that is recent (see [`REPORT_AUDIT_WINDOW_SECS`]).
+    fn audit_report(
+        &self,
+        tx: &Connection,
+        endpoint: i64,
+        peer: Option<IpAddr>,
+        detail: String,
+    ) -> Result<(), ApiErr> {
+        let t = now();
+        let recent = self
+            .report_audits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&endpoint)
+            .copied()
+            .filter(|a| t - a.since < REPORT_AUDIT_WINDOW_SECS);
+        if let Some(a) = recent {
+            let changes = a.changes + 1;
+            let folded = tx
+                .prepare_cached(
+                    "UPDATE audit SET at = ?1, peer = ?2, detail = ?3 WHERE id = ?4 AND action = 'endpoint.report'",
+                )?
+                .execute(params![
+                    t,
+                    peer.map(|p| p.to_string()),
+                    format!("{detail}; {changes} state changes since {}", a.since),
+                    a.row
+                ])?;
+            // 0 rows: the row was removed (retention) or its transaction rolled back.
+            if folded == 1 {
+                self.report_audits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(endpoint, ReportAudit { changes, ..a });
+                return Ok(());
+            }
+        }
+        db::audit(
+            tx,
+            &Actor::Endpoint(endpoint).to_string(),
+            "endpoint.report",
+            Some(format!("endpoint:{endpoint}")),
+            peer,
+            Some(detail),
+        )?;
+        let row = tx.last_insert_rowid();
+        self.report_audits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                endpoint,
+                ReportAudit {
+                    row,
+                    since: t,
+                    changes: 1,
+                },
+            );
+        Ok(())
+    }
+
     /// A snapshot by hash, from the cache or the database.
     pub(crate) fn load_snapshot(
         &self,
@@ -656,7 +805,7 @@ impl AppState {
         let id = ep.id;
         let hash = new.hash;
         let stored = new.clone();
-        let actor = Actor::Endpoint(id).to_string();
+        let st = self.clone();
         let outcome = self
             .db
             .write(move |tx| {
@@ -675,6 +824,11 @@ impl AppState {
                 }
                 let changed = known != Some(hash);
                 if changed {
+                    let size = match &base {
+                        Some((_, json)) if !json.is_empty() => json.len(),
+                        _ => stored.text.len(),
+                    };
+                    st.charge_storage(id, size + ROW_COST_BYTES)?;
                     let from = base.as_ref().map(|(h, json)| (h, json.as_str()));
                     db::put_snapshot(tx, &stored, from.filter(|(_, j)| !j.is_empty()))?;
                 }
@@ -683,16 +837,11 @@ impl AppState {
                 )?
                 .execute(params![hash.to_hex(), now(), id])?;
                 if changed {
-                    db::audit(
+                    st.audit_report(
                         tx,
-                        &actor,
-                        "endpoint.report",
-                        Some(format!("endpoint:{id}")),
+                        id,
                         peer,
-                        Some(format!(
-                            "state {hash} ({})",
-                            crate::words::packages(stored.packages)
-                        )),
+                        format!("state {hash} ({})", crate::words::packages(stored.packages)),
                     )?;
                 }
                 Ok(Ok(changed))
@@ -735,6 +884,7 @@ impl AppState {
         peer: Option<IpAddr>,
     ) -> Result<TargetInfo, ApiErr> {
         let ep = ep.clone();
+        let st = self.clone();
         let manifest = req
             .manifest
             .as_ref()
@@ -771,6 +921,8 @@ impl AppState {
                     .with_detail(&previous));
                 }
                 let next = revision + 1;
+                let manifest_bytes = manifest.as_ref().map_or(0, |(_, body)| body.len());
+                st.charge_storage(ep.id, 2 * ROW_COST_BYTES + manifest_bytes)?;
                 tx.prepare_cached(
                     "INSERT INTO targets (pool_id, revision, snapshot, set_by_endpoint, set_by, set_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -873,6 +1025,7 @@ impl AppState {
                 "idempotency_key must be 1 to 128 characters",
             ));
         }
+        let st = self.clone();
         let (op, created) = self
             .db
             .write(move |tx| {
@@ -922,6 +1075,9 @@ impl AppState {
                         "no_target",
                         "the pool has no target yet: set one (set as latest) before syncing to it",
                     ));
+                }
+                if actor == Actor::Endpoint(endpoint_id) {
+                    st.charge_storage(endpoint_id, 2 * ROW_COST_BYTES)?;
                 }
                 let t = now();
                 tx.prepare_cached(
@@ -989,6 +1145,7 @@ impl AppState {
         peer: Option<IpAddr>,
     ) -> Result<Operation, ApiErr> {
         let endpoint_id = ep.id;
+        let st = self.clone();
         let op = self
             .db
             .write(move |tx| {
@@ -1018,6 +1175,9 @@ impl AppState {
                     Some(r) => Some(serde_json::to_string(r).map_err(|e| ApiErr::internal(e.to_string()))?),
                     None => None,
                 };
+                let size = progress_json.as_ref().map_or(0, String::len)
+                    + result_json.as_ref().map_or(0, String::len);
+                st.charge_storage(endpoint_id, size + ROW_COST_BYTES)?;
                 tx.prepare_cached(
                     "UPDATE operations SET state = ?1, progress = COALESCE(?2, progress),
                      result = COALESCE(?3, result), updated_at = ?4 WHERE id = ?5",
@@ -1082,9 +1242,12 @@ impl AppState {
                 "a result's state must be completed, failed or cancelled; report progress with /progress",
             ));
         }
-        if result.message.len() > 64 * 1024 || result.failures.len() > 100_000 {
-            return Err(ApiErr::invalid("result message or failure list too large"));
+        if result.failures.len() > 100_000 {
+            return Err(ApiErr::invalid(
+                "a result lists more than 100,000 failures: send at most one per package",
+            ));
         }
+        let result = bound_result(result);
         self.transition(ep, op_id, result.state, None, Some(result), peer)
             .await
     }

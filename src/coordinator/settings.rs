@@ -62,6 +62,40 @@ rate_limit_burst = 200
 anonymous_rate_limit_per_minute = 600000
 anonymous_rate_limit_burst = 20000
 
+# A request whose bearer token is not valid (unknown, revoked, malformed) gets no bucket of
+# its own: it is counted against its client IP, in the anonymous bucket and in this stricter
+# one, so inventing a token per request does not get around the limits. A WebSocket message
+# takes one request from its token's bucket, like a REST request.
+invalid_token_rate_limit_per_minute = 600
+invalid_token_rate_limit_burst = 60
+
+# What one endpoint may store per hour, in MiB (new snapshots and deltas, operation results
+# and progress, audit entries); over it, reports and results get 429 `rate_limited` and the
+# daemon sends them again later. A full 1,500-package state is about 150 KiB, and a state
+# already stored costs nothing. 0 = no limit.
+storage_per_endpoint_mib_per_hour = 32
+
+# Connections. A client has header_read_timeout_secs to send a request's headers (and to
+# finish its TLS handshake), also between requests on a kept-alive connection. A connection
+# that moves no byte either way for idle_timeout_secs is closed (WebSockets excepted: their
+# liveness is offline_after_secs). At most max_connections are open at once, at most
+# max_connections_per_ip from one client address (trusted_proxies are not limited per
+# address), and at most max_tls_handshakes_per_ip of them still in their TLS handshake;
+# a connection over a limit is closed at once. 10,000 endpoints hold 10,000 WebSockets: keep
+# max_connections above the fleet size and below the file limit (LimitNOFILE in the systemd
+# unit); behind one NAT address a fleet needs max_connections_per_ip above its size.
+header_read_timeout_secs = 10
+idle_timeout_secs = 60
+max_connections = 20000
+max_connections_per_ip = 1024
+max_tls_handshakes_per_ip = 16
+
+# When the write-ahead log grows past this many MiB, the writer checkpoints it completely
+# (RESTART: it waits for readers to move on, so sustained reads cannot starve it), and the
+# file is truncated back to this size (journal_size_limit). 0 = only the periodic passive
+# checkpoints (the WAL may then grow without bound under sustained writes).
+wal_checkpoint_mib = 64
+
 # The client IP address (audit log, rate limit) is the socket's peer. Only when the peer is
 # one of these addresses (a reverse proxy) is the last address of X-Forwarded-For used.
 trusted_proxies = []
@@ -141,6 +175,25 @@ pub struct Settings {
     pub anonymous_rate_limit_per_minute: u32,
     /// Default 20000.
     pub anonymous_rate_limit_burst: u32,
+    /// Per client IP, for requests whose bearer token is not valid; default 600.
+    pub invalid_token_rate_limit_per_minute: u32,
+    /// Default 60.
+    pub invalid_token_rate_limit_burst: u32,
+    /// MiB one endpoint may store per hour; default 32, 0 = no limit.
+    pub storage_per_endpoint_mib_per_hour: u32,
+    /// Seconds a client has for a request's headers (and its TLS handshake); default 10.
+    pub header_read_timeout_secs: u64,
+    /// Seconds without a byte either way before a connection (not a WebSocket) is closed;
+    /// default 60.
+    pub idle_timeout_secs: u64,
+    /// Open connections at once; default 20000.
+    pub max_connections: usize,
+    /// Open connections per client IP (trusted proxies excepted); default 1024.
+    pub max_connections_per_ip: usize,
+    /// Connections per client IP still in their TLS handshake; default 16.
+    pub max_tls_handshakes_per_ip: usize,
+    /// WAL size in MiB past which the writer checkpoints it completely; default 64, 0 = off.
+    pub wal_checkpoint_mib: u64,
     /// Reverse proxies whose `X-Forwarded-For` is believed; default none.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Serve TLS with this certificate and key; default none (plain HTTP).
@@ -177,6 +230,15 @@ impl Default for Settings {
             rate_limit_burst: 200,
             anonymous_rate_limit_per_minute: 600_000,
             anonymous_rate_limit_burst: 20_000,
+            invalid_token_rate_limit_per_minute: 600,
+            invalid_token_rate_limit_burst: 60,
+            storage_per_endpoint_mib_per_hour: 32,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 20_000,
+            max_connections_per_ip: 1024,
+            max_tls_handshakes_per_ip: 16,
+            wal_checkpoint_mib: 64,
             trusted_proxies: Vec::new(),
             tls: None,
             repo: Default::default(),

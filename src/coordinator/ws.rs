@@ -8,8 +8,13 @@
 //! the same service functions as the REST routes (a report is answered with
 //! [`ServerMsg::ReportAck`], a failed request with [`ServerMsg::Error`]), while pool events
 //! are pushed. One task owns each socket. A socket silent for `offline_after_secs` is closed
-//! (code 1008); revocation or removal closes it with 4001, falling behind on events with 4002,
-//! shutdown with 1001.
+//! (code 1008); revocation closes it at once with 4001, removal with 4003, a move to another
+//! pool with 4004 (whether or not `hello` was sent: see [`super::hub::Kick`]), falling behind
+//! on events with 4002, shutdown with 1001.
+//!
+//! Every message after `hello` takes one request from the token's rate-limit bucket, the same
+//! bucket its REST requests use; over the limit it is answered with `rate_limited` and not
+//! processed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -18,15 +23,18 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
+use sha2::Digest;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::api::ApiPath;
-use super::auth::{Admin, EndpointAuth};
+use super::auth::{self, Admin, EndpointAuth};
 use super::db;
 use super::error::ApiErr;
-use super::hub::{AdminGuard, Event, EventKind};
+use super::hub::{AdminGuard, Event, EventKind, Kick};
+use super::limits;
 use super::{AppState, stopped};
 use crate::proto::{EndpointMsg, PROTOCOL_VERSION, ServerMsg};
 
@@ -34,8 +42,6 @@ const WS_READ_BUFFER: usize = 4096;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a pool's endpoint count (sent in `Welcome`) is reused.
 const POOL_SIZE_TTL: Duration = Duration::from_secs(5);
-/// Close code for "your credentials are no longer valid" (private range 4000-4999).
-const CLOSE_REVOKED: u16 = 4001;
 /// Close code for "fell behind on events; reconnect to resynchronise".
 const CLOSE_LAGGED: u16 = 4002;
 
@@ -111,16 +117,49 @@ pub(crate) async fn endpoint_socket(
     ep: EndpointAuth,
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     up: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiErr> {
     let up = upgrade(up, state.settings.ws_message_limit)?;
-    Ok(up.on_upgrade(move |socket| run_endpoint(state, ep, addr.ip(), socket)))
+    // The extractor above accepted this token, so it is there.
+    let token = auth::bearer_in(&headers).unwrap_or_default().to_owned();
+    Ok(up.on_upgrade(move |socket| run_endpoint(state, ep, token, addr.ip(), socket)))
 }
 
-async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socket: WebSocket) {
+async fn kicked_close(socket: &mut WebSocket, why: Kick) {
+    close(socket, why.close_code(), why.reason()).await;
+}
+
+async fn run_endpoint(
+    state: AppState,
+    ep: EndpointAuth,
+    token: String,
+    peer: IpAddr,
+    mut socket: WebSocket,
+) {
     let _gauge = Gauge::new(&state.metrics.ws_endpoints);
     let mut shutdown = state.shutdown.clone();
+    // Registered first, then the token is checked again: a revocation, removal or move that
+    // committed after the upgrade's check is either seen by this check or kicks this
+    // registration.
+    let registration = state.hub.register_endpoint(ep.id);
+    let mut kicked = registration.kicked.clone();
+    let ep = match auth::endpoint_by_token(&state, &token).await {
+        Ok(Some(now)) if now.id == ep.id => now,
+        Ok(_) => return kicked_close(&mut socket, Kick::Revoked).await,
+        Err(e) => {
+            let _ = send(&mut socket, &error_msg(e)).await;
+            close(&mut socket, close_code::ERROR, "internal error").await;
+            return;
+        }
+    };
+    let rate_key = limits::Key::Token(sha2::Sha256::digest(token.as_bytes()).into());
     let first = tokio::select! {
+        biased;
+        _ = kicked.changed() => {
+            let why = kicked.borrow().unwrap_or(Kick::Revoked);
+            return kicked_close(&mut socket, why).await;
+        }
         r = tokio::time::timeout(HELLO_TIMEOUT, next_text(&mut socket)) => r,
         _ = stopped(&mut shutdown) => {
             close(&mut socket, close_code::AWAY, "coordinator shutting down").await;
@@ -255,12 +294,26 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
     let mut deadline = tokio::time::Instant::now() + idle_limit;
     loop {
         tokio::select! {
+            // First, so that no message is handled once the endpoint was revoked, removed or
+            // moved: every message acts with the endpoint's current identity and pool.
+            biased;
+            _ = kicked.changed() => {
+                let why = kicked.borrow().unwrap_or(Kick::Revoked);
+                tracing::info!(endpoint = ep.id, ?why, "closing the endpoint's socket");
+                kicked_close(&mut socket, why).await;
+                break;
+            }
             incoming = next_text(&mut socket) => {
                 deadline = tokio::time::Instant::now() + idle_limit;
                 let reply = match incoming {
                     None => break,
-                    Some(Err(e)) => Some(error_msg(e)),
-                    Some(Ok(text)) => handle(&state, &ep, peer, &text).await,
+                    Some(msg) => match state.token_limiter.check(rate_key, std::time::Instant::now()) {
+                        Err(wait) => Some(error_msg(limits::rate_limited(wait))),
+                        Ok(()) => match msg {
+                            Err(e) => Some(error_msg(e)),
+                            Ok(text) => handle(&state, &ep, peer, &text).await,
+                        },
+                    },
                 };
                 if let Some(reply) = reply
                     && send(&mut socket, &reply).await.is_err()
@@ -274,10 +327,6 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
                         if socket.send(Message::Text(json)).await.is_err() {
                             break;
                         }
-                    }
-                    EventKind::Disconnect => {
-                        close(&mut socket, CLOSE_REVOKED, "endpoint token revoked or endpoint removed").await;
-                        break;
                     }
                 },
                 Ok(_) => {}
@@ -298,6 +347,7 @@ async fn run_endpoint(state: AppState, ep: EndpointAuth, peer: IpAddr, mut socke
             }
         }
     }
+    drop(registration);
     tracing::debug!(endpoint = ep.id, "endpoint socket closed");
 }
 
