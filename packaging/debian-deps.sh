@@ -1,9 +1,11 @@
 # Sourced by tests/run.sh and packaging/demo.sh: makes sure the system tools pacpool's tests
 # and demo drive are installed (Debian 12), and that cargo is on PATH.
 #
-# ensure_tools [--with-tray]: installs pacman, repo-add, vercmp, bsdtar, makepkg and zstd
-# from Debian's packages when any is missing (needs root; otherwise says what to run); with
-# --with-tray also the GTK build dependencies and the headless desktop the tray tests use.
+# ensure_tools [--with-tray] [--with-network] [--with-bench]: installs pacman, repo-add, vercmp, bsdtar,
+# makepkg and zstd from Debian's packages when any is missing (needs root; otherwise says
+# what to run); with --with-tray also the GTK build dependencies and the headless desktop the
+# tray tests use; with --with-network the network tools of the fault tests (the demo needs
+# neither); with --with-bench nginx, the baseline of benches/pool_repo.rs.
 
 have() {
 	local c
@@ -18,7 +20,15 @@ die() {
 }
 
 ensure_tools() {
-	local apt_packages=()
+	local apt_packages=() tray=0 network=0 bench=0 arg
+	for arg in "$@"; do
+		case $arg in
+		--with-tray) tray=1 ;;
+		--with-network) network=1 ;;
+		--with-bench) bench=1 ;;
+		*) die "ensure_tools: unknown option $arg" ;;
+		esac
+	done
 	if ! have pacman repo-add vercmp bsdtar makepkg zstd; then
 		apt_packages+=(pacman-package-manager makepkg libarchive-tools zstd)
 	fi
@@ -37,7 +47,7 @@ ensure_tools() {
 	# open the menu for its screenshot.
 	# (`import`, not `convert`: some images carry a stand-in `convert` script; grep reads all of
 	# ldconfig's output so that pipefail never sees a SIGPIPE.)
-	if [[ ${1:-} == --with-tray ]] && { ! have pkg-config Xvfb xauth import dunst gdbus dbus-daemon gtk-sni-tray-standalone xdotool ||
+	if ((tray)) && { ! have pkg-config Xvfb xauth import dunst gdbus dbus-daemon gtk-sni-tray-standalone xdotool ||
 		! pkg-config --exists gtk+-3.0 ||
 		! { ldconfig -p 2>/dev/null | grep 'libayatana-appindicator3\.so\.1' >/dev/null; }; }; then
 		apt_packages+=(pkg-config libgtk-3-dev libayatana-appindicator3-1 xvfb xauth imagemagick xdotool
@@ -46,8 +56,12 @@ ensure_tools() {
 	# tests/fault_network.rs puts endpoints in their own network namespaces (ip netns, veth)
 	# and impairs their links with nftables rules inside those namespaces (packet loss, full
 	# partition) and tc (netem when the kernel has it, else a token bucket).
-	if ! have ip tc nft; then
+	if ((network)) && ! have ip tc nft; then
 		apt_packages+=(iproute2 nftables)
+	fi
+	# benches/pool_repo.rs measures the pool repository against nginx serving the same files.
+	if ((bench)) && ! [[ -x /usr/sbin/nginx ]]; then
+		apt_packages+=(nginx)
 	fi
 	# -------------------------------------------------------------------------------------
 	if ((${#apt_packages[@]} > 0)); then

@@ -4,7 +4,8 @@
 #   a coordinator (SQLite) and two endpoint daemons, "alice" and "bob", each on its own
 #   sandbox pacman root, with a local repository of generated packages; then set-latest on
 #   alice, bob becoming behind, bob syncing, alice upgrading, bob following, and bob
-#   reverting — printing what happens at each step. The coordinator is left running.
+#   reverting — printing what happens at each step. The pool is left running (the
+#   coordinator and both daemons); the demo ends with commands to try and one to stop it.
 #
 # Nothing touches the host's own packages: every pacman path points into $PACPOOL_DEMO_DIR
 # (default /tmp/pacpool-demo), which is wiped first.
@@ -26,7 +27,13 @@ URL=http://127.0.0.1:$PORT
 
 # Stop what a previous demo left running, then start afresh.
 for pidfile in "$DEMO"/*.pid; do
-	[[ -e $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
+	[[ -e $pidfile ]] || continue
+	pid=$(cat "$pidfile")
+	kill "$pid" 2>/dev/null || continue
+	for _ in $(seq 1 100); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
 done
 rm -rf "$DEMO"
 mkdir -p "$DEMO/repo" "$DEMO/build"
@@ -91,9 +98,6 @@ mkbox() { # name
 		cachedir = "$box/cache"
 		hookdir = "$box/hooks"
 		logfile = "$box/root/var/log/pacman.log"
-
-		[paths]
-		config = "$box/pacman.conf"
 	CONF
 }
 
@@ -203,11 +207,15 @@ say "The pool as the coordinator sees it"
 "${ADMIN[@]}" endpoints list "$POOL"
 "${ADMIN[@]}" targets history "$POOL"
 
-for m in alice bob; do kill "$(cat "$DEMO/$m.pid")" 2>/dev/null || true; done
-say "Done. The coordinator is still running at $URL"
+say "Done. The pool is still running: the coordinator at $URL, and alice's and bob's daemons"
+# The README shows these lines ("After the demo, try"); tests/readme.rs keeps both the same.
 cat <<EOF
-  admin token:   $DEMO/admin-token
-  try:           $BIN/pacpool admin --url $URL --token-file $DEMO/admin-token pools list
-  metrics:       $URL/api/v1/metrics
-  stop it with:  kill \$(cat $DEMO/coordinator.pid)
+Try (each machine has its own pacpoold socket):
+PACPOOL_SOCKET=$DEMO/alice/run/pacpoold.sock $BIN/pacpool status
+PACPOOL_SOCKET=$DEMO/bob/run/pacpoold.sock $BIN/pacpool history
+PACPOOL_SOCKET=$DEMO/bob/run/pacpoold.sock $BIN/pacpool preview
+$BIN/pacpool admin --url $URL --token-file $DEMO/admin-token endpoints list lab
+Metrics: $URL/api/v1/metrics
+Stop everything:
+kill \$(cat $DEMO/*.pid)
 EOF

@@ -31,7 +31,9 @@
 //! - [`tls`]: rustls configurations for the coordinator (server) and its clients.
 //!
 //! Output:
-//! - [`display`]: error chains on one line and UTC timestamps, for every program.
+//! - [`display`]: error chains on one line, UTC timestamps, terminal-safe text, and output
+//!   that ends quietly on a closed pipe, for every program.
+//! - [`logging`]: log lines coloured only on a terminal, with syslog priorities for journald.
 //! - [`words`]: counted nouns ("1 package", "2 packages"), for every program.
 //!
 //! Local state:
@@ -45,6 +47,7 @@ pub mod desc;
 pub mod display;
 pub mod exec;
 pub mod localdb;
+pub mod logging;
 pub mod machine;
 pub mod manifest;
 pub mod names;

@@ -93,6 +93,28 @@ fn globset(patterns: &[String]) -> Result<GlobSet, PolicyError> {
 }
 
 impl Policy {
+    /// The policy a machine plans with when its pool sends `self`: the machine's own
+    /// `local` policy (its `pacpoold.toml [policy]`, defaults included) can only add to it.
+    /// Its `protected` and `ignore` globs join the pool's, and its `removal_cap` is a ceiling
+    /// the pool cannot raise. The pool alone chooses the scope.
+    pub fn with_local(&self, local: &Policy) -> Policy {
+        let union = |pool: &[String], local: &[String]| {
+            let mut all = pool.to_vec();
+            for p in local {
+                if !all.contains(p) {
+                    all.push(p.clone());
+                }
+            }
+            all
+        };
+        Policy {
+            ignore: union(&self.ignore, &local.ignore),
+            scope: self.scope,
+            protected: union(&self.protected, &local.protected),
+            removal_cap: self.removal_cap.min(local.removal_cap),
+        }
+    }
+
     pub fn compile(&self) -> Result<CompiledPolicy, PolicyError> {
         Ok(CompiledPolicy {
             ignore: globset(&self.ignore)?,
@@ -217,6 +239,24 @@ pub enum Conflict {
 pub enum Skipped {
     Ignored { name: PkgName },
     Protected { name: PkgName },
+}
+
+impl Skipped {
+    pub fn name(&self) -> &PkgName {
+        match self {
+            Skipped::Ignored { name } | Skipped::Protected { name } => name,
+        }
+    }
+}
+
+/// `delta (protected)`, `firefox (ignored)`.
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skipped::Ignored { name } => write!(f, "{name} (ignored)"),
+            Skipped::Protected { name } => write!(f, "{name} (protected)"),
+        }
+    }
 }
 
 /// Removals above the policy's cap need explicit confirmation.
@@ -572,6 +612,25 @@ pub fn status(
         (true, true) => SyncStatus::Diverged,
     };
     (s, c)
+}
+
+/// The differences the policy leaves alone, as [`plan`] reports them in `skipped`: ignored
+/// packages that differ, and protected packages the target lacks (kept, never removed).
+pub fn kept_by_policy(
+    current: &Snapshot,
+    target: &Snapshot,
+    policy: &CompiledPolicy,
+) -> Vec<Skipped> {
+    let (pairs, mut skipped) = managed(current, target, policy);
+    for (name, pair) in pairs {
+        if let (Some(cur), None) = pair
+            && !(policy.scope == Scope::ExplicitOnly && cur.reason == Reason::Dependency)
+            && policy.is_protected(name.as_str())
+        {
+            skipped.push(Skipped::Protected { name: name.clone() });
+        }
+    }
+    skipped
 }
 
 /// Plans the way from `current` to `target`.
@@ -1074,8 +1133,61 @@ mod tests {
         assert!(plan1.skipped.contains(&Skipped::Ignored {
             name: "vim".parse().unwrap()
         }));
+        let mut kept = kept_by_policy(&current, &target, &pol.compile().unwrap());
+        let mut skipped = plan1.skipped.clone();
+        let key = |s: &Skipped| format!("{s:?}");
+        kept.sort_by_key(key);
+        skipped.sort_by_key(key);
+        assert_eq!(kept, skipped, "the status names what the plan keeps");
         pol.ignore = vec!["[".into()];
         assert!(pol.compile().unwrap_err().to_string().contains("\"[\""));
+    }
+
+    #[test]
+    fn a_local_policy_only_adds_to_the_pool_policy() {
+        let pool = Policy {
+            ignore: vec!["*-git".into()],
+            protected: vec![],
+            removal_cap: 100,
+            scope: Scope::ExplicitOnly,
+        };
+        let local = Policy {
+            ignore: vec!["*-git".into(), "firefox".into()],
+            protected: vec!["keepme-*".into()],
+            removal_cap: 0,
+            scope: Scope::Full,
+        };
+        let merged = pool.with_local(&local);
+        assert_eq!(merged.ignore, ["*-git", "firefox"]);
+        assert_eq!(merged.protected, ["keepme-*"]);
+        assert_eq!(merged.removal_cap, 0, "the pool cannot raise the local cap");
+        assert_eq!(
+            merged.scope,
+            Scope::ExplicitOnly,
+            "the pool chooses the scope"
+        );
+        // The untouched defaults on both sides change nothing.
+        assert_eq!(
+            Policy::default().with_local(&Policy::default()),
+            Policy::default()
+        );
+        // A pool that empties `protected` does not remove what the machine protects.
+        let c = merged.compile().unwrap();
+        let current = snap(&[("keepme-sshd", "1-1", E), ("stray", "1-1", E)]);
+        let p = plan(&current, &snap(&[]), &[], &Availability::default(), &c);
+        assert_eq!(
+            p.skipped,
+            [Skipped::Protected {
+                name: "keepme-sshd".parse().unwrap()
+            }]
+        );
+        assert_eq!(
+            p.needs_confirmation,
+            Some(RemovalCapExceeded {
+                removals: 1,
+                cap: 0
+            })
+        );
     }
 
     #[test]

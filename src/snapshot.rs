@@ -51,6 +51,11 @@ pub enum SnapshotError {
     BadHash(String),
 }
 
+/// The most packages a state may hold by default, at the coordinator (reports, and so
+/// targets) and at the daemon (pool targets): well above real machines (a few thousand),
+/// far below what would exhaust either's memory. Both make it configurable (`max_packages`).
+pub const DEFAULT_MAX_PACKAGES: usize = 20_000;
+
 /// A SHA-256 content hash identifying a snapshot.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SnapshotHash([u8; 32]);

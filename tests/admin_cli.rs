@@ -239,7 +239,7 @@ fn pools_join_tokens_endpoints_targets_operations_and_audit() {
     );
     assert_eq!(status, 201, "{op}");
     let op_id = op["id"].to_string();
-    let table = coord.admin_code(&["operations", "list", "--pool", "lab"], 0);
+    let table = coord.admin_code(&["operations", "list", "lab"], 0);
     assert_eq!(
         row_with(&table, "revert")[..5],
         [op_id.as_str(), id.as_str(), "1", "revert", "pending"],
@@ -247,8 +247,7 @@ fn pools_join_tokens_endpoints_targets_operations_and_audit() {
     );
     let page = json_of(&coord.admin_code(&["--json", "operations", "list", "--endpoint", &id], 0));
     assert_eq!(page["items"][0]["id"], op["id"]);
-    let other =
-        json_of(&coord.admin_code(&["--json", "operations", "list", "--pool", "office"], 0));
+    let other = json_of(&coord.admin_code(&["--json", "operations", "list", "office"], 0));
     assert_eq!(other["items"], json!([]));
     assert!(
         coord
@@ -359,7 +358,14 @@ fn tokens_refusals_and_unreachable() {
     let out = run_admin(&url, &["--token", wrong, "pools", "list"], &[]);
     out.expect(4, &["pools", "list (wrong token)"]);
     assert!(
-        out.stderr.contains("unauthorized") && out.stderr.contains("admin token"),
+        out.stderr.contains("did not accept the admin token")
+            && out.stderr.contains("--token-file"),
+        "{}",
+        out.stderr
+    );
+    // Only the admin's wording: not the endpoints' ("register again with a join token").
+    assert!(
+        !out.stderr.contains("register again") && !out.stderr.contains("join token"),
         "{}",
         out.stderr
     );
@@ -407,7 +413,7 @@ fn tokens_refusals_and_unreachable() {
     assert!(
         out.stderr
             .contains(&format!("cannot read the admin token from {missing}"))
-            && out.stderr.contains("pass --token"),
+            && out.stderr.contains("pass --token-file FILE"),
         "{}",
         out.stderr
     );

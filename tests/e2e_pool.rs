@@ -273,3 +273,157 @@ fn auto_sync_apply_follows_the_target_without_anyone_asking() {
     assert_eq!(history[0]["kind"], "sync");
     assert_eq!(history[0]["state"], "completed");
 }
+
+/// The machine's own `[policy]` adds to the pool's (issue 12, item 7): an automatic sync to a
+/// target another machine set neither removes what this machine protects nor more packages
+/// than its own removal cap allows; status, preview and sync say what was kept.
+#[test]
+fn the_machine_policy_adds_to_the_pool_policy() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    publish_everywhere(
+        &[&a, &b],
+        &[
+            ("tool", "1.0-1", &[]),
+            ("keepme-sshd", "1.0-1", &[]),
+            ("keepme-firewall", "1.0-1", &[]),
+            ("stray", "1.0-1", &[]),
+            ("newer", "1.0-1", &[]),
+        ],
+    );
+    // A has a package B lacks: B is behind (and ahead), so its automatic sync runs.
+    a.pacman_ok(&["-Sy", "tool", "newer"]);
+    b.pacman_ok(&["-Sy", "tool", "keepme-sshd", "keepme-firewall", "stray"]);
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
+    // The pool's policy is the untouched default, with automatic syncs.
+    let pool = coord.admin(
+        "POST",
+        "/pools",
+        Some(serde_json::json!({"name": "auto", "policy": {"auto_sync": "apply"}})),
+    );
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "a", Some((&coord.url(), &join))));
+    let b_config = write_config(&b, "b", Some((&coord.url(), &join)));
+    let mut text = std::fs::read_to_string(&b_config).unwrap();
+    text.push_str("\n[policy]\nprotected = [\"keepme-*\"]\nremoval_cap = 0\n");
+    std::fs::write(&b_config, text).unwrap();
+    let db_ = Daemon::start(&b_config);
+    db_.wait_status("B connected", |s| s["link"] == "connected");
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    // The automatic sync ends one way or the other: refused by B's own cap (1 removal, cap
+    // 0), or (what the pool policy alone would do) done.
+    let s = db_.wait_status("B's automatic sync ended", |s| {
+        s["target"]["revision"] == 1
+            && s["operation"].is_null()
+            && (s["state"] == "in-sync"
+                || s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cap of 0")))
+    });
+    let installed = b.pacman_ok(&["-Qq"]);
+    for p in ["keepme-sshd", "keepme-firewall", "stray"] {
+        assert!(
+            installed.lines().any(|l| l == p),
+            "{p} was removed by the automatic sync: {s}\n{}",
+            db_.log()
+        );
+    }
+    assert_eq!(s["state"], "diverged", "{s}");
+
+    // Asked for, the sync removes the stray package and keeps the protected ones, and says so.
+    let preview = db_.cli_code(&["preview"], 0);
+    assert!(
+        preview.contains("remove    stray")
+            && preview.contains("install   newer 1.0-1")
+            && preview.contains("kept: keepme-firewall (protected)")
+            && preview.contains("kept: keepme-sshd (protected)"),
+        "{preview}"
+    );
+    let out = db_.cli(&["sync", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Progress: one line per transaction and per package step, no "starting" repeats.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = progress.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with(":: transaction 1 of ")),
+        "{progress}"
+    );
+    assert!(
+        progress.contains(" (1 install)") && progress.contains(" (1 removal)"),
+        "each transaction says what it does:\n{progress}"
+    );
+    assert!(!progress.contains(":: starting"), "{progress}");
+    let mut seen = std::collections::HashSet::new();
+    for l in &lines {
+        if l.starts_with(":: transaction ") {
+            seen.clear();
+        }
+        assert!(seen.insert(*l), "a progress line repeats:\n{progress}");
+    }
+    assert!(
+        progress.contains("(newer)") && progress.contains("(stray)"),
+        "each package step is named:\n{progress}"
+    );
+    let installed = b.pacman_ok(&["-Qq"]);
+    assert!(!installed.lines().any(|l| l == "stray"), "{installed}");
+    assert!(installed.lines().any(|l| l == "keepme-sshd"), "{installed}");
+    let status = db_.cli_code(&["status"], 0);
+    assert!(
+        status.contains("state:       in-sync, 2 packages kept by policy")
+            && status.contains("kept:        keepme-sshd (protected)"),
+        "{status}"
+    );
+    let again = db_.cli_code(&["sync", "--yes"], 3);
+    assert!(
+        again.contains("nothing to do") && again.contains("kept: keepme-firewall (protected)"),
+        "{again}"
+    );
+    let json = db_.status();
+    assert_eq!(json["kept"].as_array().unwrap().len(), 2, "{json}");
+}
+
+/// A pool target larger than the machine accepts (`max_packages`, issue 12, item 8) is not
+/// fetched nor adopted, and the status says why and what to do.
+#[test]
+fn a_target_larger_than_max_packages_is_refused() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    publish_everywhere(
+        &[&a, &b],
+        &[
+            ("p1", "1.0-1", &[]),
+            ("p2", "1.0-1", &[]),
+            ("p3", "1.0-1", &[]),
+            ("p4", "1.0-1", &[]),
+        ],
+    );
+    a.pacman_ok(&["-Sy", "p1", "p2", "p3", "p4"]);
+    b.pacman_ok(&["-Sy", "p1"]);
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "a", Some((&coord.url(), &join))));
+    let b_config = write_config(&b, "b", Some((&coord.url(), &join)));
+    let text = std::fs::read_to_string(&b_config).unwrap();
+    std::fs::write(&b_config, format!("max_packages = 3\n{text}")).unwrap();
+    let db_ = Daemon::start(&b_config);
+    db_.wait_status("B connected", |s| s["link"] == "connected");
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    let s = db_.wait_status("B refused or adopted the target", |s| {
+        !s["target"].is_null()
+            || s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_packages"))
+    });
+    let why = s["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("holds 4 packages, more than this machine accepts (3)")
+            && why.contains("max_packages"),
+        "{s}"
+    );
+    assert!(s["target"].is_null(), "{s}");
+}

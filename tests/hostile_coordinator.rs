@@ -99,6 +99,12 @@ fn snap(pkgs: &[(&str, &str)]) -> Snapshot {
     Snapshot::new(pkgs.iter().map(|(n, v)| pkg(n, v)).collect()).unwrap()
 }
 
+/// A state of one package more than the coordinator accepts by default (issue 12, item 8).
+fn oversized() -> Snapshot {
+    let n = pacpool::snapshot::DEFAULT_MAX_PACKAGES + 1;
+    Snapshot::new((0..n).map(|i| pkg(&format!("p{i:06}"), "1-1")).collect()).unwrap()
+}
+
 /// A full report whose one package has `field` set to `value` (bypassing the types).
 fn report_with(field: &str, value: Value) -> Value {
     let mut p = json!({ "name": "bash", "version": "5.2-1", "arch": "x86_64", "reason": "explicit", "repo": "core" });
@@ -441,6 +447,7 @@ fn rest_rows(w: &World) -> Vec<Row> {
         // Tokens: forged, revoked, malformed, of the wrong kind.
         row("forged endpoint token", M::GET, "/endpoint/status", Auth::Bearer(format!("ppe_{}", "0".repeat(64))), Body::None, 401, "unauthorized"),
         row("admin token plus a byte", M::GET, "/pools", Auth::Bearer(format!("{ADMIN}x")), Body::None, 401, "unauthorized"),
+        row("a state of 20,001 packages", M::POST, "/endpoint/report", a(), Body::Json(serde_json::to_value(StateReport::Full { snapshot: oversized() }).unwrap()), 413, "too_many_packages"),
         row("revoked token reports", M::POST, "/endpoint/report", Auth::Bearer(w.revoked.clone()), Body::Json(serde_json::to_value(StateReport::Full { snapshot: snap(&[("x", "1-1")]) }).unwrap()), 401, "unauthorized"),
         row("4 KiB token", M::GET, "/pools", Auth::Bearer("a".repeat(4096)), Body::None, 401, "unauthorized"),
         row("Basic auth", M::GET, "/pools", Auth::Header(format!("Basic {ADMIN}")), Body::None, 401, "unauthorized"),
@@ -714,6 +721,7 @@ async fn hostile_ws(w: &World) {
         ("B's operation progress".into(), text(json!({"type": "progress", "operation": w.op_b, "progress": {"stage": "x", "percent": 1}}).to_string()), WsExpect::Error("forbidden")),
         ("a missing operation's progress".into(), text(json!({"type": "progress", "operation": 999_999, "progress": {"stage": "x", "percent": 1}}).to_string()), WsExpect::Error("not_found")),
         ("delta against another base".into(), report(json!({"kind": "delta", "delta": {"base": w.b_state.hash(), "target": w.a_state.hash()}})), WsExpect::NeedFull),
+        ("a delta growing the state to 20,001 packages".into(), report(serde_json::to_value(StateReport::Delta { delta: w.a_state.diff(&oversized()) }).unwrap()), WsExpect::Error("too_many_packages")),
         ("invalid UTF-8 as a binary frame".into(), Message::Binary(b"{\"type\":\"heartbeat\xff\"}".to_vec().into()), WsExpect::Error("invalid_request")),
     ];
     for n in ["-Syu", "--config=x", "a;b", "../x", "a\0b", "a\nb"] {

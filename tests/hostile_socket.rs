@@ -553,3 +553,36 @@ fn one_user_cannot_hold_every_connection() {
     let out = cli_as(&d.socket, &["status"], Some(("nobody", "nogroup")));
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
 }
+
+/// Text that reaches `pacpool status` and the daemon's log from elsewhere (issue 12, item
+/// 10b) cannot drive the terminal: here a local database entry whose directory name carries
+/// an escape sequence (the read error names that path), shown with control characters
+/// escaped.
+#[test]
+fn text_from_elsewhere_reaches_terminals_and_the_log_escaped() {
+    let sb = Sandbox::new();
+    sb.publish(&[sb.build_package(&PkgSpec::new("alpha", "1.0-1").arch(&host_arch()))]);
+    sb.pacman_ok(&["-Sy", "alpha"]);
+    let evil = sb
+        .dbpath()
+        .join("local/evil\u{1b}]0;pwned\u{7}\u{1b}[2J-1.0-1");
+    std::fs::create_dir_all(&evil).unwrap();
+    std::fs::write(evil.join("desc"), "%NAME%\nother\n\n%VERSION%\n1.0-1\n\n").unwrap();
+    let d = Daemon::start(&write_config(&sb, "evil", None));
+    let out = d.cli(&["status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("last error:"), "{stdout}");
+    assert!(
+        stdout.contains("\\u{1b}]0;pwned"),
+        "shown escaped: {stdout}"
+    );
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+        "raw control characters reached the terminal: {stdout:?}"
+    );
+    let log = d.log();
+    assert!(
+        !log.contains('\u{1b}') && !log.contains('\u{7}'),
+        "raw control characters reached the log: {log:?}"
+    );
+}

@@ -2,7 +2,7 @@
 //!
 //! Settings come in layers: defaults, the TOML file (`--config`), the environment
 //! (`PACPOOL_COORDINATOR_LISTEN`, `PACPOOL_COORDINATOR_DATABASE`,
-//! `PACPOOL_COORDINATOR_TLS_CERT`, `PACPOOL_COORDINATOR_TLS_KEY`), then flags.
+//! `PACPOOL_COORDINATOR_ADMIN_TOKEN_FILE`, `PACPOOL_COORDINATOR_TLS_CERT`, `PACPOOL_COORDINATOR_TLS_KEY`), then flags.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +36,10 @@ enum Command {
         /// SQLite database file (overrides the file and PACPOOL_COORDINATOR_DATABASE).
         #[arg(long, value_name = "FILE")]
         database: Option<PathBuf>,
+        /// Where the admin token is kept, written on first start (overrides the file and
+        /// PACPOOL_COORDINATOR_ADMIN_TOKEN_FILE).
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
         /// Serve TLS with this PEM certificate chain (overrides [tls] cert and
         /// PACPOOL_COORDINATOR_TLS_CERT; needs a key too).
         #[arg(long, value_name = "FILE")]
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
+            pacpool::errln!(
                 "pacpool-coordinator: error: {}",
                 pacpool::display::error_line(&e)
             );
@@ -66,22 +70,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::DefaultConfig => {
-            print!("{EXAMPLE_CONFIG}");
+            pacpool::out!("{EXAMPLE_CONFIG}");
             Ok(())
         }
         Command::Serve {
             config,
             listen,
             database,
+            admin_token_file,
             tls_cert,
             tls_key,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
+            pacpool::logging::init("RUST_LOG", "info", pacpool::logging::Stream::Stdout);
             let mut settings = match &config {
                 Some(path) => Settings::load(path)?,
                 None => Settings::default(),
@@ -95,6 +95,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(v) = std::env::var_os("PACPOOL_COORDINATOR_DATABASE") {
                 settings.database = v.into();
+            }
+            if let Some(v) = std::env::var_os("PACPOOL_COORDINATOR_ADMIN_TOKEN_FILE") {
+                settings.admin_token_file = v.into();
+            }
+            if let Some(f) = admin_token_file {
+                settings.admin_token_file = f;
             }
             if let Some(l) = listen {
                 settings.listen = l;

@@ -40,22 +40,16 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PACPOOL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pacpool::logging::init("PACPOOL_LOG", "info", pacpool::logging::Stream::Stderr);
     let cli = Cli::parse();
     if let Some(Cmd::ExportIcons { dir }) = &cli.command {
         return match pacpool::tray::icons::export(dir) {
             Ok(files) => {
-                println!("wrote {} files into {}", files.len(), dir.display());
+                pacpool::outln!("wrote {} files into {}", files.len(), dir.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!(
+                pacpool::errln!(
                     "pacpool-tray: error: cannot write icons into {}: {e}",
                     dir.display()
                 );
@@ -70,11 +64,11 @@ fn main() -> ExitCode {
     let _lock = match pacpool::tray::lock::acquire(&lock_path) {
         Ok(l) => l,
         Err(e @ pacpool::tray::lock::LockError::Held(_)) => {
-            eprintln!("pacpool-tray: {e}");
+            pacpool::errln!("pacpool-tray: {e}");
             return ExitCode::from(exit::ALREADY_RUNNING);
         }
         Err(e) => {
-            eprintln!("pacpool-tray: error: {e}");
+            pacpool::errln!("pacpool-tray: error: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -86,7 +80,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pacpool-tray: error: {e:#}");
+            pacpool::errln!("pacpool-tray: error: {e:#}");
             ExitCode::from(exit::FAILURE)
         }
     }

@@ -52,30 +52,25 @@ fn load(cli: &Cli) -> anyhow::Result<DaemonConfig> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PACPOOL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pacpool::logging::init("PACPOOL_LOG", "info", pacpool::logging::Stream::Stderr);
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::DefaultConfig) => {
-            print!("{}", config::EXAMPLE);
+            pacpool::out!("{}", config::EXAMPLE);
             Ok(())
         }
-        Some(Command::ShowConfig) => load(&cli).and_then(|c| {
-            print!("{}", toml::to_string_pretty(&c)?);
+        Some(Command::ShowConfig) => load(&cli).and_then(|mut c| {
+            c.resolve()?;
+            pacpool::out!("{}", toml::to_string_pretty(&c.shown())?);
             Ok(())
         }),
         Some(Command::Run) | None => run(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Once, on standard error (the journal under systemd), with each cause said once.
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("pacpoold: {e:#}");
+            pacpool::errln!("pacpoold: {}", pacpool::display::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -789,6 +789,19 @@ impl AppState {
         base: Option<(SnapshotHash, String)>,
         peer: Option<IpAddr>,
     ) -> Result<ReportAck, ApiErr> {
+        // Every state (full, or built from deltas) passes here, and targets are only made
+        // of stored states: this bounds them too.
+        if new.packages > self.settings.max_packages {
+            return Err(ApiErr::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_packages",
+                format!(
+                    "this state holds {} packages, more than this coordinator accepts ({}): \
+                     raise max_packages in its configuration if machines really have that many",
+                    new.packages, self.settings.max_packages
+                ),
+            ));
+        }
         let id = ep.id;
         let hash = new.hash;
         let stored = new.clone();

@@ -35,6 +35,11 @@ body_limit = 8388608
 # Largest accepted WebSocket message, in bytes.
 ws_message_limit = 8388608
 
+# The most packages one reported state may hold (full or built from deltas); a larger one is
+# refused with 413 `too_many_packages`, so no pool target can be larger either. Real
+# machines have a few thousand.
+max_packages = 20000
+
 # A REST request that takes longer than this many seconds is answered with 503 `timeout`.
 request_timeout_secs = 30
 
@@ -149,6 +154,8 @@ pub struct Settings {
     pub body_limit: usize,
     /// Default 8 MiB.
     pub ws_message_limit: usize,
+    /// Packages one reported state may hold; default 20,000.
+    pub max_packages: usize,
     /// Default 30 seconds.
     pub request_timeout_secs: u64,
     /// Age in days after which finished operations and audit entries are deleted; default
@@ -214,6 +221,7 @@ impl Default for Settings {
             offline_after_secs: 90,
             body_limit: 8 * 1024 * 1024,
             ws_message_limit: 8 * 1024 * 1024,
+            max_packages: crate::snapshot::DEFAULT_MAX_PACKAGES,
             request_timeout_secs: 30,
             retention_days: 90,
             max_target_history: 1000,

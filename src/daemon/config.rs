@@ -44,9 +44,13 @@ pub struct DaemonConfig {
     pub heartbeat_interval: u64,
     /// History entries kept locally.
     pub history_keep: usize,
+    /// The most packages a pool target may hold; a larger one is refused before it is
+    /// decoded (real machines have a few thousand).
+    pub max_packages: usize,
     /// How pacman is run.
     pub pacman: PacmanSettings,
-    /// Where pacman's state is read from (pacman.conf, dbpath, cache dirs, archive URL).
+    /// Where pacman's state is read from: pacman.conf, dbpath and cache dirs are derived
+    /// from `pacman` (see [`DaemonConfig::resolve`]); the archive URL is set here.
     pub paths: PacmanPaths,
     /// Local policy, used when the coordinator has not sent the pool's.
     pub policy: Policy,
@@ -73,11 +77,10 @@ impl Default for DaemonConfig {
             check_interval: 300,
             heartbeat_interval: 30,
             history_keep: 200,
+            max_packages: crate::snapshot::DEFAULT_MAX_PACKAGES,
             pacman: PacmanSettings::default(),
-            paths: PacmanPaths {
-                config: Some(PathBuf::from("/etc/pacman.conf")),
-                ..PacmanPaths::default()
-            },
+            // Derived from `pacman` by `resolve`.
+            paths: PacmanPaths::default(),
             policy: Policy::default(),
             auto_sync: None,
             allow_unsigned_foreign: false,
@@ -97,6 +100,16 @@ pub enum ConfigError {
     Parse {
         path: PathBuf,
         source: Box<toml::de::Error>,
+    },
+    #[error(
+        "[paths] {key} = {set:?} is not what pacman is run with ({pacman:?}, from [pacman] and \
+         its pacman.conf): pacpool would record another machine's packages than the one pacman \
+         changes; remove [paths] {key} (it follows [pacman]) or set [pacman] to the same"
+    )]
+    PathsDiffer {
+        key: &'static str,
+        set: String,
+        pacman: String,
     },
     #[error("invalid value {value:?} in environment variable {var}: {why}")]
     Env {
@@ -160,6 +173,55 @@ impl DaemonConfig {
         Ok(())
     }
 
+    /// Derives the paths pacpool reads (`[paths]` config, dbpath, cache dirs) from the ones
+    /// pacman is run with (`[pacman]`, then its pacman.conf, then pacman's defaults), so that
+    /// both always mean the same machine. A `[paths]` value set to something else is refused
+    /// with the reason. Calling it again changes nothing.
+    pub fn resolve(&mut self) -> Result<(), ConfigError> {
+        let conf = self.pacman.config_path();
+        let dbpath = self.pacman.dbpath();
+        let cache_dirs = match &self.pacman.cachedir {
+            Some(dir) => vec![dir.clone()],
+            // An unreadable pacman.conf is reported by the first read of the state.
+            None => crate::pacman_conf::PacmanConf::load(&conf)
+                .map(|c| c.cache_dirs())
+                .unwrap_or_default(),
+        };
+        let differ = |key, set: &dyn std::fmt::Debug, pacman: &dyn std::fmt::Debug| {
+            ConfigError::PathsDiffer {
+                key,
+                set: format!("{set:?}"),
+                pacman: format!("{pacman:?}"),
+            }
+        };
+        if let Some(set) = &self.paths.config
+            && *set != conf
+        {
+            return Err(differ("config", set, &conf));
+        }
+        if let Some(set) = &self.paths.dbpath
+            && *set != dbpath
+        {
+            return Err(differ("dbpath", set, &dbpath));
+        }
+        if !self.paths.cache_dirs.is_empty() && self.paths.cache_dirs != cache_dirs {
+            return Err(differ("cache_dirs", &self.paths.cache_dirs, &cache_dirs));
+        }
+        self.paths.config = Some(conf);
+        self.paths.dbpath = Some(dbpath);
+        self.paths.cache_dirs = cache_dirs;
+        Ok(())
+    }
+
+    /// The configuration as `show-config` prints it: the join token masked.
+    pub fn shown(&self) -> Self {
+        let mut c = self.clone();
+        if c.join_token.is_some() {
+            c.join_token = Some("(set, not shown)".into());
+        }
+        c
+    }
+
     pub fn store_path(&self) -> PathBuf {
         self.state_dir.join("state.db")
     }
@@ -195,6 +257,50 @@ mod tests {
         let c = DaemonConfig::parse(&uncommented, Path::new("example")).unwrap();
         assert!(c.coordinator_url.unwrap().starts_with("https://"));
         assert!(c.coordinator_ca_file.is_some());
+    }
+
+    #[test]
+    fn paths_follow_how_pacman_is_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("pacman.conf");
+        std::fs::write(
+            &conf,
+            "[options]\nDBPath = /elsewhere/db\nCacheDir = /elsewhere/cache\n",
+        )
+        .unwrap();
+        let text = format!(
+            "[pacman]\nconfig = {conf:?}\ndbpath = \"/sandbox/db\"\n\n[paths]\narchive_url = \"file:///a\"\n"
+        );
+        let mut c = DaemonConfig::parse(&text, Path::new("t.toml")).unwrap();
+        c.resolve().unwrap();
+        // `--dbpath` wins over pacman.conf's DBPath, as in pacman itself.
+        assert_eq!(c.paths.dbpath, Some(PathBuf::from("/sandbox/db")));
+        assert_eq!(c.paths.config, Some(conf.clone()));
+        assert_eq!(c.paths.cache_dirs, [PathBuf::from("/elsewhere/cache")]);
+        assert_eq!(c.paths.archive_url.as_deref(), Some("file:///a"));
+        let again = c.clone();
+        c.resolve().unwrap();
+        assert_eq!(c, again);
+        // A [paths] value that names another database is refused, with both named.
+        let mut c = DaemonConfig::parse(
+            &format!("{text}dbpath = \"/var/lib/pacman\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let e = c.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("[paths] dbpath")
+                && e.contains("/var/lib/pacman")
+                && e.contains("/sandbox/db"),
+            "{e}"
+        );
+        // The same value, said twice, is fine (trailing slash or not).
+        let mut c = DaemonConfig::parse(
+            &format!("{text}dbpath = \"/sandbox/db/\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        c.resolve().unwrap();
     }
 
     #[test]

@@ -101,6 +101,14 @@ async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>,
     Ok(body)
 }
 
+/// An error as the coordinator sent it, made safe for the journal, the status and the
+/// terminals that show them: control characters (escape sequences, line breaks) escaped.
+fn from_coordinator(mut e: ApiError) -> ApiError {
+    e.code = crate::display::clean(&e.code);
+    e.message = crate::display::clean(&e.message);
+    e
+}
+
 /// Where and how to reach the coordinator.
 struct Endpoint {
     base: String,
@@ -144,15 +152,18 @@ impl Endpoint {
                 })
             })
         } else {
-            Err(CallError::Api(serde_json::from_slice(&body).unwrap_or(
-                ApiError {
+            Err(CallError::Api(from_coordinator(
+                serde_json::from_slice(&body).unwrap_or(ApiError {
                     code: status.as_str().into(),
                     message: format!(
-                    "the coordinator answered {status}: {}",
-                    String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
-                ),
+                        "the coordinator answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    ),
                     detail: None,
-                },
+                }),
             )))
         }
     }
@@ -185,8 +196,13 @@ impl Endpoint {
         }
     }
 
-    /// Fetches a snapshot (canonical text) and checks it against its hash.
-    async fn fetch_snapshot(&self, hash: &SnapshotHash) -> Result<Snapshot, CallError> {
+    /// Fetches a snapshot (canonical text) and checks it against its hash; one of more than
+    /// `max_packages` packages is refused before it is decoded.
+    async fn fetch_snapshot(
+        &self,
+        hash: &SnapshotHash,
+        max_packages: usize,
+    ) -> Result<Snapshot, CallError> {
         let resp = self
             .http
             .get(self.url(&format!("/snapshots/{hash}")))
@@ -212,12 +228,17 @@ impl Endpoint {
         };
         if !status.is_success() {
             return Err(match serde_json::from_str::<ApiError>(&body) {
-                Ok(e) => CallError::Api(e),
+                Ok(e) => CallError::Api(from_coordinator(e)),
                 Err(_) => bad(format!(
                     "the coordinator answered {status} for snapshot {}",
                     hash.short()
                 )),
             });
+        }
+        // One line per package after the header.
+        let packages = body.lines().count().saturating_sub(1);
+        if packages > max_packages {
+            return Err(bad(too_many_packages(packages, max_packages)));
         }
         let snap = Snapshot::decode(&body)
             .map_err(|e| bad(format!("the coordinator sent an unreadable snapshot: {e}")))?;
@@ -468,7 +489,7 @@ async fn ensure_registered(daemon: &Daemon, base: &str) -> Result<Endpoint, Stri
     let body = resp.bytes().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
         let msg = serde_json::from_slice::<ApiError>(&body)
-            .map(|e| e.message)
+            .map(|e| from_coordinator(e).message)
             .unwrap_or_else(|_| status.to_string());
         return Err(format!("registration refused: {msg}"));
     }
@@ -807,6 +828,7 @@ async fn session(
                     }
                     ServerMsg::PolicyChanged { policy } => daemon.set_pool_policy(policy),
                     ServerMsg::Error { error } => {
+                        let error = from_coordinator(error);
                         tracing::warn!(code = %error.code, message = %error.message, "the coordinator reported an error");
                         if error.code == "protocol_mismatch" || error.code == "unauthorized" {
                             return lost(false, error.message);
@@ -851,12 +873,29 @@ async fn session(
     }
 }
 
+/// Why a pool target is refused for its size.
+fn too_many_packages(packages: usize, max: usize) -> String {
+    format!(
+        "the pool target holds {packages} packages, more than this machine accepts ({max}): \
+         it was not adopted; if the pool really is that large, raise max_packages in \
+         pacpoold.toml, else set a real machine's state as the pool target"
+    )
+}
+
 /// Fetches and stores a new pool target unless we already have it.
 async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) {
     if daemon.target_info().as_ref() == Some(&target) {
         return;
     }
-    match endpoint.fetch_snapshot(&target.snapshot).await {
+    let max = daemon.config().max_packages;
+    // Said by the coordinator before the snapshot is fetched; the fetch checks it again.
+    if target.package_count > max as u64 {
+        let why = too_many_packages(target.package_count as usize, max);
+        tracing::warn!(revision = target.revision, "{why}");
+        daemon.note_error(why);
+        return;
+    }
+    match endpoint.fetch_snapshot(&target.snapshot, max).await {
         Ok(snap) => {
             let revision = target.revision;
             let manifest = endpoint.fetch_manifest(&target).await;
@@ -1436,7 +1475,9 @@ async fn set_latest_inner(
                     w.revision, w.set_by
                 );
                 let winner_manifest = endpoint.fetch_manifest(&w).await;
-                if let Ok(snap) = endpoint.fetch_snapshot(&w.snapshot).await
+                if let Ok(snap) = endpoint
+                    .fetch_snapshot(&w.snapshot, daemon.config().max_packages)
+                    .await
                     && daemon.set_target(w, snap, winner_manifest).is_ok()
                 {
                     let counts = daemon.status(true, None).counts;
@@ -1500,6 +1541,17 @@ mod tests {
             snapshot: None,
         }));
         assert_eq!(small.message, "done");
+    }
+
+    #[test]
+    fn coordinator_errors_are_made_safe_for_terminals_and_the_journal() {
+        let e = from_coordinator(ApiError {
+            code: "x\u{1b}[2J".into(),
+            message: "busy\u{1b}]0;pwned\u{7}\nforged line".into(),
+            detail: None,
+        });
+        assert_eq!(e.code, "x\\u{1b}[2J");
+        assert_eq!(e.message, "busy\\u{1b}]0;pwned\\u{7}\\nforged line");
     }
 
     #[test]

@@ -202,6 +202,10 @@ pub struct LocalStatus {
     /// This machine against the pool target (`unknown` without a target).
     pub state: EndpointState,
     pub counts: Counts,
+    /// Differences the policy leaves alone: protected packages the target lacks (kept),
+    /// ignored packages that differ (older daemons send none).
+    #[serde(default)]
+    pub kept: Vec<Skipped>,
     pub endpoint: Option<String>,
     pub pool: Option<String>,
     /// Endpoints in the pool, this one included, as of the last connection to the coordinator

@@ -18,7 +18,9 @@ use super::protocol::{
 use crate::localdb::Fingerprint;
 use crate::machine::MachineState;
 use crate::manifest::Manifest;
-use crate::plan::{Action, Conflict, Counts, Plan, Source, SyncStatus, plan, status};
+use crate::plan::{
+    Action, Conflict, Counts, Plan, Skipped, Source, SyncStatus, kept_by_policy, plan, status,
+};
 use crate::proto::{AutoSyncMode, EndpointState, PackageFailure, PoolPolicy, Progress, TargetInfo};
 use crate::snapshot::{Snapshot, SnapshotHash};
 use crate::store::{HistoryEntry, LocalOperation, Store};
@@ -88,7 +90,12 @@ struct State {
     read_error: Option<String>,
     last_sync: Option<i64>,
     paused: bool,
+    /// The last [`Daemon::sync_status`], for (current, target, policy).
+    status_cache: Option<(StatusKey, StatusValue)>,
 }
+
+type StatusKey = (SnapshotHash, SnapshotHash, crate::plan::Policy);
+type StatusValue = (EndpointState, Counts, Vec<Skipped>);
 
 pub struct Daemon {
     config: DaemonConfig,
@@ -114,8 +121,9 @@ pub(crate) fn now() -> i64 {
 impl Daemon {
     /// Opens the state directory and store, marks operations a previous run left behind as
     /// interrupted, loads the cached pool target and takes the first snapshot.
-    pub async fn open(config: DaemonConfig) -> anyhow::Result<Self> {
+    pub async fn open(mut config: DaemonConfig) -> anyhow::Result<Self> {
         use anyhow::Context;
+        config.resolve()?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -349,33 +357,56 @@ impl Daemon {
         self.state().machine.as_ref().map(|m| m.snapshot.clone())
     }
 
+    /// The policy this machine plans with: the pool's, to which the local `[policy]` only adds
+    /// (its globs join the pool's, its removal cap is a ceiling: [`Policy::with_local`]); the
+    /// local one alone until the pool's arrives.
+    ///
+    /// [`Policy::with_local`]: crate::plan::Policy::with_local
     fn policy(&self, s: &State) -> crate::plan::Policy {
-        s.pool_policy
-            .as_ref()
-            .map_or_else(|| self.config.policy.clone(), |p| p.plan.clone())
+        match &s.pool_policy {
+            Some(p) => p.plan.with_local(&self.config.policy),
+            None => self.config.policy.clone(),
+        }
+    }
+
+    /// This machine against the target: state, pending changes and what the policy keeps.
+    /// Cached per (state, target, policy), and computed without holding the state lock, so
+    /// that status requests (anyone may send them) never make an operation wait.
+    fn sync_status(&self) -> StatusValue {
+        let (key, current, target) = {
+            let s = self.state();
+            let (Some(m), Some((info, target))) = (&s.machine, &s.target) else {
+                return (EndpointState::Unknown, Counts::default(), Vec::new());
+            };
+            let key = (m.snapshot.hash(), info.snapshot, self.policy(&s));
+            if let Some((k, v)) = &s.status_cache
+                && *k == key
+            {
+                return v.clone();
+            }
+            (key, m.snapshot.clone(), target.clone())
+        };
+        let value = match key.2.compile() {
+            Ok(policy) => {
+                let (st, counts) = status(&current, &target, &policy);
+                let state = match st {
+                    SyncStatus::InSync => EndpointState::InSync,
+                    SyncStatus::Behind => EndpointState::Behind,
+                    SyncStatus::Ahead => EndpointState::Ahead,
+                    SyncStatus::Diverged => EndpointState::Diverged,
+                };
+                (state, counts, kept_by_policy(&current, &target, &policy))
+            }
+            Err(_) => (EndpointState::Error, Counts::default(), Vec::new()),
+        };
+        self.state().status_cache = Some((key, value.clone()));
+        value
     }
 
     /// The status as a peer sees it; `can_act` / `why_not` describe that peer's rights.
     pub fn status(&self, can_act: bool, why_not: Option<String>) -> LocalStatus {
+        let (mut state, counts, kept) = self.sync_status();
         let mut s = self.state();
-        let (mut state, counts) = match (&s.machine, &s.target) {
-            (Some(m), Some((_, target))) => match self.policy(&s).compile() {
-                Ok(policy) => {
-                    let (st, counts) = status(&m.snapshot, target, &policy);
-                    (
-                        match st {
-                            SyncStatus::InSync => EndpointState::InSync,
-                            SyncStatus::Behind => EndpointState::Behind,
-                            SyncStatus::Ahead => EndpointState::Ahead,
-                            SyncStatus::Diverged => EndpointState::Diverged,
-                        },
-                        counts,
-                    )
-                }
-                Err(_) => (EndpointState::Error, Counts::default()),
-            },
-            _ => (EndpointState::Unknown, Counts::default()),
-        };
         if s.running.is_some() {
             state = EndpointState::Syncing;
         }
@@ -396,6 +427,7 @@ impl Daemon {
         LocalStatus {
             state,
             counts,
+            kept,
             endpoint: s.endpoint_name.clone(),
             pool: s.pool_name.clone(),
             pool_endpoints: s.pool_endpoints,
@@ -931,7 +963,13 @@ impl Daemon {
         }
     }
 
+    /// Names from the coordinator, kept with control characters escaped: they reach the
+    /// journal, the status and the terminals that show it.
     pub(crate) fn set_identity(&self, endpoint: &str, pool: &str) {
+        let (endpoint, pool) = (
+            &crate::display::clean(endpoint),
+            &crate::display::clean(pool),
+        );
         let store = self.store();
         let _ = store.set(keys::ENDPOINT_NAME, endpoint);
         let _ = store.set(keys::POOL_NAME, pool);
@@ -955,6 +993,12 @@ impl Daemon {
         let (_, counts) = status(&s.machine.as_ref()?.snapshot, &before, &policy);
         s.revert_counts = Some((key, counts));
         Some(counts)
+    }
+
+    /// Shows `message` as the status's `last_error` (until the next operation ends).
+    pub(crate) fn note_error(&self, message: String) {
+        self.state().last_error = Some(message);
+        self.emit_status();
     }
 
     pub(crate) fn set_pool_endpoints(&self, count: Option<u64>) {
@@ -1387,12 +1431,28 @@ mod actions {
                 ApplyEvent::Fetching { name, .. } => {
                     stage("downloading", 8, Some(name.to_string()))
                 }
+                // One line per transaction: "transaction 2 of 3" (4 packages); pacman's own
+                // "starting" adds nothing to it.
                 ApplyEvent::Transaction {
-                    index: i, total: t, ..
+                    index: i,
+                    total: t,
+                    command,
                 } => {
                     (index, total) = (i, t);
-                    stage("starting pacman", at(i, t, 0), None)
+                    stage(
+                        &format!("transaction {} of {t}", i + 1),
+                        at(i, t, 0),
+                        Some(transaction_summary(plan, &command)),
+                    )
                 }
+                ApplyEvent::Pacman {
+                    event:
+                        PacmanEvent::Progress(crate::exec::Progress {
+                            stage: crate::exec::Stage::Starting,
+                            ..
+                        }),
+                    ..
+                } => return,
                 ApplyEvent::Pacman {
                     event: PacmanEvent::Progress(p),
                     ..
@@ -1443,6 +1503,49 @@ mod actions {
             .collect())
     }
 
+    /// What one transaction of `plan` does, from its command line: "2 upgrades, 1 install".
+    /// Its targets (after `--`) are `repo/name=version`, package files or names; each
+    /// counts the plan's action of that kind for that name.
+    pub(super) fn transaction_summary(plan: &Plan, command: &str) -> String {
+        let op = command.split_whitespace().nth(1).unwrap_or_default();
+        let names: Vec<String> = command
+            .split(" -- ")
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|t| {
+                let t = t.trim_matches('\'');
+                let t = t.rsplit('/').next().unwrap_or(t);
+                match t.split_once(".pkg.tar") {
+                    // name-version-rel-arch.pkg.tar.*
+                    Some((stem, _)) => stem.rsplitn(4, '-').nth(3).unwrap_or(stem).to_owned(),
+                    None => t.split('=').next().unwrap_or(t).to_owned(),
+                }
+            })
+            .collect();
+        let mut c = Counts::default();
+        for a in &plan.actions {
+            if !names.iter().any(|n| n == a.name().as_str()) {
+                continue;
+            }
+            match (op, a) {
+                ("-S" | "-U", Action::Install { .. }) => c.install += 1,
+                ("-S" | "-U", Action::Upgrade { .. }) => c.upgrade += 1,
+                ("-S" | "-U", Action::Downgrade { .. }) => c.downgrade += 1,
+                ("-R", Action::Remove { .. }) => c.remove += 1,
+                ("-D", Action::MarkDependency { .. } | Action::MarkExplicit { .. }) => {
+                    c.reason += 1
+                }
+                _ => {}
+            }
+        }
+        if c.total() > 0 {
+            c.summary()
+        } else {
+            crate::words::packages(names.len())
+        }
+    }
+
     fn exec_error(e: ExecError) -> ActionError {
         let code = match &e {
             ExecError::Busy { .. } => ErrorCode::Busy,
@@ -1488,6 +1591,60 @@ mod tests {
         assert_eq!(
             super::read_error_message(&other),
             "cannot read pacman's state: no local pacman database"
+        );
+    }
+
+    #[test]
+    fn a_transaction_says_what_it_does() {
+        use super::actions::transaction_summary;
+        use crate::plan::{Action, Plan, Source};
+        let name = |n: &str| n.parse().unwrap();
+        let version = |v: &str| v.parse().unwrap();
+        let plan = Plan {
+            actions: vec![
+                Action::Upgrade {
+                    name: name("editor"),
+                    from: version("1.0-1"),
+                    to: version("1.1-1"),
+                    arch: "x86_64".parse().unwrap(),
+                    source: Source::Cache {
+                        path: "/c/editor-1.1-1-x86_64.pkg.tar.zst".into(),
+                    },
+                },
+                Action::Remove {
+                    name: name("oldtool"),
+                    version: version("1.0-1"),
+                },
+                Action::MarkDependency {
+                    name: name("editor"),
+                },
+            ],
+            conflicts: Vec::new(),
+            skipped: Vec::new(),
+            needs_confirmation: None,
+        };
+        assert_eq!(
+            transaction_summary(
+                &plan,
+                "pacman -U --noconfirm -- /c/editor-1.1-1-x86_64.pkg.tar.zst"
+            ),
+            "1 upgrade"
+        );
+        assert_eq!(
+            transaction_summary(&plan, "pacman -S --needed -- core/editor=1.1-1"),
+            "1 upgrade"
+        );
+        assert_eq!(
+            transaction_summary(&plan, "pacman -R --noconfirm -- oldtool"),
+            "1 removal"
+        );
+        assert_eq!(
+            transaction_summary(&plan, "pacman -D --asdeps -- editor"),
+            "1 reason change"
+        );
+        assert_eq!(
+            transaction_summary(&plan, "pacman -S -- core/x=1 core/y=2"),
+            "2 packages"
         );
     }
 

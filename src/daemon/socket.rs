@@ -475,59 +475,116 @@ async fn dispatch(
             }
         }
         Request::Sync { confirm_removals } => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let fut = daemon.sync(confirm_removals, move |p| {
-                let _ = tx.send(p);
-            });
-            with_progress(fut, rx, w).await?
+            let (send, rx) = progress_channel();
+            with_progress(daemon.sync(confirm_removals, send), rx, w).await?
         }
         Request::Revert {
             to,
             confirm_removals,
         } => {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let fut = daemon.revert(to.as_deref(), confirm_removals, move |p| {
-                let _ = tx.send(p);
-            });
-            with_progress(fut, rx, w).await?
+            let (send, rx) = progress_channel();
+            with_progress(daemon.revert(to.as_deref(), confirm_removals, send), rx, w).await?
         }
         Request::Subscribe => unreachable!("handled by the caller"),
     })
 }
 
-/// Runs an action, writing its progress as it comes; the action goes on even if the client
-/// disconnects.
+/// Progress lines held for a client that reads slowly; past that, lines are dropped (the
+/// final answer always comes).
+const PROGRESS_BACKLOG: usize = 1024;
+
+/// Runs an action, writing its progress as it comes. The action never waits for the client:
+/// it goes on when the client disconnects, and when the client stops reading (a full socket
+/// buffer would otherwise hold the operation, and with it pacman and its lock, until the
+/// client read again) its progress queues up to [`PROGRESS_BACKLOG`] lines, then is dropped.
 async fn with_progress(
     fut: impl std::future::Future<Output = Result<super::protocol::Outcome, ActionError>>,
-    mut rx: mpsc::UnboundedReceiver<crate::proto::Progress>,
+    mut rx: mpsc::Receiver<crate::proto::Progress>,
     w: &mut (impl AsyncWriteExt + Unpin),
 ) -> std::io::Result<Reply> {
-    tokio::pin!(fut);
-    let mut client_gone = false;
-    let result = loop {
-        tokio::select! {
-            r = &mut fut => break r,
-            Some(progress) = rx.recv() => {
-                if !client_gone && write(w, &Reply::Progress { progress }).await.is_err() {
-                    client_gone = true;
-                }
+    // Both run concurrently: a write that blocks stalls only the writer. The sender lives in
+    // the action's closure, so the writer ends when the action has ended and the backlog is
+    // written (or the client is gone).
+    let writer = async {
+        while let Some(progress) = rx.recv().await {
+            if write(w, &Reply::Progress { progress }).await.is_err() {
+                return;
             }
         }
     };
-    while let Ok(progress) = rx.try_recv() {
-        if !client_gone {
-            let _ = write(w, &Reply::Progress { progress }).await;
-        }
-    }
+    let (result, ()) = tokio::join!(fut, writer);
     Ok(match result {
         Ok(outcome) => Reply::Done { outcome },
         Err(e) => e.into(),
     })
 }
 
+/// A channel for an action's progress whose sending side never waits (see [`with_progress`]).
+fn progress_channel() -> (
+    impl Fn(crate::proto::Progress) + Send + 'static,
+    mpsc::Receiver<crate::proto::Progress>,
+) {
+    let (tx, rx) = mpsc::channel(PROGRESS_BACKLOG);
+    (
+        move |p| {
+            let _ = tx.try_send(p);
+        },
+        rx,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that asked for a sync and stopped reading must not hold the operation: once
+    /// the socket buffer is full, the action must still be polled (pacman's output has to be
+    /// read for pacman to go on) and run to its end.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_does_not_stall_the_operation() {
+        use crate::plan::Counts;
+        use crate::proto::Progress;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // A 64-byte pipe nobody reads: one progress line fills it.
+        let (_client, mut server) = tokio::io::duplex(64);
+        let (send, rx) = progress_channel();
+        let steps = AtomicUsize::new(0);
+        let action = async {
+            for i in 0..2000 {
+                send(Progress {
+                    stage: "installing".into(),
+                    percent: (i % 100) as u8,
+                    current: Some(format!("package{i}")),
+                });
+                steps.fetch_add(1, Ordering::Relaxed);
+                // An action waits many times (pacman's output arrives in pieces).
+                tokio::task::yield_now().await;
+            }
+            Ok(super::super::protocol::Outcome {
+                kind: "sync".into(),
+                ok: true,
+                message: "sync done".into(),
+                counts: Counts::default(),
+                failures: Vec::new(),
+                snapshot: None,
+            })
+        };
+        // Polled by hand, so that "stalled" is a count, not a time: each poll of a future
+        // that does not stall moves the action on.
+        let mut answer = std::pin::pin!(with_progress(action, rx, &mut server));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..10_000 {
+            if steps.load(Ordering::Relaxed) == 2000 {
+                break;
+            }
+            let _ = answer.as_mut().poll(&mut cx);
+        }
+        assert_eq!(
+            steps.load(Ordering::Relaxed),
+            2000,
+            "the operation waited for a client that does not read"
+        );
+    }
 
     #[test]
     fn groups_count_only_for_the_peer_uid() {

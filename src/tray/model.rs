@@ -583,6 +583,7 @@ mod tests {
                 downgrade: 1,
                 ..Default::default()
             },
+            kept: Vec::new(),
             endpoint: Some("bob".into()),
             pool: Some("lab".into()),
             pool_endpoints: Some(4),

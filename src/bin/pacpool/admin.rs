@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use pacpool::display::clean;
 use pacpool::localdb::Reason;
 use pacpool::plan::Scope;
 use pacpool::proto::{
@@ -42,11 +43,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct AdminArgs {
     /// The coordinator's base URL: https://HOST:PORT across a network (its certificate is
     /// checked against the system's trust store and --ca-file); http:// only on its own host
-    #[arg(long, global = true, env = "PACPOOL_ADMIN_URL", default_value = DEFAULT_URL, value_name = "URL")]
+    #[arg(long, global = true, env = "PACPOOL_ADMIN_URL", default_value = DEFAULT_URL, value_name = "URL", help_heading = "Coordinator options")]
     url: String,
     /// A PEM file with the CA certificate(s) that signed the coordinator's certificate,
     /// trusted besides the system's (for a private CA or a self-signed certificate)
-    #[arg(long, global = true, env = "PACPOOL_CA_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PACPOOL_CA_FILE",
+        value_name = "FILE",
+        help_heading = "Coordinator options"
+    )]
     ca_file: Option<PathBuf>,
     /// The admin token (visible to other local users in the process list: prefer
     /// --token-file or the environment variable)
@@ -55,12 +62,18 @@ pub struct AdminArgs {
         global = true,
         env = "PACPOOL_ADMIN_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN"
+        value_name = "TOKEN",
+        help_heading = "Coordinator options"
     )]
     token: Option<String>,
     /// A file holding the admin token [default without --token:
     /// /var/lib/pacpool-coordinator/admin-token]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Coordinator options"
+    )]
     token_file: Option<PathBuf>,
     /// Print the API's JSON instead of tables
     #[arg(long, global = true)]
@@ -175,10 +188,10 @@ enum TargetsCmd {
 
 #[derive(Subcommand)]
 enum OperationsCmd {
-    /// List operations, newest first
+    /// List the operations requested through the coordinator, newest first (syncs and
+    /// reverts run on a machine itself are in its `pacpool history`)
     List {
-        /// Only this pool's
-        #[arg(long, value_name = "POOL")]
+        /// Only this pool's (as `endpoints list POOL` takes it)
         pool: Option<String>,
         /// Only this endpoint's
         #[arg(long, value_name = "ID")]
@@ -371,7 +384,7 @@ impl Api {
     /// Prints `value` as JSON when `--json` was given; returns whether it did.
     fn printed_json(&self, value: &Value) -> bool {
         if self.json {
-            println!(
+            pacpool::outln!(
                 "{}",
                 serde_json::to_string_pretty(value).expect("a JSON value serializes")
             );
@@ -430,19 +443,24 @@ impl Api {
                 ),
             );
         };
-        let mut message = format!("{}: {}", err.code, clean(&err.message));
-        if let Some(hint) = cli_hint(&err.code) {
-            message.push_str(&format!("\n{hint}"));
-        }
+        // The coordinator's wording for an unknown token speaks to endpoints (register
+        // again); an admin needs to hear about the admin token alone.
         if status == StatusCode::UNAUTHORIZED {
             let from = match &self.source {
                 TokenSource::Argument => "--token / PACPOOL_ADMIN_TOKEN".to_owned(),
                 TokenSource::File(p) => format!("the token file {}", p.display()),
             };
-            message.push_str(&format!(
-                "\nthe coordinator at {} did not accept the admin token from {from}: pass the token from {DEFAULT_TOKEN_FILE} on the coordinator host",
-                self.base
-            ));
+            return failure(
+                code,
+                format!(
+                    "the coordinator at {} did not accept the admin token from {from}: pass the one in {DEFAULT_TOKEN_FILE} on the coordinator host with --token-file FILE (or --token / PACPOOL_ADMIN_TOKEN)",
+                    self.base
+                ),
+            );
+        }
+        let mut message = format!("{}: {}", err.code, clean(&err.message));
+        if let Some(hint) = cli_hint(&err.code) {
+            message.push_str(&format!("\n{hint}"));
         }
         failure(code, message)
     }
@@ -492,7 +510,7 @@ fn read_token(path: &Path) -> Result<String, Failure> {
             failure(
                 exit::FAILURE,
                 format!(
-                    "cannot read the admin token from {}: {e}; pass --token or run on the coordinator host",
+                    "cannot read the admin token from {}: {e}; pass --token-file FILE (or --token / PACPOOL_ADMIN_TOKEN), or run on the coordinator host",
                     path.display()
                 ),
             )
@@ -524,37 +542,61 @@ fn read_policy(path: &Path) -> Result<PoolPolicy, Failure> {
             format!("cannot read policy file {}: {e}", path.display()),
         )
     })?;
-    toml::from_str(&text).map_err(|e| {
+    let policy = parse_pool_policy(&text).map_err(|e| {
         failure(
             exit::FAILURE,
             format!(
                 "policy file {} is not a pool policy: {}\n(see `pacpool admin pools show POOL` for the form)",
                 path.display(),
-                e.to_string().trim_end()
+                e.trim_end()
             ),
         )
-    })
+    })?;
+    let dropped: Vec<&str> = pacpool::plan::DEFAULT_PROTECTED
+        .iter()
+        .copied()
+        .filter(|d| !policy.plan.protected.iter().any(|p| p == d))
+        .collect();
+    if !dropped.is_empty() {
+        pacpool::errln!(
+            "pacpool: warning: the policy's `protected` leaves out {} of the default protections; \
+             a machine still keeps what its own pacpoold.toml [policy] protects (those defaults \
+             unless it says otherwise)",
+            dropped.join(", ")
+        );
+    }
+    Ok(policy)
+}
+
+/// A pool policy from TOML in either shape: the pool's own (`[plan]` with `scope`, `ignore`,
+/// `protected`, `removal_cap`, plus `auto_sync`, `auto_sync_window`, `conflict_strategy`), or
+/// with the `[plan]` keys at the top, as in `pacpoold.toml`'s `[policy]`, so that one example
+/// works in both places.
+fn parse_pool_policy(text: &str) -> Result<PoolPolicy, String> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut plan = match table.remove("plan") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return Err("`plan` must be a table: [plan]".into()),
+        None => toml::Table::new(),
+    };
+    for key in ["scope", "ignore", "protected", "removal_cap"] {
+        if let Some(v) = table.remove(key) {
+            if plan.contains_key(key) {
+                return Err(format!(
+                    "`{key}` is given twice, at the top and in [plan]: keep one"
+                ));
+            }
+            plan.insert(key.to_owned(), v);
+        }
+    }
+    table.insert("plan".to_owned(), toml::Value::Table(plan));
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Output helpers
-
-/// Text from the coordinator, made safe for a terminal (no escape sequences, no line breaks).
-fn clean(s: &str) -> String {
-    if s.chars().any(char::is_control) {
-        s.chars()
-            .flat_map(|c| {
-                if c.is_control() {
-                    c.escape_default().collect::<Vec<_>>()
-                } else {
-                    vec![c]
-                }
-            })
-            .collect()
-    } else {
-        s.to_owned()
-    }
-}
 
 fn when(secs: Option<i64>) -> String {
     secs.map_or_else(|| "-".to_owned(), utc)
@@ -621,7 +663,7 @@ impl Table {
     }
 
     fn print(&self) {
-        print!("{}", self.render());
+        pacpool::out!("{}", self.render());
     }
 }
 
@@ -629,13 +671,13 @@ impl Table {
 fn print_fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     for (k, v) in fields {
-        println!("{:<width$} {}", format!("{k}:"), clean(v));
+        pacpool::outln!("{:<width$} {}", format!("{k}:"), clean(v));
     }
 }
 
 fn next_page(next: Option<i64>) {
     if let Some(n) = next {
-        eprintln!("more: repeat with --cursor {n}");
+        pacpool::errln!("more: repeat with --cursor {n}");
     }
 }
 
@@ -674,7 +716,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
             }
             let pools: Vec<Pool> = typed(v, "pool list")?;
             if pools.is_empty() {
-                println!("no pools yet: create one with `pacpool admin pools create NAME`");
+                pacpool::outln!("no pools yet: create one with `pacpool admin pools create NAME`");
                 return Ok(());
             }
             let mut t = Table::new(&[
@@ -722,7 +764,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                 return Ok(());
             }
             let p: Pool = typed(v, "pool")?;
-            println!(
+            pacpool::outln!(
                 "created pool {} ({}); let machines join with `pacpool admin join-token create {}`",
                 clean(&p.name),
                 p.id,
@@ -753,12 +795,12 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                     format!("cannot show the policy as TOML: {e}"),
                 )
             })?;
-            println!("policy (TOML, as `pools set-policy --file` takes it):");
+            pacpool::outln!("policy (TOML, as `pools set-policy --file` takes it):");
             for line in toml.lines() {
                 if line.is_empty() {
-                    println!();
+                    pacpool::outln!();
                 } else {
-                    println!("    {}", clean(line));
+                    pacpool::outln!("    {}", clean(line));
                 }
             }
         }
@@ -781,7 +823,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                 return Ok(());
             }
             let p: Pool = typed(v, "pool")?;
-            println!(
+            pacpool::outln!(
                 "set the policy of pool {} ({}) from {}",
                 clean(&p.name),
                 p.id,
@@ -806,7 +848,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                 return Ok(());
             }
             let p: Pool = typed(v, "pool")?;
-            println!("pool {} is now named {}", p.id, clean(&p.name));
+            pacpool::outln!("pool {} is now named {}", p.id, clean(&p.name));
         }
         PoolsCmd::Delete { pool } => {
             let id = api.pool_id(pool).await?;
@@ -814,7 +856,7 @@ async fn pools(api: &Api, cmd: &PoolsCmd) -> Result<(), Failure> {
                 .call(Method::DELETE, &format!("/pools/{id}"), &[], None)
                 .await?;
             if !api.printed_json(&v) {
-                println!("deleted pool {id}");
+                pacpool::outln!("deleted pool {id}");
             }
         }
     }
@@ -856,13 +898,13 @@ async fn join_token(
     let uses = t
         .max_uses
         .map_or_else(|| "any number of".to_owned(), |n| format!("up to {n}"));
-    eprintln!(
+    pacpool::errln!(
         "join token {} for pool {}: {uses} registrations until {} UTC. It is shown only now; the coordinator keeps only its hash.",
         t.id,
         t.pool_id,
         utc(t.expires_at)
     );
-    println!("{}", clean(&t.token));
+    pacpool::outln!("{}", clean(&t.token));
     Ok(())
 }
 
@@ -879,7 +921,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
             }
             let list: Vec<EndpointStatus> = typed(v, "endpoint list")?;
             if list.is_empty() {
-                println!(
+                pacpool::outln!(
                     "pool {id} has no endpoints: give a machine a token from `pacpool admin join-token create {id}`"
                 );
                 return Ok(());
@@ -924,7 +966,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 .await?;
             if !api.printed_json(&v) {
                 let e: EndpointStatus = typed(v, "endpoint")?;
-                println!("endpoint {} is now named {}", e.id, clean(&e.name));
+                pacpool::outln!("endpoint {} is now named {}", e.id, clean(&e.name));
             }
         }
         EndpointsCmd::Move { id, pool } => {
@@ -943,7 +985,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 .await?;
             if !api.printed_json(&v) {
                 let e: EndpointStatus = typed(v, "endpoint")?;
-                println!(
+                pacpool::outln!(
                     "endpoint {} ({}) is now in pool {}: {}",
                     e.id,
                     clean(&e.name),
@@ -957,7 +999,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 .call(Method::DELETE, &format!("/endpoints/{id}"), &[], None)
                 .await?;
             if !api.printed_json(&v) {
-                println!("removed endpoint {id}; its token no longer works");
+                pacpool::outln!("removed endpoint {id}; its token no longer works");
             }
         }
         EndpointsCmd::Revoke { id } => {
@@ -965,7 +1007,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 .call(Method::POST, &format!("/endpoints/{id}/revoke"), &[], None)
                 .await?;
             if !api.printed_json(&v) {
-                println!(
+                pacpool::outln!(
                     "revoked the token of endpoint {id}; it must register again with a join token"
                 );
             }
@@ -1032,9 +1074,9 @@ async fn show_endpoint(api: &Api, id: i64, diff: bool) -> Result<(), Failure> {
     match delta {
         Some((cur, tgt)) => print_diff(&cur, &tgt, &pool.policy),
         None if e.current.is_none() => {
-            println!("no diff: the endpoint has not reported its state yet")
+            pacpool::outln!("no diff: the endpoint has not reported its state yet")
         }
-        None => println!("no diff: the pool has no target yet"),
+        None => pacpool::outln!("no diff: the pool has no target yet"),
     }
     Ok(())
 }
@@ -1132,13 +1174,13 @@ fn print_diff(current: &Snapshot, target: &Snapshot, policy: &PoolPolicy) {
         t.row(vec![change.to_owned(), name.to_owned(), from, to]);
     }
     if t.rows.is_empty() {
-        println!("no package differences from the target under the pool policy");
+        pacpool::outln!("no package differences from the target under the pool policy");
     } else {
-        println!("a sync would change:");
+        pacpool::outln!("a sync would change:");
         t.print();
     }
     if !ignored.is_empty() {
-        println!("ignored by the pool policy: {}", clean(&ignored.join(" ")));
+        pacpool::outln!("ignored by the pool policy: {}", clean(&ignored.join(" ")));
     }
 }
 
@@ -1155,7 +1197,7 @@ async fn targets(api: &Api, cmd: &TargetsCmd) -> Result<(), Failure> {
             }
             let list: Vec<TargetInfo> = typed(v, "target list")?;
             if list.is_empty() {
-                println!(
+                pacpool::outln!(
                     "pool {id} has no target yet: it gets one when an endpoint runs `pacpool set-latest`"
                 );
                 return Ok(());
@@ -1205,7 +1247,7 @@ async fn targets(api: &Api, cmd: &TargetsCmd) -> Result<(), Failure> {
                 return Ok(());
             }
             let t: TargetInfo = typed(v, "target")?;
-            println!("pool {id} target is now {}", target_line(&t));
+            pacpool::outln!("pool {id} target is now {}", target_line(&t));
         }
     }
     Ok(())
@@ -1259,7 +1301,9 @@ async fn operations(api: &Api, cmd: &OperationsCmd) -> Result<(), Failure> {
             }
             let page: Page<Operation> = typed(v, "operation list")?;
             if page.items.is_empty() {
-                println!("no operations");
+                pacpool::outln!(
+                    "no operations requested through the coordinator (syncs and reverts run on a machine itself are in its `pacpool history`)"
+                );
                 return Ok(());
             }
             let mut t = Table::new(&[
@@ -1304,9 +1348,9 @@ async fn operations(api: &Api, cmd: &OperationsCmd) -> Result<(), Failure> {
             }
             let o: Operation = typed(v, "operation")?;
             if o.state == OperationState::Cancelled {
-                println!("cancelled operation {}", o.id);
+                pacpool::outln!("cancelled operation {}", o.id);
             } else {
-                println!(
+                pacpool::outln!(
                     "asked endpoint {} to stop operation {} (now {}); it stops before pacman starts, or finishes",
                     o.endpoint_id,
                     o.id,
@@ -1351,7 +1395,7 @@ fn print_operation(o: &Operation) {
     if let Some(r) = &o.result
         && !r.failures.is_empty()
     {
-        println!("package failures:");
+        pacpool::outln!("package failures:");
         let mut t = Table::new(&["PACKAGE", "REASON"]);
         for f in &r.failures {
             t.row(vec![f.name.clone(), f.reason.clone()]);
@@ -1377,7 +1421,7 @@ async fn audit(api: &Api, limit: Option<u16>, cursor: Option<i64>) -> Result<(),
     }
     let page: Page<AuditEntry> = typed(v, "audit page")?;
     if page.items.is_empty() {
-        println!("the audit log is empty");
+        pacpool::outln!("the audit log is empty");
         return Ok(());
     }
     let mut t = Table::new(&[

@@ -25,8 +25,9 @@ use pacpool::snapshot::Snapshot;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// pacpoold's socket
-    #[arg(long, global = true, env = "PACPOOL_SOCKET", default_value = pacpool::daemon::config::DEFAULT_SOCKET)]
+    /// pacpoold's socket, for the commands that talk to this machine's daemon (given before
+    /// the command: `pacpool --socket PATH status`); `pacpool admin` does not use it
+    #[arg(long, env = "PACPOOL_SOCKET", default_value = pacpool::daemon::config::DEFAULT_SOCKET, value_name = "PATH", help_heading = "Daemon options")]
     socket: PathBuf,
 }
 
@@ -162,13 +163,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PACPOOL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    pacpool::logging::init("PACPOOL_LOG", "warn", pacpool::logging::Stream::Stderr);
     let cli = Cli::parse();
     let socket = cli.socket.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -220,7 +215,7 @@ fn main() -> ExitCode {
     match remote {
         Some(Ok(code)) => return ExitCode::from(code),
         Some(Err(f)) => {
-            eprintln!("pacpool: {}", f.message);
+            pacpool::errln!("pacpool: {}", f.message);
             return ExitCode::from(f.code);
         }
         None => {}
@@ -228,7 +223,7 @@ fn main() -> ExitCode {
     match rt.block_on(async { run(cli.command, &socket).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pacpool: {}", pacpool::display::error_line(&e));
+            pacpool::errln!("pacpool: {}", pacpool::display::error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -239,11 +234,11 @@ async fn run(command: Command, socket: &Path) -> anyhow::Result<()> {
         Command::Snapshot { pacman, json, hash } => {
             let state = pacman.paths().read()?;
             if hash {
-                println!("{} {}", state.snapshot.hash(), state.snapshot.len());
+                pacpool::outln!("{} {}", state.snapshot.hash(), state.snapshot.len());
             } else if json {
-                println!("{}", serde_json::to_string_pretty(&state.snapshot)?);
+                pacpool::outln!("{}", serde_json::to_string_pretty(&state.snapshot)?);
             } else {
-                print!("{}", state.snapshot.encode());
+                pacpool::out!("{}", state.snapshot.encode());
             }
         }
         Command::Diff { from, to, json } => {
@@ -253,22 +248,22 @@ async fn run(command: Command, socket: &Path) -> anyhow::Result<()> {
             );
             let delta = a.diff(&b);
             if json {
-                println!("{}", serde_json::to_string_pretty(&delta)?);
+                pacpool::outln!("{}", serde_json::to_string_pretty(&delta)?);
             } else {
                 for p in &delta.added {
-                    println!("+ {} {}", p.name, p.version);
+                    pacpool::outln!("+ {} {}", p.name, p.version);
                 }
                 for n in &delta.removed {
-                    println!("- {n}");
+                    pacpool::outln!("- {n}");
                 }
                 for p in &delta.changed {
                     let old = a.get(p.name.as_str()).map_or("?", |o| o.version.as_str());
-                    println!("~ {} {} -> {}", p.name, old, p.version);
+                    pacpool::outln!("~ {} {} -> {}", p.name, old, p.version);
                 }
                 for (n, r) in &delta.reason_changed {
-                    println!("* {n} now {}", r.as_str());
+                    pacpool::outln!("* {n} now {}", r.as_str());
                 }
-                println!("{} change(s)", delta.len());
+                pacpool::outln!("{} change(s)", delta.len());
             }
         }
         Command::Plan {
@@ -297,32 +292,37 @@ async fn run(command: Command, socket: &Path) -> anyhow::Result<()> {
                 &policy,
             );
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                pacpool::outln!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
                 let (s, c) = status(&state.snapshot, &target, &policy);
-                println!(
+                pacpool::outln!(
                     "status: {s:?}; {} install, {} upgrade, {} downgrade, {} remove, {} reason",
-                    c.install, c.upgrade, c.downgrade, c.remove, c.reason
+                    c.install,
+                    c.upgrade,
+                    c.downgrade,
+                    c.remove,
+                    c.reason
                 );
                 for a in &plan.actions {
-                    println!("  {}", serde_json::to_string(a)?);
+                    pacpool::outln!("  {}", serde_json::to_string(a)?);
                 }
                 for c in &plan.conflicts {
-                    println!("conflict: {c}");
+                    pacpool::outln!("conflict: {c}");
                 }
                 for s in &plan.skipped {
-                    println!("skipped: {}", serde_json::to_string(s)?);
+                    pacpool::outln!("skipped: {}", serde_json::to_string(s)?);
                 }
                 if let Some(n) = &plan.needs_confirmation {
-                    println!(
+                    pacpool::outln!(
                         "needs confirmation: {} removals exceed the cap of {}",
-                        n.removals, n.cap
+                        n.removals,
+                        n.cap
                     );
                 }
             }
         }
         Command::Vercmp { a, b } => {
-            println!("{}", pacpool::version::vercmp(&a, &b) as i8);
+            pacpool::outln!("{}", pacpool::version::vercmp(&a, &b) as i8);
         }
         _ => unreachable!("remote commands are handled in main"),
     }

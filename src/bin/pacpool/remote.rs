@@ -7,7 +7,8 @@ use pacpool::daemon::client::Client;
 use pacpool::daemon::protocol::{
     ErrorCode, LinkState, LocalStatus, Outcome, Preview, Reply, Request,
 };
-use pacpool::plan::{Action, Conflict, Counts};
+use pacpool::display::clean;
+use pacpool::plan::{Action, Conflict, Counts, Skipped};
 use pacpool::proto::{EndpointState, Progress};
 
 /// Exit codes, documented in the README.
@@ -55,25 +56,29 @@ pub async fn connect(socket: &Path) -> Result<Client, Failure> {
 }
 
 async fn ask(client: &mut Client, request: Request, quiet: bool) -> Result<Reply, Failure> {
-    let mut last_stage = String::new();
+    // One line per step: a new stage, or the same stage on the next package (pacman's
+    // percentages within a step are not repeated).
+    let mut last: (String, Option<String>) = (String::new(), None);
     let reply = client
         .request(request, |p: &Progress| {
-            if !quiet && p.stage != last_stage {
-                eprintln!(
+            if !quiet && (&p.stage, &p.current) != (&last.0, &last.1) {
+                pacpool::errln!(
                     ":: {}{}",
-                    p.stage,
+                    clean(&p.stage),
                     p.current
                         .as_deref()
-                        .map(|c| format!(" ({c})"))
+                        .map(|c| format!(" ({})", clean(c)))
                         .unwrap_or_default()
                 );
-                last_stage = p.stage.clone();
+                last = (p.stage.clone(), p.current.clone());
             }
         })
         .await
         .map_err(|e| Failure::new(exit::UNREACHABLE, e.to_string()))?;
     match reply {
-        Reply::Error { code, message } => Err(Failure::new(code_for(code), message)),
+        // The daemon's messages may carry the coordinator's text: no escape sequences reach
+        // the terminal.
+        Reply::Error { code, message } => Err(Failure::new(code_for(code), clean(&message))),
         other => Ok(other),
     }
 }
@@ -110,7 +115,7 @@ pub async fn status(socket: &Path, json: bool, waybar: bool) -> Result<u8, Failu
     let mut client = connect(socket).await.inspect_err(|f| {
         if waybar {
             // Waybar shows whatever we print; say the daemon is down instead of failing.
-            println!("{}", serde_json::json!({"text": "pacpool: down", "tooltip": f.message, "class": "not-running", "alt": "not-running"}));
+            pacpool::outln!("{}", serde_json::json!({"text": "pacpool: down", "tooltip": f.message, "class": "not-running", "alt": "not-running"}));
         }
     })?;
     let Reply::Status { status } = ask(&mut client, Request::Status, true).await? else {
@@ -120,12 +125,12 @@ pub async fn status(socket: &Path, json: bool, waybar: bool) -> Result<u8, Failu
         ));
     };
     if json {
-        println!(
+        pacpool::outln!(
             "{}",
             serde_json::to_string_pretty(&status).expect("status serializes")
         );
     } else if waybar {
-        println!("{}", waybar_line(&status));
+        pacpool::outln!("{}", waybar_line(&status));
     } else {
         print_status(&status);
     }
@@ -185,9 +190,25 @@ fn tooltip(s: &LocalStatus) -> String {
     lines.join("\n")
 }
 
+/// "1 package kept by policy", "2 packages kept by policy".
+fn kept_line(kept: &[Skipped]) -> String {
+    format!("{} kept by policy", pacpool::words::packages(kept.len()))
+}
+
+/// One line per difference the policy leaves alone: `kept: delta (protected)`.
+fn print_kept(kept: &[Skipped]) {
+    for k in kept {
+        pacpool::outln!("kept:        {}", clean(&k.to_string()));
+    }
+}
+
 fn print_status(s: &LocalStatus) {
-    println!("state:       {}", state_word(s));
-    println!(
+    match (s.state, &s.target) {
+        (EndpointState::Unknown, None) => pacpool::outln!("state:       no pool target yet"),
+        _ if s.kept.is_empty() => pacpool::outln!("state:       {}", state_word(s)),
+        _ => pacpool::outln!("state:       {}, {}", state_word(s), kept_line(&s.kept)),
+    }
+    pacpool::outln!(
         "coordinator: {}",
         match s.link {
             LinkState::NotConfigured => "not configured (local-only)",
@@ -198,23 +219,25 @@ fn print_status(s: &LocalStatus) {
         }
     );
     if let Some(pool) = &s.pool {
-        println!(
-            "pool:        {pool} (this machine: {})",
-            s.endpoint.as_deref().unwrap_or("?")
+        pacpool::outln!(
+            "pool:        {} (this machine: {})",
+            clean(pool),
+            clean(s.endpoint.as_deref().unwrap_or("?"))
         );
     }
     match &s.target {
-        Some(t) => println!(
+        Some(t) => pacpool::outln!(
             "target:      revision {} set by {} ({})",
             t.revision,
-            t.set_by,
+            clean(&t.set_by),
             pacpool::words::packages(t.package_count)
         ),
-        None => println!("target:      none yet"),
+        None => pacpool::outln!("target:      none yet"),
     }
-    println!("pending:     {}", s.pending());
+    pacpool::outln!("pending:     {}", s.pending());
+    print_kept(&s.kept);
     if let Some(c) = &s.current {
-        println!(
+        pacpool::outln!(
             "current:     {} ({}, recorded #{})",
             c.hash.short(),
             pacpool::words::packages(c.package_count),
@@ -222,7 +245,7 @@ fn print_status(s: &LocalStatus) {
         );
     }
     if let Some(p) = &s.previous {
-        println!(
+        pacpool::outln!(
             "previous:    {} ({}, #{}) — `pacpool revert` goes back to it",
             p.hash.short(),
             pacpool::words::packages(p.package_count),
@@ -230,15 +253,15 @@ fn print_status(s: &LocalStatus) {
         );
     }
     if let Some(op) = &s.operation {
-        println!("running:     {}", op.kind);
+        pacpool::outln!("running:     {}", clean(&op.kind));
     }
     if let Some(e) = &s.last_error {
-        println!("last error:  {e}");
+        pacpool::outln!("last error:  {}", clean(e));
     }
     if !s.can_act {
-        println!(
+        pacpool::outln!(
             "note:        {}",
-            s.why_not.as_deref().unwrap_or("you may not run actions")
+            clean(s.why_not.as_deref().unwrap_or("you may not run actions"))
         );
     }
 }
@@ -252,9 +275,9 @@ fn refreshable(c: &Conflict) -> bool {
 }
 
 pub fn print_preview(p: &Preview) {
-    println!("{}", p.summary());
+    pacpool::outln!("{}", p.summary());
     for a in &p.actions {
-        println!("  {}", describe(a));
+        pacpool::outln!("  {}", describe(a));
     }
     let missing: Vec<String> = p
         .conflicts
@@ -267,16 +290,19 @@ pub fn print_preview(p: &Preview) {
         })
         .collect();
     if !missing.is_empty() {
-        println!(
+        pacpool::outln!(
             "not in this machine's package databases yet: {}\n  sync refreshes the databases (pacman -Sy) first and plans again; if they are still missing there, it stops",
             missing.join(", ")
         );
     }
     for c in p.conflicts.iter().filter(|c| !refreshable(c)) {
-        println!("conflict: {c}");
+        pacpool::outln!("conflict: {c}");
+    }
+    for k in &p.skipped {
+        pacpool::outln!("kept: {}", clean(&k.to_string()));
     }
     if let Some(n) = &p.needs_confirmation {
-        println!(
+        pacpool::outln!(
             "note: {} {} the cap of {}; you will be asked to confirm",
             pacpool::words::count(n.removals, "removal", "removals"),
             pacpool::words::plural(n.removals, "exceeds", "exceed"),
@@ -305,7 +331,7 @@ pub async fn preview(socket: &Path, json: bool) -> Result<u8, Failure> {
         ));
     };
     if json {
-        println!(
+        pacpool::outln!(
             "{}",
             serde_json::to_string_pretty(&preview).expect("preview serializes")
         );
@@ -332,7 +358,7 @@ fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
             "not confirmed: no terminal to ask on; pass --yes to go ahead without asking",
         ));
     }
-    eprint!("{question} [y/N] ");
+    pacpool::err!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin()
@@ -351,14 +377,14 @@ fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
 
 fn finish(outcome: Outcome, json: bool) -> Result<u8, Failure> {
     if json {
-        println!(
+        pacpool::outln!(
             "{}",
             serde_json::to_string_pretty(&outcome).expect("outcome serializes")
         );
     } else {
-        println!("{}", outcome.message);
+        pacpool::outln!("{}", clean(&outcome.message));
         for f in &outcome.failures {
-            println!("  {}: {}", f.name, f.reason);
+            pacpool::outln!("  {}: {}", clean(&f.name), clean(&f.reason));
         }
     }
     Ok(if !outcome.ok {
@@ -381,7 +407,10 @@ pub async fn sync(socket: &Path, yes: bool, json: bool) -> Result<u8, Failure> {
     };
     if preview.conflicts.is_empty() && preview.actions.is_empty() {
         if !json {
-            println!("nothing to do: this machine is at the pool target");
+            pacpool::outln!("nothing to do: this machine is at the pool target");
+            for k in &preview.skipped {
+                pacpool::outln!("kept: {}", clean(&k.to_string()));
+            }
         }
         return Ok(exit::NOTHING_TO_DO);
     }
@@ -423,9 +452,9 @@ pub async fn set_latest(
     if let Some(line) = preview.loss_line(3) {
         // Everything the pool would lose, whatever happens next.
         if !json {
-            println!("{line}:");
+            pacpool::outln!("{}:", clean(&line));
             for l in &preview.losses {
-                println!("  {l}");
+                pacpool::outln!("  {}", clean(&l.to_string()));
             }
         }
         if !allow_older {
@@ -439,7 +468,7 @@ pub async fn set_latest(
     }
     if !json {
         // Computed by the coordinator from the other machines' reported states.
-        println!("then: {}", preview.others_line());
+        pacpool::outln!("then: {}", clean(&preview.others_line()));
     }
     confirm(
         &format!(
@@ -532,17 +561,20 @@ pub async fn snapshots(socket: &Path, limit: usize, json: bool) -> Result<u8, Fa
         ));
     };
     if json {
-        println!(
+        pacpool::outln!(
             "{}",
             serde_json::to_string_pretty(&entries).expect("history serializes")
         );
     } else {
-        println!(
+        pacpool::outln!(
             "{:>6}  {:<12}  {:>8}  {:<20}  trigger",
-            "id", "hash", "packages", "taken (UTC)"
+            "id",
+            "hash",
+            "packages",
+            "taken (UTC)"
         );
         for e in entries {
-            println!(
+            pacpool::outln!(
                 "{:>6}  {:<12}  {:>8}  {:<20}  {}",
                 e.id,
                 e.hash.short(),
@@ -566,19 +598,26 @@ pub async fn history(socket: &Path, limit: usize, json: bool) -> Result<u8, Fail
         ));
     };
     if json {
-        println!(
+        pacpool::outln!(
             "{}",
             serde_json::to_string_pretty(&operations).expect("operations serialize")
         );
     } else {
+        pacpool::outln!(
+            "{:>6}  {:<20}  {:<10}  {:<11}  message",
+            "id",
+            "started (UTC)",
+            "kind",
+            "state"
+        );
         for o in operations {
-            println!(
+            pacpool::outln!(
                 "{:>6}  {:<20}  {:<10}  {:<11}  {}",
                 o.id,
                 utc(o.started_at),
                 o.kind,
                 o.state,
-                o.message
+                clean(&o.message)
             );
         }
     }
