@@ -473,63 +473,12 @@ pub async fn apply(
         }
     };
     for f in &fetches {
-        let limit = trust
-            .manifest_entry(&f.name, &f.version)
-            .and_then(|e| e.size)
-            .unwrap_or(opts.max_download_size.unwrap_or(DEFAULT_MAX_DOWNLOAD_SIZE));
-        let mut fetched = None;
-        let mut failures = Vec::new();
-        for (url, is_pool) in &f.urls {
-            progress(ApplyEvent::Fetching {
-                name: f.name.clone(),
-                url: url.clone(),
-            });
-            let token = if *is_pool {
-                opts.pool_token.as_deref()
-            } else {
-                None
-            };
-            match fetch(client.as_ref(), url, token, &f.dest, limit, cancel).await {
-                Ok(part) => {
-                    fetched = Some(part);
-                    break;
-                }
-                Err(FetchError::Failed(why)) => {
-                    tracing::debug!(package = %f.name, url, "cannot fetch: {why}");
-                    failures.push(format!("{url}: {why}"));
-                }
-                Err(e) => {
-                    discard(&staged);
-                    return Err(match e {
-                        FetchError::TooLarge(why) => ApplyError::Untrusted(vec![Untrusted {
-                            name: f.name.clone(),
-                            version: f.version.clone(),
-                            file: file_name(&f.dest),
-                            check: TrustCheck::Size,
-                            why,
-                        }]),
-                        _ => ApplyError::NotStarted {
-                            source: ExecError::Cancelled,
-                        },
-                    });
-                }
-            }
-        }
-        let Some(part) = fetched else {
-            discard(&staged);
-            return Err(ApplyError::Fetch {
-                name: f.name.clone(),
-                url: f.urls.last().map(|(u, _)| u.clone()).unwrap_or_default(),
-                why: failures.join("; "),
-            });
-        };
-        match trust.check(&f.name, &f.version, &part).await {
-            Ok(()) => staged.push((part, f.dest.clone())),
-            Err(mut u) => {
-                let _ = tokio::fs::remove_file(&part).await;
-                let _ = tokio::fs::remove_file(sig_path(&part)).await;
-                u.file = file_name(&f.dest);
-                untrusted.push(u);
+        match fetch_checked(client.as_ref(), f, opts, trust, progress, cancel, ".part").await {
+            Ok(part) => staged.push((part, f.dest.clone())),
+            Err(FetchFailure::Untrusted(u)) => untrusted.push(u),
+            Err(FetchFailure::Fatal(e)) => {
+                discard(&staged);
+                return Err(e);
             }
         }
     }
@@ -546,12 +495,7 @@ pub async fn apply(
         return Err(ApplyError::Untrusted(untrusted));
     }
     for (part, dest) in &staged {
-        let moved = tokio::fs::rename(part, dest).await;
-        let sig = sig_path(part);
-        if moved.is_ok() && tokio::fs::metadata(&sig).await.is_ok() {
-            let _ = tokio::fs::rename(&sig, sig_path(dest)).await;
-        }
-        if let Err(e) = moved {
+        if let Err(e) = keep(part, dest).await {
             discard(&staged);
             return Err(ApplyError::InvalidPlan {
                 why: format!("cannot move {} into place: {e}", dest.display()),
@@ -615,6 +559,155 @@ pub async fn apply(
     Ok(report)
 }
 
+/// Why one file could not be fetched and checked.
+enum FetchFailure {
+    /// It was fetched and failed the trust rule (its download is deleted).
+    Untrusted(Untrusted),
+    /// Nothing usable: cancelled, too large, or no source had it.
+    Fatal(ApplyError),
+}
+
+/// Fetches `f` from its sources in order into `DEST{suffix}` and checks it with the trust
+/// rule; returns the checked file, which the caller renames into place.
+async fn fetch_checked(
+    client: Option<&reqwest::Client>,
+    f: &Fetch,
+    opts: &ApplyOptions,
+    trust: &TrustRule,
+    progress: &mut (impl FnMut(ApplyEvent) + Send),
+    cancel: &watch::Receiver<bool>,
+    suffix: &str,
+) -> Result<PathBuf, FetchFailure> {
+    let limit = trust
+        .manifest_entry(&f.name, &f.version)
+        .and_then(|e| e.size)
+        .unwrap_or(opts.max_download_size.unwrap_or(DEFAULT_MAX_DOWNLOAD_SIZE));
+    let mut failures = Vec::new();
+    for (url, is_pool) in &f.urls {
+        progress(ApplyEvent::Fetching {
+            name: f.name.clone(),
+            url: url.clone(),
+        });
+        let token = if *is_pool {
+            opts.pool_token.as_deref()
+        } else {
+            None
+        };
+        let part = match fetch(client, url, token, &f.dest, suffix, limit, cancel).await {
+            Ok(part) => part,
+            Err(FetchError::Failed(why)) => {
+                tracing::debug!(package = %f.name, url, "cannot fetch: {why}");
+                failures.push(format!("{url}: {why}"));
+                continue;
+            }
+            Err(FetchError::TooLarge(why)) => {
+                return Err(FetchFailure::Fatal(ApplyError::Untrusted(vec![
+                    Untrusted {
+                        name: f.name.clone(),
+                        version: f.version.clone(),
+                        file: file_name(&f.dest),
+                        check: TrustCheck::Size,
+                        why,
+                    },
+                ])));
+            }
+            Err(FetchError::Cancelled) => {
+                return Err(FetchFailure::Fatal(ApplyError::NotStarted {
+                    source: ExecError::Cancelled,
+                }));
+            }
+        };
+        return match trust.check(&f.name, &f.version, &part).await {
+            Ok(()) => Ok(part),
+            Err(mut u) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                let _ = tokio::fs::remove_file(sig_path(&part)).await;
+                u.file = file_name(&f.dest);
+                Err(FetchFailure::Untrusted(u))
+            }
+        };
+    }
+    Err(FetchFailure::Fatal(ApplyError::Fetch {
+        name: f.name.clone(),
+        url: f.urls.last().map(|(u, _)| u.clone()).unwrap_or_default(),
+        why: failures.join("; "),
+    }))
+}
+
+/// Moves a checked download and its signature into place.
+async fn keep(part: &Path, dest: &Path) -> std::io::Result<()> {
+    tokio::fs::rename(part, dest).await?;
+    let sig = sig_path(part);
+    if tokio::fs::metadata(&sig).await.is_ok() {
+        let _ = tokio::fs::rename(&sig, sig_path(dest)).await;
+    }
+    Ok(())
+}
+
+/// What [`prefetch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefetchReport {
+    /// Files fetched, checked and now in the cache.
+    pub fetched: Vec<PkgName>,
+    /// Files already in the cache.
+    pub present: usize,
+    /// Files that could not be fetched or failed the trust rule, with why.
+    pub failed: Vec<(PkgName, String)>,
+}
+
+/// Fetches the files `plan` would download (pool repository, archive) into the cache ahead
+/// of the apply, one at a time, each checked with the trust rule before it is kept (as
+/// `FILE.prefetch.part` until then, so a sync running meanwhile never sees it half-written).
+/// Runs no pacman transaction; a failed file does not stop the others.
+pub async fn prefetch(
+    plan: &Plan,
+    settings: &PacmanSettings,
+    opts: &ApplyOptions,
+    trust: &TrustRule,
+    cancel: &watch::Receiver<bool>,
+) -> Result<PrefetchReport, ApplyError> {
+    let Grouped { fetches, .. } = group(plan, &opts.resolved_archive_dir(settings))?;
+    let mut report = PrefetchReport::default();
+    let mut todo = Vec::new();
+    for f in fetches {
+        if tokio::fs::metadata(&f.dest).await.is_ok() {
+            report.present += 1;
+        } else {
+            todo.push(f);
+        }
+    }
+    if todo.is_empty() {
+        return Ok(report);
+    }
+    let client = download_client(opts.ca_file.as_deref()).map_err(|why| ApplyError::Fetch {
+        name: todo[0].name.clone(),
+        url: todo[0].urls[0].0.clone(),
+        why,
+    })?;
+    for f in &todo {
+        match fetch_checked(
+            Some(&client),
+            f,
+            opts,
+            trust,
+            &mut |_| {},
+            cancel,
+            ".prefetch.part",
+        )
+        .await
+        {
+            Ok(part) => match keep(&part, &f.dest).await {
+                Ok(()) => report.fetched.push(f.name.clone()),
+                Err(e) => report.failed.push((f.name.clone(), e.to_string())),
+            },
+            Err(FetchFailure::Untrusted(u)) => report.failed.push((f.name.clone(), u.to_string())),
+            Err(FetchFailure::Fatal(ApplyError::NotStarted { .. })) => break,
+            Err(FetchFailure::Fatal(e)) => report.failed.push((f.name.clone(), e.to_string())),
+        }
+    }
+    Ok(report)
+}
+
 enum FetchError {
     Cancelled,
     /// Larger than its bound.
@@ -654,6 +747,7 @@ async fn fetch(
     url: &str,
     token: Option<&str>,
     dest: &Path,
+    suffix: &str,
     limit: u64,
     cancel: &watch::Receiver<bool>,
 ) -> Result<PathBuf, FetchError> {
@@ -677,7 +771,7 @@ async fn fetch(
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| FetchError::Failed(format!("cannot create {}: {e}", dir.display())))?;
-    let part = dir.join(format!("{file_name}.part"));
+    let part = dir.join(format!("{file_name}{suffix}"));
     let part_sig = sig_path(&part);
     // A stale signature next to a new download would be taken for its own.
     let _ = tokio::fs::remove_file(&part_sig).await;

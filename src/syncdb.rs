@@ -23,6 +23,12 @@ use crate::names::{Arch, PkgName, PkgVersion, RepoName};
 /// hostile archive claiming a multi-gigabyte entry.
 pub const MAX_DESC_SIZE: u64 = 8 * 1024 * 1024;
 
+/// Most bytes a sync database may have uncompressed (Arch's `extra` is about 60 MB).
+pub const MAX_DB_BYTES: u64 = 1 << 30;
+
+/// Most packages a sync database may list (Arch's `extra` lists about 14,000).
+pub const MAX_DB_PACKAGES: usize = 500_000;
+
 /// How much decompressed data after the tar end-of-archive marker is read (to let the
 /// decompressor verify its checksum) before giving up on reaching the end.
 const MAX_TRAILING: u64 = 1024 * 1024;
@@ -238,7 +244,7 @@ pub fn read_sync_db_from<'a>(
             });
         }
     };
-    let packages = read_archive(repo, path, stream)?;
+    let packages = read_archive(repo, path, stream, MAX_DB_BYTES)?;
     Ok(SyncDb {
         repo: repo.clone(),
         path: path.to_owned(),
@@ -401,10 +407,23 @@ struct Tracked<R> {
     inner: R,
     bytes: u64,
     hit_eof: bool,
+    /// Reading past this many bytes is an error ([`MAX_DB_BYTES`]).
+    limit: u64,
 }
 
 impl<R: Read> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.bytes >= self.limit {
+            // A compression bomb (or a database no repository could have) ends here, before
+            // it costs more than this much work; memory is bounded per entry and by count.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "more than {} bytes uncompressed; not a real sync database",
+                    self.limit
+                ),
+            ));
+        }
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
             self.hit_eof = true;
@@ -418,6 +437,7 @@ fn read_archive(
     repo: &RepoName,
     path: &Path,
     stream: Box<dyn Read + '_>,
+    limit: u64,
 ) -> Result<Vec<SyncPackage>, SyncDbError> {
     let archive_err = |source| SyncDbError::Archive {
         path: path.to_owned(),
@@ -427,6 +447,7 @@ fn read_archive(
         inner: stream,
         bytes: 0,
         hit_eof: false,
+        limit,
     });
     let mut packages = Vec::new();
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -463,6 +484,11 @@ fn read_archive(
         let Ok(dir) = std::str::from_utf8(&dir_bytes) else {
             return Err(bad("the entry name is not UTF-8".into()));
         };
+        if packages.len() >= MAX_DB_PACKAGES {
+            return Err(bad(format!(
+                "the database lists more than {MAX_DB_PACKAGES} packages; not a real sync database"
+            )));
+        }
         packages.push(parse_entry(repo, dir, &buf).map_err(|e| match e {
             EntryProblem::Desc(source) => SyncDbError::Entry {
                 path: path.to_owned(),
@@ -1028,6 +1054,28 @@ mod tests {
                 let _ = read_bytes(&b).map(|_| ()).map_err(|e| e.to_string());
             }
         }
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        // A gzip'd tar whose one (non-desc) member is 2 MiB of zeros, read with a 1 MiB
+        // bound: refused with the reason, without reading it all.
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2 << 20);
+        h.set_mode(0o644);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut h, "junk", io::repeat(0).take(2 << 20))
+            .unwrap();
+        let gz = gzip(&b.into_inner().unwrap());
+        assert!(gz.len() < 64 * 1024, "a bomb: {} bytes", gz.len());
+        let stream: Box<dyn Read> = Box::new(flate2::read::MultiGzDecoder::new(&gz[..]));
+        let err = read_archive(&repo("core"), Path::new("core.db"), stream, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("more than 1048576 bytes uncompressed"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -59,7 +59,15 @@ fn a_target_stays_installable_after_its_versions_leave_the_mirror() {
     let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
     let (pool_id, join) = pool(&coord, "lab");
     let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
-    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    // Bob does not prefetch: this test is about syncing from the pool repository itself.
+    let bconf = write_config(&b, "bob", Some((&coord.url(), &join)));
+    let text = fs::read_to_string(&bconf).unwrap();
+    fs::write(
+        &bconf,
+        text.replace("[pacman]", "prefetch = false\n\n[pacman]"),
+    )
+    .unwrap();
+    let db_ = Daemon::start(&bconf);
     da.wait_status("A connected", |s| s["link"] == "connected");
     db_.wait_status("B connected", |s| s["link"] == "connected");
     da.cli_code(&["set-latest", "--yes"], 0);
@@ -212,4 +220,53 @@ fn ten_endpoints_one_upstream_fetch_per_file_and_a_stock_pacman_can_use_it() {
     )
     .unwrap();
     assert!(!d.pacman(&["-Sy"]).status.success());
+}
+
+#[test]
+fn a_new_target_is_prefetched_and_syncs_without_the_coordinator() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let v1 = build(&a, &[("tool", "3.0-1"), ("basics", "1-1")]);
+    a.publish(&v1);
+    a.pacman_ok(&["-Sy", "tool", "basics"]);
+    // Bob's repository offers tool, but never had 3.0-1 (a repository package, so with the
+    // sandbox's SigLevel Never no signature is needed; a name no repository offers would be
+    // foreign and refused unsigned, see tests/trust_real_pacman.rs).
+    let older = build(&b, &[("tool", "2.9-1")]);
+    b.publish(&[v1[1].clone(), older[0].clone()]);
+    b.pacman_ok(&["-Sy", "basics"]);
+    let dbdir = tempfile::tempdir().unwrap();
+    let mut coord = Coordinator::start(&dbdir.path().join("c.db"), None);
+    let (pool_id, join) = pool(&coord, "lab");
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    wait_uploaded(&coord, pool_id, 1);
+
+    // Bob joins; he learns the target and fetches its file into his cache by himself.
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    db_.wait_status("B behind", |s| s["target"]["revision"] == 1);
+    let cached = b
+        .cachedir()
+        .join(format!("tool-3.0-1-{}.pkg.tar.zst", host_arch()));
+    for _ in 0..600 {
+        if cached.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        cached.exists(),
+        "prefetched into the cache; log:\n{}",
+        db_.log()
+    );
+    assert!(
+        !b.pacman(&["-Q", "tool"]).status.success(),
+        "a prefetch installs nothing"
+    );
+
+    // The coordinator goes away; the sync needs nothing from it.
+    coord.stop();
+    db_.cli_code(&["notify"], 0);
+    db_.cli_code(&["sync", "--yes"], 0);
+    assert_eq!(b.pacman_ok(&["-Q", "tool"]).trim(), "tool 3.0-1");
 }

@@ -62,6 +62,9 @@ pub struct DaemonConfig {
     pub allow_unsigned_foreign: bool,
     /// Largest package download (bytes) when the target's manifest states no size.
     pub max_download_size: u64,
+    /// Fetch a new pool target's files (pool repository, archive) into the cache in the
+    /// background, so a later sync does not wait on downloads.
+    pub prefetch: bool,
 }
 
 impl Default for DaemonConfig {
@@ -85,6 +88,7 @@ impl Default for DaemonConfig {
             auto_sync: None,
             allow_unsigned_foreign: false,
             max_download_size: crate::apply::DEFAULT_MAX_DOWNLOAD_SIZE,
+            prefetch: true,
         }
     }
 }

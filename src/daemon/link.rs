@@ -782,6 +782,8 @@ async fn session(
                         // The target first: a pending "sync to latest" must see the newest.
                         if let Some(t) = target {
                             adopt_target(daemon, endpoint, t).await;
+                            let d = daemon.clone();
+                            tokio::spawn(async move { d.prefetch_target().await });
                         }
                         tokio::spawn(reconcile_operations(
                             daemon.clone(),
@@ -817,6 +819,8 @@ async fn session(
                         adopt_target(daemon, endpoint, target).await;
                         let d = daemon.clone();
                         tokio::spawn(async move { d.maybe_auto_sync("target changed").await });
+                        let d = daemon.clone();
+                        tokio::spawn(async move { d.prefetch_target().await });
                     }
                     ServerMsg::OperationRequested { operation } => {
                         let d = daemon.clone();

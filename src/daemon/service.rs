@@ -522,6 +522,52 @@ impl Daemon {
         }
     }
 
+    /// Fetches into the cache, in the background, the files a sync to the pool target would
+    /// download (pool repository, archive), each checked with the trust rule before it is
+    /// kept, so that a sync later (at the pool's window, or offline) does not wait on them.
+    /// Skipped when `prefetch` is off, while an operation runs, and when auto-sync is about
+    /// to apply the target anyway.
+    pub(crate) async fn prefetch_target(&self) {
+        if !self.config.prefetch || self.auto_sync_wanted() || self.state().running.is_some() {
+            return;
+        }
+        let Some(target) = self.state().target.as_ref().map(|(_, t)| t.clone()) else {
+            return;
+        };
+        let (Ok(plan), Ok(trust)) = (self.plan_to(&target), self.trust_rule()) else {
+            return;
+        };
+        let opts = crate::apply::ApplyOptions {
+            confirm_removals: true,
+            archive_dir: None,
+            max_download_size: Some(self.config.max_download_size),
+            ca_file: self.config.coordinator_ca_file.clone(),
+            pool_token: super::link::pool_repo(self).map(|(_, token)| token),
+        };
+        match crate::apply::prefetch(
+            &plan,
+            &self.config.pacman,
+            &opts,
+            &trust,
+            &self.cancel.subscribe(),
+        )
+        .await
+        {
+            Ok(r) if r.fetched.is_empty() && r.failed.is_empty() => {}
+            Ok(r) => tracing::info!(
+                fetched = r.fetched.len(),
+                present = r.present,
+                failed = r.failed.len(),
+                "prefetched the pool target's files{}",
+                r.failed
+                    .first()
+                    .map(|(n, why)| format!(" (first failure: {n}: {why})"))
+                    .unwrap_or_default()
+            ),
+            Err(e) => tracing::debug!(error = %e, "no prefetch"),
+        }
+    }
+
     /// What this machine's sync databases and caches offer (as last read).
     pub(crate) fn availability(&self) -> Option<std::sync::Arc<crate::plan::Availability>> {
         self.state()
