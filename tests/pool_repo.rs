@@ -59,15 +59,9 @@ fn a_target_stays_installable_after_its_versions_leave_the_mirror() {
     let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
     let (pool_id, join) = pool(&coord, "lab");
     let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
-    // Bob does not prefetch: this test is about syncing from the pool repository itself.
-    let bconf = write_config(&b, "bob", Some((&coord.url(), &join)));
-    let text = fs::read_to_string(&bconf).unwrap();
-    fs::write(
-        &bconf,
-        text.replace("[pacman]", "prefetch = false\n\n[pacman]"),
-    )
-    .unwrap();
-    let db_ = Daemon::start(&bconf);
+    // Bob does not prefetch (the test configuration's default): this test is about syncing
+    // from the pool repository itself.
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
     da.wait_status("A connected", |s| s["link"] == "connected");
     db_.wait_status("B connected", |s| s["link"] == "connected");
     da.cli_code(&["set-latest", "--yes"], 0);
@@ -242,8 +236,12 @@ fn a_new_target_is_prefetched_and_syncs_without_the_coordinator() {
     da.cli_code(&["set-latest", "--yes"], 0);
     wait_uploaded(&coord, pool_id, 1);
 
-    // Bob joins; he learns the target and fetches its file into his cache by himself.
-    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    // Bob joins (prefetching, the default outside tests); he learns the target and fetches
+    // its file into his cache by himself.
+    let bconf = write_config(&b, "bob", Some((&coord.url(), &join)));
+    let text = fs::read_to_string(&bconf).unwrap();
+    fs::write(&bconf, text.replace("prefetch = false", "prefetch = true")).unwrap();
+    let db_ = Daemon::start(&bconf);
     db_.wait_status("B behind", |s| s["target"]["revision"] == 1);
     let cached = b
         .cachedir()

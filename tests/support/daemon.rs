@@ -17,6 +17,8 @@ pub struct Daemon {
 }
 
 /// Writes a pacpoold.toml for `sb` (state and socket inside the sandbox's base directory).
+/// Prefetching is off (`prefetch = false`): a background download racing the test's own steps
+/// would change what a preview shows; `tests/pool_repo.rs` turns it on where it is tested.
 pub fn write_config(sb: &Sandbox, name: &str, coordinator: Option<(&str, &str)>) -> PathBuf {
     let base = sb.base().join(format!("daemon-{name}"));
     let run = base.join("run");
@@ -34,7 +36,7 @@ pub fn write_config(sb: &Sandbox, name: &str, coordinator: Option<(&str, &str)>)
     };
     let text = format!(
         "{coord}state_dir = \"{state}\"\nsocket = \"{socket}\"\nsocket_group = \"pacpool-test-nonexistent\"\n\
-         check_interval = 3600\n\n\
+         check_interval = 3600\nprefetch = false\n\n\
          [pacman]\nprogram = \"pacman\"\nroot = \"{root}\"\ndbpath = \"{dbpath}\"\nconfig = \"{config}\"\n\
          cachedir = \"{cache}\"\nhookdir = \"{hooks}\"\nlogfile = \"{log}\"\nlock_wait = 1\n\n\
          [paths]\nconfig = \"{config}\"\n",
