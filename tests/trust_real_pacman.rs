@@ -620,3 +620,66 @@ fn the_manifest_carries_signatures_through_the_coordinator() {
         fs::read(&sig).unwrap()
     );
 }
+
+/// https archives (the README's own example is https://archive.archlinux.org/packages) work
+/// with the system's store plus `coordinator_ca_file`; without the CA the download is refused
+/// with a certificate error, and nothing is installed.
+#[tokio::test]
+async fn https_archives_use_the_configured_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let w = world();
+    let pki = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "pacpool test archive CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &Issuer::from_params(&ca, &ca_key))
+        .unwrap();
+    fs::write(pki.path().join("ca.pem"), ca_cert.pem()).unwrap();
+    fs::write(pki.path().join("server.pem"), server.pem()).unwrap();
+    fs::write(pki.path().join("server.key"), server_key.serialize_pem()).unwrap();
+
+    let archive = tempfile::tempdir().unwrap();
+    let shelf = archive.path().join("f/foo");
+    fs::create_dir_all(&shelf).unwrap();
+    let old = w.build("foo", "0.6-1");
+    fs::copy(&old, shelf.join("foo-0.6-1-any.pkg.tar.zst")).unwrap();
+    let sig = w.trusted.sign(&old);
+    fs::copy(&sig, shelf.join("foo-0.6-1-any.pkg.tar.zst.sig")).unwrap();
+    let server = FileServer::start_tls(
+        archive.path(),
+        &pki.path().join("server.pem"),
+        &pki.path().join("server.key"),
+    );
+    assert!(server.url().starts_with("https://"));
+    let target = w.target(&[("foo", Some("0.6-1"))]);
+
+    // Without the CA: refused before anything is installed.
+    let before = w.fingerprint();
+    let (p, m) = w.plan(&target, Some(&server.url()));
+    let err = run(&w, &p, &w.rule(&m, None, false), &Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+    assert_eq!(w.fingerprint(), before);
+
+    // With it: fetched over https (package and signature), checked, installed.
+    let opts = ApplyOptions {
+        ca_file: Some(pki.path().join("ca.pem")),
+        ..Default::default()
+    };
+    let (p, m) = w.plan(&target, Some(&server.url()));
+    run(&w, &p, &w.rule(&m, None, false), &opts).await.unwrap();
+    assert_eq!(w.sb.pacman_ok(&["-Q", "foo"]).trim(), "foo 0.6-1");
+    assert!(
+        server
+            .requests()
+            .contains(&"/f/foo/foo-0.6-1-any.pkg.tar.zst.sig".to_owned())
+    );
+}

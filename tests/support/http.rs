@@ -1,6 +1,7 @@
 //! A small real HTTP/1.1 file server on 127.0.0.1 for archive and mirror tests: serves the
 //! files under a directory, logs every request path, and can leave out `Content-Length`
-//! (the body then ends when the connection closes).
+//! (the body then ends when the connection closes). [`FileServer::start_tls`] serves https
+//! with pacpool's own rustls server configuration and a certificate the test made.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,31 +13,66 @@ pub struct FileServer {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+    tls: bool,
 }
 
 impl FileServer {
     /// Serves `root`; `content_length` false leaves the header out.
     pub fn start(root: &Path, content_length: bool) -> Self {
+        Self::start_with(root, content_length, None)
+    }
+
+    /// Serves `root` over https with the PEM certificate chain and key.
+    pub fn start_tls(root: &Path, cert: &Path, key: &Path) -> Self {
+        let config = pacpool::tls::server_config(cert, key).expect("a usable test certificate");
+        Self::start_with(root, true, Some(config))
+    }
+
+    fn start_with(
+        root: &Path,
+        content_length: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (root, log2, stop2) = (root.to_owned(), log.clone(), stop.clone());
+        let is_tls = tls.is_some();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (root, log) = (root.clone(), log2.clone());
-                std::thread::spawn(move || serve(conn, &root, &log, content_length));
+                let (root, log, tls) = (root.clone(), log2.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => serve(conn, &root, &log, content_length),
+                    Some(config) => {
+                        let Ok(session) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        serve(
+                            rustls::StreamOwned::new(session, conn),
+                            &root,
+                            &log,
+                            content_length,
+                        )
+                    }
+                });
             }
         });
-        Self { addr, log, stop }
+        Self {
+            addr,
+            log,
+            stop,
+            tls: is_tls,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Request paths so far, in order.
@@ -52,8 +88,8 @@ impl Drop for FileServer {
     }
 }
 
-fn serve(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>, content_length: bool) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+fn serve(conn: impl Read + Write, root: &Path, log: &Mutex<Vec<String>>, content_length: bool) {
+    let mut reader = BufReader::new(conn);
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
         return;
@@ -65,9 +101,10 @@ fn serve(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>, content_length:
             break;
         }
     }
+    // The request head is read whole; nothing else is sent before the answer.
+    let mut conn = reader.into_inner();
     log.lock().unwrap().push(path.clone());
     let file: PathBuf = root.join(path.trim_start_matches('/'));
-    let mut conn = conn;
     let ok = !path.contains("..") && file.is_file();
     if !ok {
         let _ = conn
@@ -91,4 +128,5 @@ fn serve(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>, content_length:
             break;
         }
     }
+    let _ = conn.flush();
 }
