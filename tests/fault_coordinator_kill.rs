@@ -56,12 +56,14 @@ impl Server {
     fn start(dir: &Path, addr: SocketAddr) -> Self {
         let config = dir.join("coordinator.toml");
         let hash = hex::encode(sha2::Sha256::digest(ADMIN.as_bytes()));
+        // Every acknowledged target revision is checked after each restart, and retention
+        // runs at every start: keep all revisions (a run sets well over the default 1,000).
         std::fs::write(
             &config,
             format!(
                 "listen = \"{addr}\"\ndatabase = \"{}\"\nadmin_token_sha256 = \"{hash}\"\n\
                  rate_limit_per_minute = 0\nanonymous_rate_limit_per_minute = 0\n\
-                 retention_interval_secs = 86400\n",
+                 retention_interval_secs = 86400\nmax_target_history = 0\n",
                 dir.join("coordinator.db").display()
             ),
         )
