@@ -79,7 +79,10 @@ fn set_latest_sync_upgrade_and_offline_revert() {
         "archive_url = \"file://{}\"\n",
         archive.path().display()
     ));
-    std::fs::write(&b_config, text).unwrap();
+    // No background prefetch on B: this test checks that a sync refreshes stale databases
+    // first, which a prefetch that finished in time (it races with the sync) would make
+    // unnecessary.
+    std::fs::write(&b_config, format!("prefetch = false\n{text}")).unwrap();
     let db_ = Daemon::start(&b_config);
     da.wait_status("A connected", |s| s["link"] == "connected");
     db_.wait_status("B connected", |s| s["link"] == "connected");

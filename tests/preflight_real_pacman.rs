@@ -282,3 +282,83 @@ fn pacpoold_refuses_a_sync_that_does_not_fit_and_names_pacnew_files() {
         "{history}"
     );
 }
+
+/// `pacpool preview` on a machine behind its pool: download size, installed-size change,
+/// free space, the reboot a kernel needs, and a package pacman.conf's `IgnorePkg` holds back,
+/// in text and JSON (real coordinator, two real pacpoold).
+#[test]
+fn preview_tells_sizes_space_reboot_and_held_back() {
+    use support::coordinator::Coordinator;
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let common = [
+        build(&a, "tool", "1.0-1", 1000, None, None),
+        build(&a, "linux", "6.2-1", 700, None, None),
+        build(&a, "pinned", "1.0-1", 10, None, None),
+    ];
+    b.publish(&common);
+    a.publish(&common);
+    a.pacman_ok(&["-Sy", "tool", "linux", "pinned"]);
+    a.publish(&[build(&a, "pinned", "2.0-1", 20, None, None)]);
+    a.pacman_ok(&["-Syu"]);
+    b.pacman_ok(&["-Sy", "pinned"]);
+    // B's pacman.conf holds pinned back.
+    let conf = fs::read_to_string(b.config()).unwrap();
+    fs::write(
+        b.config(),
+        conf.replace("[options]\n", "[options]\nIgnorePkg = pinned\n"),
+    )
+    .unwrap();
+
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("coordinator.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    db_.wait_status("B connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    db_.wait_status("B sees revision 1", |s| s["target"]["revision"] == 1);
+
+    let json = db_.cli_code(&["preview", "--json"], 0);
+    let p: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let csize = |f: &str| len(&b.repo_dir().join(f));
+    let download = csize("tool-1.0-1-any.pkg.tar.zst") + csize("linux-6.2-1-any.pkg.tar.zst");
+    assert_eq!(p["sizes"]["download"], download, "{p}");
+    assert_eq!(p["sizes"]["installed_change"], 1700, "{p}");
+    assert_eq!(p["reboot"], serde_json::json!(["linux"]), "{p}");
+    assert_eq!(p["held_back"][0]["name"], "pinned", "{p}");
+    assert_eq!(p["held_back"][0]["by"], "IgnorePkg = pinned", "{p}");
+    let space = p["space"].as_array().unwrap();
+    assert_eq!(space.len(), 1, "{p}");
+    assert_eq!(space[0]["needed"], download + 1700, "{p}");
+    assert!(space[0]["free"].as_u64().unwrap() > download + 1700);
+
+    let text = db_.cli_code(&["preview"], 0);
+    eprintln!("{text}");
+    assert!(text.starts_with("2 installs\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "download: {}; installed size: +1.7 KiB\n",
+            preflight::bytes(download)
+        )),
+        "{text}"
+    );
+    assert!(text.contains("reboot needed afterwards: linux\n"), "{text}");
+    assert!(
+        text.contains("held back: pinned (held back by IgnorePkg = pinned in pacman.conf)\n")
+            && !text.contains("kept: pinned"),
+        "{text}"
+    );
+    assert!(text.contains("free space: "), "{text}");
+
+    // The sync leaves pinned alone (pacman would otherwise install it anyway under
+    // --noconfirm) and says a reboot is needed.
+    let synced = db_.cli_code(&["sync", "--yes"], 0);
+    assert!(
+        synced.ends_with("sync done: 2 installs; reboot needed (linux)\n"),
+        "{synced}"
+    );
+    assert!(b.pacman_ok(&["-Q", "pinned"]).contains("1.0-1"));
+}
