@@ -210,7 +210,7 @@ pub fn spaces(sizes: &Sizes, cache: (&Path, FsFree), root: (&Path, FsFree)) -> V
 /// A file system would run out of space during the apply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "not enough free space on {} ({}): the sync needs {} there and pacman keeps {} in reserve, but only {} is free; free some space (for the package cache: `paccache -rk1`), then sync again; nothing was changed",
+    "not enough free space on {} ({}): the transaction needs {} there and pacman keeps {} in reserve, but only {} is free; free some space (for the package cache: `paccache -rk1`), then try again; nothing was changed",
     .0.path.display(), .0.role, bytes(.0.needed), bytes(.0.reserve), bytes(.0.free)
 )]
 pub struct NotEnoughSpace(pub Space);
@@ -319,7 +319,7 @@ pub struct HeldBack {
 
 impl std::fmt::Display for HeldBack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (held back by {} in pacman.conf)", self.name, self.by)
+        write!(f, "{} ({} in pacman.conf)", self.name, self.by)
     }
 }
 
@@ -424,7 +424,7 @@ mod tests {
         let err = check_space(&one).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "not enough free space on / (package cache, root): the sync needs 1000.0 MiB there and pacman keeps 20.0 MiB in reserve, but only 1010.0 MiB is free; free some space (for the package cache: `paccache -rk1`), then sync again; nothing was changed"
+            "not enough free space on / (package cache, root): the transaction needs 1000.0 MiB there and pacman keeps 20.0 MiB in reserve, but only 1010.0 MiB is free; free some space (for the package cache: `paccache -rk1`), then try again; nothing was changed"
         );
         assert!(
             check_space(&spaces(
@@ -533,8 +533,8 @@ mod tests {
         assert_eq!(
             held.iter().map(ToString::to_string).collect::<Vec<_>>(),
             [
-                "linux-lts (held back by IgnorePkg = linux* in pacman.conf)",
-                "nautilus (held back by IgnoreGroup = gnome in pacman.conf)"
+                "linux-lts (IgnorePkg = linux* in pacman.conf)",
+                "nautilus (IgnoreGroup = gnome in pacman.conf)"
             ]
         );
     }
