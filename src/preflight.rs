@@ -3,9 +3,11 @@
 //! writes to have room ([`check_space`], refusing with [`NotEnoughSpace`]), which packages
 //! need a reboot afterwards ([`RebootRules`]), which packages pacman's own `IgnorePkg` /
 //! `IgnoreGroup` hold back ([`held_back`]), and after an apply, the `.pacnew` / `.pacsave`
-//! files pacman's log says this run created ([`config_files_in_log`]).
+//! files pacman's log says this run created ([`config_files_in_log`]) and the processes that
+//! still run replaced files ([`stale_processes`]).
 //!
-//! Everything here but [`free_space`] is pure: it reads data and returns data.
+//! Everything here but [`free_space`] and [`stale_processes`] is pure: it reads data and
+//! returns data.
 
 use std::path::{Path, PathBuf};
 
@@ -391,6 +393,79 @@ pub fn config_files_in_log(log: &str) -> Vec<ConfigFile> {
     out
 }
 
+/// A running process that still maps files a transaction replaced or removed (shown as
+/// `PATH (deleted)` in `/proc/PID/maps`, as `checkservices` and `needrestart` read them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleProcess {
+    pub pid: u32,
+    /// `/proc/PID/comm`.
+    pub command: String,
+    /// The systemd unit it runs in (`sshd.service`), from `/proc/PID/cgroup`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The deleted files it maps (binaries, libraries), under pacman's root.
+    pub files: Vec<String>,
+}
+
+/// The deleted files under `ROOT/usr/` that `maps` (a `/proc/PID/maps` text) maps, sorted.
+pub fn deleted_mappings(maps: &str, root: &Path) -> Vec<String> {
+    let usr = root.join("usr");
+    let mut out: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.strip_suffix(" (deleted)"))
+        // The path is the sixth field and may contain spaces: it starts at the first '/'.
+        .filter_map(|l| l.find('/').map(|i| &l[i..]))
+        .filter(|p| Path::new(p).starts_with(&usr))
+        .map(crate::display::clean)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The systemd service a `/proc/PID/cgroup` text names (`0::/system.slice/sshd.service`).
+pub fn unit_in_cgroup(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .find(|u| u.ends_with(".service"))
+        .map(crate::display::clean)
+}
+
+/// Running processes that map deleted files under `ROOT/usr/` (they run replaced binaries or
+/// libraries until restarted). Processes whose files cannot be read are skipped.
+pub fn stale_processes(root: &Path) -> Vec<StaleProcess> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let base = e.path();
+        let Ok(maps) = std::fs::read_to_string(base.join("maps")) else {
+            continue;
+        };
+        let files = deleted_mappings(&maps, root);
+        if files.is_empty() {
+            continue;
+        }
+        out.push(StaleProcess {
+            pid,
+            command: std::fs::read_to_string(base.join("comm"))
+                .map(|c| crate::display::clean(c.trim_end()))
+                .unwrap_or_default(),
+            unit: std::fs::read_to_string(base.join("cgroup"))
+                .ok()
+                .and_then(|c| unit_in_cgroup(&c)),
+            files,
+        });
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +632,28 @@ mod tests {
                     saved_as: "/etc/bar.conf.pacsave".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn deleted_mappings_under_usr() {
+        let maps = "55d0c0a00000-55d0c0a02000 r--p 00000000 08:01 131 /usr/bin/sshd (deleted)\n\
+                    7f00-7f01 r-xp 00000000 08:01 140 /usr/lib/libssl.so.3 (deleted)\n\
+                    7f01-7f02 r-xp 00000000 08:01 141 /usr/lib/libc.so.6\n\
+                    7f02-7f03 rw-s 00000000 00:01 142 /memfd:wayland (deleted)\n\
+                    7f03-7f04 r-xp 00000000 08:01 140 /usr/lib/libssl.so.3 (deleted)\n";
+        assert_eq!(
+            deleted_mappings(maps, Path::new("/")),
+            ["/usr/bin/sshd", "/usr/lib/libssl.so.3"]
+        );
+        assert!(deleted_mappings(maps, Path::new("/sandbox")).is_empty());
+        assert_eq!(
+            unit_in_cgroup("0::/system.slice/sshd.service\n").as_deref(),
+            Some("sshd.service")
+        );
+        assert_eq!(
+            unit_in_cgroup("0::/user.slice/user-1000.slice/session-2.scope\n"),
+            None
         );
     }
 

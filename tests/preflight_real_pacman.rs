@@ -363,3 +363,98 @@ fn preview_tells_sizes_space_reboot_and_held_back() {
     );
     assert!(b.pacman_ok(&["-Q", "pinned"]).contains("1.0-1"));
 }
+
+/// `sleeper-VERSION-any.pkg.tar.zst` holding `usr/bin/sleeper`, a copy of the host's `sleep`.
+fn build_sleeper(sb: &Sandbox, version: &str) -> PathBuf {
+    let stage = sb.base().join("stage").join(format!("sleeper-{version}"));
+    fs::create_dir_all(stage.join("usr/bin")).unwrap();
+    let sleep = support::find_in_path("sleep").expect("sleep on PATH");
+    fs::copy(&sleep, stage.join("usr/bin/sleeper")).unwrap();
+    let size = len(&stage.join("usr/bin/sleeper"));
+    fs::write(
+        stage.join(".PKGINFO"),
+        format!(
+            "pkgname = sleeper\npkgbase = sleeper\npkgver = {version}\npkgdesc = test\n\
+             url = https://example.invalid\nbuilddate = 1700000000\npackager = tests\n\
+             size = {size}\narch = any\nlicense = MIT\n"
+        ),
+    )
+    .unwrap();
+    let out = sb
+        .base()
+        .join("pkgs")
+        .join(format!("sleeper-{version}-any.pkg.tar.zst"));
+    let st = Command::new("bsdtar")
+        .current_dir(&stage)
+        .args(["--zstd", "-cf"])
+        .arg(&out)
+        .args([".PKGINFO", "usr"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Reap(std::process::Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process running a binary that an operation replaces is named in the result as still
+/// running replaced files (its `/proc/PID/maps` shows the old file as deleted).
+#[test]
+fn a_process_running_a_replaced_binary_is_reported() {
+    let sb = Sandbox::new();
+    sb.publish(&[build_sleeper(&sb, "1.0-1")]);
+    sb.pacman_ok(&["-Sy", "sleeper"]);
+    let first = local_hash(&sb);
+    let d = Daemon::start(&write_config(&sb, "a", None));
+    sb.publish(&[build_sleeper(&sb, "2.0-1")]);
+    sb.pacman_ok(&["-Sy", "sleeper"]);
+    d.cli_code(&["notify"], 0);
+    let binary = sb.root().join("usr/bin/sleeper");
+    let mut child = Reap(Command::new(&binary).arg("600").spawn().unwrap());
+    let pid = child.0.id();
+    // Once the process runs the binary, its maps name it (not deleted yet).
+    let maps = PathBuf::from(format!("/proc/{pid}/maps"));
+    while !fs::read_to_string(&maps)
+        .unwrap_or_default()
+        .contains(binary.to_str().unwrap())
+    {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "{} exited",
+            binary.display()
+        );
+        std::thread::yield_now();
+    }
+
+    // Reverting to 1.0 replaces the binary under the running process.
+    let out = d.cli_code(&["revert", "--to", &first, "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    let stale = outcome["restart"].as_array().unwrap();
+    let ours = stale
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not reported: {outcome}"));
+    assert_eq!(
+        ours["files"],
+        serde_json::json!([binary.display().to_string()])
+    );
+    assert_eq!(ours["command"], "sleeper");
+    assert!(
+        outcome["message"].as_str().unwrap().contains(&format!(
+            "still running replaced files: sleeper (pid {pid})"
+        )) || outcome["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(".service (pid {pid})")),
+        "{outcome}"
+    );
+    drop(child);
+}

@@ -455,6 +455,10 @@ pub struct Outcome {
     /// Changed packages that need a reboot to take effect (older daemons send none).
     #[serde(default)]
     pub reboot: Vec<PkgName>,
+    /// Processes that still run binaries or libraries the operation replaced: restart them
+    /// (older daemons send none).
+    #[serde(default)]
+    pub restart: Vec<crate::preflight::StaleProcess>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -982,6 +982,10 @@ impl Daemon {
             .await
             .map_err(|e| self.refresh_failed(e))?;
         let config_files = config_files_since(&log, log_start);
+        let root = self.pacman_files().root;
+        let restart = tokio::task::spawn_blocking(move || crate::preflight::stale_processes(&root))
+            .await
+            .unwrap_or_default();
         let mut failures = applied?;
         let after = self.current_snapshot().unwrap_or_default();
         failures.extend(differences(&after, target, &self.policy(&self.state())));
@@ -1011,7 +1015,7 @@ impl Daemon {
             )
         };
         // In the message too, so `pacpool history` and the coordinator's record carry them.
-        message.push_str(&after_note(&config_files, &reboot));
+        message.push_str(&after_note(&config_files, &reboot, &restart));
         Ok(Outcome {
             kind: kind.to_owned(),
             ok,
@@ -1021,6 +1025,7 @@ impl Daemon {
             snapshot: Some(after.hash()),
             config_files,
             reboot,
+            restart,
         })
     }
 
@@ -1461,6 +1466,7 @@ fn config_files_since(log: &std::path::Path, start: u64) -> Vec<crate::preflight
 fn after_note(
     config_files: &[crate::preflight::ConfigFile],
     reboot: &[crate::names::PkgName],
+    restart: &[crate::preflight::StaleProcess],
 ) -> String {
     let mut note = String::new();
     if !config_files.is_empty() {
@@ -1470,6 +1476,19 @@ fn after_note(
     if !reboot.is_empty() {
         let list: Vec<&str> = reboot.iter().map(|n| n.as_str()).collect();
         note.push_str(&format!("; reboot needed ({})", list.join(", ")));
+    }
+    if !restart.is_empty() {
+        let list: Vec<String> = restart
+            .iter()
+            .map(|p| match &p.unit {
+                Some(u) => format!("{u} (pid {})", p.pid),
+                None => format!("{} (pid {})", p.command, p.pid),
+            })
+            .collect();
+        note.push_str(&format!(
+            "; still running replaced files: {}",
+            list.join(", ")
+        ));
     }
     note
 }
