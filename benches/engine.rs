@@ -191,6 +191,7 @@ fn main() {
             filename: format!("{}-{}-{}.pkg.tar.zst", p.name, p.version, p.arch),
             sha256: None,
             csize: None,
+            isize: None,
             pgpsig: None,
             depends: vec!["pkg0000".into()],
             provides: vec![],

@@ -9,6 +9,8 @@
 //! # Transactions
 //! The plan's actions become as few pacman transactions as pacman allows, in the plan's
 //! order (see [`transactions`]):
+//! 0. keyring packages (`archlinux-keyring`, any `*-keyring`) that change, alone and first
+//!    (`-S`, then `-U`), so the other packages are checked with the new keys;
 //! 1. the removals at the start of the plan (those an install conflicts with): one `-R`;
 //! 2. packages a sync repository offers in exactly the wanted version: one
 //!    `-S --needed -- repo/name=version…` (pinned, see [`SyncTarget`]) for upgrades,
@@ -267,6 +269,9 @@ fn group(plan: &Plan, archive_dir: &Path) -> Result<Grouped, ApplyError> {
     // [plain, asdeps] each.
     let mut repo: [Vec<SyncTarget>; 2] = Default::default();
     let mut files: [Vec<(PathBuf, PkgName)>; 2] = Default::default();
+    // Keyring packages (`archlinux-keyring`, `*-keyring`), the same way, run first.
+    let mut keyring_repo: [Vec<SyncTarget>; 2] = Default::default();
+    let mut keyring_files: [Vec<(PathBuf, PkgName)>; 2] = Default::default();
     let mut marks: [Vec<PkgName>; 2] = Default::default();
     let mut seen_other = false;
     for a in &plan.actions {
@@ -305,6 +310,12 @@ fn group(plan: &Plan, archive_dir: &Path) -> Result<Grouped, ApplyError> {
         };
         seen_other = true;
         let slot = usize::from(new_dep);
+        let keyring = crate::preflight::is_keyring(name.as_str());
+        let (repo, files) = if keyring {
+            (&mut keyring_repo, &mut keyring_files)
+        } else {
+            (&mut repo, &mut files)
+        };
         match source {
             Source::Repo { repo: r } => repo[slot].push(SyncTarget {
                 repo: r.clone(),
@@ -349,6 +360,35 @@ fn group(plan: &Plan, archive_dir: &Path) -> Result<Grouped, ApplyError> {
             out.push(Transaction { op, packages });
         }
     };
+    let sync_installs = |repo: [Vec<SyncTarget>; 2]| {
+        repo.into_iter().enumerate().map(|(slot, targets)| {
+            let packages = targets.iter().map(|t| t.name.clone()).collect();
+            (
+                PacmanOp::SyncInstall {
+                    targets,
+                    reason: reason_of(slot),
+                },
+                packages,
+            )
+        })
+    };
+    let file_installs = |files: [Vec<(PathBuf, PkgName)>; 2]| {
+        files.into_iter().enumerate().map(|(slot, targets)| {
+            let (files, packages) = targets.into_iter().unzip();
+            (
+                PacmanOp::InstallFiles {
+                    files,
+                    reason: reason_of(slot),
+                },
+                packages,
+            )
+        })
+    };
+    // Keyrings first, alone: the other packages' signatures may need their new keys (as
+    // archinstall and the Arch wiki do it).
+    for (op, packages) in sync_installs(keyring_repo).chain(file_installs(keyring_files)) {
+        push(op, packages);
+    }
     push(
         PacmanOp::Remove {
             names: leading.clone(),
@@ -1067,6 +1107,45 @@ mod tests {
             transactions(&plan(vec![]), Path::new("/a"))
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn keyrings_go_first_alone() {
+        let arch = || "any".parse().unwrap();
+        let up = |name: &str| Action::Upgrade {
+            name: n(name),
+            from: v("1-1"),
+            to: v("2-1"),
+            arch: arch(),
+            source: repo(),
+        };
+        let p = plan(vec![
+            Action::Remove {
+                name: n("old"),
+                version: v("1-1"),
+            },
+            up("a"),
+            up("archlinux-keyring"),
+            up("z"),
+            Action::Downgrade {
+                name: n("extra-keyring"),
+                from: v("2-1"),
+                to: v("1-1"),
+                arch: arch(),
+                source: Source::Cache {
+                    path: "/c/extra-keyring-1-1-any.pkg.tar.zst".into(),
+                },
+            },
+        ]);
+        assert_eq!(
+            show(&transactions(&p, Path::new("/arch")).unwrap()),
+            [
+                "-S --needed -- core/archlinux-keyring=2-1",
+                "-U -- /c/extra-keyring-1-1-any.pkg.tar.zst",
+                "-R -- old",
+                "-S --needed -- core/a=2-1 core/z=2-1",
+            ]
         );
     }
 

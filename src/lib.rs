@@ -14,6 +14,7 @@
 //! - [`pacman_conf`]: reads `pacman.conf` (with `Include`) for repositories and paths.
 //! - [`snapshot`]: canonical package sets with a content hash, and deltas between them.
 //! - [`plan`]: current vs target state into ordered actions, conflicts and a status.
+//! - [`preflight`]: sizes, free space, reboot rules, held-back packages and `.pacnew` files of a plan.
 //! - [`machine`]: this machine's state from pacman's files, located via pacman.conf.
 //! - [`manifest`]: what each package file of a target is (repository, size, digest,
 //!   signature), recorded by the endpoint that sets the target.
@@ -53,6 +54,7 @@ pub mod manifest;
 pub mod names;
 pub mod pacman_conf;
 pub mod plan;
+pub mod preflight;
 pub mod proto;
 pub mod snapshot;
 pub mod store;

@@ -65,6 +65,8 @@ pub struct PacmanConf {
     pub architecture: Vec<String>,
     /// As written: pacman treats these as glob patterns.
     pub ignore_pkg: Vec<String>,
+    /// `IgnoreGroup`, as written (lists separated by spaces, like `IgnorePkg`).
+    pub ignore_group: Vec<String>,
     /// In file order.
     pub repos: Vec<RepoConf>,
     /// `GPGDir`: the first value wins, as in pacman.
@@ -496,6 +498,7 @@ impl Parser {
             "HookDir" => c.hook_dirs.extend(split_list(value).map(PathBuf::from)),
             "Architecture" => c.architecture.extend(split_list(value).map(str::to_owned)),
             "IgnorePkg" => c.ignore_pkg.extend(split_list(value).map(str::to_owned)),
+            "IgnoreGroup" => c.ignore_group.extend(split_list(value).map(str::to_owned)),
             "SigLevel" => {
                 let tokens = self.sig_level_tokens(value, stack)?;
                 self.conf.sig_level.extend(tokens);
@@ -758,6 +761,7 @@ Server = https://mirror.example.org/archlinux/$repo/os/$arch
              Architecture = arm\n\
              IgnorePkg = linux  linux-*\n\
              IgnorePkg = foo\n\
+             IgnoreGroup = gnome  kde\n\
              DBPath = /d1\n\
              DBPath = /d2\n\
              DBPath\n\
@@ -781,6 +785,7 @@ Server = https://mirror.example.org/archlinux/$repo/os/$arch
         assert_eq!(c.hook_dirs, paths(&["/h1", "/h2", "/h3"]));
         assert_eq!(c.architecture, ["x86_64", "i686", "arm"]);
         assert_eq!(c.ignore_pkg, ["linux", "linux-*", "foo"]);
+        assert_eq!(c.ignore_group, ["gnome", "kde"]);
         assert_eq!(c.db_path, Some(PathBuf::from("/d1")));
         assert_eq!(c.root_dir, Some(PathBuf::from("/r1")));
         assert_eq!(c.log_file, Some(PathBuf::from("/l1")));

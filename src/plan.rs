@@ -354,6 +354,7 @@ struct Offer {
     /// `%FILENAME%`, `%CSIZE%`, `%SHA256SUM%` and `%PGPSIG%` of the package file.
     filename: String,
     csize: Option<u64>,
+    isize: Option<u64>,
     sha256: Option<String>,
     pgpsig: Option<String>,
     depends: Vec<String>,
@@ -367,6 +368,8 @@ pub struct OfferedFile {
     pub repo: RepoName,
     pub filename: String,
     pub csize: Option<u64>,
+    /// `%ISIZE%`: the installed size.
+    pub isize: Option<u64>,
     pub sha256: Option<String>,
     pub pgpsig: Option<String>,
 }
@@ -434,6 +437,7 @@ impl Availability {
             version: p.version,
             filename: p.filename,
             csize: p.csize,
+            isize: p.isize,
             sha256: p.sha256,
             pgpsig: p.pgpsig,
             depends: p.depends,
@@ -457,6 +461,7 @@ impl Availability {
             repo: o.repo.clone(),
             filename: o.filename.clone(),
             csize: o.csize,
+            isize: o.isize,
             sha256: o.sha256.clone(),
             pgpsig: o.pgpsig.clone(),
         })
@@ -899,6 +904,7 @@ mod tests {
             filename: format!("{name}-{version}-x86_64.pkg.tar.zst"),
             sha256: None,
             csize: None,
+            isize: None,
             pgpsig: None,
             depends: depends.iter().map(|s| s.to_string()).collect(),
             provides: vec![],

@@ -49,6 +49,9 @@ pub struct SyncPackage {
     pub sha256: Option<String>,
     /// `%CSIZE%`, the size of the package file.
     pub csize: Option<u64>,
+    /// `%ISIZE%`, the installed size of the package (what pacman checks free space against).
+    #[serde(default)]
+    pub isize: Option<u64>,
     /// `%PGPSIG%`, the package's detached signature in base64, when the database carries
     /// it (Arch's databases do not; pacman then keeps `FILE.sig` in the cache). A value that
     /// is not base64 of at most [`crate::manifest::MAX_SIGNATURE_BYTES`] bytes is dropped.
@@ -590,6 +593,7 @@ fn parse_entry(repo: &RepoName, dir: &str, bytes: &[u8]) -> Result<SyncPackage, 
         filename: filename.to_owned(),
         sha256,
         csize: desc.number("CSIZE")?,
+        isize: desc.number("ISIZE")?,
         pgpsig: desc
             .first("PGPSIG")
             .filter(|s| plausible_signature(s))

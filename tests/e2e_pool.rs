@@ -79,6 +79,9 @@ fn set_latest_sync_upgrade_and_offline_revert() {
         "archive_url = \"file://{}\"\n",
         archive.path().display()
     ));
+    // No background prefetch on B (write_config's default): this test checks that a sync
+    // refreshes stale databases first, which a prefetch that finished in time (it races with
+    // the sync) would make unnecessary.
     std::fs::write(&b_config, text).unwrap();
     let db_ = Daemon::start(&b_config);
     da.wait_status("A connected", |s| s["link"] == "connected");

@@ -65,6 +65,9 @@ pub struct DaemonConfig {
     /// Fetch a new pool target's files (pool repository, archive) into the cache in the
     /// background, so a later sync does not wait on downloads.
     pub prefetch: bool,
+    /// Packages whose change needs a reboot (shell globs), shown by preview and in a sync's
+    /// result; replaces [`crate::preflight::DEFAULT_REBOOT_PACKAGES`].
+    pub reboot_packages: Vec<String>,
 }
 
 impl Default for DaemonConfig {
@@ -89,6 +92,10 @@ impl Default for DaemonConfig {
             allow_unsigned_foreign: false,
             max_download_size: crate::apply::DEFAULT_MAX_DOWNLOAD_SIZE,
             prefetch: true,
+            reboot_packages: crate::preflight::DEFAULT_REBOOT_PACKAGES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -257,8 +264,10 @@ mod tests {
         assert_eq!(c.policy, Policy::default());
         let uncommented = EXAMPLE
             .replace("# coordinator_url =", "coordinator_url =")
-            .replace("# coordinator_ca_file =", "coordinator_ca_file =");
+            .replace("# coordinator_ca_file =", "coordinator_ca_file =")
+            .replace("# reboot_packages =", "reboot_packages =");
         let c = DaemonConfig::parse(&uncommented, Path::new("example")).unwrap();
+        assert_eq!(c.reboot_packages, DaemonConfig::default().reboot_packages);
         assert!(c.coordinator_url.unwrap().starts_with("https://"));
         assert!(c.coordinator_ca_file.is_some());
     }

@@ -1462,6 +1462,7 @@ async fn set_latest_inner(
                 counts: Default::default(),
                 failures: Vec::new(),
                 snapshot: Some(hash),
+                ..Default::default()
             })
         }
         Err(CallError::Api(e)) if e.code == "revision_conflict" => {
@@ -1525,6 +1526,7 @@ mod tests {
             counts: Default::default(),
             failures,
             snapshot: None,
+            ..Default::default()
         }));
         assert!(r.message.len() <= RESULT_MESSAGE_MAX, "{}", r.message.len());
         assert!(
@@ -1543,6 +1545,7 @@ mod tests {
             counts: Default::default(),
             failures: Vec::new(),
             snapshot: None,
+            ..Default::default()
         }));
         assert_eq!(small.message, "done");
     }

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::PkgName;
 use crate::plan::{Action, Conflict, Counts, RemovalCapExceeded, Skipped};
 use crate::proto::{AutoSyncMode, EndpointState, PackageFailure, Progress, TargetInfo};
 use crate::snapshot::SnapshotHash;
@@ -135,6 +136,8 @@ pub enum ErrorCode {
     /// A package file failed the trust rule (digest, size or signature, as pacman would check
     /// it for its repository); nothing was installed.
     UntrustedPackage,
+    /// A file system pacman writes to would run out of space; nothing was changed.
+    NotEnoughSpace,
     NothingToDo,
     /// The coordinator is needed and unreachable, or not configured.
     Offline,
@@ -265,6 +268,21 @@ pub struct Preview {
     /// `conflicts` are the plan on the databases as they are (older daemons send none).
     #[serde(default)]
     pub needs_refresh: bool,
+    /// Download size and installed-size change of `actions` (older daemons send none).
+    #[serde(default)]
+    pub sizes: Option<crate::preflight::Sizes>,
+    /// Free space on the file systems pacman writes to (package cache, root) against what
+    /// the sync needs there; a sync refuses when one lacks room (older daemons send none).
+    #[serde(default)]
+    pub space: Vec<crate::preflight::Space>,
+    /// Packages of `actions` that need a reboot afterwards (`reboot_packages`; older daemons
+    /// send none).
+    #[serde(default)]
+    pub reboot: Vec<PkgName>,
+    /// Target differences pacman's own `IgnorePkg` / `IgnoreGroup` hold back (older daemons
+    /// send none); they also appear in `skipped` as ignored.
+    #[serde(default)]
+    pub held_back: Vec<crate::preflight::HeldBack>,
 }
 
 impl Preview {
@@ -419,7 +437,7 @@ impl SetLatestPreview {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// `sync`, `set-latest` or `revert`.
     pub kind: String,
@@ -430,6 +448,17 @@ pub struct Outcome {
     pub failures: Vec<PackageFailure>,
     /// The machine's state afterwards.
     pub snapshot: Option<SnapshotHash>,
+    /// `.pacnew` / `.pacsave` files this operation's pacman transactions created, from
+    /// pacman's log (older daemons send none).
+    #[serde(default)]
+    pub config_files: Vec<crate::preflight::ConfigFile>,
+    /// Changed packages that need a reboot to take effect (older daemons send none).
+    #[serde(default)]
+    pub reboot: Vec<PkgName>,
+    /// Processes that still run binaries or libraries the operation replaced: restart them
+    /// (older daemons send none).
+    #[serde(default)]
+    pub restart: Vec<crate::preflight::StaleProcess>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

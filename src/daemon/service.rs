@@ -92,6 +92,9 @@ struct State {
     paused: bool,
     /// The last [`Daemon::sync_status`], for (current, target, policy).
     status_cache: Option<(StatusKey, StatusValue)>,
+    /// What pacman.conf's `IgnorePkg` (globs) and `IgnoreGroup` (the installed members of
+    /// those groups) hold back, read with pacman's state: added to the policy's `ignore`.
+    held_globs: Vec<String>,
 }
 
 type StatusKey = (SnapshotHash, SnapshotHash, crate::plan::Policy);
@@ -110,6 +113,17 @@ pub struct Daemon {
     pub(crate) outbox_changed: Notify,
     /// Coordinator operations this process has taken on (never run twice).
     requested: Mutex<std::collections::HashSet<i64>>,
+    /// Which packages need a reboot after they change (`reboot_packages`).
+    reboot: crate::preflight::RebootRules,
+}
+
+/// Where pacman writes, resolved as pacman does (flags, then pacman.conf, then defaults).
+struct PacmanFiles {
+    cache: std::path::PathBuf,
+    root: std::path::PathBuf,
+    log: std::path::PathBuf,
+    ignore_pkg: Vec<String>,
+    ignore_group: Vec<String>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -169,6 +183,8 @@ impl Daemon {
         state.endpoint_name = store.get(keys::ENDPOINT_NAME)?;
         state.last_sync = store.get(keys::LAST_SYNC)?.and_then(|s| s.parse().ok());
         state.paused = store.get(keys::AUTO_SYNC_PAUSED)?.as_deref() == Some("true");
+        let reboot = crate::preflight::RebootRules::new(&config.reboot_packages)
+            .context("fix reboot_packages in pacpoold.toml")?;
         let (events, _) = broadcast::channel(256);
         let daemon = Self {
             config,
@@ -180,6 +196,7 @@ impl Daemon {
             state_changed: Notify::new(),
             outbox_changed: Notify::new(),
             requested: Mutex::default(),
+            reboot,
         };
         // A full or read-only disk must not keep the daemon from serving its status (which
         // says what failed): it retries on every notify and timer tick.
@@ -325,9 +342,19 @@ impl Daemon {
             }
         };
         let new = matches!(recorded, crate::store::Recorded::New(_));
+        let files = self.pacman_files();
+        let mut held_globs = files.ignore_pkg;
+        held_globs.extend(
+            machine
+                .local
+                .iter()
+                .filter(|p| p.groups.iter().any(|g| files.ignore_group.contains(g)))
+                .map(|p| p.name.to_string()),
+        );
         {
             let mut s = self.state();
             s.fingerprint = Some(fingerprint);
+            s.held_globs = held_globs;
             s.machine = Some(machine);
             s.refresh_needed = None;
             s.current = Some(recorded.entry().clone());
@@ -363,10 +390,18 @@ impl Daemon {
     ///
     /// [`Policy::with_local`]: crate::plan::Policy::with_local
     fn policy(&self, s: &State) -> crate::plan::Policy {
-        match &s.pool_policy {
+        let mut policy = match &s.pool_policy {
             Some(p) => p.plan.with_local(&self.config.policy),
             None => self.config.policy.clone(),
+        };
+        // pacman would install an `IgnorePkg` package named on its command line anyway
+        // (`--noconfirm` answers its question "yes"): leave them alone, as pacman -Syu does.
+        for g in &s.held_globs {
+            if !policy.ignore.contains(g) {
+                policy.ignore.push(g.clone());
+            }
         }
+        policy
     }
 
     /// This machine against the target: state, pending changes and what the policy keeps.
@@ -496,6 +531,24 @@ impl Daemon {
         let (target, info) = self.target()?;
         let plan = self.plan_to(&target)?;
         let mut preview = preview_of(&plan, Some(info.revision));
+        let (sizes, space) = self.preflight(&plan).await;
+        preview.sizes = Some(sizes);
+        preview.space = space;
+        preview.reboot = self.reboot.needs_reboot(&plan);
+        let files = self.pacman_files();
+        preview.held_back = {
+            let s = self.state();
+            let ignored = plan.skipped.iter().filter_map(|k| match k {
+                Skipped::Ignored { name } => Some(name),
+                Skipped::Protected { .. } => None,
+            });
+            let local = s
+                .machine
+                .as_ref()
+                .map(|m| m.local.as_slice())
+                .unwrap_or_default();
+            crate::preflight::held_back(ignored, &files.ignore_pkg, &files.ignore_group, local)
+        };
         if preview.needs_refresh {
             // The sync refreshes first and then makes the whole difference: the same numbers
             // as the status (and the tray's menu).
@@ -619,6 +672,80 @@ impl Daemon {
             s.manifest.clone(),
             self.config.allow_unsigned_foreign,
         ))
+    }
+
+    /// Where pacman writes (package cache, root, log) and what its pacman.conf holds back.
+    fn pacman_files(&self) -> PacmanFiles {
+        let settings = &self.config.pacman;
+        let conf = crate::pacman_conf::PacmanConf::load(&settings.config_path())
+            .inspect_err(|e| tracing::debug!(error = %e, "pacman.conf not read for the preflight"))
+            .ok();
+        let root = settings
+            .root
+            .clone()
+            .or_else(|| conf.as_ref().and_then(|c| c.root_dir.clone()))
+            .unwrap_or_else(|| std::path::PathBuf::from("/"));
+        PacmanFiles {
+            cache: settings
+                .cachedir
+                .clone()
+                .or_else(|| self.config.paths.cache_dirs.first().cloned())
+                .unwrap_or_else(|| std::path::PathBuf::from(crate::apply::DEFAULT_ARCHIVE_DIR)),
+            log: settings
+                .logfile
+                .clone()
+                .or_else(|| conf.as_ref().map(|c| c.log_file()))
+                .unwrap_or_else(|| std::path::PathBuf::from("/var/log/pacman.log")),
+            ignore_pkg: conf
+                .as_ref()
+                .map(|c| c.ignore_pkg.clone())
+                .unwrap_or_default(),
+            ignore_group: conf.map(|c| c.ignore_group).unwrap_or_default(),
+            root,
+        }
+    }
+
+    /// What `plan` downloads and how it changes the installed size, and the free space on
+    /// the file systems pacman writes to (empty when `statvfs` fails: pacman checks then).
+    async fn preflight(
+        &self,
+        plan: &Plan,
+    ) -> (crate::preflight::Sizes, Vec<crate::preflight::Space>) {
+        let sizes = {
+            let s = self.state();
+            match s.machine.as_ref() {
+                Some(m) => {
+                    crate::preflight::sizes(plan, &m.availability, &m.local, s.manifest.as_deref())
+                }
+                None => Default::default(),
+            }
+        };
+        let files = self.pacman_files();
+        let measured = {
+            let sizes = sizes.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                let cache = crate::preflight::free_space(&files.cache)?;
+                let root = crate::preflight::free_space(&files.root)?;
+                Ok(crate::preflight::spaces(
+                    &sizes,
+                    (&files.cache, cache),
+                    (&files.root, root),
+                ))
+            })
+            .await
+        };
+        let space = match measured {
+            Ok(Ok(space)) => space,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot measure free space; pacman will check it");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot measure free space; pacman will check it");
+                Vec::new()
+            }
+        };
+        (sizes, space)
     }
 
     fn plan_to(&self, target: &Snapshot) -> Result<Plan, ActionError> {
@@ -820,8 +947,24 @@ impl Daemon {
                 counts,
                 failures: Vec::new(),
                 snapshot: self.state().current.as_ref().map(|c| c.hash),
+                ..Default::default()
             });
         }
+        let (sizes, space) = self.preflight(&plan).await;
+        if let Err(e) = crate::preflight::check_space(&space) {
+            tracing::warn!(
+                download = sizes.download,
+                installed_change = sizes.installed_change,
+                "{e}"
+            );
+            return Err(ActionError::new(
+                ErrorCode::NotEnoughSpace,
+                format!("cannot {kind}: {e}"),
+            ));
+        }
+        let reboot = self.reboot.needs_reboot(&plan);
+        let log = self.pacman_files().log;
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let trust = self.trust_rule()?;
         let applied = actions::apply(
             &plan,
@@ -838,6 +981,11 @@ impl Daemon {
         self.refresh(kind, true)
             .await
             .map_err(|e| self.refresh_failed(e))?;
+        let config_files = config_files_since(&log, log_start);
+        let root = self.pacman_files().root;
+        let restart = tokio::task::spawn_blocking(move || crate::preflight::stale_processes(&root))
+            .await
+            .unwrap_or_default();
         let mut failures = applied?;
         let after = self.current_snapshot().unwrap_or_default();
         failures.extend(differences(&after, target, &self.policy(&self.state())));
@@ -849,29 +997,35 @@ impl Daemon {
             self.state().last_sync = Some(t);
             let _ = self.store().set(keys::LAST_SYNC, &t.to_string());
         }
+        let mut message = if ok {
+            format!(
+                "{kind} done{}: {}",
+                if refreshed {
+                    " after a database refresh"
+                } else {
+                    ""
+                },
+                counts.summary()
+            )
+        } else {
+            format!(
+                "{kind} finished, but {} {} from the target",
+                crate::words::packages(failures.len()),
+                crate::words::plural(failures.len(), "differs", "differ")
+            )
+        };
+        // In the message too, so `pacpool history` and the coordinator's record carry them.
+        message.push_str(&after_note(&config_files, &reboot, &restart));
         Ok(Outcome {
             kind: kind.to_owned(),
             ok,
-            message: if ok {
-                format!(
-                    "{kind} done{}: {}",
-                    if refreshed {
-                        " after a database refresh"
-                    } else {
-                        ""
-                    },
-                    counts.summary()
-                )
-            } else {
-                format!(
-                    "{kind} finished, but {} {} from the target",
-                    crate::words::packages(failures.len()),
-                    crate::words::plural(failures.len(), "differs", "differ")
-                )
-            },
+            message,
             counts,
             failures,
             snapshot: Some(after.hash()),
+            config_files,
+            reboot,
+            restart,
         })
     }
 
@@ -921,6 +1075,7 @@ impl Daemon {
                 counts: Counts::default(),
                 failures: Vec::new(),
                 snapshot: self.state().current.as_ref().map(|c| c.hash),
+                ..Default::default()
             },
         };
         tracing::info!(kind, state, message = %outcome.message, "operation finished");
@@ -1290,6 +1445,54 @@ fn stage(name: &str, percent: u8, current: Option<String>) -> Progress {
     }
 }
 
+/// The `.pacnew` / `.pacsave` files pacman's log names after byte `start` (where it ended
+/// before this operation's transactions).
+fn config_files_since(log: &std::path::Path, start: u64) -> Vec<crate::preflight::ConfigFile> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    let read = std::fs::File::open(log).and_then(|mut f| {
+        f.seek(SeekFrom::Start(start))?;
+        // A run's lines are a few KiB; bound what a huge log could make us hold.
+        f.take(16 << 20).read_to_end(&mut text)
+    });
+    if let Err(e) = read {
+        tracing::warn!(log = %log.display(), error = %e, "cannot read pacman's log for .pacnew files");
+        return Vec::new();
+    }
+    crate::preflight::config_files_in_log(&String::from_utf8_lossy(&text))
+}
+
+/// "; new config files: /etc/x.pacnew; reboot needed (linux)", or "".
+fn after_note(
+    config_files: &[crate::preflight::ConfigFile],
+    reboot: &[crate::names::PkgName],
+    restart: &[crate::preflight::StaleProcess],
+) -> String {
+    let mut note = String::new();
+    if !config_files.is_empty() {
+        let list: Vec<&str> = config_files.iter().map(|c| c.saved_as.as_str()).collect();
+        note.push_str(&format!("; to merge: {}", list.join(", ")));
+    }
+    if !reboot.is_empty() {
+        let list: Vec<&str> = reboot.iter().map(|n| n.as_str()).collect();
+        note.push_str(&format!("; reboot needed ({})", list.join(", ")));
+    }
+    if !restart.is_empty() {
+        let list: Vec<String> = restart
+            .iter()
+            .map(|p| match &p.unit {
+                Some(u) => format!("{u} (pid {})", p.pid),
+                None => format!("{} (pid {})", p.command, p.pid),
+            })
+            .collect();
+        note.push_str(&format!(
+            "; still running replaced files: {}",
+            list.join(", ")
+        ));
+    }
+    note
+}
+
 pub(crate) fn preview_of(plan: &Plan, target_revision: Option<u64>) -> Preview {
     Preview {
         target_revision,
@@ -1299,6 +1502,10 @@ pub(crate) fn preview_of(plan: &Plan, target_revision: Option<u64>) -> Preview {
         skipped: plan.skipped.clone(),
         needs_confirmation: plan.needs_confirmation.clone(),
         needs_refresh: needs_database_refresh(plan),
+        sizes: None,
+        space: Vec::new(),
+        reboot: Vec::new(),
+        held_back: Vec::new(),
     }
 }
 

@@ -567,6 +567,7 @@ mod tests {
                 counts: Counts::default(),
                 failures: Vec::new(),
                 snapshot: None,
+                ..Default::default()
             })
         };
         // Polled by hand, so that "stalled" is a count, not a time: each poll of a future

@@ -847,6 +847,7 @@ mod tests {
                 counts: Counts::default(),
                 failures: Vec::new(),
                 snapshot: None,
+                ..Default::default()
             },
         };
         let note = n.on_event(&done).unwrap();

@@ -298,7 +298,51 @@ pub fn print_preview(p: &Preview) {
     for c in p.conflicts.iter().filter(|c| !refreshable(c)) {
         pacpool::outln!("conflict: {c}");
     }
-    for k in &p.skipped {
+    if let Some(s) = p.sizes.as_ref().filter(|_| !p.actions.is_empty()) {
+        let unknown = |names: &[pacpool::names::PkgName]| {
+            if names.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                format!(" (not counted, size unknown: {})", list.join(", "))
+            }
+        };
+        pacpool::outln!(
+            "download: {}{}; installed size: {}{}",
+            bytes(s.download),
+            unknown(&s.download_unknown),
+            pacpool::preflight::signed_bytes(s.installed_change),
+            unknown(&s.installed_unknown)
+        );
+    }
+    for sp in p.space.iter().filter(|s| s.needed > 0) {
+        if sp.enough() {
+            pacpool::outln!(
+                "free space: {} on {} ({}), {} needed",
+                bytes(sp.free),
+                clean(&sp.path.display().to_string()),
+                sp.role,
+                bytes(sp.needed)
+            );
+        } else {
+            pacpool::outln!(
+                "{}",
+                clean(&pacpool::preflight::NotEnoughSpace(sp.clone()).to_string())
+            );
+        }
+    }
+    if !p.reboot.is_empty() {
+        let list: Vec<&str> = p.reboot.iter().map(|n| n.as_str()).collect();
+        pacpool::outln!("reboot needed afterwards: {}", list.join(", "));
+    }
+    for h in &p.held_back {
+        pacpool::outln!("held back: {}", clean(&h.to_string()));
+    }
+    for k in p
+        .skipped
+        .iter()
+        .filter(|k| !p.held_back.iter().any(|h| h.name == *k.name()))
+    {
         pacpool::outln!("kept: {}", clean(&k.to_string()));
     }
     if let Some(n) = &p.needs_confirmation {
@@ -309,6 +353,10 @@ pub fn print_preview(p: &Preview) {
             n.cap
         );
     }
+}
+
+fn bytes(n: u64) -> String {
+    pacpool::preflight::bytes(n)
 }
 
 fn describe(a: &Action) -> String {
@@ -385,6 +433,21 @@ fn finish(outcome: Outcome, json: bool) -> Result<u8, Failure> {
         pacpool::outln!("{}", clean(&outcome.message));
         for f in &outcome.failures {
             pacpool::outln!("  {}: {}", clean(&f.name), clean(&f.reason));
+        }
+        for c in &outcome.config_files {
+            if c.saved_as.ends_with(".pacnew") {
+                pacpool::outln!(
+                    "  new config file {}: merge it into {} (pacdiff)",
+                    clean(&c.saved_as),
+                    clean(&c.path)
+                );
+            } else {
+                pacpool::outln!(
+                    "  saved config file {} (its package removed {})",
+                    clean(&c.saved_as),
+                    clean(&c.path)
+                );
+            }
         }
     }
     Ok(if !outcome.ok {
