@@ -56,7 +56,10 @@ fn a_target_stays_installable_after_its_versions_leave_the_mirror() {
         fs::remove_file(f.unwrap().path()).unwrap();
     }
     let dbdir = tempfile::tempdir().unwrap();
-    let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
+    // Pool "lab" may be read without a token (uploads still need one).
+    let coord = Coordinator::start_with(&dbdir.path().join("c.db"), None, |s| {
+        s.repo.anonymous_pools = vec!["lab".into()];
+    });
     let (pool_id, join) = pool(&coord, "lab");
     let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
     // Bob does not prefetch (the test configuration's default): this test is about syncing
@@ -90,6 +93,30 @@ fn a_target_stays_installable_after_its_versions_leave_the_mirror() {
         "tool 1.0-1\nlibthing 1.0-1\n",
         "preview was: {preview}"
     );
+    // Anonymous reads of this pool's repository work; anonymous uploads do not.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo = format!("{}/api/v1/pools/{pool_id}/repo/1", coord.url());
+    let (get, put) = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let get = c
+            .get(format!("{repo}/lab.db"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let put = c
+            .put(format!(
+                "{repo}/{}",
+                v1[0].file_name().unwrap().to_string_lossy()
+            ))
+            .body(fs::read(&v1[0]).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        (get, put)
+    });
+    assert_eq!((get.as_u16(), put.as_u16()), (200, 401));
     let stats = coord.admin("GET", "/stats", None);
     assert!(stats["repo"]["uploads"].as_u64() >= Some(2), "{stats}");
     assert!(stats["repo"]["bytes_served"].as_u64() > Some(0), "{stats}");

@@ -63,6 +63,9 @@ pub struct RepoSettings {
     pub archive_url: Option<String>,
     /// Largest file fetched or accepted when the manifest states no size; default 4 GiB.
     pub max_file_size: u64,
+    /// Pools (by name) whose repositories anyone may read without a token (for machines
+    /// that only use them as a pacman `Server`); default none. Uploads always need one.
+    pub anonymous_pools: Vec<String>,
 }
 
 impl Default for RepoSettings {
@@ -73,6 +76,7 @@ impl Default for RepoSettings {
             upstream: Vec::new(),
             archive_url: None,
             max_file_size: crate::apply::DEFAULT_MAX_DOWNLOAD_SIZE,
+            anonymous_pools: Vec::new(),
         }
     }
 }
@@ -410,6 +414,25 @@ impl PackageStore {
     }
 }
 
+/// Whether pool `pool_id` is named in `repo.anonymous_pools` (readable without a token).
+async fn is_anonymous(state: &AppState, pool_id: i64) -> Result<bool, ApiErr> {
+    let names = &state.settings.repo.anonymous_pools;
+    if names.is_empty() {
+        return Ok(false);
+    }
+    let name: Option<String> = state
+        .db
+        .read(move |conn| {
+            use rusqlite::OptionalExtension as _;
+            Ok(conn
+                .prepare_cached("SELECT name FROM pools WHERE id = ?1")?
+                .query_row([pool_id], |r| r.get(0))
+                .optional()?)
+        })
+        .await?;
+    Ok(name.is_some_and(|n| names.contains(&n)))
+}
+
 /// The token of `Authorization: Bearer T` or of HTTP Basic's password.
 fn token_of(headers: &HeaderMap) -> Option<String> {
     use base64::Engine as _;
@@ -434,12 +457,16 @@ async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     pool_id: i64,
+    read_only: bool,
 ) -> Result<Option<i64>, ApiErr> {
-    let token = token_of(headers).ok_or_else(|| {
-        ApiErr::unauthorized(
+    let Some(token) = token_of(headers) else {
+        if read_only && is_anonymous(state, pool_id).await? {
+            return Ok(None);
+        }
+        return Err(ApiErr::unauthorized(
             "the pool repository needs a token: `Authorization: Bearer <endpoint or admin token>`, or the token as the password in the Server URL (https://x:TOKEN@host/…)",
-        )
-    })?;
+        ));
+    };
     if state.is_admin_token(&token) {
         return Ok(None);
     }
@@ -565,7 +592,7 @@ async fn get_file_inner(
     ApiPathRaw((pool_id, revision, file)): ApiPathRaw<(i64, u64, String)>,
     req: Request,
 ) -> Result<Response, ApiErr> {
-    authorize(&state, req.headers(), pool_id).await?;
+    authorize(&state, req.headers(), pool_id, true).await?;
     let m = manifest_of(&state, pool_id, revision).await?;
     if file.ends_with(".db") || file.ends_with(".db.tar.gz") {
         let db = repo_database(&m);
@@ -625,7 +652,7 @@ async fn put_file_inner(
     ApiPathRaw((pool_id, revision, file)): ApiPathRaw<(i64, u64, String)>,
     req: Request,
 ) -> Result<Response, ApiErr> {
-    authorize(&state, req.headers(), pool_id).await?;
+    authorize(&state, req.headers(), pool_id, false).await?;
     let m = manifest_of(&state, pool_id, revision).await?;
     let entry = entry_for(&m, &file).ok_or_else(|| {
         ApiErr::not_found(format!(
@@ -662,7 +689,7 @@ pub(crate) async fn missing(
     ApiPathRaw((pool_id, revision)): ApiPathRaw<(i64, u64)>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Vec<String>>, ApiErr> {
-    authorize(&state, &headers, pool_id).await?;
+    authorize(&state, &headers, pool_id, false).await?;
     let m = manifest_of(&state, pool_id, revision).await?;
     let store = &state.pool_repo;
     let mut out = Vec::new();

@@ -112,6 +112,9 @@ quota_bytes = 53687091200
 upstream = []
 # archive_url = "https://archive.archlinux.org/packages"
 max_file_size = 4294967296
+# Pools (by name) whose repositories anyone may read without a token, for machines that use
+# them only as a pacman Server; uploads always need an endpoint token.
+anonymous_pools = []
 
 # TLS: serve https:// and wss:// on `listen` instead of plain HTTP. Both are PEM files: the
 # certificate chain (server certificate first, then intermediates) and its private key
