@@ -471,6 +471,7 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
     .expect("write makepkg.conf");
     chown_nobody(work);
 
+    let version = env!("CARGO_PKG_VERSION");
     let path = |p: &Path| p.display().to_string();
     let mut env: Vec<(String, String)> = vec![
         ("HOME".into(), path(work)),
@@ -490,7 +491,7 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
     if !tray {
         env.push(("PACPOOL_NO_TRAY".into(), "1".into()));
     }
-    let makepkg = |dir: &Path, extra: &[&str]| {
+    let makepkg = |dir: &Path, env: &[(String, String)], extra: &[&str]| {
         let conf = path(&conf_path);
         let mut args = vec![
             "makepkg",
@@ -501,7 +502,7 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
             "--nocolor",
         ];
         args.extend(extra);
-        let out = as_nobody(dir, &env, &args);
+        let out = as_nobody(dir, env, &args);
         assert!(
             out.status.success(),
             "makepkg {extra:?} failed ({}):\n{}",
@@ -511,8 +512,40 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         out
     };
 
+    // The release variant: release.sh makes the version's tarball (git archive) and its
+    // PKGBUILD; makepkg checks the checksum, extracts and runs prepare() (cargo fetch). Its
+    // build() is the git variant's, which the full build below runs.
+    let release = work.join("release");
+    let out = run(Command::new(tree().join("packaging/arch/release.sh"))
+        .arg(&release)
+        .arg(&head));
+    assert!(out.status.success(), "release.sh failed:\n{}", text(&out));
+    chown_nobody(&release);
+    let mut release_env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "PACPOOL_GIT" && k != "BUILDDIR")
+        .cloned()
+        .collect();
+    release_env.push(("BUILDDIR".into(), path(&release.join("build"))));
+    let out = makepkg(&release, &release_env, &["--nobuild"]);
+    let log = text(&out);
+    assert!(
+        log.contains(&format!("pacpool-{version}.tar.gz ... Passed"))
+            && log.contains("Starting prepare()"),
+        "the release variant's makepkg --nobuild:\n{log}"
+    );
+    let out = makepkg(&release, &release_env, &["--printsrcinfo"]);
+    let srcinfo = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        srcinfo
+            .lines()
+            .any(|l| l.trim() == format!("pkgver = {version}")),
+        "the release variant's .SRCINFO:\n{srcinfo}"
+    );
+    fs::remove_dir_all(release.join("build")).expect("remove the release variant's build");
+
     // The source package holds the PKGBUILD (and .SRCINFO) only, and is all a build needs.
-    makepkg(&source_dir, &["--source"]);
+    makepkg(&source_dir, &env, &["--source"]);
     let srcpkg = fs::read_dir(&source_dir)
         .expect("read the source directory")
         .map(|e| e.expect("read the source directory").path())
@@ -543,7 +576,7 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
 
     // The build. --nocheck: the library's unit tests already ran in this test suite.
     let started = std::time::Instant::now();
-    makepkg(&build_dir, &["--nocheck"]);
+    makepkg(&build_dir, &env, &["--nocheck"]);
     println!("makepkg: {:.1} s", started.elapsed().as_secs_f64());
 
     let mut packages: Vec<PathBuf> = fs::read_dir(&pkgdest)
@@ -563,7 +596,6 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         );
     }
     // The version names the commit: <Cargo.toml version>.r<commits>.g<hash>.
-    let version = env!("CARGO_PKG_VERSION");
     let pkgver = format!("{version}.r{count}.g{}", &head[..7]);
     let mut expected = vec!["pacpool", "pacpool-coordinator", "pacpool-debug"];
     if tray {
