@@ -624,27 +624,43 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         .into_iter()
         .partition(|p| p.to_string_lossy().contains("/pacpool-debug-"));
 
-    // The debug package: the binaries' debug info, and pacpool's sources under
-    // /usr/src/debug/pacpool (makepkg maps $srcdir there).
+    // The debug package: the binaries' debug info, and pacpool's sources. Their debug info
+    // names /usr/src/debug/pacpool/pacpool/src/… ($srcdir/pacpool/src/… mapped); makepkg
+    // since 6.1 (Arch) copies the sources there, makepkg 6.0 (Debian 12) one level up, to
+    // /usr/src/debug/pacpool/src/….
     let listing = run(Command::new("bsdtar").arg("-tf").arg(&debug[0]));
     let debug_files = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let has = |f: &str| debug_files.lines().any(|l| l == f);
     for f in [
         "usr/lib/debug/usr/bin/pacpool.debug",
         "usr/lib/debug/usr/bin/pacpoold.debug",
         "usr/lib/debug/usr/bin/pacpool-coordinator.debug",
-        "usr/src/debug/pacpool/pacpool/src/lib.rs",
-        "usr/src/debug/pacpool/pacpool/src/apply.rs",
     ] {
+        assert!(has(f), "{f} is not in the debug package:\n{debug_files}");
+    }
+    let sources_at = ["usr/src/debug/pacpool/pacpool/", "usr/src/debug/pacpool/"]
+        .into_iter()
+        .find(|dir| has(&format!("{dir}src/lib.rs")))
+        .unwrap_or_else(|| {
+            panic!("pacpool's sources are not in the debug package:\n{debug_files}")
+        });
+    for f in ["src/apply.rs", "src/bin/pacpoold.rs"] {
         assert!(
-            debug_files.lines().any(|l| l == f),
-            "{f} is not in the debug package:\n{debug_files}"
+            has(&format!("{sources_at}{f}")),
+            "{sources_at}{f} is not in the debug package:\n{debug_files}"
         );
     }
     let sources = debug_files
         .lines()
         .filter(|l| l.starts_with("usr/src/debug/") && l.ends_with(".rs"))
         .count();
-    println!("debug package: {sources} source files");
+    println!("debug package: {sources} source files under {sources_at}");
+    if sources_at == "usr/src/debug/pacpool/" {
+        println!(
+            "NOTE: makepkg < 6.1 puts the debug sources one level above the path the debug info \
+             names (/usr/src/debug/pacpool/pacpool/src/…); makepkg on Arch puts them there"
+        );
+    }
 
     // The tree was only read: nothing new or changed in the checkout.
     assert_eq!(
