@@ -905,11 +905,12 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         );
     }
     let out = run(Command::new("grep")
-        .args(["-qaF", "/usr/src/debug/pacpool/pacpool/src/"])
+        .args(["-qaF", "/usr/src/debug/pacpool/pacpool"])
         .arg(debug_root.join("usr/lib/debug/usr/bin/pacpoold.debug")));
     assert!(
         out.status.success(),
-        "pacpoold's debug info does not name its sources under /usr/src/debug/pacpool"
+        "pacpoold's debug info does not name its compilation directory \
+         /usr/src/debug/pacpool/pacpool ($srcdir/pacpool mapped)"
     );
 
     // Metadata: dependencies and backup files.
