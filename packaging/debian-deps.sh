@@ -37,6 +37,11 @@ ensure_tools() {
 	if ! have gpg gpgconf; then
 		apt_packages+=(gnupg)
 	fi
+	# tests/packaging.rs builds the Arch package from a git source (git) with options=(debug),
+	# whose sources makepkg lists with debugedit.
+	if ! have git debugedit; then
+		apt_packages+=(git debugedit)
+	fi
 	# ---- LATER SYSTEM PACKAGES ---------------------------------------------------------
 	# The tray tests (GTK, Xvfb, a tray host, notifications) add their packages here, in the
 	# same form: a check, then the Debian packages to install when it fails.

@@ -7,14 +7,19 @@
 //!   `--features tray`). It runs without systemd as PID 1; user units (installed for the
 //!   graphical session) get `--user` and a temporary `XDG_RUNTIME_DIR`.
 //! - The real `makepkg` builds the package as the unprivileged user `nobody` (makepkg refuses
-//!   root), packaging the binaries cargo already built (`PACPOOL_PREBUILT_DIR`: no second
-//!   compile), and the real `pacman -U` installs it into a sandbox root; the installed file
-//!   list, modes, `backup=`, dependencies and the configuration examples are checked.
+//!   root) the way a user without this checkout would: the PKGBUILD alone in an empty
+//!   directory, its git source pointed at a clone of HEAD (`PACPOOL_GIT=git+file://…`),
+//!   `makepkg --source`, then a full release build from that source package, offline, with
+//!   `options=(debug)`. One build per run (several minutes on 2 cores). The version must name
+//!   the commit; the real `pacman -U` installs the packages into a sandbox root, and the
+//!   installed file list, modes, `backup=`, dependencies, licenses and configuration examples
+//!   are checked, as well as the debug package's sources and the absence of build-machine
+//!   paths in every binary. The checkout's `git status` must not change.
 //! - namcap runs on the PKGBUILD and the packages when it is installed. It is not packaged for
 //!   Debian 12 (nor on PyPI), so the test says it skipped that part.
 //!
-//! Needs root (`setpriv` to `nobody`, pacman transactions) plus makepkg, fakeroot, pacman
-//! and systemd-analyze: `bash tests/run.sh` installs the Debian packages.
+//! Needs root (`setpriv` to `nobody`, pacman transactions) plus makepkg, fakeroot, pacman,
+//! git, debugedit and systemd-analyze: `bash tests/run.sh` installs the Debian packages.
 
 mod support;
 
@@ -274,6 +279,52 @@ fn units_and_packaging_files_match_the_programs_defaults() {
     );
 }
 
+/// Runs `cmd` as `nobody` with only the environment given (`env -i`).
+fn as_nobody(dir: &Path, env: &[(String, String)], args: &[&str]) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "env",
+        "-i",
+    ]);
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    run(cmd.args(args).current_dir(dir))
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    // The clone is owned by nobody: root's git would refuse it as "dubious ownership".
+    let out = run(Command::new("git")
+        .args(["-c", "safe.directory=*", "-C"])
+        .arg(dir)
+        .args(args));
+    assert!(out.status.success(), "git {args:?} failed:\n{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn chown_nobody(path: &Path) {
+    let out = run(Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(path));
+    assert!(
+        out.status.success(),
+        "chown {}: {}",
+        path.display(),
+        text(&out)
+    );
+}
+
+/// One full build, the way someone without this checkout builds: a clone of HEAD stands in
+/// for the upstream repository (`PACPOOL_GIT=git+file://…`: the tests have no network), the
+/// PKGBUILD is copied alone into an empty directory, `makepkg --source` makes the source
+/// package, and makepkg builds from that, extracted into another empty directory, as
+/// `nobody`, with `options=(debug)`, offline (cargo's registry cache is copied in), with its
+/// own toolchain copy (rustup's lives under /root). Then: the version names the commit,
+/// pacman installs the packages into a sandbox root, the debug package holds the sources and
+/// no binary names a build-machine path. Only committed changes are built.
 #[test]
 fn makepkg_builds_the_package_and_pacman_installs_it() {
     for (tool, package) in [
@@ -281,6 +332,9 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         ("fakeroot", "fakeroot"),
         ("setpriv", "util-linux"),
         ("zstd", "zstd"),
+        ("git", "git"),
+        ("debugedit", "debugedit"),
+        ("bsdtar", "libarchive-tools"),
     ] {
         require(tool, package);
     }
@@ -289,58 +343,242 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         "this test needs root: makepkg runs as `nobody` through setpriv, and pacman installs \
          only as root (even into a sandbox)"
     );
-    let bins = bin_dir();
-    let gen_docs = bins.join("examples/gen-docs");
-    assert!(
-        gen_docs.is_file(),
-        "{} is missing: `cargo test` builds it; with `cargo test --test packaging`, run \
-         `cargo build --examples` first",
-        gen_docs.display()
-    );
-
-    // makepkg's directories, owned by nobody; the checkout is only read.
-    let dir = tempfile::tempdir().expect("temporary directory");
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-    let work = dir.path().join("makepkg");
-    let pkgdest = work.join("pkg");
-    for d in [&work, &pkgdest, &work.join("build"), &work.join("src")] {
-        fs::create_dir_all(d).expect("create a makepkg directory");
-        std::os::unix::fs::chown(d, Some(65534), Some(65534)).expect("chown to nobody");
-    }
-    // The tray is built only with `--features tray` (tests/run.sh builds all features).
-    let tray = bins.join("pacpool-tray").is_file();
-    if !tray {
+    let status_before = git(tree(), &["status", "--porcelain"]);
+    if !status_before.is_empty() {
         println!(
-            "NOTE: {} was not built (cargo feature `tray`): packaging without pacpool-tray",
-            bins.join("pacpool-tray").display()
+            "NOTE: the checkout has uncommitted changes; the package is built from HEAD:\n\
+             {status_before}"
         );
     }
-    let started = std::time::Instant::now();
-    let out = run(Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "env",
-            "-i",
-        ])
-        .arg(format!("HOME={}", work.display()))
-        .arg("PATH=/usr/bin:/bin")
-        .arg(format!("BUILDDIR={}", work.join("build").display()))
-        .arg(format!("SRCDEST={}", work.join("src").display()))
-        .arg(format!("PKGDEST={}", pkgdest.display()))
-        .arg("PKGEXT=.pkg.tar.zst")
-        .arg(format!("PACPOOL_PREBUILT_DIR={}", bins.display()))
-        .args((!tray).then_some("PACPOOL_NO_TRAY=1"))
-        .args(["makepkg", "--nodeps", "--noconfirm", "--nocolor"])
-        .current_dir(tree().join("packaging/arch")));
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let work = dir.path();
+    fs::set_permissions(work, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let tray = cfg!(feature = "tray");
+    if !tray {
+        println!("NOTE: built without cargo feature `tray`: packaging without pacpool-tray");
+    }
+
+    // The toolchain this test was built with, hard-linked (copied across file systems).
+    let sysroot = run(Command::new("rustc").args(["--print", "sysroot"]));
+    assert!(
+        sysroot.status.success(),
+        "rustc --print sysroot: {}",
+        text(&sysroot)
+    );
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    let toolchain = work.join("toolchain");
+    let linked = run(Command::new("cp").arg("-al").arg(&sysroot).arg(&toolchain));
+    if !linked.status.success() {
+        let _ = fs::remove_dir_all(&toolchain);
+        let copied = run(Command::new("cp").arg("-a").arg(&sysroot).arg(&toolchain));
+        assert!(
+            copied.status.success(),
+            "copy the toolchain: {}",
+            text(&copied)
+        );
+    }
+    // cargo's registry (index and .crate files) for an offline `cargo fetch --locked`.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    let registry = work.join("cargo/registry");
+    fs::create_dir_all(&registry).expect("create cargo/registry");
+    for part in ["index", "cache"] {
+        let out = run(Command::new("cp")
+            .arg("-a")
+            .arg(cargo_home.join("registry").join(part))
+            .arg(&registry));
+        assert!(
+            out.status.success(),
+            "copy cargo's registry {part} from {} (run `cargo fetch --locked` once with \
+             network): {}",
+            cargo_home.display(),
+            text(&out)
+        );
+    }
+
+    // The upstream repository: a clone of this checkout's HEAD.
+    let clone = work.join("clone");
+    let out = run(Command::new("git")
+        .args(["clone", "--quiet", "--no-local"])
+        .arg(tree())
+        .arg(&clone));
+    assert!(out.status.success(), "git clone: {}", text(&out));
+    let head = git(tree(), &["rev-parse", "HEAD"]);
+    assert_eq!(
+        git(&clone, &["rev-parse", "HEAD"]),
+        head,
+        "the clone's HEAD"
+    );
+    let count = git(&clone, &["rev-list", "--count", "HEAD"]);
+
+    // .gitignore covers what makepkg leaves in packaging/arch when run there.
+    let arch = clone.join("packaging/arch");
+    for d in ["src/pacpool", "pkg/pacpool/usr", "pacpool/objects"] {
+        fs::create_dir_all(arch.join(d)).expect("create a makepkg directory");
+        fs::write(arch.join(d).join("f"), "x").expect("write");
+    }
+    for f in [
+        "pacpool-0.1.0.r1.g1234567-1-x86_64.pkg.tar.zst",
+        "pacpool-debug-0.1.0.r1.g1234567-1-x86_64.pkg.tar.zst",
+        "pacpool-0.1.0.r1.g1234567-1.src.tar.gz",
+        "pacpool-0.1.0.r1.g1234567-1-x86_64-build.log",
+    ] {
+        fs::write(arch.join(f), "x").expect("write");
+    }
+    assert_eq!(
+        git(&clone, &["status", "--porcelain", "--untracked-files=all"]),
+        "",
+        "makepkg's output in packaging/arch is not ignored"
+    );
+    fs::remove_dir_all(&clone).expect("remove the clone");
+    let out = run(Command::new("git")
+        .args(["clone", "--quiet", "--no-local"])
+        .arg(tree())
+        .arg(&clone));
+    assert!(out.status.success(), "git clone: {}", text(&out));
+
+    // makepkg's directories, and a makepkg.conf with options=(debug).
+    let (source_dir, build_dir, pkgdest) = (work.join("a"), work.join("b"), work.join("pkgdest"));
+    for d in [
+        &source_dir,
+        &build_dir,
+        &pkgdest,
+        &work.join("build"),
+        &work.join("srcdest"),
+    ] {
+        fs::create_dir_all(d).expect("create a makepkg directory");
+    }
+    fs::copy(
+        tree().join("packaging/arch/PKGBUILD"),
+        source_dir.join("PKGBUILD"),
+    )
+    .expect("copy the PKGBUILD");
+    let conf: String = fs::read_to_string("/etc/makepkg.conf")
+        .expect("read /etc/makepkg.conf")
+        .lines()
+        .filter(|l| !l.starts_with("OPTIONS="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let conf_path = work.join("makepkg.conf");
+    fs::write(
+        &conf_path,
+        format!(
+            "{conf}OPTIONS=(strip docs !libtool !staticlibs emptydirs zipman purge debug !lto)\n"
+        ),
+    )
+    .expect("write makepkg.conf");
+    chown_nobody(work);
+
+    let version = env!("CARGO_PKG_VERSION");
+    let path = |p: &Path| p.display().to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("HOME".into(), path(work)),
+        (
+            "PATH".into(),
+            format!("{}:/usr/bin:/bin", path(&toolchain.join("bin"))),
+        ),
+        ("CARGO_HOME".into(), path(&work.join("cargo"))),
+        ("CARGO_NET_OFFLINE".into(), "true".into()),
+        ("BUILDDIR".into(), path(&work.join("build"))),
+        ("SRCDEST".into(), path(&work.join("srcdest"))),
+        ("PKGDEST".into(), path(&pkgdest)),
+        ("PKGEXT".into(), ".pkg.tar.zst".into()),
+        ("SRCEXT".into(), ".src.tar.gz".into()),
+        ("PACPOOL_GIT".into(), format!("git+file://{}", path(&clone))),
+    ];
+    if !tray {
+        env.push(("PACPOOL_NO_TRAY".into(), "1".into()));
+    }
+    let makepkg = |dir: &Path, env: &[(String, String)], extra: &[&str]| {
+        let conf = path(&conf_path);
+        let mut args = vec![
+            "makepkg",
+            "--config",
+            &conf,
+            "--nodeps",
+            "--noconfirm",
+            "--nocolor",
+        ];
+        args.extend(extra);
+        let out = as_nobody(dir, env, &args);
+        assert!(
+            out.status.success(),
+            "makepkg {extra:?} failed ({}):\n{}",
+            out.status,
+            text(&out)
+        );
+        out
+    };
+
+    // The release variant: release.sh makes the version's tarball (git archive) and its
+    // PKGBUILD; makepkg checks the checksum, extracts and runs prepare() (cargo fetch). Its
+    // build() is the git variant's, which the full build below runs.
+    let release = work.join("release");
+    let out = run(Command::new(tree().join("packaging/arch/release.sh"))
+        .arg(&release)
+        .arg(&head));
+    assert!(out.status.success(), "release.sh failed:\n{}", text(&out));
+    chown_nobody(&release);
+    let mut release_env: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "PACPOOL_GIT" && k != "BUILDDIR")
+        .cloned()
+        .collect();
+    release_env.push(("BUILDDIR".into(), path(&release.join("build"))));
+    let out = makepkg(&release, &release_env, &["--nobuild"]);
+    let log = text(&out);
+    assert!(
+        log.contains(&format!("pacpool-{version}.tar.gz ... Passed"))
+            && log.contains("Starting prepare()"),
+        "the release variant's makepkg --nobuild:\n{log}"
+    );
+    let out = makepkg(&release, &release_env, &["--printsrcinfo"]);
+    let srcinfo = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        srcinfo
+            .lines()
+            .any(|l| l.trim() == format!("pkgver = {version}")),
+        "the release variant's .SRCINFO:\n{srcinfo}"
+    );
+    fs::remove_dir_all(release.join("build")).expect("remove the release variant's build");
+
+    // The source package holds the PKGBUILD (and .SRCINFO) only, and is all a build needs.
+    makepkg(&source_dir, &env, &["--source"]);
+    let srcpkg = fs::read_dir(&source_dir)
+        .expect("read the source directory")
+        .map(|e| e.expect("read the source directory").path())
+        .find(|p| p.to_string_lossy().ends_with(".src.tar.gz"))
+        .expect("makepkg --source made no .src.tar.gz");
+    let listing = run(Command::new("bsdtar").arg("-tf").arg(&srcpkg));
+    let mut entries: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["pacpool/", "pacpool/.SRCINFO", "pacpool/PKGBUILD"],
+        "the source package's contents"
+    );
+    let out = run(Command::new("bsdtar")
+        .args(["-xf"])
+        .arg(&srcpkg)
+        .args(["--strip-components", "1", "-C"])
+        .arg(&build_dir));
     assert!(
         out.status.success(),
-        "makepkg failed ({}):\n{}",
-        out.status,
+        "extract the source package: {}",
         text(&out)
     );
+    chown_nobody(&build_dir);
+
+    // The build. --nocheck: the library's unit tests already ran in this test suite.
+    let started = std::time::Instant::now();
+    makepkg(&build_dir, &env, &["--nocheck"]);
     println!("makepkg: {:.1} s", started.elapsed().as_secs_f64());
+
     let mut packages: Vec<PathBuf> = fs::read_dir(&pkgdest)
         .expect("read PKGDEST")
         .map(|e| e.expect("read PKGDEST").path())
@@ -350,27 +588,91 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    let version = env!("CARGO_PKG_VERSION");
-    let expected: &[&str] = if tray {
-        &["pacpool", "pacpool-coordinator", "pacpool-tray"]
-    } else {
-        &["pacpool", "pacpool-coordinator"]
-    };
+    for p in &packages {
+        println!(
+            "{}: {:.1} MiB",
+            p.file_name().unwrap().to_string_lossy(),
+            fs::metadata(p).expect("stat a package").len() as f64 / 1048576.0
+        );
+    }
+    // The version names the commit: <Cargo.toml version>.r<commits>.g<hash>.
+    let pkgver = format!("{version}.r{count}.g{}", &head[..7]);
+    let mut expected = vec!["pacpool", "pacpool-coordinator", "pacpool-debug"];
+    if tray {
+        expected.push("pacpool-tray");
+    }
     assert_eq!(packages.len(), expected.len(), "packages built: {names:?}");
-    for pkg in expected {
-        let prefix = format!("{pkg}-{version}-1-");
+    let sb = Sandbox::new();
+    for pkg in &expected {
+        let prefix = format!("{pkg}-{pkgver}-1-");
+        let file = packages
+            .iter()
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.starts_with(&prefix) && n.ends_with(".pkg.tar.zst")
+            })
+            .unwrap_or_else(|| panic!("no {prefix}*.pkg.tar.zst among {names:?}"));
+        let info = sb.pacman_ok(&["-Qip", &path(file)]);
         assert!(
-            names
-                .iter()
-                .any(|n| n.starts_with(&prefix) && n.ends_with(".pkg.tar.zst")),
-            "no {prefix}*.pkg.tar.zst among {names:?}"
+            info.lines()
+                .any(|l| l.starts_with("Version") && l.ends_with(&format!(": {pkgver}-1"))),
+            "pacman -Qip {}:\n{info}",
+            path(file)
+        );
+    }
+    let (debug, packages): (Vec<PathBuf>, Vec<PathBuf>) = packages
+        .into_iter()
+        .partition(|p| p.to_string_lossy().contains("/pacpool-debug-"));
+
+    // The debug package: the binaries' debug info, and pacpool's sources. Their debug info
+    // names /usr/src/debug/pacpool/pacpool/src/… ($srcdir/pacpool/src/… mapped); makepkg
+    // since 6.1 (Arch) copies the sources there, makepkg 6.0 (Debian 12) one level up, to
+    // /usr/src/debug/pacpool/src/….
+    let listing = run(Command::new("bsdtar").arg("-tf").arg(&debug[0]));
+    let debug_files = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let has = |f: &str| debug_files.lines().any(|l| l == f);
+    for f in [
+        "usr/lib/debug/usr/bin/pacpool.debug",
+        "usr/lib/debug/usr/bin/pacpoold.debug",
+        "usr/lib/debug/usr/bin/pacpool-coordinator.debug",
+    ] {
+        assert!(has(f), "{f} is not in the debug package:\n{debug_files}");
+    }
+    let sources_at = ["usr/src/debug/pacpool/pacpool/", "usr/src/debug/pacpool/"]
+        .into_iter()
+        .find(|dir| has(&format!("{dir}src/lib.rs")))
+        .unwrap_or_else(|| {
+            panic!("pacpool's sources are not in the debug package:\n{debug_files}")
+        });
+    for f in ["src/apply.rs", "src/bin/pacpoold.rs"] {
+        assert!(
+            has(&format!("{sources_at}{f}")),
+            "{sources_at}{f} is not in the debug package:\n{debug_files}"
+        );
+    }
+    let sources = debug_files
+        .lines()
+        .filter(|l| l.starts_with("usr/src/debug/") && l.ends_with(".rs"))
+        .count();
+    println!("debug package: {sources} source files under {sources_at}");
+    if sources_at == "usr/src/debug/pacpool/" {
+        println!(
+            "NOTE: makepkg < 6.1 puts the debug sources one level above the path the debug info \
+             names (/usr/src/debug/pacpool/pacpool/src/…); makepkg on Arch puts them there"
         );
     }
 
-    // Install both into a sandbox root. -dd: their dependencies (glibc, pacman, …) are not
-    // in the sandbox. The package's own hook then runs chrooted into the sandbox, where
-    // /usr/bin/pacpool cannot start without libc: pacman reports that and carries on.
-    let sb = Sandbox::new();
+    // The tree was only read: nothing new or changed in the checkout.
+    assert_eq!(
+        git(tree(), &["status", "--porcelain"]),
+        status_before,
+        "the build changed the checkout"
+    );
+
+    // Install them (not the debug package) into a sandbox root. -dd: their dependencies
+    // (glibc, pacman, …) are not in the sandbox. The package's own hook then runs chrooted
+    // into the sandbox, where /usr/bin/pacpool cannot start without libc: pacman reports
+    // that and carries on.
     let mut args = vec!["-Udd".to_owned()];
     args.extend(packages.iter().map(|p| p.display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -418,6 +720,12 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         ),
         ("pacpool", "/usr/share/man/man8/pacpoold.8.gz"),
         ("pacpool", "/usr/share/bash-completion/completions/pacpoold"),
+        ("pacpool", "/usr/share/licenses/pacpool/LICENSE-MIT"),
+        ("pacpool", "/usr/share/licenses/pacpool/LICENSE-APACHE"),
+        (
+            "pacpool-coordinator",
+            "/usr/share/licenses/pacpool-coordinator/LICENSE-MIT",
+        ),
         ("pacpool-coordinator", "/usr/bin/pacpool-coordinator"),
         (
             "pacpool-coordinator",
@@ -458,6 +766,10 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
             (
                 "pacpool-tray",
                 "/usr/share/bash-completion/completions/pacpool-tray",
+            ),
+            (
+                "pacpool-tray",
+                "/usr/share/licenses/pacpool-tray/LICENSE-APACHE",
             ),
         ]);
     }
@@ -567,14 +879,58 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
         );
     }
 
+    // No build-machine path in the binaries (panic messages name source files) nor in their
+    // debug info: makepkg maps $srcdir, build() cargo's registry, to /usr/src/debug/pacpool.
+    let debug_root = work.join("debug-root");
+    fs::create_dir_all(&debug_root).expect("create debug-root");
+    let out = run(Command::new("bsdtar")
+        .arg("-xf")
+        .arg(&debug[0])
+        .arg("-C")
+        .arg(&debug_root));
+    assert!(
+        out.status.success(),
+        "extract the debug package: {}",
+        text(&out)
+    );
+    let checked = [root.join("usr/bin"), debug_root.join("usr/lib/debug")];
+    for needle in [path(work), "/.cargo/".to_owned(), path(&cargo_home)] {
+        let out = run(Command::new("grep")
+            .args(["-rlaF", "--", &needle])
+            .args(&checked));
+        assert!(
+            out.stdout.is_empty(),
+            "these files name the build machine's path {needle}:\n{}",
+            text(&out)
+        );
+    }
+    let out = run(Command::new("grep")
+        .args(["-qaF", "/usr/src/debug/pacpool/pacpool"])
+        .arg(debug_root.join("usr/lib/debug/usr/bin/pacpoold.debug")));
+    assert!(
+        out.status.success(),
+        "pacpoold's debug info does not name its compilation directory \
+         /usr/src/debug/pacpool/pacpool ($srcdir/pacpool mapped)"
+    );
+
     // Metadata: dependencies and backup files.
     if tray {
-        let info = sb.pacman_ok(&["-Qi", "pacpool-tray"]);
+        let info = sb.pacman_ok(&["-Qii", "pacpool-tray"]);
+        assert!(
+            info.lines().any(|l| l.starts_with("UNMODIFIED\t")
+                && l.ends_with("/etc/xdg/autostart/pacpool-tray.desktop")),
+            "the autostart entry is not a backup file of pacpool-tray:\n{info}"
+        );
         assert!(
             info.lines().any(|l| l.starts_with("Depends On")
-                && ["pacpool", "gtk3", "libayatana-appindicator"]
-                    .iter()
-                    .all(|d| l.split_whitespace().any(|w| w == *d))),
+                && [
+                    "pacpool",
+                    "gtk3",
+                    "libayatana-appindicator",
+                    "hicolor-icon-theme"
+                ]
+                .iter()
+                .all(|d| l.split_whitespace().any(|w| w == *d))),
             "pacpool-tray's dependencies:\n{info}"
         );
     }

@@ -1,9 +1,11 @@
 //! Generates shell completions (bash, zsh, fish) and man pages for pacpool's binaries; the
-//! Arch package's `build()` runs it (packaging/arch/PKGBUILD).
+//! Arch package's `build()` runs it (packaging/arch/PKGBUILD). A binary behind cargo feature
+//! `gen-docs` (not an example), so that building it compiles clap's two helpers and none of
+//! the dev-dependencies; the package does not install it.
 //!
 //! ```sh
-//! cargo build --release --bins --example gen-docs
-//! target/release/examples/gen-docs --out docs \
+//! cargo build --release --features gen-docs --bins
+//! target/release/pacpool-gen-docs --out docs \
 //!     target/release/pacpool target/release/pacpoold target/release/pacpool-coordinator
 //! ```
 //!
@@ -28,7 +30,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gen-docs: error: {e}");
+            eprintln!("pacpool-gen-docs: error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -45,9 +47,9 @@ fn run() -> Result<(), String> {
             bins.push(PathBuf::from(a));
         }
     }
-    let out = out.ok_or("usage: gen-docs --out DIR BINARY...")?;
+    let out = out.ok_or("usage: pacpool-gen-docs --out DIR BINARY...")?;
     if bins.is_empty() {
-        return Err("usage: gen-docs --out DIR BINARY...".into());
+        return Err("usage: pacpool-gen-docs --out DIR BINARY...".into());
     }
     for bin in &bins {
         let name = bin
