@@ -280,6 +280,34 @@ fn units_and_packaging_files_match_the_programs_defaults() {
 }
 
 /// Runs `cmd` as `nobody` with only the environment given (`env -i`).
+/// The Arch package that ships the shared library `soname` (the ones pacpool's programs can
+/// link; `None` for any other, so a new one is noticed).
+fn elf_provider(soname: &str) -> Option<&'static str> {
+    let table: &[(&str, &str)] = &[
+        ("libc.so", "glibc"),
+        ("libm.so", "glibc"),
+        ("libdl.so", "glibc"),
+        ("libpthread.so", "glibc"),
+        ("librt.so", "glibc"),
+        ("libutil.so", "glibc"),
+        ("ld-linux", "glibc"),
+        ("libgcc_s.so", "gcc-libs"),
+        ("libgtk-3.so", "gtk3"),
+        ("libgdk-3.so", "gtk3"),
+        ("libglib-2.0.so", "glib2"),
+        ("libgobject-2.0.so", "glib2"),
+        ("libgio-2.0.so", "glib2"),
+        ("libcairo.so", "cairo"),
+        ("libgdk_pixbuf-2.0.so", "gdk-pixbuf2"),
+        ("libpango", "pango"),
+        ("libdbus-1.so", "dbus"),
+    ];
+    table
+        .iter()
+        .find(|(prefix, _)| soname.starts_with(prefix))
+        .map(|(_, pkg)| *pkg)
+}
+
 fn as_nobody(dir: &Path, env: &[(String, String)], args: &[&str]) -> Output {
     let mut cmd = Command::new("setpriv");
     cmd.args([
@@ -960,6 +988,48 @@ fn makepkg_builds_the_package_and_pacman_installs_it() {
                 .any(|l| l.starts_with("UNMODIFIED\t") && l.ends_with(backup)),
             "{backup} is not a backup file of {pkg}:\n{info}"
         );
+    }
+
+    // What namcap's ELF rule checks: every library a packaged program links must come from a
+    // package it depends on (directly, or through gtk3 for the tray, as namcap's "implicitly
+    // satisfied"), and no program links a library nobody accounted for.
+    let mut linking = vec!["pacpool", "pacpool-coordinator"];
+    if tray {
+        linking.push("pacpool-tray");
+    }
+    for pkg in linking {
+        let info = sb.pacman_ok(&["-Qi", pkg]);
+        let depends: Vec<&str> = info
+            .lines()
+            .find(|l| l.starts_with("Depends On"))
+            .and_then(|l| l.split_once(": "))
+            .map(|(_, v)| v.split_whitespace().collect())
+            .unwrap_or_default();
+        for file in sb.pacman_ok(&["-Qlq", pkg]).lines() {
+            let Some(rel) = file.strip_prefix('/') else {
+                continue;
+            };
+            let path = sb.root().join(rel);
+            if !path.is_file() || !fs::read(&path).unwrap().starts_with(b"\x7fELF") {
+                continue;
+            }
+            let dynamic = text(&run(Command::new("readelf").arg("-d").arg(&path)));
+            for needed in dynamic
+                .lines()
+                .filter(|l| l.contains("(NEEDED)"))
+                .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+            {
+                let provider = elf_provider(needed).unwrap_or_else(|| {
+                    panic!("{file} ({pkg}) links {needed}, which no known Arch package provides: add it to the package's depends and to elf_provider")
+                });
+                let via_gtk3 = ["glib2", "cairo", "gdk-pixbuf2", "dbus", "pango"];
+                assert!(
+                    depends.contains(&provider)
+                        || (depends.contains(&"gtk3") && via_gtk3.contains(&provider)),
+                    "{file} ({pkg}) links {needed} from {provider}, which {pkg} does not depend on (depends: {depends:?})"
+                );
+            }
+        }
     }
 
     // namcap, Arch's package linter, when it can be had.
