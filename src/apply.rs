@@ -506,6 +506,8 @@ pub async fn apply(
     let mut untrusted = Vec::new();
     // Downloads wait as `.part` files until every file has passed the trust rule.
     let mut staged = Vec::new();
+    // (name, version, file to check, file name to show) of each download.
+    let mut fetched_ids = Vec::new();
     let discard = |staged: &[(PathBuf, PathBuf)]| {
         for (part, _) in staged {
             let _ = std::fs::remove_file(part);
@@ -514,7 +516,15 @@ pub async fn apply(
     };
     for f in &fetches {
         match fetch_checked(client.as_ref(), f, opts, trust, progress, cancel, ".part").await {
-            Ok(part) => staged.push((part, f.dest.clone())),
+            Ok(part) => {
+                fetched_ids.push((
+                    f.name.clone(),
+                    f.version.clone(),
+                    part.clone(),
+                    f.dest.clone(),
+                ));
+                staged.push((part, f.dest.clone()));
+            }
             Err(FetchFailure::Untrusted(u)) => untrusted.push(u),
             Err(FetchFailure::Fatal(e)) => {
                 discard(&staged);
@@ -525,6 +535,32 @@ pub async fn apply(
     for (name, version, path) in &cached {
         if let Err(u) = trust.check(name, version, path).await {
             untrusted.push(u);
+        }
+    }
+    // A valid signature proves who made the bytes, not that they are the planned package: a
+    // signed old `openssl` renamed to `foo-1-1-any.pkg.tar.zst` would pass it, and `pacman -U`
+    // installs what `.PKGINFO` says. pacman itself says what each file holds.
+    let planned = fetched_ids.into_iter().chain(
+        cached
+            .iter()
+            .map(|(n, v, p)| (n.clone(), v.clone(), p.clone(), p.clone())),
+    );
+    for (name, version, file, shown) in planned {
+        let wrong = |why: String| Untrusted {
+            name: name.clone(),
+            version: version.clone(),
+            file: file_name(&shown),
+            check: TrustCheck::WrongPackage,
+            why,
+        };
+        match exec::package_file_identity(settings, &file).await {
+            Ok((n, v)) if n == name.as_str() && v == version.as_str() => {}
+            Ok((n, v)) => untrusted.push(wrong(format!(
+                "the file holds {n} {v}, not {name} {version}: delete it and sync again"
+            ))),
+            // A file pacman cannot read installs nothing: its transaction fails and the
+            // report says so (the trust rule above has already judged its bytes).
+            Err(why) => tracing::debug!(package = %name, "pacman -Qp: {why}"),
         }
     }
     if !untrusted.is_empty() {

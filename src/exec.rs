@@ -151,6 +151,36 @@ impl PacmanSettings {
     }
 }
 
+/// What a package file holds, as pacman reads it: `pacman -Qp -- FILE` prints its name and
+/// version (from its `.PKGINFO`, whatever the file is called). No transaction, no lock.
+pub async fn package_file_identity(
+    settings: &PacmanSettings,
+    file: &Path,
+) -> Result<(String, String), String> {
+    let mut argv = Vec::new();
+    settings.global_args(&mut argv);
+    argv.extend(["-Qp", "--"].map(OsString::from));
+    argv.push(file.as_os_str().to_owned());
+    let run = tokio::process::Command::new(&settings.program)
+        .args(&argv)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .map_err(|_| "pacman -Qp did not answer within 60 s".to_owned())?
+        .map_err(|e| format!("cannot run {}: {e}", settings.program.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().collect::<Vec<_>>()[..] {
+        [name, version] if out.status.success() => Ok((name.to_owned(), version.to_owned())),
+        _ => Err(format!(
+            "pacman cannot read it as a package: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
 /// One pacman transaction pacpool may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PacmanOp {

@@ -63,6 +63,8 @@ pub enum TrustCheck {
     UntrustedKey,
     /// A foreign package without a signature, and unsigned foreign packages are not allowed.
     UnsignedForeign,
+    /// The file holds another package or version than its name and the plan say.
+    WrongPackage,
     /// The check itself could not run (gpg missing, file unreadable).
     Unverifiable,
 }

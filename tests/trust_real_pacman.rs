@@ -229,6 +229,26 @@ async fn cache_files_need_what_their_repository_needs() {
     )
     .await;
 
+    // A validly signed file that holds another package under foo's file name: pacman -U
+    // would install what its .PKGINFO says.
+    fs::copy(&other, &cached).unwrap();
+    w.trusted.sign(&cached); // writes FILE.sig beside it
+    let (p, m) = w.plan(&target, None);
+    let u = refused(
+        &w,
+        &p,
+        &w.rule(&m, None, false),
+        &Default::default(),
+        TrustCheck::WrongPackage,
+    )
+    .await;
+    assert!(
+        u.why.contains("holds other 1-1, not foo 0.9-1"),
+        "{}",
+        u.why
+    );
+    fs::copy(&old, &cached).unwrap();
+
     // Properly signed, but the target's manifest recorded other bytes for this version.
     let sig = w.trusted.sign(&old);
     fs::copy(&sig, format!("{}.sig", cached.display())).unwrap();
