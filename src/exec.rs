@@ -458,11 +458,43 @@ fn show_tail(stderr: &str, stdout: &str) -> String {
         stderr
     };
     let tail = tail.trim();
-    if tail.is_empty() {
+    let mut shown = if tail.is_empty() {
         String::new()
     } else {
         format!(": {tail}")
+    };
+    let unowned = unowned_files(stdout);
+    if !unowned.is_empty() {
+        if !stderr.trim().is_empty() {
+            for line in stdout
+                .lines()
+                .filter(|l| l.contains(" exists in filesystem"))
+            {
+                shown.push('\n');
+                shown.push_str(line.trim());
+            }
+        }
+        shown.push_str(&format!(
+            "\nno installed package owns {}: a pacman transaction was probably cut short \
+             (power loss, or pacman killed). Check each with `pacman -Qo PATH`; remove what no \
+             package owns (or rerun pacman with `--overwrite PATH`), then try again",
+            match unowned.as_slice() {
+                [one] => one.to_string(),
+                many => format!("these {} files", many.len()),
+            }
+        ));
     }
+    shown
+}
+
+/// The paths of pacman's "PKG: PATH exists in filesystem" lines that name no owner: files
+/// left on disk that no installed package owns (pacman adds "(owned by X)" otherwise).
+pub fn unowned_files(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(" exists in filesystem"))
+        .filter_map(|l| l.split_once(": ").map(|(_, path)| path))
+        .collect()
 }
 
 fn is_lock_failure(stderr: &str) -> bool {

@@ -832,6 +832,36 @@ async fn exec_runs_pacman_and_maps_its_failures() {
         "{msg}"
     );
 
+    // A file left behind by a cut-short transaction (on disk, owned by no package): pacman
+    // refuses "conflicting files", and the message says which file and what to do.
+    sb.pacman_ok(&["-R", "a"]);
+    let left = sb.root().join("usr/share/a/a.txt");
+    std::fs::create_dir_all(left.parent().unwrap()).unwrap();
+    std::fs::write(&left, "left behind\n").unwrap();
+    let install = PacmanOp::SyncInstall {
+        targets: vec![pacpool::exec::SyncTarget {
+            repo: "pacpooltest".parse().unwrap(),
+            name: "a".parse().unwrap(),
+            version: "1.0-1".parse().unwrap(),
+        }],
+        reason: None,
+    };
+    let err = exec::run(&install, &s, &mut |_| {}, &never())
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("conflicting files")
+            && msg.contains(&format!("a: {} exists in filesystem", left.display()))
+            && msg.contains(&format!("no installed package owns {}", left.display()))
+            && msg.contains("`pacman -Qo PATH`"),
+        "{msg}"
+    );
+    std::fs::remove_file(&left).unwrap();
+    exec::run(&install, &s, &mut |_| {}, &never())
+        .await
+        .unwrap();
+
     // A missing program.
     let bad = PacmanSettings {
         program: sb.base().join("no-such-pacman"),

@@ -91,6 +91,7 @@ struct Figures {
     stale_lock_refused: usize,
     stale_lock_nothing_to_do: usize,
     damaged_entries_repaired: usize,
+    unowned_files_removed: usize,
     local_interrupted: usize,
     coordinator_interrupted: usize,
     coordinator_completed: usize,
@@ -355,7 +356,23 @@ fn converge(w: &World, d: &Daemon, args: &[&str], stale: bool, f: &mut Figures) 
             d.status()
         );
     }
-    let out = d.cli(args);
+    let mut out = d.cli(args);
+    // pacman killed between extracting a package's files and recording it leaves files that
+    // no package owns: the next transaction refuses them ("conflicting files"), and the
+    // message names them and says to check and remove them. Follow it, as a user would.
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if stale && stderr.contains("no installed package owns") {
+        let unowned: std::collections::BTreeSet<&str> =
+            pacpool::exec::unowned_files(&stderr).into_iter().collect();
+        assert!(!unowned.is_empty(), "{stderr}");
+        for path in unowned {
+            let owner = w.sb.pacman(&["-Qo", path]);
+            assert!(!owner.status.success(), "{path} has an owner: {owner:?}");
+            std::fs::remove_file(path).unwrap();
+            f.unowned_files_removed += 1;
+        }
+        out = d.cli(args);
+    }
     let code = out.status.code().unwrap_or(-1);
     assert!(
         code == 0 || code == 3,
@@ -534,7 +551,7 @@ fn daemon_killed_at_random_points_recovers_and_converges() {
     }
     eprintln!(
         "fault_daemon_kill: {} trials in {:.1} s (kill window {} ms): {} orphaned pacman finished on its own, \
-         {} also killed (stale lock refused {} times, nothing to do {} times, damaged entries reinstalled {}, converged), {} local operations interrupted, \
+         {} also killed (stale lock refused {} times, nothing to do {} times, damaged entries reinstalled {}, unowned files removed {}, converged), {} local operations interrupted, \
          coordinator operations: {} completed, {} failed as interrupted; restart-to-converged mean {} ms, max {} ms",
         f.trials,
         started.elapsed().as_secs_f64(),
@@ -544,6 +561,7 @@ fn daemon_killed_at_random_points_recovers_and_converges() {
         f.stale_lock_refused,
         f.stale_lock_nothing_to_do,
         f.damaged_entries_repaired,
+        f.unowned_files_removed,
         f.local_interrupted,
         f.coordinator_completed,
         f.coordinator_interrupted,
