@@ -267,7 +267,12 @@ fn a_new_target_is_prefetched_and_syncs_without_the_coordinator() {
     // its file into his cache by himself.
     let bconf = write_config(&b, "bob", Some((&coord.url(), &join)));
     let text = fs::read_to_string(&bconf).unwrap();
-    fs::write(&bconf, text.replace("prefetch = false", "prefetch = true")).unwrap();
+    fs::write(
+        &bconf,
+        text.replace("prefetch = false", "prefetch = true")
+            .replace("check_interval = 3600", "check_interval = 1"),
+    )
+    .unwrap();
     let db_ = Daemon::start(&bconf);
     db_.wait_status("B behind", |s| s["target"]["revision"] == 1);
     let cached = b
@@ -287,6 +292,20 @@ fn a_new_target_is_prefetched_and_syncs_without_the_coordinator() {
     assert!(
         !b.pacman(&["-Q", "tool"]).status.success(),
         "a prefetch installs nothing"
+    );
+    // A file that leaves the cache (cleaned by hand, or never fetched because the pool
+    // repository was down) is fetched again by the timer.
+    fs::remove_file(&cached).unwrap();
+    for _ in 0..600 {
+        if cached.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        cached.exists(),
+        "fetched again by the timer; log:\n{}",
+        db_.log()
     );
 
     // The coordinator goes away; the sync needs nothing from it.

@@ -115,6 +115,8 @@ pub struct Daemon {
     requested: Mutex<std::collections::HashSet<i64>>,
     /// Which packages need a reboot after they change (`reboot_packages`).
     reboot: crate::preflight::RebootRules,
+    /// Held while a prefetch runs: one at a time, so two never write the same `.part` file.
+    prefetching: tokio::sync::Mutex<()>,
 }
 
 /// Where pacman writes, resolved as pacman does (flags, then pacman.conf, then defaults).
@@ -197,6 +199,7 @@ impl Daemon {
             outbox_changed: Notify::new(),
             requested: Mutex::default(),
             reboot,
+            prefetching: tokio::sync::Mutex::new(()),
         };
         // A full or read-only disk must not keep the daemon from serving its status (which
         // says what failed): it retries on every notify and timer tick.
@@ -584,6 +587,10 @@ impl Daemon {
         if !self.config.prefetch || self.auto_sync_wanted() || self.state().running.is_some() {
             return;
         }
+        // One at a time; a prefetch already running covers this request (the timer retries).
+        let Ok(_one) = self.prefetching.try_lock() else {
+            return;
+        };
         let Some(target) = self.state().target.as_ref().map(|(_, t)| t.clone()) else {
             return;
         };
@@ -1635,6 +1642,9 @@ pub async fn timer(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
         }
         // A target that arrived outside the auto-sync window is applied once it opens.
         daemon.maybe_auto_sync("timer").await;
+        // Files a prefetch could not get (pool repository or network down, cache cleaned)
+        // are tried again; with everything in the cache this only plans and checks files.
+        daemon.prefetch_target().await;
     }
 }
 
