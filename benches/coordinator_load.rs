@@ -33,6 +33,10 @@
 //! Python server this design came from ingests about 25 full states per second, p99
 //! 1.2–1.4 s at concurrency 10, and 4% errors ("database is locked") at concurrency 50.
 
+#[path = "support/coordinator.rs"]
+mod coordinator_proc;
+use coordinator_proc::CoordinatorProc;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -430,54 +434,6 @@ fn raise_nofile() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-/// The coordinator process under test.
-struct Coordinator {
-    config: std::path::PathBuf,
-    child: std::process::Child,
-}
-
-impl Coordinator {
-    fn start(config: &std::path::Path) -> Self {
-        // PACPOOL_BENCH_COORDINATOR: another coordinator binary (e.g. a copy of an earlier
-        // build), to measure before and after a change with the same client.
-        let bin = std::env::var_os("PACPOOL_BENCH_COORDINATOR")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_pacpool-coordinator").into());
-        let child = std::process::Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("PACPOOL_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the coordinator");
-        Self {
-            config: config.to_owned(),
-            child,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM (a service restart), wait for the exit, start again.
-    fn restart(&mut self) -> Duration {
-        let t = Instant::now();
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let _ = self.child.wait();
-        let down = t.elapsed();
-        *self = Self::start(&self.config);
-        down
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn wait_ready(client: &reqwest::Client, base: &str) {
     loop {
         if client
@@ -623,8 +579,8 @@ async fn main() {
         ),
     )
     .unwrap();
-    let mut server = Coordinator::start(&config);
-    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let mut server = CoordinatorProc::start(&config);
+    let base = format!("http://127.0.0.1:{}/api/v1", server.port);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -992,7 +948,7 @@ fn print_with_recorded(stats: &Stats, label: &str) {
 /// pacpoold's link does (the same `backoff` function and attempt counting: reset after a
 /// session that was up, then +1 per failed attempt) and the times are printed as a histogram.
 async fn storm_run(
-    server: &mut Coordinator,
+    server: &mut CoordinatorProc,
     client: &reqwest::Client,
     base: &str,
     ws_url: &str,

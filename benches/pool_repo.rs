@@ -12,7 +12,10 @@
 //! 0.8× nginx), then the coordinator's peak RSS. Both servers share the machine's two cores
 //! with the client, so the figures include scheduling noise.
 
-use std::io::{BufRead, BufReader};
+#[path = "support/coordinator.rs"]
+mod coordinator_proc;
+use coordinator_proc::CoordinatorProc;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -34,7 +37,7 @@ impl Drop for Proc {
     }
 }
 
-fn start_coordinator(dir: &Path) -> (Proc, String) {
+fn start_coordinator(dir: &Path) -> (CoordinatorProc, String) {
     let config = dir.join("coordinator.toml");
     std::fs::write(
         &config,
@@ -47,30 +50,9 @@ fn start_coordinator(dir: &Path) -> (Proc, String) {
     )
     .unwrap();
     std::fs::write(dir.join("admin-token"), ADMIN).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn,pacpool::coordinator=info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start pacpool-coordinator");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("coordinator exited before listening")
-            .unwrap();
-        if line.contains("coordinator listening")
-            && let Some((_, rest)) = line.split_once("addr=")
-        {
-            let addr = rest.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    (Proc(child), format!("http://127.0.0.1:{port}/api/v1"))
+    let coord = CoordinatorProc::start(&config);
+    let base = format!("http://127.0.0.1:{}/api/v1", coord.port);
+    (coord, base)
 }
 
 fn start_nginx(dir: &Path, root: &Path) -> Option<(Proc, String)> {
@@ -285,7 +267,7 @@ fn main() {
         "{:>8} {:>3} {:>12} {:>12} {:>7}",
         "size", "c", "nginx MB/s", "pool MB/s", "ratio"
     );
-    let pid = coord.0.id();
+    let pid = coord.pid();
     for (name, size) in SIZES {
         let file = format!("{name}-1.0-1-x86_64.pkg.tar.zst");
         for c in [1usize, 10] {

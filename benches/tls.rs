@@ -13,9 +13,12 @@
 //! The plain run is the baseline; the program prints the TLS figures next to it with the
 //! ratio. Both processes share the machine's cores, so the figures include scheduling noise.
 
-use std::io::{BufRead, BufReader};
+#[path = "support/coordinator.rs"]
+mod coordinator_proc;
+use coordinator_proc::CoordinatorProc;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use pacpool::localdb::Reason;
@@ -52,15 +55,9 @@ fn state(round: usize) -> Snapshot {
 }
 
 struct Server {
-    child: Child,
+    /// Kept for its lifetime: dropping it stops the coordinator.
+    _coord: CoordinatorProc,
     base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(dir: &Path, name: &str, tls: bool) -> Server {
@@ -79,34 +76,11 @@ fn start(dir: &Path, name: &str, tls: bool) -> Server {
     }
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn,pacpool::coordinator=info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start pacpool-coordinator");
-    // The log goes to stdout.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("coordinator exited before listening")
-            .unwrap();
-        if line.contains("coordinator listening")
-            && let Some((_, rest)) = line.split_once("addr=")
-        {
-            let addr = rest.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    let coord = CoordinatorProc::start(&config);
     let scheme = if tls { "https" } else { "http" };
     Server {
-        child,
-        base: format!("{scheme}://127.0.0.1:{port}/api/v1"),
+        base: format!("{scheme}://127.0.0.1:{}/api/v1", coord.port),
+        _coord: coord,
     }
 }
 
