@@ -533,7 +533,10 @@ pub async fn apply(
         }
     }
     for (name, version, path) in &cached {
-        if let Err(u) = trust.check(name, version, path).await {
+        if let Err(u) = trust
+            .check(name, version, path, crate::trust::FileOrigin::Cache)
+            .await
+        {
             untrusted.push(u);
         }
     }
@@ -558,9 +561,11 @@ pub async fn apply(
             Ok((n, v)) => untrusted.push(wrong(format!(
                 "the file holds {n} {v}, not {name} {version}: delete it and sync again"
             ))),
-            // A file pacman cannot read installs nothing: its transaction fails and the
-            // report says so (the trust rule above has already judged its bytes).
-            Err(why) => tracing::debug!(package = %name, "pacman -Qp: {why}"),
+            // This is the only check that the bytes are the planned package: a file pacman
+            // cannot describe is not installed either.
+            Err(why) => untrusted.push(wrong(format!(
+                "pacman cannot tell which package the file holds ({why}): delete it and sync again"
+            ))),
         }
     }
     if !untrusted.is_empty() {
@@ -654,10 +659,12 @@ async fn fetch_checked(
     cancel: &watch::Receiver<bool>,
     suffix: &str,
 ) -> Result<PathBuf, FetchFailure> {
+    // The manifest's size tightens this machine's own bound; it never widens it.
+    let own = opts.max_download_size.unwrap_or(DEFAULT_MAX_DOWNLOAD_SIZE);
     let limit = trust
         .manifest_entry(&f.name, &f.version)
         .and_then(|e| e.size)
-        .unwrap_or(opts.max_download_size.unwrap_or(DEFAULT_MAX_DOWNLOAD_SIZE));
+        .map_or(own, |size| size.min(own));
     let mut failures = Vec::new();
     for (url, is_pool) in &f.urls {
         progress(ApplyEvent::Fetching {
@@ -693,7 +700,10 @@ async fn fetch_checked(
                 }));
             }
         };
-        return match trust.check(&f.name, &f.version, &part).await {
+        return match trust
+            .check(&f.name, &f.version, &part, crate::trust::FileOrigin::Download)
+            .await
+        {
             Ok(()) => Ok(part),
             Err(mut u) => {
                 let _ = tokio::fs::remove_file(&part).await;

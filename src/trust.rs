@@ -16,7 +16,11 @@
 //!    manifest says about the origin is not used for trust.
 //! 3. **Signature**, under the origin repository's package `SigLevel` (its own on top of
 //!    `[options]`', as pacman computes it):
-//!    - `Never`: no check (pacman would not check either).
+//!    - `Never`: pacman checks no signature, but it installs from the repository only files
+//!      whose digest the repository's database lists. So: a file the database vouches for
+//!      (step 1) passes; so does a file already in pacman's own cache (root's, written by
+//!      pacman); a *downloaded* file the database does not list needs a valid signature by a
+//!      key pacman's keyring fully trusts, as a foreign package does.
 //!    - `Optional`: a signature that is there must be valid; without one, the file is
 //!      accepted only when a sync database of this machine vouches for its digest (step 1).
 //!    - `Required`: a valid signature must be there.
@@ -31,6 +35,11 @@
 //! `pacman-key --lsign-key` and the `archlinux-keyring` package establish. `TrustAll` also
 //! accepts keys of marginal or unknown trust, as pacman does. The signature comes from
 //! `FILE.sig` beside the file, else the sync database's `%PGPSIG%`, else the manifest.
+//!
+//! Every file is checked in place, so its directory and the file itself must be safe from
+//! other users between the check and `pacman -U`: a regular file (not a symbolic link) owned
+//! by root or by this process, in a directory owned by root or by this process, neither
+//! writable by group or others ([`private_file`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -67,6 +76,53 @@ pub enum TrustCheck {
     WrongPackage,
     /// The check itself could not run (gpg missing, file unreadable).
     Unverifiable,
+}
+
+/// Where a file to be installed comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOrigin {
+    /// Already in pacman's cache directory (put there by pacman, or by a download of
+    /// pacpool's that passed this rule).
+    Cache,
+    /// Downloaded just now (pool repository, archive).
+    Download,
+}
+
+/// Refuses a file another user could swap between the check and `pacman -U`: it must be a
+/// regular file (not a symbolic link), owned by root or by this process, and neither it nor
+/// its directory writable by group or others, the directory owned by root or by this process.
+pub fn private_file(file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    let safe_owner = |uid: u32| uid == 0 || uid == me;
+    let meta = std::fs::symlink_metadata(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if !meta.file_type().is_file() {
+        return Err(format!(
+            "{} is not a regular file (a symbolic link or other): replace it with the package file itself",
+            file.display()
+        ));
+    }
+    if !safe_owner(meta.uid()) || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is owned by uid {} with mode {:o}: only root (or pacpoold's user) may write a package file; fix its owner and mode (`chown root:root`, `chmod 644`)",
+            file.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let dmeta =
+        std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if !safe_owner(dmeta.uid()) || dmeta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the cache directory {} is owned by uid {} with mode {:o}: another user could swap a package file between its check and its install; make it root's and not writable by group or others (`chown root:root`, `chmod 755`)",
+            dir.display(),
+            dmeta.uid(),
+            dmeta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// A package file that pacman would not accept from where it comes.
@@ -167,6 +223,7 @@ impl TrustRule {
         name: &PkgName,
         version: &PkgVersion,
         file: &Path,
+        from: FileOrigin,
     ) -> Result<(), Untrusted> {
         let untrusted = |check: TrustCheck, why: String| Untrusted {
             name: name.clone(),
@@ -178,6 +235,7 @@ impl TrustRule {
             check,
             why,
         };
+        private_file(file).map_err(|why| untrusted(TrustCheck::Unverifiable, why))?;
         let req = self.requirement(name, version);
         let entry = self.manifest_entry(name, version);
         let path = file.to_owned();
@@ -236,9 +294,22 @@ impl TrustRule {
             Some(r) => format!("repository {r}"),
             None => "a foreign package (no configured repository offers it)".to_owned(),
         };
+        // SigLevel Never: what pacman itself would install from the repository (a file its
+        // database vouches for), or what pacman already keeps in its own cache.
+        let never_vouched = req.repo.is_some()
+            && req.level.check == SigCheck::Never
+            && (req.vouched_sha256.is_some() || from == FileOrigin::Cache);
+        if never_vouched {
+            return Ok(());
+        }
         let Some(signature) = signature else {
             return match (&req.repo, req.level.check) {
-                (Some(_), SigCheck::Never) => Ok(()),
+                (Some(r), SigCheck::Never) => Err(untrusted(
+                    TrustCheck::MissingSignature,
+                    format!(
+                        "it was downloaded, repository {r} has SigLevel Never (pacman installs from it only the files its database lists), and its database does not list this version: the file needs a signature by a key pacman's keyring fully trusts, or put a copy pacman downloaded into the cache"
+                    ),
+                )),
                 (Some(_), SigCheck::Optional) if req.vouched_sha256.is_some() => Ok(()),
                 (Some(r), SigCheck::Optional) => Err(untrusted(
                     TrustCheck::MissingSignature,
@@ -259,9 +330,9 @@ impl TrustRule {
                 )),
             };
         };
-        if req.repo.is_some() && req.level.check == SigCheck::Never {
-            return Ok(());
-        }
+        // A downloaded file of a Never repository that its database does not list is held to
+        // the foreign rule: a fully trusted key.
+        let trust_all = req.level.trust_all && req.level.check != SigCheck::Never;
         let sig_file = if from_beside {
             beside.clone()
         } else {
@@ -274,7 +345,7 @@ impl TrustRule {
             })?;
             tmp
         };
-        let verdict = self.gpg_verify(&sig_file, file, req.level.trust_all).await;
+        let verdict = self.gpg_verify(&sig_file, file, trust_all).await;
         if !from_beside {
             match &verdict {
                 Ok(()) => {

@@ -252,6 +252,12 @@ struct Downgrade {
     target: Snapshot,
     archive: PathBuf,
     file_name: String,
+    /// The archive's signature of the old file, by a packager the keyring fully trusts: the
+    /// repository says SigLevel Never, and its database no longer lists 1.0-1, so a download
+    /// is installed only with a trusted signature (see tests/trust_real_pacman.rs).
+    signature: Vec<u8>,
+    _keyring: support::keyring::Keyring,
+    _packager: support::keyring::Packager,
 }
 
 fn downgrade_setup() -> Downgrade {
@@ -276,11 +282,18 @@ fn downgrade_setup() -> Downgrade {
     std::fs::create_dir_all(&dir).unwrap();
     let file_name = old.file_name().unwrap().to_str().unwrap().to_owned();
     std::fs::copy(&old, dir.join(&file_name)).unwrap();
+    let keyring = support::keyring::Keyring::init(&sb);
+    let packager = support::keyring::Packager::new("archive");
+    keyring.trust(&packager);
+    let signature = std::fs::read(packager.sign(&dir.join(&file_name))).unwrap();
     Downgrade {
         sb,
         target,
         archive,
         file_name,
+        signature,
+        _keyring: keyring,
+        _packager: packager,
     }
 }
 
@@ -394,6 +407,10 @@ async fn downgrade_from_an_http_archive_and_refuse_a_bad_download() {
 
     // A missing file (404) is a clear fetch error too.
     std::fs::remove_file(&served).unwrap();
+    let mut sig_name = d.file_name.clone();
+    sig_name.push_str(".sig");
+    let served_sig = d.archive.join("d/down").join(&sig_name);
+    std::fs::remove_file(&served_sig).unwrap();
     let (r, _) = run_apply(
         &p,
         &d.sb.pacman_settings(),
@@ -406,9 +423,7 @@ async fn downgrade_from_an_http_archive_and_refuse_a_bad_download() {
     // The real file: the downgrade goes through, and the archive's signature is stored
     // next to it for pacman to check.
     std::fs::write(&served, good).unwrap();
-    let mut sig_name = d.file_name.clone();
-    sig_name.push_str(".sig");
-    std::fs::write(d.archive.join("d/down").join(&sig_name), b"SIGNATURE").unwrap();
+    std::fs::write(&served_sig, &d.signature).unwrap();
     let (r, _) = run_apply(
         &p,
         &d.sb.pacman_settings(),
@@ -420,7 +435,7 @@ async fn downgrade_from_an_http_archive_and_refuse_a_bad_download() {
     assert_eq!(read(&paths).snapshot.hash(), d.target.hash());
     assert_eq!(
         std::fs::read(d.sb.cachedir().join(&sig_name)).unwrap(),
-        b"SIGNATURE"
+        d.signature
     );
 }
 
@@ -729,7 +744,30 @@ async fn a_failing_transaction_is_reported_truthfully() {
     else {
         unreachable!()
     };
+    // A cache file pacman cannot even describe (`pacman -Qp` fails): refused before any
+    // transaction, since nothing says which package it holds.
     truncate(path);
+    let log = sb.log_text();
+    let (r, _) = run_apply(
+        &p,
+        &sb.pacman_settings(),
+        &ApplyOptions::default(),
+        &never(),
+    )
+    .await;
+    let err = r.unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Untrusted(u) if u.len() == 1
+            && u[0].check == pacpool::trust::TrustCheck::WrongPackage
+            && u[0].why.contains("pacman cannot tell which package the file holds")),
+        "{err}"
+    );
+    assert_eq!(sb.log_text(), log, "no pacman transaction ran");
+
+    // The cached file becomes a valid down 1.0-1 that pacman cannot install (it depends on
+    // a package nobody offers): the trust rule and `pacman -Qp` accept it, `pacman -U` fails.
+    let broken = sb.build_package(&PkgSpec::new("down", "1.0-1").depends(&["nowhere-to-be-found"]));
+    std::fs::copy(&broken, path).unwrap();
 
     let (r, _) = run_apply(
         &p,
@@ -761,7 +799,7 @@ async fn a_failing_transaction_is_reported_truthfully() {
     assert_eq!(failures[0].0, "down");
     assert!(
         failures[0].1.contains("failed to run: pacman -U")
-            && failures[0].1.contains("cannot open package file"),
+            && failures[0].1.contains("nowhere-to-be-found"),
         "{}",
         failures[0].1
     );

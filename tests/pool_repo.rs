@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use support::coordinator::{ADMIN, Coordinator};
 use support::daemon::{Daemon, write_config};
 use support::http::FileServer;
+use support::keyring::{Keyring, Packager};
 use support::{PkgSpec, REPO, Sandbox, host_arch};
 
 fn build(sb: &Sandbox, specs: &[(&str, &str)]) -> Vec<PathBuf> {
@@ -18,6 +19,41 @@ fn build(sb: &Sandbox, specs: &[(&str, &str)]) -> Vec<PathBuf> {
         .iter()
         .map(|(n, v)| sb.build_package(&PkgSpec::new(n, v).arch(&host_arch())))
         .collect()
+}
+
+/// The packages signed by a packager whose key every sandbox's keyring fully trusts (as
+/// `archlinux-keyring` makes Arch's packagers trusted). The sandboxes' repository says
+/// SigLevel Never, so a file its database does not list (an old version, from the pool
+/// repository) is installed only with such a signature, which the target's manifest carries
+/// from the setting machine's database (`%PGPSIG%`).
+struct Signing {
+    packager: Packager,
+    _keyrings: Vec<Keyring>,
+}
+
+impl Signing {
+    fn new(sbs: &[&Sandbox]) -> Self {
+        let packager = Packager::new("pool");
+        let keyrings = sbs
+            .iter()
+            .map(|sb| {
+                let k = Keyring::init(sb);
+                k.trust(&packager);
+                k
+            })
+            .collect();
+        Self {
+            packager,
+            _keyrings: keyrings,
+        }
+    }
+
+    fn sign(&self, pkgs: Vec<PathBuf>) -> Vec<PathBuf> {
+        for p in &pkgs {
+            self.packager.sign(p);
+        }
+        pkgs
+    }
 }
 
 fn pool(coord: &Coordinator, name: &str) -> (i64, String) {
@@ -44,10 +80,11 @@ fn wait_uploaded(coord: &Coordinator, pool_id: i64, revision: u64) {
 #[test]
 fn a_target_stays_installable_after_its_versions_leave_the_mirror() {
     let (a, b) = (Sandbox::new(), Sandbox::new());
-    let v1 = build(
+    let signing = Signing::new(&[&a, &b]);
+    let v1 = signing.sign(build(
         &a,
         &[("tool", "1.0-1"), ("libthing", "1.0-1"), ("basics", "1-1")],
-    );
+    ));
     a.publish(&v1);
     b.publish(&v1);
     a.pacman_ok(&["-Sy", "tool", "libthing", "basics"]);
@@ -73,7 +110,7 @@ fn a_target_stays_installable_after_its_versions_leave_the_mirror() {
 
     // The mirror moves on: both repositories now offer only 1.1-1; bob's cache is empty and
     // there is no archive.
-    let v2 = build(&a, &[("tool", "1.1-1"), ("libthing", "1.1-1")]);
+    let v2 = signing.sign(build(&a, &[("tool", "1.1-1"), ("libthing", "1.1-1")]));
     b.publish(&v2);
     for old in &v1[..2] {
         fs::remove_file(b.repo_dir().join(old.file_name().unwrap())).unwrap();
@@ -246,12 +283,13 @@ fn ten_endpoints_one_upstream_fetch_per_file_and_a_stock_pacman_can_use_it() {
 #[test]
 fn a_new_target_is_prefetched_and_syncs_without_the_coordinator() {
     let (a, b) = (Sandbox::new(), Sandbox::new());
-    let v1 = build(&a, &[("tool", "3.0-1"), ("basics", "1-1")]);
+    let signing = Signing::new(&[&a, &b]);
+    let v1 = signing.sign(build(&a, &[("tool", "3.0-1"), ("basics", "1-1")]));
     a.publish(&v1);
     a.pacman_ok(&["-Sy", "tool", "basics"]);
-    // Bob's repository offers tool, but never had 3.0-1 (a repository package, so with the
-    // sandbox's SigLevel Never no signature is needed; a name no repository offers would be
-    // foreign and refused unsigned, see tests/trust_real_pacman.rs).
+    // Bob's repository offers tool, but never had 3.0-1: a download its database does not
+    // list, installed because the manifest carries the trusted packager's signature (see
+    // tests/trust_real_pacman.rs for the refusals).
     let older = build(&b, &[("tool", "2.9-1")]);
     b.publish(&[v1[1].clone(), older[0].clone()]);
     b.pacman_ok(&["-Sy", "basics"]);
@@ -313,4 +351,62 @@ fn a_new_target_is_prefetched_and_syncs_without_the_coordinator() {
     db_.cli_code(&["notify"], 0);
     db_.cli_code(&["sync", "--yes"], 0);
     assert_eq!(b.pacman_ok(&["-Q", "tool"]).trim(), "tool 3.0-1");
+}
+
+#[test]
+fn a_member_cannot_push_an_unsigned_package_through_the_pool_repository() {
+    // Mallory, an enrolled endpoint, builds her own "tool 2.0-1" (its install could run
+    // anything as root), installs it, and sets it as the pool's target; her daemon uploads
+    // it to the pool repository. The repository says SigLevel Never, so pacman on Bob's
+    // machine would install from it only what its database lists: Bob's sync and prefetch
+    // refuse the file, and his machine is unchanged.
+    let (m, b) = (Sandbox::new(), Sandbox::new());
+    let signing = Signing::new(&[&m, &b]);
+    let v1 = signing.sign(build(&m, &[("tool", "1.0-1")]));
+    m.publish(&v1);
+    b.publish(&v1);
+    m.pacman_ok(&["-Sy", "tool"]);
+    b.pacman_ok(&["-Sy", "tool"]);
+    let evil = build(&m, &[("tool", "2.0-1")]).remove(0);
+    fs::copy(&evil, m.cachedir().join(evil.file_name().unwrap())).unwrap();
+    m.pacman_ok(&["-U", evil.to_str().unwrap()]);
+
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("c.db"), None);
+    let (pool_id, join) = pool(&coord, "lab");
+    let dm = Daemon::start(&write_config(&m, "mallory", Some((&coord.url(), &join))));
+    dm.wait_status("M connected", |s| s["link"] == "connected");
+    dm.cli_code(&["set-latest", "--yes"], 0);
+    wait_uploaded(&coord, pool_id, 1);
+
+    let bconf = write_config(&b, "bob", Some((&coord.url(), &join)));
+    let text = fs::read_to_string(&bconf).unwrap();
+    fs::write(&bconf, text.replace("prefetch = false", "prefetch = true")).unwrap();
+    let db_ = Daemon::start(&bconf);
+    db_.wait_status("B behind", |s| s["target"]["revision"] == 1);
+    let before = (b.pacman_ok(&["-Q"]), b.pacman_ok(&["-Qk"]));
+    let out = db_.cli(&["sync", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the sync must fail");
+    assert!(
+        stderr.contains("not trusted") && stderr.contains("SigLevel Never"),
+        "{stderr}"
+    );
+    // (The sync refreshes the sync databases first; no transaction runs.)
+    assert_eq!(
+        (b.pacman_ok(&["-Q"]), b.pacman_ok(&["-Qk"])),
+        before,
+        "Bob's root changed"
+    );
+    assert_eq!(
+        b.log_text().matches("transaction started").count(),
+        1,
+        "only the test's own first install ran a transaction"
+    );
+    assert_eq!(b.pacman_ok(&["-Q", "tool"]).trim(), "tool 1.0-1");
+    let name = evil.file_name().unwrap();
+    assert!(
+        !b.cachedir().join(name).exists(),
+        "the refused file stays out of the cache (prefetch included)"
+    );
 }

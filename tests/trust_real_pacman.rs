@@ -35,8 +35,12 @@ struct World {
 }
 
 fn world() -> World {
+    world_with("Required DatabaseOptional")
+}
+
+fn world_with(sig_level: &str) -> World {
     let sb = Sandbox::new();
-    sb.set_sig_levels("Required DatabaseOptional", "Optional");
+    sb.set_sig_levels(sig_level, "Optional");
     let keyring = Keyring::init(&sb);
     let trusted = Packager::new("trusted");
     keyring.trust(&trusted);
@@ -307,6 +311,117 @@ async fn foreign_packages_need_a_trusted_signature_or_the_owners_consent() {
         .await
         .unwrap();
     assert_eq!(w.sb.pacman_ok(&["-Q", "aurthing"]).trim(), "aurthing 1.0-1");
+}
+
+#[tokio::test]
+async fn a_never_repository_vouches_only_for_what_its_database_lists() {
+    // SigLevel Never: pacman checks no signature, but installs from the repository only the
+    // files its database lists. A downloaded file it does not list is not what pacman would
+    // install; the same file already in pacman's own cache is (as `pacman -U` from the cache).
+    let w = world_with("Never");
+    let archive = tempfile::tempdir().unwrap();
+    let shelf = archive.path().join("f/foo");
+    fs::create_dir_all(&shelf).unwrap();
+    let old = w.build("foo", "0.9-1");
+    let file = "foo-0.9-1-any.pkg.tar.zst";
+    fs::copy(&old, shelf.join(file)).unwrap();
+    let server = FileServer::start(archive.path(), true);
+    let target = w.target(&[("foo", Some("0.9-1"))]);
+
+    // Unsigned download: refused, deleted, and the manifest's own digest (which whoever set
+    // the target chose) does not vouch for it.
+    let (size, sha) = pacpool::manifest::file_digest(&old).unwrap();
+    let manifest = |signature: Option<String>| Manifest {
+        entries: vec![ManifestEntry {
+            name: "foo".parse().unwrap(),
+            version: "0.9-1".parse().unwrap(),
+            repo: Some(REPO.parse().unwrap()),
+            filename: Some(file.into()),
+            size: Some(size),
+            sha256: Some(sha.clone()),
+            signature,
+        }],
+    };
+    let (p, m) = w.plan(&target, Some(&server.url()));
+    let u = refused(
+        &w,
+        &p,
+        &w.rule(&m, Some(manifest(None)), false),
+        &Default::default(),
+        TrustCheck::MissingSignature,
+    )
+    .await;
+    assert!(u.why.contains("SigLevel Never"), "{}", u.why);
+    assert!(!w.sb.cachedir().join(file).exists());
+    no_partial_files(&w.sb.cachedir());
+
+    // Signed by a key the keyring knows but does not trust: refused (the foreign rule).
+    use base64::Engine as _;
+    let b64 = |p: PathBuf| base64::engine::general_purpose::STANDARD.encode(fs::read(p).unwrap());
+    let (p, m) = w.plan(&target, Some(&server.url()));
+    refused(
+        &w,
+        &p,
+        &w.rule(&m, Some(manifest(Some(b64(w.stranger.sign(&old))))), false),
+        &Default::default(),
+        TrustCheck::UntrustedKey,
+    )
+    .await;
+    assert!(!w.sb.cachedir().join(file).exists());
+
+    // A cache file in a directory other users may write: refused (it could be swapped
+    // between the check and pacman -U), the root unchanged.
+    use std::os::unix::fs::PermissionsExt as _;
+    let cached = w.cache(&old, None);
+    fs::set_permissions(w.sb.cachedir(), fs::Permissions::from_mode(0o777)).unwrap();
+    let (p, m) = w.plan(&target, None);
+    let u = refused(
+        &w,
+        &p,
+        &w.rule(&m, None, false),
+        &Default::default(),
+        TrustCheck::Unverifiable,
+    )
+    .await;
+    assert!(u.why.contains("not writable by group or others"), "{}", u.why);
+    fs::set_permissions(w.sb.cachedir(), fs::Permissions::from_mode(0o755)).unwrap();
+    // A symbolic link in the cache: refused.
+    let elsewhere = w.sb.base().join(file);
+    fs::rename(&cached, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &cached).unwrap();
+    let (p, m) = w.plan(&target, None);
+    let u = refused(
+        &w,
+        &p,
+        &w.rule(&m, None, false),
+        &Default::default(),
+        TrustCheck::Unverifiable,
+    )
+    .await;
+    assert!(u.why.contains("not a regular file"), "{}", u.why);
+    fs::remove_file(&cached).unwrap();
+
+    // Signed by the trusted packager: downloaded, checked, installed.
+    let (p, m) = w.plan(&target, Some(&server.url()));
+    run(
+        &w,
+        &p,
+        &w.rule(&m, Some(manifest(Some(b64(w.trusted.sign(&old))))), false),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.sb.pacman_ok(&["-Q", "foo"]).trim(), "foo 0.9-1");
+
+    // Back to 1.0-1, then 0.9-1 again from pacman's own cache, unsigned: installed.
+    w.sb.pacman_ok(&["-S", "foo"]);
+    let _ = fs::remove_file(w.sb.cachedir().join(format!("{file}.sig")));
+    let target = w.target(&[("foo", Some("0.9-1"))]);
+    let (p, m) = w.plan(&target, None);
+    run(&w, &p, &w.rule(&m, None, false), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(w.sb.pacman_ok(&["-Q", "foo"]).trim(), "foo 0.9-1");
 }
 
 #[tokio::test]

@@ -597,6 +597,12 @@ impl Daemon {
         let (Ok(plan), Ok(trust)) = (self.plan_to(&target), self.trust_rule()) else {
             return;
         };
+        // Downloads that would fill the disk are not started (the sync would refuse anyway).
+        let (_, space) = self.preflight(&plan).await;
+        if let Err(e) = crate::preflight::check_space(&space) {
+            tracing::info!("no prefetch: {e}");
+            return;
+        }
         let opts = crate::apply::ApplyOptions {
             confirm_removals: true,
             archive_dir: None,

@@ -242,7 +242,8 @@ impl Sandbox {
         out
     }
 
-    /// Copies packages into the repository and adds them to `pacpooltest.db.tar.gz`.
+    /// Copies packages (and their `FILE.sig` if there is one) into the repository and adds
+    /// them to `pacpooltest.db.tar.gz`.
     /// Clients see them after `pacman -Sy`.
     pub fn publish(&self, pkgs: &[PathBuf]) {
         let db = self.repo_dir().join(format!("{REPO}.db.tar.gz"));
@@ -254,6 +255,13 @@ impl Sandbox {
             let name = pkg.file_name().expect("package path has a file name");
             let dest = self.repo_dir().join(name);
             fs::copy(pkg, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", pkg.display()));
+            // A signature beside the package goes along: repo-add puts it into the
+            // database as `%PGPSIG%`.
+            let sig = PathBuf::from(format!("{}.sig", pkg.display()));
+            if sig.is_file() {
+                fs::copy(&sig, format!("{}.sig", dest.display()))
+                    .unwrap_or_else(|e| panic!("copy {}: {e}", sig.display()));
+            }
             cmd.arg(dest);
         }
         run_ok(&mut cmd);
