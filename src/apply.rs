@@ -701,7 +701,12 @@ async fn fetch_checked(
             }
         };
         return match trust
-            .check(&f.name, &f.version, &part, crate::trust::FileOrigin::Download)
+            .check(
+                &f.name,
+                &f.version,
+                &part,
+                crate::trust::FileOrigin::Download,
+            )
             .await
         {
             Ok(()) => Ok(part),

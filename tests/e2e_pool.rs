@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use support::coordinator::Coordinator;
 use support::daemon::{Daemon, write_config};
+use support::keyring::{Keyring, Packager};
 use support::{PkgSpec, Sandbox, host_arch};
 
 fn publish_everywhere(boxes: &[&Sandbox], specs: &[(&str, &str, &[&str])]) {
@@ -170,6 +171,14 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     // repository only offers 1.1 and B's cache lost 1.0: B fetches it from the archive.
     let arch = host_arch();
     let old = format!("editor-1.0-1-{arch}.pkg.tar.zst");
+    // The file is signed by its packager (pacman keeps `FILE.sig` beside it in A's cache, so
+    // the target's manifest carries the signature), and B's keyring trusts the packager: a
+    // download that B's repository database no longer lists is installed only so (see
+    // tests/trust_real_pacman.rs).
+    let keyring = Keyring::init(&b);
+    let packager = Packager::new("editor");
+    keyring.trust(&packager);
+    packager.sign(&a.cachedir().join(&old));
     a.pacman_ok(&["-U", a.cachedir().join(&old).to_str().unwrap()]);
     a.pacman_ok(&["-D", "--asdeps", "shell"]);
     da.cli_code(&["notify"], 0);

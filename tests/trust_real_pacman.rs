@@ -383,7 +383,11 @@ async fn a_never_repository_vouches_only_for_what_its_database_lists() {
         TrustCheck::Unverifiable,
     )
     .await;
-    assert!(u.why.contains("not writable by group or others"), "{}", u.why);
+    assert!(
+        u.why.contains("not writable by group or others"),
+        "{}",
+        u.why
+    );
     fs::set_permissions(w.sb.cachedir(), fs::Permissions::from_mode(0o755)).unwrap();
     // A symbolic link in the cache: refused.
     let elsewhere = w.sb.base().join(file);

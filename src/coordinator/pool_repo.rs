@@ -208,51 +208,94 @@ impl PackageStore {
         urls
     }
 
-    /// Writes `chunks` to a `.part` file, at most `limit` bytes, checking size and digest
-    /// against the manifest entry, then moves it into the store.
+    /// Takes `bytes` of the quota for a transfer about to be written, or says the store is
+    /// full. Reserved before the first byte is written, so transfers running at once never
+    /// add up past the quota; [`PackageStore::release`] gives back what was not kept.
+    fn reserve(&self, bytes: u64) -> Result<(), ApiErr> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.quota)
+            })
+            .map(|_| ())
+            .map_err(|used| {
+                ApiErr::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "repo_full",
+                    format!(
+                        "the pool repository's store is full ({used} of {} bytes): raise repo.quota_bytes or keep fewer target revisions (max_target_history)",
+                        self.quota
+                    ),
+                )
+            })
+    }
+
+    fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    /// Writes `chunks` to a `.part` file of its own, at most the manifest's size and never
+    /// more than `max_file_size`, within a deadline (a transfer slower than 16 KiB/s on
+    /// average, after two minutes, is cut off), checking size and digest against the
+    /// manifest entry, then moves it into the store. No lock is held while the bytes arrive:
+    /// a slow transfer never holds up readers or other transfers of the same file.
     async fn ingest<B: AsRef<[u8]>, E: std::fmt::Display>(
         &self,
         sha: &str,
         size: Option<u64>,
         mut chunks: impl futures_util::Stream<Item = Result<B, E>> + Unpin,
     ) -> Result<(), ApiErr> {
-        let limit = size.unwrap_or(self.max_file_size);
-        if self
-            .used_bytes()
-            .saturating_add(limit.min(self.max_file_size))
-            > self.quota
-        {
-            return Err(ApiErr::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "repo_full",
-                format!(
-                    "the pool repository's store is full ({} of {} bytes): raise repo.quota_bytes or keep fewer target revisions (max_target_history)",
-                    self.used_bytes(),
-                    self.quota
-                ),
-            ));
+        let limit = size.unwrap_or(self.max_file_size).min(self.max_file_size);
+        if size.is_some_and(|s| s > self.max_file_size) {
+            return Err(ApiErr::invalid(format!(
+                "the manifest states {} bytes, more than the pool repository's max_file_size of {}: nothing was stored",
+                size.unwrap_or_default(),
+                self.max_file_size
+            )));
         }
-        let part = self.dir.join(format!("{sha}.part"));
+        self.reserve(limit)?;
+        static NEXT_PART: AtomicU64 = AtomicU64::new(0);
+        let part = self.dir.join(format!(
+            "{sha}.{}.part",
+            NEXT_PART.fetch_add(1, Ordering::Relaxed)
+        ));
         let io =
             |e: std::io::Error| ApiErr::internal(format!("cannot write {}: {e}", part.display()));
-        let mut out = tokio::fs::File::create(&part).await.map_err(io)?;
-        let mut hasher = Sha256::new();
+        let deadline = Duration::from_secs(120) + Duration::from_secs(limit / (16 * 1024));
         let mut written = 0u64;
         let result = async {
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiErr::new(StatusCode::BAD_GATEWAY, "transfer_failed", format!("the transfer broke off: {e}"))
-                })?;
-                let chunk = chunk.as_ref();
-                written += chunk.len() as u64;
-                if written > limit {
-                    return Err(ApiErr::invalid(format!(
-                        "the file is larger than the {limit} bytes the manifest states: nothing was stored"
-                    )));
+            let mut out = tokio::fs::File::create(&part).await.map_err(io)?;
+            let mut hasher = Sha256::new();
+            let receive = async {
+                while let Some(chunk) = chunks.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        ApiErr::new(StatusCode::BAD_GATEWAY, "transfer_failed", format!("the transfer broke off: {e}"))
+                    })?;
+                    let chunk = chunk.as_ref();
+                    written += chunk.len() as u64;
+                    if written > limit {
+                        return Err(ApiErr::invalid(format!(
+                            "the file is larger than the {limit} bytes the manifest states (or max_file_size): nothing was stored"
+                        )));
+                    }
+                    hasher.update(chunk);
+                    out.write_all(chunk).await.map_err(io)?;
                 }
-                hasher.update(chunk);
-                out.write_all(chunk).await.map_err(io)?;
-            }
+                Ok(())
+            };
+            tokio::time::timeout(deadline, receive).await.map_err(|_| {
+                ApiErr::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "transfer_too_slow",
+                    format!(
+                        "the transfer took longer than {} s (16 KiB/s on average after two minutes): nothing was stored",
+                        deadline.as_secs()
+                    ),
+                )
+            })??;
             if size.is_some_and(|s| s != written) {
                 return Err(ApiErr::invalid(format!(
                     "the file has {written} bytes, the manifest states {}: nothing was stored",
@@ -266,15 +309,32 @@ impl PackageStore {
                 )));
             }
             out.sync_all().await.map_err(io)?;
+            // Only the move into place is serialized: the first complete copy wins.
+            let lock = self.lock_for(sha);
+            let _held = lock.lock().await;
+            if tokio::fs::metadata(self.path_of(sha)).await.is_ok() {
+                return Ok(false);
+            }
             tokio::fs::rename(&part, self.path_of(sha)).await.map_err(io)?;
-            self.used.fetch_add(written, Ordering::Relaxed);
-            Ok(())
+            Ok(true)
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&part).await;
+        match result {
+            Ok(true) => {
+                self.release(limit - written);
+                Ok(())
+            }
+            Ok(false) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                self.release(limit);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                self.release(limit);
+                Err(e)
+            }
         }
-        result
     }
 
     /// The stored file for `entry`, fetched from upstream first when missing (once, however
@@ -668,11 +728,7 @@ async fn put_file_inner(
     if tokio::fs::metadata(store.path_of(&sha)).await.is_ok() {
         return Ok(StatusCode::OK.into_response());
     }
-    let lock = store.lock_for(&sha);
-    let _held = lock.lock().await;
-    if tokio::fs::metadata(store.path_of(&sha)).await.is_ok() {
-        return Ok(StatusCode::OK.into_response());
-    }
+    // No lock while the body arrives (see `ingest`): a slow upload holds up nobody.
     store
         .ingest(&sha, entry.size, req.into_body().into_data_stream())
         .await?;
