@@ -61,7 +61,7 @@ pub struct RepoSettings {
     pub upstream: Vec<String>,
     /// An archive in the Arch Linux Archive layout, tried after the mirrors.
     pub archive_url: Option<String>,
-    /// Largest file fetched or accepted when the manifest states no size; default 4 GiB.
+    /// Largest file fetched or accepted, whatever size a manifest states; default 4 GiB.
     pub max_file_size: u64,
     /// Pools (by name) whose repositories anyone may read without a token (for machines
     /// that only use them as a pacman `Server`); default none. Uploads always need one.
@@ -766,6 +766,111 @@ pub(crate) async fn missing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store(dir: &Path, quota: u64, max_file_size: u64) -> PackageStore {
+        PackageStore::open(
+            &RepoSettings {
+                dir: Some(dir.to_owned()),
+                quota_bytes: quota,
+                max_file_size,
+                ..Default::default()
+            },
+            &dir.join("c.db"),
+        )
+        .unwrap()
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn body(bytes: Vec<u8>) -> impl futures_util::Stream<Item = Result<Vec<u8>, String>> + Unpin {
+        futures_util::stream::iter(
+            bytes
+                .chunks(64 << 10)
+                .map(|c| Ok(c.to_vec()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// What the store directory holds (names), and what it counts as used.
+    fn held(s: &PackageStore, dir: &Path) -> (Vec<String>, u64) {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "c.db")
+            .collect();
+        names.sort();
+        (names, s.used_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_manifest_cannot_raise_the_file_size_or_quota_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), 2 << 20, 1 << 20);
+        let big = vec![0u8; 5 << 20];
+        // The manifest states 5 MiB (more than max_file_size): refused before a byte is
+        // written.
+        let e = s
+            .ingest(&sha(&big), Some(big.len() as u64), body(big.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", e.message);
+        assert!(e.message.contains("max_file_size"), "{}", e.message);
+        // No size stated: cut off at max_file_size.
+        let e = s.ingest(&sha(&big), None, body(big)).await.unwrap_err();
+        assert!(e.message.contains("larger than"), "{}", e.message);
+        assert_eq!(
+            held(&s, dir.path()),
+            (vec![], 0),
+            "nothing stored, nothing counted"
+        );
+
+        // Transfers at once: each reserves its size before its first byte, so together they
+        // never pass the quota; a slow transfer holds up no other transfer of the same file.
+        let s = store(dir.path(), (2 << 20) + (512 << 10), 1 << 20);
+        let one = vec![1u8; 1 << 20];
+        let (tx, rx) = futures_channel_like();
+        let first = {
+            let s = &s;
+            let one = one.clone();
+            async move { s.ingest(&sha(&one), Some(one.len() as u64), rx).await }
+        };
+        let others = async {
+            while s.used_bytes() == 0 {
+                tokio::task::yield_now().await;
+            }
+            // The same file again while the first copy is still arriving: stored at once.
+            s.ingest(&sha(&one), Some(one.len() as u64), body(one.clone()))
+                .await
+                .unwrap();
+            assert_eq!(s.used_bytes(), 2 << 20, "1 MiB stored + 1 MiB reserved");
+            // 768 KiB more would pass the quota with the reservation: refused.
+            let small = vec![3u8; 768 << 10];
+            let e = s
+                .ingest(&sha(&small), Some(small.len() as u64), body(small))
+                .await
+                .unwrap_err();
+            assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE, "{}", e.message);
+            tx.send(one.clone()).unwrap();
+        };
+        let (r, ()) = tokio::join!(first, others);
+        r.unwrap();
+        // The slow copy found the file in place: discarded, its reservation given back.
+        let (names, used) = held(&s, dir.path());
+        assert_eq!(names, vec![sha(&one)], "no part files left");
+        assert_eq!(used, 1 << 20);
+    }
+
+    /// A body that sends nothing until `tx` gives it its bytes.
+    fn futures_channel_like() -> (
+        tokio::sync::oneshot::Sender<Vec<u8>>,
+        impl futures_util::Stream<Item = Result<Vec<u8>, String>> + Unpin,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+        let stream = futures_util::stream::once(async move { rx.await.map_err(|e| e.to_string()) });
+        (tx, Box::pin(stream))
+    }
 
     #[test]
     fn tokens_from_bearer_and_basic() {

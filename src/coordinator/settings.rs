@@ -105,7 +105,9 @@ trusted_proxies = []
 # by SHA-256 in `dir` (default: packages/ beside the database). A file the store lacks is
 # fetched from `upstream` (pacman Server lines, $repo and $arch replaced) or `archive_url`
 # (Arch Linux Archive layout) at most once, or uploaded by the endpoint that set the target.
-# Files no kept revision refers to are dropped at each retention run.
+# Files no kept revision refers to are dropped at each retention run. quota_bytes bounds the
+# store (transfers reserve their size up front); max_file_size bounds each file, whatever a
+# target's manifest states.
 [repo]
 # dir = "/var/lib/pacpool-coordinator/packages"
 quota_bytes = 53687091200
