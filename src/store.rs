@@ -413,6 +413,14 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// How many messages wait in the outbox.
+    pub fn outbox_len(&self) -> Result<usize, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+            .map_err(self.err())
+    }
+
     /// The oldest queued messages, oldest first.
     pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
         let mut stmt = self

@@ -945,6 +945,29 @@ async fn run_requested(
         );
         return;
     }
+    // Refused at once, with nothing stored, while another operation runs or when results
+    // already wait undelivered: requests sent faster than they can run cost no disk.
+    let queued = daemon.store().outbox_len().unwrap_or(usize::MAX);
+    let refusal = if daemon.operation_running() {
+        Some("another operation is running on this machine: request it again when it ends")
+    } else if queued >= OUTBOX_RESULTS_MAX {
+        Some("this machine has too many undelivered results queued: request it again later")
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        tracing::info!(operation = id, "refused a requested operation: {why}");
+        let _ = tx.send(EndpointMsg::Result {
+            operation: id,
+            result: OperationResult {
+                state: OperationState::Failed,
+                message: why.into(),
+                failures: Vec::new(),
+                snapshot: None,
+            },
+        });
+        return;
+    }
     // The marker: if the daemon dies before the end, this is the result sent after restart.
     let marker = match daemon.store().outbox_push(
         "started",
@@ -984,6 +1007,9 @@ async fn run_requested(
     }
     daemon.outbox_changed.notify_one();
 }
+
+/// Above this many queued messages, requested operations are refused without being stored.
+const OUTBOX_RESULTS_MAX: usize = 256;
 
 /// The largest result message sent, and the most failures (each reason bounded too): the
 /// coordinator refuses results over 64 KiB, and a refused result could never be delivered.

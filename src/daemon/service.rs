@@ -112,7 +112,7 @@ pub struct Daemon {
     /// Woken when a result is queued in the outbox, so the link delivers it.
     pub(crate) outbox_changed: Notify,
     /// Coordinator operations this process has taken on (never run twice).
-    requested: Mutex<std::collections::HashSet<i64>>,
+    requested: Mutex<std::collections::BTreeSet<i64>>,
     /// Which packages need a reboot after they change (`reboot_packages`).
     reboot: crate::preflight::RebootRules,
     /// Held while a prefetch runs: one at a time, so two never write the same `.part` file.
@@ -127,6 +127,9 @@ struct PacmanFiles {
     ignore_pkg: Vec<String>,
     ignore_group: Vec<String>,
 }
+
+/// How many coordinator operation ids one process remembers having taken on.
+const REQUESTED_REMEMBERED: usize = 4096;
 
 pub(crate) fn now() -> i64 {
     SystemTime::now()
@@ -1151,10 +1154,18 @@ impl Daemon {
 
     /// Takes on coordinator operation `id`; `false` if this process already did.
     pub(crate) fn claim_requested(&self, id: i64) -> bool {
-        self.requested
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id)
+        let mut seen = self.requested.lock().unwrap_or_else(|p| p.into_inner());
+        let new = seen.insert(id);
+        // Bounded: the coordinator numbers operations upwards, so the oldest ids go first.
+        while seen.len() > REQUESTED_REMEMBERED {
+            seen.pop_first();
+        }
+        new
+    }
+
+    /// Whether an operation runs now.
+    pub(crate) fn operation_running(&self) -> bool {
+        self.state().running.is_some()
     }
 
     /// Whether this process has taken on coordinator operation `id`.
