@@ -931,6 +931,7 @@ async fn websocket_flow_and_target_push() {
             report: StateReport::Full {
                 snapshot: old.clone(),
             },
+            source: None,
         },
     )
     .await;

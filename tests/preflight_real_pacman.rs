@@ -362,6 +362,82 @@ fn preview_tells_sizes_space_reboot_and_held_back() {
         "{synced}"
     );
     assert!(b.pacman_ok(&["-Q", "pinned"]).contains("1.0-1"));
+
+    // Drift attribution. The state the sync made is the sync operation's doing...
+    let snaps: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["snapshots", "--json"], 0)).unwrap();
+    let ops: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["history", "--json"], 0)).unwrap();
+    let sync_id = ops[0]["id"].as_i64().unwrap();
+    assert_eq!(ops[0]["kind"], "sync", "{ops}");
+    assert_eq!(
+        snaps[0]["source"],
+        serde_json::json!({"by": "pacpool", "operation": "sync", "local_id": sync_id}),
+        "{snaps}"
+    );
+    db_.wait_status("B in sync", |s| s["state"] == "in-sync");
+    // ...and pacman run by hand moves the machine off the target: the status says who, with
+    // the command line from pacman.log (the database refresh before it changed nothing).
+    b.publish(&[build(&b, "extra", "1.0-1", 10, None, None)]);
+    b.pacman_ok(&["-Sy"]);
+    b.pacman_ok(&["-S", "extra"]);
+    db_.cli_code(&["notify"], 0);
+    let st = db_.wait_status("B ahead", |s| s["state"] == "ahead");
+    let off = &st["off_target"];
+    assert_eq!(off["revision"], 1, "{st}");
+    assert_eq!(off["source"]["by"], "pacman", "{st}");
+    let runs = off["source"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{st}");
+    let cmd = runs[0]["command"].as_str().unwrap().to_owned();
+    assert!(
+        cmd.starts_with("pacman --noconfirm ") && cmd.ends_with(" -S extra"),
+        "{cmd}"
+    );
+    let text = db_.cli_code(&["status"], 0);
+    eprintln!("{text}");
+    assert!(
+        text.contains("off target:  moved off the target (revision 1) at ")
+            && text.contains(&format!(" by pacman: '{cmd}' at ")),
+        "{text}"
+    );
+    let snaps = db_.cli_code(&["snapshots"], 0);
+    eprintln!("{snaps}");
+    let lines: Vec<&str> = snaps.lines().collect();
+    assert!(lines[0].ends_with("trigger   changed by"), "{snaps}");
+    assert!(
+        lines[1].contains(" hook ") && lines[1].contains(&format!("pacman: '{cmd}' at ")),
+        "{snaps}"
+    );
+    assert!(
+        lines[2].ends_with(&format!("pacpool sync (operation {sync_id})")),
+        "{snaps}"
+    );
+
+    // The coordinator keeps the same attribution in the endpoint's history.
+    let endpoints = coord.admin("GET", &format!("/pools/{}/endpoints", pool["id"]), None);
+    let b_id = endpoints
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "bob")
+        .unwrap()["id"]
+        .clone();
+    let now_hash = local_hash(&b);
+    let mut changes = serde_json::Value::Null;
+    for _ in 0..200 {
+        changes = coord.admin("GET", &format!("/endpoints/{b_id}/changes"), None);
+        if changes["items"][0]["state"] == now_hash.as_str() {
+            break;
+        }
+        // The report travels over the WebSocket after the notify; wait for it briefly.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let items = changes["items"].as_array().unwrap();
+    assert_eq!(items[0]["state"], now_hash.as_str(), "{changes}");
+    assert_eq!(items[0]["source"]["runs"][0]["command"], cmd.as_str());
+    assert_eq!(items[1]["source"]["by"], "pacpool", "{changes}");
+    assert_eq!(items[1]["source"]["operation"], "sync", "{changes}");
+    assert_eq!(items[1]["source"]["local_id"], sync_id, "{changes}");
 }
 
 /// `sleeper-VERSION-any.pkg.tar.zst` holding `usr/bin/sleeper`, a copy of the host's `sleep`.

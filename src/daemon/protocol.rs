@@ -239,6 +239,37 @@ pub struct LocalStatus {
     /// The pool's daily auto-sync window (UTC `HH:MM-HH:MM`), if any (older daemons send none).
     #[serde(default)]
     pub auto_sync_window: Option<String>,
+    /// While the machine is ahead of or diverged from the target after having been in sync
+    /// with it: when it left the target and who moved it (older daemons send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_target: Option<OffTarget>,
+}
+
+/// Who moved an in-sync machine off its pool target, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffTarget {
+    /// Unix seconds: when the state that left the target was recorded.
+    pub at: i64,
+    /// The target revision the machine was in sync with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// Where that change came from (none: not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::proto::ChangeSource>,
+}
+
+impl std::fmt::Display for OffTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "moved off the target")?;
+        if let Some(r) = self.revision {
+            write!(f, " (revision {r})")?;
+        }
+        write!(f, " at {} UTC by ", crate::display::utc(self.at))?;
+        match &self.source {
+            Some(s) => write!(f, "{s}"),
+            None => f.write_str("an unknown change"),
+        }
+    }
 }
 
 impl LocalStatus {

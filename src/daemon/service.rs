@@ -38,6 +38,11 @@ pub(crate) mod keys {
     pub const ACKED_STATE: &str = "acked_state";
     pub const LAST_SYNC: &str = "last_sync";
     pub const AUTO_SYNC_PAUSED: &str = "auto_sync_paused";
+    /// pacman.log's length when pacman's state was last read: the runs after it explain the
+    /// next change.
+    pub const PACMAN_LOG_OFFSET: &str = "pacman_log_offset";
+    /// Who moved the machine off the target (JSON `OffTarget`), while it is off.
+    pub const OFF_TARGET: &str = "off_target";
 }
 
 /// Why an action did not run or did not finish; the socket turns it into an error reply.
@@ -95,6 +100,12 @@ struct State {
     /// What pacman.conf's `IgnorePkg` (globs) and `IgnoreGroup` (the installed members of
     /// those groups) hold back, read with pacman's state: added to the policy's `ignore`.
     held_globs: Vec<String>,
+    /// The operation applying changes now: every state recorded meanwhile is its doing.
+    applying: Option<crate::proto::ChangeSource>,
+    /// See [`keys::PACMAN_LOG_OFFSET`].
+    log_offset: Option<u64>,
+    /// See [`keys::OFF_TARGET`].
+    off_target: Option<super::protocol::OffTarget>,
 }
 
 type StatusKey = (SnapshotHash, SnapshotHash, crate::plan::Policy);
@@ -183,6 +194,12 @@ impl Daemon {
         state.endpoint_name = store.get(keys::ENDPOINT_NAME)?;
         state.last_sync = store.get(keys::LAST_SYNC)?.and_then(|s| s.parse().ok());
         state.paused = store.get(keys::AUTO_SYNC_PAUSED)?.as_deref() == Some("true");
+        state.log_offset = store
+            .get(keys::PACMAN_LOG_OFFSET)?
+            .and_then(|v| v.parse().ok());
+        state.off_target = store
+            .get(keys::OFF_TARGET)?
+            .and_then(|v| serde_json::from_str(&v).ok());
         let reboot = crate::preflight::RebootRules::new(&config.reboot_packages)
             .context("fix reboot_packages in pacpoold.toml")?;
         let (events, _) = broadcast::channel(256);
@@ -247,21 +264,34 @@ impl Daemon {
             .dbpath
             .clone()
             .unwrap_or_else(|| self.config.pacman.dbpath());
-        let (previous, reuse) = {
+        let files = self.pacman_files();
+        let (previous, reuse, log_offset) = {
             let s = self.state();
             let reuse = s
                 .machine
                 .as_ref()
                 .map(|m| (m.sources.clone(), m.availability.clone()));
-            (s.fingerprint, reuse)
+            (s.fingerprint, reuse, s.log_offset)
         };
+        let log = files.log.clone();
         let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let fp = Fingerprint::of(&dbpath)?;
             if !force && previous == Some(fp) {
                 return Ok(None);
             }
+            // What pacman.log gained since the last read, read before the state: a run logged
+            // after this point changes the state after it too, and is explained next time.
+            let gained = match log_offset {
+                Some(offset) => crate::drift::read_since(&log, offset)
+                    .inspect_err(|e| tracing::debug!(error = %e, log = %log.display(), "pacman.log not read"))
+                    .ok(),
+                None => Some((
+                    String::new(),
+                    std::fs::metadata(&log).map_or(0, |m| m.len()),
+                )),
+            };
             let reuse = reuse.as_ref().map(|(f, a)| (f, a));
-            Ok(Some((fp, paths.read_reusing(reuse)?)))
+            Ok(Some((fp, paths.read_reusing(reuse)?, gained)))
         })
         .await?;
         let read = match read {
@@ -297,13 +327,27 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let Some((fingerprint, machine)) = read else {
+        let Some((fingerprint, machine, gained)) = read else {
             return Ok(false);
+        };
+        let applying = self.state().applying.clone();
+        let source = |previous: Option<&HistoryEntry>| {
+            // The first state recorded has no "before".
+            previous?;
+            if applying.is_some() {
+                return applying;
+            }
+            Some(match (&gained, log_offset) {
+                (Some((text, _)), Some(_)) => {
+                    crate::drift::pacman_runs(text).unwrap_or(crate::proto::ChangeSource::Unknown)
+                }
+                _ => crate::proto::ChangeSource::Unknown,
+            })
         };
         let recorded = {
             let mut store = self.store();
             store
-                .record(&machine.snapshot, trigger, now())
+                .record(&machine.snapshot, trigger, now(), source)
                 .and_then(|r| {
                     if matches!(r, crate::store::Recorded::New(_)) {
                         store.apply_retention(self.config.history_keep)?;
@@ -342,7 +386,16 @@ impl Daemon {
             }
         };
         let new = matches!(recorded, crate::store::Recorded::New(_));
-        let files = self.pacman_files();
+        if let Some((_, len)) = gained
+            && log_offset != Some(len)
+        {
+            self.state().log_offset = Some(len);
+            if let Err(e) = self.store().set(keys::PACMAN_LOG_OFFSET, &len.to_string()) {
+                tracing::warn!(error = %e, "cannot record how far pacman.log was read");
+            }
+        }
+        // Whether the machine was in sync with the target before this state.
+        let was_in_sync = new && self.sync_status().0 == EndpointState::InSync;
         let mut held_globs = files.ignore_pkg;
         held_globs.extend(
             machine
@@ -360,11 +413,58 @@ impl Daemon {
             s.current = Some(recorded.entry().clone());
         }
         if new {
-            tracing::info!(trigger, hash = %recorded.entry().hash.short(), packages = recorded.entry().package_count, "recorded a new package state");
+            self.note_off_target(was_in_sync, recorded.entry());
+            tracing::info!(trigger, hash = %recorded.entry().hash.short(), packages = recorded.entry().package_count, source = ?recorded.entry().source, "recorded a new package state");
             self.state_changed.notify_one();
             self.emit_status();
         }
         Ok(new)
+    }
+
+    /// After a new state `entry`: remembers who moved the machine off the target when it was
+    /// in sync and now is ahead or diverged; forgets it once the machine is in sync or behind.
+    fn note_off_target(&self, was_in_sync: bool, entry: &HistoryEntry) {
+        let now_state = self.sync_status().0;
+        let off = match now_state {
+            EndpointState::Ahead | EndpointState::Diverged if was_in_sync => {
+                Some(super::protocol::OffTarget {
+                    at: entry.taken_at,
+                    revision: self.state().target.as_ref().map(|(t, _)| t.revision),
+                    source: entry.source.clone(),
+                })
+            }
+            // Still off the same target: the change that moved it off is the news.
+            EndpointState::Ahead | EndpointState::Diverged => {
+                let s = self.state();
+                let revision = s.target.as_ref().map(|(t, _)| t.revision);
+                if s.off_target
+                    .as_ref()
+                    .is_some_and(|o| o.revision == revision)
+                {
+                    return;
+                }
+                None
+            }
+            EndpointState::Unknown => return,
+            _ => None,
+        };
+        if self.state().off_target == off {
+            return;
+        }
+        if let Some(o) = &off {
+            tracing::warn!(revision = ?o.revision, source = ?o.source, "{o}");
+        }
+        let stored = match &off {
+            Some(o) => self.store().set(
+                keys::OFF_TARGET,
+                &serde_json::to_string(o).unwrap_or_default(),
+            ),
+            None => self.store().unset(keys::OFF_TARGET),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "cannot record who moved the machine off the target");
+        }
+        self.state().off_target = off;
     }
 
     /// The error an operation reports when re-reading or recording the state failed: what
@@ -377,6 +477,11 @@ impl Daemon {
             .or_else(|| s.storage_error.clone())
             .unwrap_or_else(|| format!("{e:#}"));
         ActionError::new(ErrorCode::Internal, message)
+    }
+
+    /// Where the current state came from (see [`crate::drift`]).
+    pub(crate) fn current_source(&self) -> Option<crate::proto::ChangeSource> {
+        self.state().current.as_ref().and_then(|c| c.source.clone())
     }
 
     /// The current snapshot (after the last refresh).
@@ -484,6 +589,10 @@ impl Daemon {
             revert_changes,
             needs_refresh,
             auto_sync_window,
+            off_target: s
+                .off_target
+                .clone()
+                .filter(|_| matches!(state, EndpointState::Ahead | EndpointState::Diverged)),
         }
     }
 
@@ -781,13 +890,15 @@ impl Daemon {
     }
 
     /// Sync to the pool's target.
+    /// `requested`: the coordinator's operation id, when it asked for this sync.
     pub async fn sync(
         &self,
         confirm_removals: bool,
+        requested: Option<i64>,
         progress: impl FnMut(Progress) + Send,
     ) -> Result<Outcome, ActionError> {
         let (target, _) = self.target()?;
-        self.run_to("sync", target, confirm_removals, true, progress)
+        self.run_to("sync", target, confirm_removals, true, requested, progress)
             .await
     }
 
@@ -797,6 +908,7 @@ impl Daemon {
         &self,
         to: Option<&str>,
         confirm_removals: bool,
+        requested: Option<i64>,
         progress: impl FnMut(Progress) + Send,
     ) -> Result<Outcome, ActionError> {
         let entry = match to {
@@ -819,7 +931,7 @@ impl Daemon {
             .ok_or_else(|| {
                 ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored")
             })?;
-        self.run_to("revert", snap, confirm_removals, false, progress)
+        self.run_to("revert", snap, confirm_removals, false, requested, progress)
             .await
     }
 
@@ -859,6 +971,7 @@ impl Daemon {
         target: Snapshot,
         confirm_removals: bool,
         may_refresh_databases: bool,
+        requested: Option<i64>,
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<Outcome, ActionError> {
         let _guard = self.begin(kind)?;
@@ -870,15 +983,22 @@ impl Daemon {
         // receiver, which is the case between operations, so a cancel would outlive its
         // operation and cancel the next one at once.
         self.cancel.send_replace(false);
+        let source = crate::proto::ChangeSource::Pacpool {
+            operation: kind.to_owned(),
+            local_id: Some(op),
+            requested,
+        };
         let result = self
             .plan_apply_verify(
                 kind,
                 &target,
                 confirm_removals,
                 may_refresh_databases,
+                source,
                 &mut progress,
             )
             .await;
+        self.state().applying = None;
         self.finish(op, kind, &result);
         result
     }
@@ -889,6 +1009,7 @@ impl Daemon {
         target: &Snapshot,
         confirm_removals: bool,
         may_refresh_databases: bool,
+        source: crate::proto::ChangeSource,
         progress: &mut (impl FnMut(Progress) + Send),
     ) -> Result<Outcome, ActionError> {
         let mut report = |p: Progress| {
@@ -966,6 +1087,9 @@ impl Daemon {
         let log = self.pacman_files().log;
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let trust = self.trust_rule()?;
+        // From here every state recorded (this operation's, or the pacman hook's `notify`
+        // while pacman runs) is this operation's doing.
+        self.state().applying = Some(source);
         let applied = actions::apply(
             &plan,
             &self.config,
@@ -1344,7 +1468,7 @@ impl Daemon {
         if !behind || !self.auto_sync_wanted() {
             return;
         }
-        match self.sync(false, |_| {}).await {
+        match self.sync(false, None, |_| {}).await {
             Ok(o) => tracing::info!(why, message = %o.message, "automatic sync"),
             Err(e) => tracing::warn!(why, error = %e, "automatic sync did not run"),
         }

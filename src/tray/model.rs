@@ -601,6 +601,7 @@ mod tests {
             revert_changes: None,
             needs_refresh: false,
             auto_sync_window: None,
+            off_target: None,
         })
     }
 
@@ -651,6 +652,7 @@ mod tests {
             taken_at: 1_763_771_400,
             trigger: "hook".into(),
             package_count: 7,
+            source: None,
         });
         back.revert_changes = Some(Counts {
             install: 1,
@@ -737,6 +739,7 @@ mod tests {
             taken_at: 0,
             trigger: "start".into(),
             package_count: 1,
+            source: None,
         });
         let p = preview(hash, 4);
         let answer = SetLatestAnswer::Preview(Box::new(p.clone()));

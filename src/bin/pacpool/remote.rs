@@ -184,6 +184,9 @@ fn tooltip(s: &LocalStatus) -> String {
         ));
     }
     lines.push(s.pending());
+    if let Some(o) = &s.off_target {
+        lines.push(o.to_string());
+    }
     if let Some(e) = &s.last_error {
         lines.push(format!("last error: {e}"));
     }
@@ -236,6 +239,9 @@ fn print_status(s: &LocalStatus) {
     }
     pacpool::outln!("pending:     {}", s.pending());
     print_kept(&s.kept);
+    if let Some(o) = &s.off_target {
+        pacpool::outln!("off target:  {}", clean(&o.to_string()));
+    }
     if let Some(c) = &s.current {
         pacpool::outln!(
             "current:     {} ({}, recorded #{})",
@@ -243,6 +249,9 @@ fn print_status(s: &LocalStatus) {
             pacpool::words::packages(c.package_count),
             c.id
         );
+        if let Some(src) = &c.source {
+            pacpool::outln!("changed by:  {}", clean(&src.to_string()));
+        }
     }
     if let Some(p) = &s.previous {
         pacpool::outln!(
@@ -630,20 +639,24 @@ pub async fn snapshots(socket: &Path, limit: usize, json: bool) -> Result<u8, Fa
         );
     } else {
         pacpool::outln!(
-            "{:>6}  {:<12}  {:>8}  {:<20}  trigger",
+            "{:>6}  {:<12}  {:>8}  {:<20}  {:<8}  changed by",
             "id",
             "hash",
             "packages",
-            "taken (UTC)"
+            "taken (UTC)",
+            "trigger"
         );
         for e in entries {
             pacpool::outln!(
-                "{:>6}  {:<12}  {:>8}  {:<20}  {}",
+                "{:>6}  {:<12}  {:>8}  {:<20}  {:<8}  {}",
                 e.id,
                 e.hash.short(),
                 e.package_count,
                 utc(e.taken_at),
-                e.trigger
+                clean(&e.trigger),
+                e.source
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |s| clean(&s.to_string()))
             );
         }
     }
