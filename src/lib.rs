@@ -41,6 +41,7 @@
 //!
 //! Local state:
 //! - [`store`]: the SQLite snapshot history.
+//! - [`snapper`]: snapper pre/post snapshots of the file system around an operation.
 
 pub mod apply;
 pub mod cache;
@@ -59,6 +60,7 @@ pub mod pacman_conf;
 pub mod plan;
 pub mod preflight;
 pub mod proto;
+pub mod snapper;
 pub mod snapshot;
 pub mod store;
 pub mod syncdb;

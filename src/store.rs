@@ -47,8 +47,10 @@ const MIGRATIONS: &[&str] = &[
         finished_at INTEGER
      ) STRICT;",
     // 3: where each recorded state came from (`ChangeSource` as JSON; NULL for older rows
-    // and the first state recorded).
-    "ALTER TABLE history ADD COLUMN source TEXT;",
+    // and the first state recorded), and the snapper snapshot of the file system in that
+    // state (`SnapperRef` as JSON), when one was taken.
+    "ALTER TABLE history ADD COLUMN source TEXT;
+     ALTER TABLE history ADD COLUMN snapper TEXT;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,10 @@ pub struct HistoryEntry {
     /// states recorded by older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::proto::ChangeSource>,
+    /// The snapper snapshot of the file system in this state (a sync's or revert's `pre`
+    /// snapshot for the state it left, its `post` snapshot for the state it made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapper: Option<crate::snapper::SnapperRef>,
 }
 
 /// Whether recording a snapshot added a history entry.
@@ -246,6 +252,7 @@ impl Store {
             trigger: trigger.to_owned(),
             package_count: snap.len() as i64,
             source,
+            snapper: None,
         }))
     }
 
@@ -254,7 +261,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT h.id, h.hash, h.taken_at, h.trigger, s.package_count, h.source
+                "SELECT h.id, h.hash, h.taken_at, h.trigger, s.package_count, h.source, h.snapper
                  FROM history h JOIN snapshots s ON s.hash = h.hash
                  ORDER BY h.id DESC LIMIT ?1",
             )
@@ -268,12 +275,14 @@ impl Store {
                     r.get::<_, String>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })
             .map_err(self.err())?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, hash, taken_at, trigger, package_count, source) = row.map_err(self.err())?;
+            let (id, hash, taken_at, trigger, package_count, source, snapper) =
+                row.map_err(self.err())?;
             out.push(HistoryEntry {
                 id,
                 hash: self.parse_hash(&hash)?,
@@ -281,6 +290,7 @@ impl Store {
                 trigger,
                 package_count,
                 source: source.and_then(|s| serde_json::from_str(&s).ok()),
+                snapper: snapper.and_then(|s| serde_json::from_str(&s).ok()),
             });
         }
         Ok(out)
@@ -393,6 +403,40 @@ pub struct LocalOperation {
 }
 
 impl Store {
+    /// Records `snapshot` as the snapper snapshot of history entry `id`, unless it has one.
+    pub fn set_snapper(
+        &self,
+        id: i64,
+        snapshot: &crate::snapper::SnapperRef,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(snapshot).unwrap_or_default();
+        self.conn
+            .execute(
+                "UPDATE history SET snapper = ?1 WHERE id = ?2 AND snapper IS NULL",
+                params![json, id],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// The newest snapper snapshot recorded for a state with this hash.
+    pub fn snapper_for(
+        &self,
+        hash: &SnapshotHash,
+    ) -> Result<Option<crate::snapper::SnapperRef>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT snapper FROM history WHERE hash = ?1 AND snapper IS NOT NULL
+                 ORDER BY id DESC LIMIT 1",
+                [hash.to_hex()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
     /// A small named value (endpoint id, cached target, acknowledged state…).
     pub fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn

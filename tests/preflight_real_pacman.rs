@@ -403,7 +403,10 @@ fn preview_tells_sizes_space_reboot_and_held_back() {
     let snaps = db_.cli_code(&["snapshots"], 0);
     eprintln!("{snaps}");
     let lines: Vec<&str> = snaps.lines().collect();
-    assert!(lines[0].ends_with("trigger   changed by"), "{snaps}");
+    assert!(
+        lines[0].ends_with("trigger   snapper  changed by"),
+        "{snaps}"
+    );
     assert!(
         lines[1].contains(" hook ") && lines[1].contains(&format!("pacman: '{cmd}' at ")),
         "{snaps}"
@@ -533,4 +536,322 @@ fn a_process_running_a_replaced_binary_is_reported() {
         "{outcome}"
     );
     drop(child);
+}
+
+/// `name-version-any.pkg.tar.zst` holding `files` (path under the root, contents).
+fn build_files(sb: &Sandbox, name: &str, version: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let stage = sb.base().join("stage").join(format!("{name}-{version}"));
+    let mut size = 0;
+    let mut tops = std::collections::BTreeSet::new();
+    for (path, bytes) in files {
+        let p = stage.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        size += bytes.len();
+        tops.insert(path.split('/').next().unwrap().to_owned());
+    }
+    fs::write(
+        stage.join(".PKGINFO"),
+        format!(
+            "pkgname = {name}\npkgbase = {name}\npkgver = {version}\npkgdesc = test\n\
+             url = https://example.invalid\nbuilddate = 1700000000\npackager = tests\n\
+             size = {size}\narch = any\nlicense = MIT\n"
+        ),
+    )
+    .unwrap();
+    let out = sb
+        .base()
+        .join("pkgs")
+        .join(format!("{name}-{version}-any.pkg.tar.zst"));
+    let st = Command::new("bsdtar")
+        .current_dir(&stage)
+        .args(["--zstd", "-cf"])
+        .arg(&out)
+        .arg(".PKGINFO")
+        .args(&tops)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+/// Adds `line` to the top-level keys of a pacpoold.toml written by `write_config`.
+fn config_with(config: &Path, line: &str) {
+    let text = fs::read_to_string(config).unwrap();
+    fs::write(config, format!("{line}\n{text}")).unwrap();
+}
+
+/// After a revert that replaces the kernel package, the running kernel (its release read
+/// from the configured file, as `uname -r` would print it) has no modules directory under
+/// the root any more: the result says a reboot is needed.
+#[test]
+fn a_replaced_running_kernel_needs_a_reboot() {
+    let sb = Sandbox::new();
+    let linux = |version: &str, release: &str| {
+        let dep = format!("usr/lib/modules/{release}/modules.dep");
+        let ko = format!("usr/lib/modules/{release}/kernel/test.ko");
+        build_files(&sb, "linux", version, &[(&dep, b""), (&ko, b"ko")])
+    };
+    let new = linux("6.2.0-1", "6.2.0-test");
+    let old = linux("6.1.0-1", "6.1.0-test");
+    sb.publish(&[new]);
+    sb.pacman_ok(&["-Sy", "linux"]);
+    let with_new = local_hash(&sb);
+    let release = sb.base().join("osrelease");
+    fs::write(&release, "6.1.0-test\n").unwrap();
+    let config = write_config(&sb, "a", None);
+    config_with(
+        &config,
+        &format!("kernel_release_file = \"{}\"", release.display()),
+    );
+    let d = Daemon::start(&config);
+    // The machine runs 6.1 (6.2 was undone and 6.1 booted, say).
+    sb.pacman_ok(&["-U", old.to_str().unwrap()]);
+    d.cli_code(&["notify"], 0);
+    // Running 6.1 with 6.1's modules installed: nothing to say.
+    assert!(sb.root().join("usr/lib/modules/6.1.0-test").is_dir());
+    let out = d.cli_code(&["revert", "--to", &with_new, "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    assert!(!sb.root().join("usr/lib/modules/6.1.0-test").exists());
+    assert_eq!(
+        outcome["kernel"],
+        serde_json::json!({"running": "6.1.0-test", "installed": ["6.2.0-test"]}),
+        "{outcome}"
+    );
+    assert!(
+        outcome["message"].as_str().unwrap().contains(
+            "the running kernel 6.1.0-test has no modules installed any more (installed: 6.2.0-test): reboot"
+        ),
+        "{outcome}"
+    );
+    // The reboot rules name the package too (linux is a kernel).
+    assert_eq!(outcome["reboot"], serde_json::json!(["linux"]), "{outcome}");
+}
+
+/// A mounted file system, unmounted (lazily, so a busy one goes too) when the test ends.
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts with `mount ARGS... TARGET`; `None` with mount's complaint when not permitted.
+fn mount(args: &[&str], target: &Path) -> Result<Mount, String> {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .output()
+        .map_err(|e| format!("cannot run mount: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    Ok(Mount(target.to_owned()))
+}
+
+/// Recreates what `Sandbox::new` made under the root (hidden by a file system mounted there).
+fn renew_root(sb: &Sandbox) {
+    fs::create_dir_all(sb.dbpath()).unwrap();
+    fs::create_dir_all(sb.root().join("var/log")).unwrap();
+}
+
+/// A sync whose packages would not fit on the root's small file system (a tmpfs of 4 MiB; the
+/// package installs 8 MiB) is refused by pacpoold before pacman runs, and the root is as it
+/// was: same packages, no file of the package, nothing in pacman's log.
+#[test]
+fn a_sync_that_would_overfill_a_small_file_system_is_refused() {
+    use support::coordinator::Coordinator;
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let tmpfs = match mount(&["-t", "tmpfs", "-o", "size=4m", "pacpool-test"], &b.root()) {
+        Ok(m) => m,
+        Err(why) => {
+            println!("SKIPPED: cannot mount a tmpfs (needs root and mount permission): {why}");
+            return;
+        }
+    };
+    renew_root(&b);
+    let pkgs = [
+        build(&a, "small", "1.0-1", 10, None, None),
+        build(&a, "big", "1.0-1", 8 << 20, None, None),
+    ];
+    a.publish(&pkgs);
+    b.publish(&pkgs);
+    a.pacman_ok(&["-Sy", "small", "big"]);
+    b.pacman_ok(&["-Sy", "small"]);
+
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("coordinator.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    db_.wait_status("B behind", |s| {
+        s["target"]["revision"] == 1 && s["state"] == "behind"
+    });
+
+    let preview: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["preview", "--json"], 0)).unwrap();
+    let root_space = preview["space"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "root")
+        .unwrap_or_else(|| panic!("the root is its own file system: {preview}"))
+        .clone();
+    assert!(root_space["free"].as_u64().unwrap() <= 4 << 20, "{preview}");
+    assert_eq!(root_space["needed"], 8 << 20, "{preview}");
+
+    let packages = b.pacman_ok(&["-Q"]);
+    let log = b.log_text();
+    let out = db_.cli(&["sync", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("not enough free space on {} (root)", b.root().display());
+    assert!(
+        stderr.contains(&expected) && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(b.pacman_ok(&["-Q"]), packages);
+    assert!(!b.root().join("usr/share/big").exists());
+    assert_eq!(b.log_text(), log, "pacman never ran");
+    drop(db_);
+    drop(tmpfs);
+}
+
+/// snapper on a loop-mounted btrfs image that is pacman's root: a revert is wrapped in a
+/// pre/post pair described with the operation; reverting back names the snapper snapshot of
+/// the state it returns to; with snap-pac's hook installed no pair is taken.
+///
+/// snapper's configuration lives where snapper keeps them (`/etc/snapper/configs`, listed in
+/// `/etc/default/snapper`): the test's own, uniquely named, is deleted with
+/// `snapper delete-config` when the test ends.
+#[test]
+fn snapper_pre_and_post_around_a_revert() {
+    if support::find_in_path("snapper").is_none() || support::find_in_path("mkfs.btrfs").is_none() {
+        println!(
+            "SKIPPED: snapper or mkfs.btrfs is not installed (packaging/debian-deps.sh --with-snapper)"
+        );
+        return;
+    }
+    let sb = Sandbox::new();
+    let image = sb.base().join("btrfs.img");
+    fs::File::create(&image)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.btrfs")
+        .arg("-q")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(mkfs.status.success(), "{mkfs:?}");
+    let _mounted = match mount(&["-o", "loop", image.to_str().unwrap()], &sb.root()) {
+        Ok(m) => m,
+        Err(why) => {
+            println!(
+                "SKIPPED: cannot loop-mount a btrfs image (loop devices not allowed here?): {why}"
+            );
+            return;
+        }
+    };
+    renew_root(&sb);
+    let name = format!("pacpool-test-{}", std::process::id());
+    struct Config(String);
+    impl Drop for Config {
+        fn drop(&mut self) {
+            let _ = Command::new("snapper")
+                .args(["--no-dbus", "-c", &self.0, "delete-config"])
+                .output();
+        }
+    }
+    let created = Command::new("snapper")
+        .args(["--no-dbus", "-c", &name, "create-config"])
+        .arg(sb.root())
+        .output()
+        .unwrap();
+    let _config = Config(name.clone());
+    assert!(created.status.success(), "{created:?}");
+
+    sb.publish(&[build(&sb, "tool", "1.0-1", 100, None, None)]);
+    sb.pacman_ok(&["-Sy", "tool"]);
+    let first = local_hash(&sb);
+    let config = write_config(&sb, "a", None);
+    fs::write(
+        &config,
+        format!(
+            "{}\n[snapper]\nconfig = \"{name}\"\n",
+            fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config);
+    sb.publish(&[build(&sb, "tool", "2.0-1", 200, None, None)]);
+    sb.pacman_ok(&["-Sy", "tool"]);
+    d.cli_code(&["notify"], 0);
+    let second = local_hash(&sb);
+
+    let out = d.cli_code(&["revert", "--to", &first, "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    let pair = &outcome["snapper"];
+    assert_eq!(pair["config"], name.as_str(), "{outcome}");
+    let (pre, post) = (
+        pair["pre"].as_u64().unwrap(),
+        pair["post"].as_u64().unwrap(),
+    );
+    assert!(
+        outcome["message"].as_str().unwrap().ends_with(&format!(
+            "; snapper snapshots {pre} (pre) and {post} (post), config {name}"
+        )),
+        "{outcome}"
+    );
+    // snapper itself lists the pair, described with the operation.
+    let list = Command::new("snapper")
+        .args(["--no-dbus", "-c", &name, "--jsonout", "list"])
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let snaps = list[&name].as_array().unwrap();
+    let by_number = |n: u64| snaps.iter().find(|s| s["number"] == n).unwrap().clone();
+    let ops: serde_json::Value =
+        serde_json::from_str(&d.cli_code(&["history", "--json"], 0)).unwrap();
+    let description = format!("pacpool revert (operation {})", ops[0]["id"]);
+    assert_eq!(by_number(pre)["type"], "pre", "{list}");
+    assert_eq!(by_number(pre)["description"], description.as_str());
+    assert_eq!(by_number(post)["type"], "post", "{list}");
+    assert_eq!(by_number(post)["pre-number"], pre, "{list}");
+    assert_eq!(by_number(post)["description"], description.as_str());
+
+    // Going back to the second state: the pre snapshot above is that state's file system.
+    let out = d.cli_code(&["revert", "--to", &second, "--yes"], 0);
+    eprintln!("{out}");
+    assert!(
+        out.contains(&format!(
+            "the file system as it was in that state: snapper snapshot {pre} (config {name})"
+        )),
+        "{out}"
+    );
+    let snapshots = d.cli_code(&["snapshots"], 0);
+    eprintln!("{snapshots}");
+
+    // snap-pac installed: it takes its own pairs, pacpool takes none.
+    let hooks = sb.root().join("usr/share/libalpm/hooks");
+    fs::create_dir_all(&hooks).unwrap();
+    // (A valid hook pacman can parse, for a package that never changes.)
+    fs::write(
+        hooks.join("05-snap-pac-pre.hook"),
+        "[Trigger]\nOperation = Upgrade\nType = Package\nTarget = no-such-package\n\n\
+         [Action]\nWhen = PreTransaction\nExec = /usr/bin/true\n",
+    )
+    .unwrap();
+    let out = d.cli_code(&["revert", "--to", &first, "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    assert!(outcome.get("snapper").is_none(), "{outcome}");
+    drop(d);
 }

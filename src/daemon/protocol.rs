@@ -490,6 +490,16 @@ pub struct Outcome {
     /// (older daemons send none).
     #[serde(default)]
     pub restart: Vec<crate::preflight::StaleProcess>,
+    /// The running kernel lost its modules directory: reboot (older daemons send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::preflight::KernelMismatch>,
+    /// The snapper pre/post pair taken around the operation (older daemons send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapper: Option<crate::snapper::SnapperPair>,
+    /// For a revert: the snapper snapshot of the file system as it was in the state reverted
+    /// to, when one was taken (older daemons send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapper_match: Option<crate::snapper::SnapperRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -133,6 +133,9 @@ struct PacmanFiles {
     cache: std::path::PathBuf,
     root: std::path::PathBuf,
     log: std::path::PathBuf,
+    /// Every directory pacman reads hooks from: `ROOT/usr/share/libalpm/hooks` and the
+    /// `HookDir`s (`--hookdir` adds one).
+    hook_dirs: Vec<std::path::PathBuf>,
     ignore_pkg: Vec<String>,
     ignore_group: Vec<String>,
 }
@@ -419,6 +422,21 @@ impl Daemon {
             self.emit_status();
         }
         Ok(new)
+    }
+
+    /// Records snapper snapshot `number` as the file system of the current state (a pre
+    /// snapshot: the state before the operation; a post snapshot: the state it made).
+    fn note_snapper(&self, config: &str, number: u64) {
+        let Some(current) = self.state().current.as_ref().map(|c| c.id) else {
+            return;
+        };
+        let r = crate::snapper::SnapperRef {
+            config: config.to_owned(),
+            number,
+        };
+        if let Err(e) = self.store().set_snapper(current, &r) {
+            tracing::warn!(error = %e, "cannot record the snapper snapshot of state {current}");
+        }
     }
 
     /// After a new state `entry`: remembers who moved the machine off the target when it was
@@ -794,7 +812,18 @@ impl Daemon {
             .clone()
             .or_else(|| conf.as_ref().and_then(|c| c.root_dir.clone()))
             .unwrap_or_else(|| std::path::PathBuf::from("/"));
+        let mut hook_dirs = vec![root.join("usr/share/libalpm/hooks")];
+        match conf
+            .as_ref()
+            .map(|c| c.hook_dirs.clone())
+            .unwrap_or_default()
+        {
+            dirs if dirs.is_empty() => hook_dirs.push(root.join("etc/pacman.d/hooks")),
+            dirs => hook_dirs.extend(dirs),
+        }
+        hook_dirs.extend(settings.hookdir.clone());
         PacmanFiles {
+            hook_dirs,
             cache: settings
                 .cachedir
                 .clone()
@@ -931,8 +960,13 @@ impl Daemon {
             .ok_or_else(|| {
                 ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored")
             })?;
-        self.run_to("revert", snap, confirm_removals, false, requested, progress)
-            .await
+        // The file system as it was in that state, when snapper kept it.
+        let snapper_match = self.store().snapper_for(&entry.hash).ok().flatten();
+        let mut outcome = self
+            .run_to("revert", snap, confirm_removals, false, requested, progress)
+            .await?;
+        outcome.snapper_match = snapper_match;
+        Ok(outcome)
     }
 
     /// Finds a history entry by id or by (unique) hash prefix.
@@ -1084,9 +1118,36 @@ impl Daemon {
             ));
         }
         let reboot = self.reboot.needs_reboot(&plan);
-        let log = self.pacman_files().log;
+        let files = self.pacman_files();
+        let log = files.log.clone();
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let trust = self.trust_rule()?;
+        // A snapper pre snapshot, when snapper is configured for the root; never fatal.
+        let description = source.to_string();
+        let snapper = match crate::snapper::Snapper::detect(
+            &self.config.snapper,
+            &files.root,
+            &files.hook_dirs,
+        ) {
+            Ok(snapper) => Some(snapper),
+            Err(why) => {
+                tracing::debug!(%why, "no snapper snapshots");
+                None
+            }
+        };
+        let pre = match &snapper {
+            Some(snapper) => match snapper.pre(&description).await {
+                Ok(n) => {
+                    self.note_snapper(snapper.config(), n);
+                    Some(n)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no snapper snapshot before the {kind}; going on without");
+                    None
+                }
+            },
+            None => None,
+        };
         // From here every state recorded (this operation's, or the pacman hook's `notify`
         // while pacman runs) is this operation's doing.
         self.state().applying = Some(source);
@@ -1105,11 +1166,33 @@ impl Daemon {
         self.refresh(kind, true)
             .await
             .map_err(|e| self.refresh_failed(e))?;
+        let snapper = match (&snapper, pre) {
+            (Some(snapper), Some(pre)) => Some(crate::snapper::SnapperPair {
+                config: snapper.config().to_owned(),
+                pre,
+                post: match snapper.post(pre, &description).await {
+                    Ok(n) => {
+                        self.note_snapper(snapper.config(), n);
+                        Some(n)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no snapper snapshot after the {kind}");
+                        None
+                    }
+                },
+            }),
+            _ => None,
+        };
         let config_files = config_files_since(&log, log_start);
-        let root = self.pacman_files().root;
-        let restart = tokio::task::spawn_blocking(move || crate::preflight::stale_processes(&root))
-            .await
-            .unwrap_or_default();
+        let root = files.root.clone();
+        let release_file = self.config.kernel_release_file.clone();
+        let (restart, kernel) = tokio::task::spawn_blocking(move || {
+            let kernel = crate::preflight::running_kernel(&release_file)
+                .and_then(|release| crate::preflight::kernel_mismatch(&root, &release));
+            (crate::preflight::stale_processes(&root), kernel)
+        })
+        .await
+        .unwrap_or_default();
         let mut failures = applied?;
         let after = self.current_snapshot().unwrap_or_default();
         failures.extend(differences(&after, target, &self.policy(&self.state())));
@@ -1139,7 +1222,13 @@ impl Daemon {
             )
         };
         // In the message too, so `pacpool history` and the coordinator's record carry them.
-        message.push_str(&after_note(&config_files, &reboot, &restart));
+        message.push_str(&after_note(
+            &config_files,
+            &reboot,
+            kernel.as_ref(),
+            &restart,
+            snapper.as_ref(),
+        ));
         Ok(Outcome {
             kind: kind.to_owned(),
             ok,
@@ -1150,6 +1239,9 @@ impl Daemon {
             config_files,
             reboot,
             restart,
+            kernel,
+            snapper,
+            ..Default::default()
         })
     }
 
@@ -1590,7 +1682,9 @@ fn config_files_since(log: &std::path::Path, start: u64) -> Vec<crate::preflight
 fn after_note(
     config_files: &[crate::preflight::ConfigFile],
     reboot: &[crate::names::PkgName],
+    kernel: Option<&crate::preflight::KernelMismatch>,
     restart: &[crate::preflight::StaleProcess],
+    snapper: Option<&crate::snapper::SnapperPair>,
 ) -> String {
     let mut note = String::new();
     if !config_files.is_empty() {
@@ -1600,6 +1694,9 @@ fn after_note(
     if !reboot.is_empty() {
         let list: Vec<&str> = reboot.iter().map(|n| n.as_str()).collect();
         note.push_str(&format!("; reboot needed ({})", list.join(", ")));
+    }
+    if let Some(k) = kernel {
+        note.push_str(&format!("; {k}"));
     }
     if !restart.is_empty() {
         let list: Vec<String> = restart
@@ -1613,6 +1710,18 @@ fn after_note(
             "; still running replaced files: {}",
             list.join(", ")
         ));
+    }
+    if let Some(p) = snapper {
+        match p.post {
+            Some(post) => note.push_str(&format!(
+                "; snapper snapshots {} (pre) and {post} (post), config {}",
+                p.pre, p.config
+            )),
+            None => note.push_str(&format!(
+                "; snapper snapshot {} (pre), config {}",
+                p.pre, p.config
+            )),
+        }
     }
     note
 }

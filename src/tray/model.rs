@@ -653,6 +653,7 @@ mod tests {
             trigger: "hook".into(),
             package_count: 7,
             source: None,
+            snapper: None,
         });
         back.revert_changes = Some(Counts {
             install: 1,
@@ -740,6 +741,7 @@ mod tests {
             trigger: "start".into(),
             package_count: 1,
             source: None,
+            snapper: None,
         });
         let p = preview(hash, 4);
         let answer = SetLatestAnswer::Preview(Box::new(p.clone()));

@@ -458,6 +458,14 @@ fn finish(outcome: Outcome, json: bool) -> Result<u8, Failure> {
                 );
             }
         }
+        if let Some(m) = &outcome.snapper_match {
+            pacpool::outln!(
+                "  the file system as it was in that state: {} (`snapper -c {} undochange {}..0` takes files back)",
+                clean(&m.to_string()),
+                clean(&m.config),
+                m.number
+            );
+        }
     }
     Ok(if !outcome.ok {
         exit::FAILURE
@@ -639,21 +647,25 @@ pub async fn snapshots(socket: &Path, limit: usize, json: bool) -> Result<u8, Fa
         );
     } else {
         pacpool::outln!(
-            "{:>6}  {:<12}  {:>8}  {:<20}  {:<8}  changed by",
+            "{:>6}  {:<12}  {:>8}  {:<20}  {:<8}  {:>7}  changed by",
             "id",
             "hash",
             "packages",
             "taken (UTC)",
-            "trigger"
+            "trigger",
+            "snapper"
         );
         for e in entries {
             pacpool::outln!(
-                "{:>6}  {:<12}  {:>8}  {:<20}  {:<8}  {}",
+                "{:>6}  {:<12}  {:>8}  {:<20}  {:<8}  {:>7}  {}",
                 e.id,
                 e.hash.short(),
                 e.package_count,
                 utc(e.taken_at),
                 clean(&e.trigger),
+                e.snapper
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |s| s.number.to_string()),
                 e.source
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |s| clean(&s.to_string()))
