@@ -855,3 +855,78 @@ fn snapper_pre_and_post_around_a_revert() {
     assert!(outcome.get("snapper").is_none(), "{outcome}");
     drop(d);
 }
+
+/// A process that maps a library under the root, which a pool sync then replaces, is named in
+/// the sync's result as still running replaced files. The library is a copy of the C library
+/// this test runs with, loaded by `sleep` through `LD_LIBRARY_PATH`.
+#[test]
+fn a_process_mapping_a_library_a_sync_replaces_is_reported() {
+    use support::coordinator::Coordinator;
+    let libc = fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.find('/').map(|i| l[i..].to_owned()))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .expect("this test maps libc.so.6");
+    let bytes = fs::read(&libc).unwrap();
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let v1 = build_files(&a, "libcopy", "1.0-1", &[("usr/lib/libc.so.6", &bytes)]);
+    let v2 = build_files(&a, "libcopy", "2.0-1", &[("usr/lib/libc.so.6", &bytes)]);
+    a.publish(std::slice::from_ref(&v1));
+    b.publish(std::slice::from_ref(&v1));
+    a.pacman_ok(&["-Sy", "libcopy"]);
+    b.pacman_ok(&["-Sy", "libcopy"]);
+    a.publish(std::slice::from_ref(&v2));
+    b.publish(std::slice::from_ref(&v2));
+    a.pacman_ok(&["-Syu"]);
+
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("coordinator.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    db_.wait_status("B behind", |s| {
+        s["target"]["revision"] == 1 && s["state"] == "behind"
+    });
+
+    let lib = b.root().join("usr/lib/libc.so.6");
+    let sleep = support::find_in_path("sleep").expect("sleep on PATH");
+    let mut child = Reap(
+        Command::new(sleep)
+            .arg("600")
+            .env("LD_LIBRARY_PATH", b.root().join("usr/lib"))
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let maps = PathBuf::from(format!("/proc/{pid}/maps"));
+    while !fs::read_to_string(&maps)
+        .unwrap_or_default()
+        .contains(lib.to_str().unwrap())
+    {
+        assert!(child.0.try_wait().unwrap().is_none(), "sleep exited");
+        std::thread::yield_now();
+    }
+
+    let out = db_.cli_code(&["sync", "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    assert!(b.pacman_ok(&["-Q", "libcopy"]).contains("2.0-1"));
+    let ours = outcome["restart"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not reported: {outcome}"))
+        .clone();
+    assert_eq!(
+        ours["files"],
+        serde_json::json!([lib.display().to_string()])
+    );
+    assert_eq!(ours["command"], "sleep");
+    drop(child);
+}
