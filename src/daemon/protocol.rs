@@ -322,6 +322,55 @@ impl Preview {
     pub fn summary(&self) -> String {
         pending_summary(&self.counts, self.needs_refresh)
     }
+
+    /// What an Arch user checks before an upgrade, one line each, in the words every client
+    /// shows (`pacpool preview`, the tray's preview): download and installed size, free
+    /// space (or that it runs out), what needs a reboot, what pacman.conf holds back.
+    pub fn preflight_lines(&self) -> Vec<String> {
+        use crate::display::clean;
+        use crate::preflight::{bytes, signed_bytes};
+        let mut lines = Vec::new();
+        if let Some(s) = self.sizes.as_ref().filter(|_| !self.actions.is_empty()) {
+            let unknown = |names: &[PkgName]| {
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                    format!(" (not counted, size unknown: {})", list.join(", "))
+                }
+            };
+            lines.push(format!(
+                "download: {}{}; installed size: {}{}",
+                bytes(s.download),
+                unknown(&s.download_unknown),
+                signed_bytes(s.installed_change),
+                unknown(&s.installed_unknown)
+            ));
+        }
+        for sp in self.space.iter().filter(|s| s.needed > 0) {
+            if sp.enough() {
+                lines.push(format!(
+                    "free space: {} on {} ({}), {} needed",
+                    bytes(sp.free),
+                    clean(&sp.path.display().to_string()),
+                    sp.role,
+                    bytes(sp.needed)
+                ));
+            } else {
+                lines.push(clean(
+                    &crate::preflight::NotEnoughSpace(sp.clone()).to_string(),
+                ));
+            }
+        }
+        if !self.reboot.is_empty() {
+            let list: Vec<&str> = self.reboot.iter().map(|n| n.as_str()).collect();
+            lines.push(format!("reboot needed afterwards: {}", list.join(", ")));
+        }
+        for h in &self.held_back {
+            lines.push(format!("held back: {}", clean(&h.to_string())));
+        }
+        lines
+    }
 }
 
 /// What a sync will do, in the words every client uses (status, menu, preview, sync).

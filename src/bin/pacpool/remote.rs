@@ -307,45 +307,8 @@ pub fn print_preview(p: &Preview) {
     for c in p.conflicts.iter().filter(|c| !refreshable(c)) {
         pacpool::outln!("conflict: {c}");
     }
-    if let Some(s) = p.sizes.as_ref().filter(|_| !p.actions.is_empty()) {
-        let unknown = |names: &[pacpool::names::PkgName]| {
-            if names.is_empty() {
-                String::new()
-            } else {
-                let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-                format!(" (not counted, size unknown: {})", list.join(", "))
-            }
-        };
-        pacpool::outln!(
-            "download: {}{}; installed size: {}{}",
-            bytes(s.download),
-            unknown(&s.download_unknown),
-            pacpool::preflight::signed_bytes(s.installed_change),
-            unknown(&s.installed_unknown)
-        );
-    }
-    for sp in p.space.iter().filter(|s| s.needed > 0) {
-        if sp.enough() {
-            pacpool::outln!(
-                "free space: {} on {} ({}), {} needed",
-                bytes(sp.free),
-                clean(&sp.path.display().to_string()),
-                sp.role,
-                bytes(sp.needed)
-            );
-        } else {
-            pacpool::outln!(
-                "{}",
-                clean(&pacpool::preflight::NotEnoughSpace(sp.clone()).to_string())
-            );
-        }
-    }
-    if !p.reboot.is_empty() {
-        let list: Vec<&str> = p.reboot.iter().map(|n| n.as_str()).collect();
-        pacpool::outln!("reboot needed afterwards: {}", list.join(", "));
-    }
-    for h in &p.held_back {
-        pacpool::outln!("held back: {}", clean(&h.to_string()));
+    for line in p.preflight_lines() {
+        pacpool::outln!("{line}");
     }
     for k in p
         .skipped
@@ -362,10 +325,6 @@ pub fn print_preview(p: &Preview) {
             n.cap
         );
     }
-}
-
-fn bytes(n: u64) -> String {
-    pacpool::preflight::bytes(n)
 }
 
 fn describe(a: &Action) -> String {
