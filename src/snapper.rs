@@ -262,10 +262,10 @@ mod tests {
             configs_dir: configs.clone(),
             ..Default::default()
         };
-        let skip = Snapper::detect(&settings, &root, &[hooks.clone()]).unwrap_err();
+        let skip = Snapper::detect(&settings, &root, std::slice::from_ref(&hooks)).unwrap_err();
         assert!(skip.starts_with("no snapper configuration"), "{skip}");
         std::fs::write(configs.join("root"), "# x\nSUBVOLUME=\"/elsewhere\"\n").unwrap();
-        let skip = Snapper::detect(&settings, &root, &[hooks.clone()]).unwrap_err();
+        let skip = Snapper::detect(&settings, &root, std::slice::from_ref(&hooks)).unwrap_err();
         assert!(
             skip.contains("is for /elsewhere, not pacman's root"),
             "{skip}"
@@ -275,10 +275,10 @@ mod tests {
             format!("SUBVOLUME=\"{}\"\nFSTYPE=\"btrfs\"\n", root.display()),
         )
         .unwrap();
-        let s = Snapper::detect(&settings, &root, &[hooks.clone()]).unwrap();
+        let s = Snapper::detect(&settings, &root, std::slice::from_ref(&hooks)).unwrap();
         assert_eq!(s.config(), "root");
         std::fs::write(hooks.join("05-snap-pac-pre.hook"), "").unwrap();
-        let skip = Snapper::detect(&settings, &root, &[hooks.clone()]).unwrap_err();
+        let skip = Snapper::detect(&settings, &root, std::slice::from_ref(&hooks)).unwrap_err();
         assert!(skip.starts_with("snap-pac takes snapshots"), "{skip}");
         let off = SnapperSettings {
             enabled: false,
