@@ -441,6 +441,18 @@ fn preview_tells_sizes_space_reboot_and_held_back() {
     assert_eq!(items[1]["source"]["by"], "pacpool", "{changes}");
     assert_eq!(items[1]["source"]["operation"], "sync", "{changes}");
     assert_eq!(items[1]["source"]["local_id"], sync_id, "{changes}");
+    let show = Command::new(env!("CARGO_BIN_EXE_pacpool"))
+        .args(["admin", "endpoints", "show", &b_id.to_string()])
+        .env("PACPOOL_ADMIN_URL", coord.url())
+        .env("PACPOOL_ADMIN_TOKEN", support::coordinator::ADMIN)
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    eprintln!("{show}");
+    assert!(
+        show.contains(&format!("changed by: pacman: '{cmd}' at ")),
+        "{show}"
+    );
 }
 
 /// `sleeper-VERSION-any.pkg.tar.zst` holding `usr/bin/sleeper`, a copy of the host's `sleep`.

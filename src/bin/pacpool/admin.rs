@@ -1055,6 +1055,19 @@ async fn show_endpoint(api: &Api, id: i64, diff: bool) -> Result<(), Failure> {
         api.printed_json(&value);
         return Ok(());
     }
+    // Who made the endpoint's current state (its newest recorded change).
+    let last: Option<StateChange> = api
+        .call(
+            Method::GET,
+            &format!("/endpoints/{id}/changes"),
+            &[("limit", "1".to_owned())],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|v| typed::<Page<StateChange>>(v, "state changes").ok())
+        .and_then(|p| p.items.into_iter().next())
+        .filter(|c| Some(c.state) == e.current);
     print_fields(&[
         ("endpoint", format!("{} ({})", e.name, e.id)),
         ("pool", format!("{} ({})", pool.name, pool.id)),
@@ -1080,6 +1093,16 @@ async fn show_endpoint(api: &Api, id: i64, diff: bool) -> Result<(), Failure> {
             "active op",
             e.active_operation
                 .map_or_else(|| "none".to_owned(), |o| o.to_string()),
+        ),
+        (
+            "changed by",
+            last.map_or_else(
+                || "not reported".to_owned(),
+                |c| match c.source {
+                    Some(s) => format!("{s} ({} UTC)", utc(c.at)),
+                    None => format!("not said by the endpoint ({} UTC)", utc(c.at)),
+                },
+            ),
         ),
     ]);
     if !diff {
