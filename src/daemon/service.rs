@@ -104,6 +104,8 @@ struct State {
     applying: Option<crate::proto::ChangeSource>,
     /// See [`keys::PACMAN_LOG_OFFSET`].
     log_offset: Option<u64>,
+    /// pacman's log file, as of the last read of pacman.conf.
+    log_path: Option<std::path::PathBuf>,
     /// See [`keys::OFF_TARGET`].
     off_target: Option<super::protocol::OffTarget>,
 }
@@ -267,16 +269,16 @@ impl Daemon {
             .dbpath
             .clone()
             .unwrap_or_else(|| self.config.pacman.dbpath());
-        let files = self.pacman_files();
-        let (previous, reuse, log_offset) = {
+        let (previous, reuse, log_offset, log) = {
             let s = self.state();
             let reuse = s
                 .machine
                 .as_ref()
                 .map(|m| (m.sources.clone(), m.availability.clone()));
-            (s.fingerprint, reuse, s.log_offset)
+            (s.fingerprint, reuse, s.log_offset, s.log_path.clone())
         };
-        let log = files.log.clone();
+        // pacman.conf is read again only with the state (an unchanged tick costs two `stat`s).
+        let log = log.unwrap_or_else(|| self.pacman_files().log);
         let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let fp = Fingerprint::of(&dbpath)?;
             if !force && previous == Some(fp) {
@@ -399,6 +401,8 @@ impl Daemon {
         }
         // Whether the machine was in sync with the target before this state.
         let was_in_sync = new && self.sync_status().0 == EndpointState::InSync;
+        let files = self.pacman_files();
+        self.state().log_path = Some(files.log.clone());
         let mut held_globs = files.ignore_pkg;
         held_globs.extend(
             machine
