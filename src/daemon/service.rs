@@ -284,8 +284,10 @@ impl Daemon {
             if !force && previous == Some(fp) {
                 return Ok(None);
             }
-            // What pacman.log gained since the last read, read before the state: a run logged
-            // after this point changes the state after it too, and is explained next time.
+            // What pacman.log gained since the last read, read before the state (pacman logs
+            // its command line before it changes anything). A run that starts between the two
+            // reads may go unexplained (`unknown`); the pacman hook's `notify` after each
+            // transaction makes that window rare.
             let gained = match log_offset {
                 Some(offset) => crate::drift::read_since(&log, offset)
                     .inspect_err(|e| tracing::debug!(error = %e, log = %log.display(), "pacman.log not read"))
