@@ -453,6 +453,22 @@ fn preview_tells_sizes_space_reboot_and_held_back() {
         show.contains(&format!("changed by: pacman: '{cmd}' at ")),
         "{show}"
     );
+
+    // A sync the coordinator asks for is attributed to that request too.
+    let op = coord.admin(
+        "POST",
+        &format!("/endpoints/{b_id}/operations"),
+        Some(serde_json::json!({"kind": "sync-to-latest"})),
+    );
+    let st = db_.wait_status("B back in sync", |s| {
+        s["state"] == "in-sync" && s["operation"].is_null()
+    });
+    assert!(st.get("off_target").is_none(), "{st}");
+    let snaps: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["snapshots", "--json"], 0)).unwrap();
+    assert_eq!(snaps[0]["source"]["operation"], "sync", "{snaps}");
+    assert_eq!(snaps[0]["source"]["requested"], op["id"], "{snaps}");
+    assert!(b.pacman(&["-Q", "extra"]).status.code() == Some(1));
 }
 
 /// `sleeper-VERSION-any.pkg.tar.zst` holding `usr/bin/sleeper`, a copy of the host's `sleep`.
