@@ -826,6 +826,7 @@ async fn main() {
         msgs.push(Message::text(
             serde_json::to_string(&EndpointMsg::Report {
                 report: StateReport::Delta { delta },
+                source: None,
             })
             .unwrap(),
         ));

@@ -123,9 +123,12 @@ fn main() {
     upgraded[1234].version = "2.0-1".parse().unwrap();
     let b = Snapshot::new(upgraded).unwrap();
     let size = |report: StateReport| {
-        serde_json::to_vec(&EndpointMsg::Report { report })
-            .unwrap()
-            .len()
+        serde_json::to_vec(&EndpointMsg::Report {
+            report,
+            source: None,
+        })
+        .unwrap()
+        .len()
     };
     let delta_bytes = size(StateReport::Delta { delta: a.diff(&b) });
     let full_bytes = size(StateReport::Full { snapshot: b });

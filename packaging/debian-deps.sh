@@ -5,7 +5,9 @@
 # makepkg and zstd from Debian's packages when any is missing (needs root; otherwise says
 # what to run); with --with-tray also the GTK build dependencies and the headless desktop the
 # tray tests use; with --with-network the network tools of the fault tests (the demo needs
-# neither); with --with-bench nginx, the baseline of benches/pool_repo.rs.
+# neither); with --with-bench nginx, the baseline of benches/pool_repo.rs; with --with-snapper
+# snapper and btrfs-progs (tests/preflight_real_pacman.rs takes snapper snapshots on a
+# loop-mounted btrfs image).
 
 have() {
 	local c
@@ -20,12 +22,13 @@ die() {
 }
 
 ensure_tools() {
-	local apt_packages=() tray=0 network=0 bench=0 arg
+	local apt_packages=() tray=0 network=0 bench=0 snapper=0 arg
 	for arg in "$@"; do
 		case $arg in
 		--with-tray) tray=1 ;;
 		--with-network) network=1 ;;
 		--with-bench) bench=1 ;;
+		--with-snapper) snapper=1 ;;
 		*) die "ensure_tools: unknown option $arg" ;;
 		esac
 	done
@@ -67,6 +70,11 @@ ensure_tools() {
 	# benches/pool_repo.rs measures the pool repository against nginx serving the same files.
 	if ((bench)) && ! [[ -x /usr/sbin/nginx ]]; then
 		apt_packages+=(nginx)
+	fi
+	# The snapper test makes a btrfs file system in an image file (mkfs.btrfs), loop-mounts
+	# it and lets snapper (without its D-Bus daemon) take the pre/post pair there.
+	if ((snapper)) && ! have snapper mkfs.btrfs; then
+		apt_packages+=(snapper btrfs-progs)
 	fi
 	# -------------------------------------------------------------------------------------
 	if ((${#apt_packages[@]} > 0)); then

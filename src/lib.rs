@@ -15,6 +15,8 @@
 //! - [`snapshot`]: canonical package sets with a content hash, and deltas between them.
 //! - [`plan`]: current vs target state into ordered actions, conflicts and a status.
 //! - [`preflight`]: sizes, free space, reboot rules, held-back packages and `.pacnew` files of a plan.
+//! - [`drift`]: where a state change came from (a pacpool operation, or pacman runs read
+//!   from pacman.log).
 //! - [`machine`]: this machine's state from pacman's files, located via pacman.conf.
 //! - [`manifest`]: what each package file of a target is (repository, size, digest,
 //!   signature), recorded by the endpoint that sets the target.
@@ -39,6 +41,7 @@
 //!
 //! Local state:
 //! - [`store`]: the SQLite snapshot history.
+//! - [`snapper`]: snapper pre/post snapshots of the file system around an operation.
 
 pub mod apply;
 pub mod cache;
@@ -46,6 +49,7 @@ pub mod coordinator;
 pub mod daemon;
 pub mod desc;
 pub mod display;
+pub mod drift;
 pub mod exec;
 pub mod localdb;
 pub mod logging;
@@ -56,6 +60,7 @@ pub mod pacman_conf;
 pub mod plan;
 pub mod preflight;
 pub mod proto;
+pub mod snapper;
 pub mod snapshot;
 pub mod store;
 pub mod syncdb;

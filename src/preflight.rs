@@ -3,11 +3,12 @@
 //! writes to have room ([`check_space`], refusing with [`NotEnoughSpace`]), which packages
 //! need a reboot afterwards ([`RebootRules`]), which packages pacman's own `IgnorePkg` /
 //! `IgnoreGroup` hold back ([`held_back`]), and after an apply, the `.pacnew` / `.pacsave`
-//! files pacman's log says this run created ([`config_files_in_log`]) and the processes that
-//! still run replaced files ([`stale_processes`]).
+//! files pacman's log says this run created ([`config_files_in_log`]), the processes that
+//! still run replaced files ([`stale_processes`]) and whether the running kernel lost its
+//! modules ([`kernel_mismatch`]).
 //!
-//! Everything here but [`free_space`] and [`stale_processes`] is pure: it reads data and
-//! returns data.
+//! Everything here but [`free_space`], [`stale_processes`], [`kernel_mismatch`] and
+//! [`running_kernel`] is pure: it reads data and returns data.
 
 use std::path::{Path, PathBuf};
 
@@ -466,6 +467,64 @@ pub fn stale_processes(root: &Path) -> Vec<StaleProcess> {
     out
 }
 
+/// The running kernel has no modules directory under the root any more: a kernel package
+/// replaced it, and modules the running kernel loads later would not be found. Reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelMismatch {
+    /// The running kernel's release (`uname -r`).
+    pub running: String,
+    /// The releases `ROOT/usr/lib/modules/` has now.
+    pub installed: Vec<String>,
+}
+
+impl std::fmt::Display for KernelMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the running kernel {} has no modules installed any more (installed: {}): reboot",
+            self.running,
+            self.installed.join(", ")
+        )
+    }
+}
+
+/// Whether the running kernel (`release`, as `uname -r` prints it) still has its modules
+/// directory `ROOT/usr/lib/modules/RELEASE`. `None` when it has, or when the root has no
+/// kernel modules at all (a container, a chroot without a kernel): nothing to compare.
+pub fn kernel_mismatch(root: &Path, release: &str) -> Option<KernelMismatch> {
+    let release = release.trim();
+    if release.is_empty() || release.contains('/') || release.starts_with('.') {
+        return None;
+    }
+    // A kernel's directory has its modules (`kernel/`, `modules.dep`); what a removed kernel
+    // leaves behind (out-of-tree modules a DKMS package still owns) does not count.
+    let has_modules = |dir: &Path| dir.join("modules.dep").exists() || dir.join("kernel").is_dir();
+    let modules = root.join("usr/lib/modules");
+    let mut installed: Vec<String> = std::fs::read_dir(&modules)
+        .ok()?
+        .flatten()
+        .filter(|e| has_modules(&e.path()))
+        .filter_map(|e| e.file_name().to_str().map(crate::display::clean))
+        .collect();
+    if installed.is_empty() || has_modules(&modules.join(release)) {
+        return None;
+    }
+    installed.sort();
+    Some(KernelMismatch {
+        running: crate::display::clean(release),
+        installed,
+    })
+}
+
+/// The running kernel's release, from `file` (`/proc/sys/kernel/osrelease`, what `uname -r`
+/// prints; configurable so tests can name another).
+pub fn running_kernel(file: &Path) -> Option<String> {
+    std::fs::read_to_string(file)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,6 +714,28 @@ mod tests {
             unit_in_cgroup("0::/user.slice/user-1000.slice/session-2.scope\n"),
             None
         );
+    }
+
+    #[test]
+    fn running_kernel_against_installed_modules() {
+        let root = tempfile::tempdir().unwrap();
+        // No modules at all: nothing to compare.
+        assert_eq!(kernel_mismatch(root.path(), "6.1.0-1"), None);
+        let modules = root.path().join("usr/lib/modules");
+        std::fs::create_dir_all(modules.join("6.1.0-1/kernel")).unwrap();
+        assert_eq!(kernel_mismatch(root.path(), "6.1.0-1"), None);
+        // The upgrade replaced 6.1 by 6.2: the running 6.1 needs a reboot.
+        std::fs::rename(modules.join("6.1.0-1"), modules.join("6.2.0-1")).unwrap();
+        let m = kernel_mismatch(root.path(), "6.1.0-1\n").unwrap();
+        assert_eq!(m.installed, ["6.2.0-1"]);
+        assert_eq!(
+            m.to_string(),
+            "the running kernel 6.1.0-1 has no modules installed any more (installed: 6.2.0-1): reboot"
+        );
+        assert_eq!(kernel_mismatch(root.path(), "../etc"), None);
+        let f = root.path().join("osrelease");
+        std::fs::write(&f, "6.2.0-1\n").unwrap();
+        assert_eq!(running_kernel(&f).as_deref(), Some("6.2.0-1"));
     }
 
     #[test]

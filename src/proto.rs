@@ -164,6 +164,155 @@ pub enum StateReport {
     Delta { delta: Delta },
 }
 
+/// Where a change of an endpoint's package state came from ("drift attribution"), as the
+/// endpoint recorded it: a pacpool operation, or pacman run on the machine by someone else
+/// (command lines and times from `pacman.log`). Sent with state reports; older endpoints
+/// send none, and a kind this coordinator does not know reads as `unknown`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "kebab-case")]
+pub enum ChangeSource {
+    /// A pacpool operation on the machine: `sync` or `revert`.
+    Pacpool {
+        operation: String,
+        /// Its id in the machine's `pacpool history`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        local_id: Option<i64>,
+        /// The coordinator's operation id, when the coordinator asked for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested: Option<i64>,
+    },
+    /// pacman run on the machine outside pacpool: the transactions `pacman.log` recorded since
+    /// the previous state (the newest [`MAX_PACMAN_RUNS`]; `more` counts the older ones).
+    Pacman {
+        runs: Vec<PacmanRun>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: usize,
+    },
+    /// Nothing explains it: no pacman transaction in `pacman.log` since the previous state
+    /// (another tool wrote the database, or the log is not written).
+    #[serde(other)]
+    Unknown,
+}
+
+/// The most pacman runs one [`ChangeSource::Pacman`] lists.
+pub const MAX_PACMAN_RUNS: usize = 8;
+/// The longest command line kept of one run (bytes).
+pub const MAX_PACMAN_COMMAND: usize = 1024;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// One pacman run as `pacman.log` has it: `[TIME] [PACMAN] Running 'COMMAND'`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacmanRun {
+    /// pacman's own timestamp, e.g. `2026-12-05T03:20:01+0000`.
+    pub at: String,
+    /// The command line, e.g. `pacman -S firefox`.
+    pub command: String,
+}
+
+impl ChangeSource {
+    /// The same source with every string made terminal-safe and bounded, and at most
+    /// [`MAX_PACMAN_RUNS`] runs: what a coordinator stores of what an endpoint sent.
+    pub fn bounded(self) -> Self {
+        let cut = |s: &str, max: usize| {
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            crate::display::clean(&s[..end])
+        };
+        match self {
+            ChangeSource::Pacpool {
+                operation,
+                local_id,
+                requested,
+            } => ChangeSource::Pacpool {
+                operation: cut(&operation, 32),
+                local_id,
+                requested,
+            },
+            ChangeSource::Pacman { mut runs, more } => {
+                let extra = runs.len().saturating_sub(MAX_PACMAN_RUNS);
+                runs.drain(..extra);
+                ChangeSource::Pacman {
+                    runs: runs
+                        .into_iter()
+                        .map(|r| PacmanRun {
+                            at: cut(&r.at, 40),
+                            command: cut(&r.command, MAX_PACMAN_COMMAND),
+                        })
+                        .collect(),
+                    more: more.saturating_add(extra),
+                }
+            }
+            ChangeSource::Unknown => ChangeSource::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for ChangeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeSource::Pacpool {
+                operation,
+                local_id,
+                requested,
+            } => {
+                write!(f, "pacpool {operation}")?;
+                match (local_id, requested) {
+                    (Some(l), Some(r)) => write!(f, " (operation {l}, coordinator operation {r})"),
+                    (Some(l), None) => write!(f, " (operation {l})"),
+                    (None, Some(r)) => write!(f, " (coordinator operation {r})"),
+                    (None, None) => Ok(()),
+                }
+            }
+            ChangeSource::Pacman { runs, more } => {
+                f.write_str("pacman: ")?;
+                for (i, r) in runs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "'{}' at {}", r.command, r.at)?;
+                }
+                if *more > 0 {
+                    write!(f, " (and {more} earlier)")?;
+                }
+                Ok(())
+            }
+            ChangeSource::Unknown => f.write_str(
+                "unknown (no pacman transaction in pacman.log since the previous state)",
+            ),
+        }
+    }
+}
+
+/// `POST /endpoint/report`'s body: the report and, from newer endpoints, where the reported
+/// state came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportRequest {
+    #[serde(flatten)]
+    pub report: StateReport,
+    /// Older endpoints send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ChangeSource>,
+}
+
+/// One recorded change of an endpoint's state at the coordinator
+/// (`GET /endpoints/{id}/changes`, newest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub id: i64,
+    /// Unix seconds, when the coordinator stored it.
+    pub at: i64,
+    pub state: SnapshotHash,
+    pub package_count: u64,
+    /// Where the endpoint says the change came from (none from older endpoints).
+    #[serde(default)]
+    pub source: Option<ChangeSource>,
+}
+
 /// The coordinator's answer to a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -478,6 +627,9 @@ pub enum EndpointMsg {
     },
     Report {
         report: StateReport,
+        /// Where the reported state came from (older endpoints send none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<ChangeSource>,
     },
     Progress {
         operation: i64,

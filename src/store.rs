@@ -46,6 +46,11 @@ const MIGRATIONS: &[&str] = &[
         started_at INTEGER NOT NULL,
         finished_at INTEGER
      ) STRICT;",
+    // 3: where each recorded state came from (`ChangeSource` as JSON; NULL for older rows
+    // and the first state recorded), and the snapper snapshot of the file system in that
+    // state (`SnapperRef` as JSON), when one was taken.
+    "ALTER TABLE history ADD COLUMN source TEXT;
+     ALTER TABLE history ADD COLUMN snapper TEXT;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,15 @@ pub struct HistoryEntry {
     /// Why the snapshot was taken: `start`, `hook`, `timer`, `sync`, `revert`, …
     pub trigger: String,
     pub package_count: i64,
+    /// Where the change to this state came from: a pacpool operation, pacman run on the
+    /// machine (its command lines from pacman.log), or unknown. None for the first state and
+    /// states recorded by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::proto::ChangeSource>,
+    /// The snapper snapshot of the file system in this state (a sync's or revert's `pre`
+    /// snapshot for the state it left, its `post` snapshot for the state it made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapper: Option<crate::snapper::SnapperRef>,
 }
 
 /// Whether recording a snapshot added a history entry.
@@ -197,19 +211,25 @@ impl Store {
     }
 
     /// Records `snap` as the state seen at `taken_at` (Unix seconds), unless it equals the
-    /// newest entry.
+    /// newest entry. `source` is asked only for a new entry, with the newest entry before it.
     pub fn record(
         &mut self,
         snap: &Snapshot,
         trigger: &str,
         taken_at: i64,
+        source: impl FnOnce(Option<&HistoryEntry>) -> Option<crate::proto::ChangeSource>,
     ) -> Result<Recorded, StoreError> {
         let hash = snap.hash();
-        if let Some(latest) = self.latest_entry()?
+        let latest = self.latest_entry()?;
+        if let Some(latest) = &latest
             && latest.hash == hash
         {
-            return Ok(Recorded::Unchanged(latest));
+            return Ok(Recorded::Unchanged(latest.clone()));
         }
+        let source = source(latest.as_ref());
+        let source_json = source
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default());
         let path = self.path.clone();
         let e = |e| classify(&path, e);
         let tx = self.conn.transaction().map_err(e)?;
@@ -219,8 +239,8 @@ impl Store {
         )
         .map_err(e)?;
         tx.execute(
-            "INSERT INTO history (hash, taken_at, trigger) VALUES (?1, ?2, ?3)",
-            params![hash.to_hex(), taken_at, trigger],
+            "INSERT INTO history (hash, taken_at, trigger, source) VALUES (?1, ?2, ?3, ?4)",
+            params![hash.to_hex(), taken_at, trigger, source_json],
         )
         .map_err(e)?;
         let id = tx.last_insert_rowid();
@@ -231,6 +251,8 @@ impl Store {
             taken_at,
             trigger: trigger.to_owned(),
             package_count: snap.len() as i64,
+            source,
+            snapper: None,
         }))
     }
 
@@ -239,7 +261,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT h.id, h.hash, h.taken_at, h.trigger, s.package_count
+                "SELECT h.id, h.hash, h.taken_at, h.trigger, s.package_count, h.source, h.snapper
                  FROM history h JOIN snapshots s ON s.hash = h.hash
                  ORDER BY h.id DESC LIMIT ?1",
             )
@@ -252,18 +274,23 @@ impl Store {
                     r.get::<_, i64>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             })
             .map_err(self.err())?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, hash, taken_at, trigger, package_count) = row.map_err(self.err())?;
+            let (id, hash, taken_at, trigger, package_count, source, snapper) =
+                row.map_err(self.err())?;
             out.push(HistoryEntry {
                 id,
                 hash: self.parse_hash(&hash)?,
                 taken_at,
                 trigger,
                 package_count,
+                source: source.and_then(|s| serde_json::from_str(&s).ok()),
+                snapper: snapper.and_then(|s| serde_json::from_str(&s).ok()),
             });
         }
         Ok(out)
@@ -376,6 +403,40 @@ pub struct LocalOperation {
 }
 
 impl Store {
+    /// Records `snapshot` as the snapper snapshot of history entry `id`, unless it has one.
+    pub fn set_snapper(
+        &self,
+        id: i64,
+        snapshot: &crate::snapper::SnapperRef,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(snapshot).unwrap_or_default();
+        self.conn
+            .execute(
+                "UPDATE history SET snapper = ?1 WHERE id = ?2 AND snapper IS NULL",
+                params![json, id],
+            )
+            .map(drop)
+            .map_err(self.err())
+    }
+
+    /// The newest snapper snapshot recorded for a state with this hash.
+    pub fn snapper_for(
+        &self,
+        hash: &SnapshotHash,
+    ) -> Result<Option<crate::snapper::SnapperRef>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT snapper FROM history WHERE hash = ?1 AND snapper IS NOT NULL
+                 ORDER BY id DESC LIMIT 1",
+                [hash.to_hex()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
     /// A small named value (endpoint id, cached target, acknowledged state…).
     pub fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn
@@ -599,19 +660,19 @@ mod tests {
         {
             let mut s = Store::open(&path).unwrap();
             assert!(matches!(
-                s.record(&a, "start", 10).unwrap(),
+                s.record(&a, "start", 10, |_| None).unwrap(),
                 Recorded::New(_)
             ));
             assert!(matches!(
-                s.record(&a, "timer", 11).unwrap(),
+                s.record(&a, "timer", 11, |_| None).unwrap(),
                 Recorded::Unchanged(_)
             ));
             assert!(matches!(
-                s.record(&b, "hook", 12).unwrap(),
+                s.record(&b, "hook", 12, |_| None).unwrap(),
                 Recorded::New(_)
             ));
             assert!(matches!(
-                s.record(&a, "revert", 13).unwrap(),
+                s.record(&a, "revert", 13, |_| None).unwrap(),
                 Recorded::New(_)
             ));
             assert_eq!(s.snapshot_count().unwrap(), 2, "one body per hash");
@@ -632,7 +693,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("state.db")).unwrap();
         for i in 0..10 {
-            s.record(&snap(&[("a", &format!("{i}-1"))]), "timer", i)
+            s.record(&snap(&[("a", &format!("{i}-1"))]), "timer", i, |_| None)
                 .unwrap();
         }
         assert_eq!(s.apply_retention(3).unwrap(), 7);
@@ -701,7 +762,9 @@ mod tests {
         s.conn.busy_timeout(Duration::from_millis(10)).unwrap();
         let other = Connection::open(&shared).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let err = s.record(&snap(&[("a", "1-1")]), "t", 1).unwrap_err();
+        let err = s
+            .record(&snap(&[("a", "1-1")]), "t", 1, |_| None)
+            .unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     }
 }

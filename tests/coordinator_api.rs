@@ -931,6 +931,7 @@ async fn websocket_flow_and_target_push() {
             report: StateReport::Full {
                 snapshot: old.clone(),
             },
+            source: None,
         },
     )
     .await;
@@ -1791,5 +1792,134 @@ async fn requests_are_rate_limited_per_token_and_address() {
     assert_eq!(audit.items[0]["action"], "join_token.create");
     assert_eq!(audit.items[0]["peer"], "198.51.100.7");
     assert_eq!(audit.items[1]["peer"], "127.0.0.1");
+    s.shutdown().await;
+}
+
+/// Where a state came from, as endpoints say it: kept per change (REST and WebSocket
+/// reports), bounded and escaped when hostile, listed newest first at
+/// `GET /endpoints/{id}/changes` (admin only; 404 for an unknown endpoint).
+#[tokio::test]
+async fn state_changes_keep_their_source_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path()).await;
+    let (_pool, eps) = pool_with(&s, "drift", 1).await;
+    let ep = &eps[0];
+    let first = snap(&[("bash", "5.2-1")]);
+    let second = snap(&[("bash", "5.2-2")]);
+    let third = snap(&[("bash", "5.2-3")]);
+    // A full report over REST with a hostile source: 20 runs, long commands with escapes.
+    let runs: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({
+                "at": format!("t{i}\u{1b}[2J"),
+                "command": format!("pacman -S x\u{1b}]0;owned\u{7}{}", "y".repeat(5000)),
+            })
+        })
+        .collect();
+    let body = json!({
+        "kind": "full",
+        "snapshot": serde_json::to_value(&first).unwrap(),
+        "source": {"by": "pacman", "runs": runs},
+    });
+    let ack: ReportAck = s
+        .ok(
+            Method::POST,
+            "/endpoint/report",
+            &ep.endpoint_token,
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        ack,
+        ReportAck::Accepted {
+            state: first.hash()
+        }
+    );
+    // A delta over the WebSocket, from a pacpool operation.
+    let (mut ws, _welcome) = endpoint_ws(&s, &ep.endpoint_token).await;
+    ws_send(
+        &mut ws,
+        &EndpointMsg::Report {
+            report: StateReport::Delta {
+                delta: first.diff(&second),
+            },
+            source: Some(pacpool::proto::ChangeSource::Pacpool {
+                operation: "sync".into(),
+                local_id: Some(7),
+                requested: Some(3),
+            }),
+        },
+    )
+    .await;
+    assert_eq!(
+        ws_next(&mut ws).await.unwrap(),
+        ServerMsg::ReportAck {
+            ack: ReportAck::Accepted {
+                state: second.hash()
+            }
+        }
+    );
+    // A kind this coordinator does not know, and an older endpoint that says nothing.
+    let body = json!({
+        "kind": "full",
+        "snapshot": serde_json::to_value(&third).unwrap(),
+        "source": {"by": "ansible", "playbook": "site.yml"},
+    });
+    s.ok::<ReportAck>(
+        Method::POST,
+        "/endpoint/report",
+        &ep.endpoint_token,
+        Some(body),
+    )
+    .await;
+    s.report_full(&ep.endpoint_token, &first).await;
+
+    let page: Value = s
+        .ok(
+            Method::GET,
+            &format!("/endpoints/{}/changes", ep.endpoint_id),
+            ADMIN,
+            None,
+        )
+        .await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4, "{page}");
+    assert_eq!(items[0]["source"], Value::Null, "{page}");
+    assert_eq!(items[1]["source"], json!({"by": "unknown"}), "{page}");
+    assert_eq!(
+        items[2]["source"],
+        json!({"by": "pacpool", "operation": "sync", "local_id": 7, "requested": 3})
+    );
+    assert_eq!(items[2]["state"], second.hash().to_hex());
+    let hostile = &items[3]["source"];
+    let kept = hostile["runs"].as_array().unwrap();
+    assert_eq!(kept.len(), pacpool::proto::MAX_PACMAN_RUNS, "{hostile}");
+    assert_eq!(hostile["more"], 20 - pacpool::proto::MAX_PACMAN_RUNS);
+    for r in kept {
+        let (at, cmd) = (r["at"].as_str().unwrap(), r["command"].as_str().unwrap());
+        assert!(
+            !at.contains('\u{1b}') && !cmd.chars().any(char::is_control),
+            "{r}"
+        );
+        assert!(
+            cmd.len() <= 2 * pacpool::proto::MAX_PACMAN_COMMAND,
+            "{}",
+            cmd.len()
+        );
+    }
+    // Admin only, and an unknown endpoint is 404.
+    let (status, _) = s
+        .call(
+            Method::GET,
+            &format!("/endpoints/{}/changes", ep.endpoint_id),
+            Some(&ep.endpoint_token),
+            None,
+        )
+        .await;
+    assert!(status == 401 || status == 403, "{status}");
+    let (status, v) = s
+        .call(Method::GET, "/endpoints/999/changes", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 404, "{v}");
     s.shutdown().await;
 }

@@ -348,6 +348,7 @@ async fn sim_endpoint(sh: Shared, ep: i64, token: String) {
             let hash = snap.hash().to_hex();
             let report = EndpointMsg::Report {
                 report: StateReport::Full { snapshot: snap },
+                source: None,
             };
             sh.ledger().reports.entry(ep).or_default().1 = Some(hash.clone());
             if ws

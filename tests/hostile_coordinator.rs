@@ -930,6 +930,7 @@ fn websocket_messages_share_the_tokens_rate_budget() {
                 let s = snap(&[("bash", v.as_str()), ("glibc", "2.40-1")]);
                 serde_json::to_string(&EndpointMsg::Report {
                     report: StateReport::Full { snapshot: s },
+                    source: None,
                 })
                 .unwrap()
             })

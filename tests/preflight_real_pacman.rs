@@ -362,6 +362,113 @@ fn preview_tells_sizes_space_reboot_and_held_back() {
         "{synced}"
     );
     assert!(b.pacman_ok(&["-Q", "pinned"]).contains("1.0-1"));
+
+    // Drift attribution. The state the sync made is the sync operation's doing...
+    let snaps: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["snapshots", "--json"], 0)).unwrap();
+    let ops: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["history", "--json"], 0)).unwrap();
+    let sync_id = ops[0]["id"].as_i64().unwrap();
+    assert_eq!(ops[0]["kind"], "sync", "{ops}");
+    assert_eq!(
+        snaps[0]["source"],
+        serde_json::json!({"by": "pacpool", "operation": "sync", "local_id": sync_id}),
+        "{snaps}"
+    );
+    db_.wait_status("B in sync", |s| s["state"] == "in-sync");
+    // ...and pacman run by hand moves the machine off the target: the status says who, with
+    // the command line from pacman.log (the database refresh before it changed nothing).
+    b.publish(&[build(&b, "extra", "1.0-1", 10, None, None)]);
+    b.pacman_ok(&["-Sy"]);
+    b.pacman_ok(&["-S", "extra"]);
+    db_.cli_code(&["notify"], 0);
+    let st = db_.wait_status("B ahead", |s| s["state"] == "ahead");
+    let off = &st["off_target"];
+    assert_eq!(off["revision"], 1, "{st}");
+    assert_eq!(off["source"]["by"], "pacman", "{st}");
+    let runs = off["source"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{st}");
+    let cmd = runs[0]["command"].as_str().unwrap().to_owned();
+    assert!(
+        cmd.starts_with("pacman --noconfirm ") && cmd.ends_with(" -S extra"),
+        "{cmd}"
+    );
+    let text = db_.cli_code(&["status"], 0);
+    eprintln!("{text}");
+    assert!(
+        text.contains("off target:  moved off the target (revision 1) at ")
+            && text.contains(&format!(" by pacman: '{cmd}' at ")),
+        "{text}"
+    );
+    let snaps = db_.cli_code(&["snapshots"], 0);
+    eprintln!("{snaps}");
+    let lines: Vec<&str> = snaps.lines().collect();
+    assert!(
+        lines[0].ends_with("trigger   snapper  changed by"),
+        "{snaps}"
+    );
+    assert!(
+        lines[1].contains(" hook ") && lines[1].contains(&format!("pacman: '{cmd}' at ")),
+        "{snaps}"
+    );
+    assert!(
+        lines[2].ends_with(&format!("pacpool sync (operation {sync_id})")),
+        "{snaps}"
+    );
+
+    // The coordinator keeps the same attribution in the endpoint's history.
+    let endpoints = coord.admin("GET", &format!("/pools/{}/endpoints", pool["id"]), None);
+    let b_id = endpoints
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "bob")
+        .unwrap()["id"]
+        .clone();
+    let now_hash = local_hash(&b);
+    let mut changes = serde_json::Value::Null;
+    for _ in 0..200 {
+        changes = coord.admin("GET", &format!("/endpoints/{b_id}/changes"), None);
+        if changes["items"][0]["state"] == now_hash.as_str() {
+            break;
+        }
+        // The report travels over the WebSocket after the notify; wait for it briefly.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let items = changes["items"].as_array().unwrap();
+    assert_eq!(items[0]["state"], now_hash.as_str(), "{changes}");
+    assert_eq!(items[0]["source"]["runs"][0]["command"], cmd.as_str());
+    assert_eq!(items[1]["source"]["by"], "pacpool", "{changes}");
+    assert_eq!(items[1]["source"]["operation"], "sync", "{changes}");
+    assert_eq!(items[1]["source"]["local_id"], sync_id, "{changes}");
+    let show = Command::new(env!("CARGO_BIN_EXE_pacpool"))
+        .args(["admin", "endpoints", "show", &b_id.to_string()])
+        .env("PACPOOL_ADMIN_URL", coord.url())
+        .env("PACPOOL_ADMIN_TOKEN", support::coordinator::ADMIN)
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    eprintln!("{show}");
+    assert!(
+        show.contains(&format!("changed by: pacman: '{cmd}' at ")),
+        "{show}"
+    );
+
+    // A sync the coordinator asks for is attributed to that request too.
+    let op = coord.admin(
+        "POST",
+        &format!("/endpoints/{b_id}/operations"),
+        Some(serde_json::json!({"kind": "sync-to-latest"})),
+    );
+    let st = db_.wait_status("B back in sync", |s| {
+        s["state"] == "in-sync" && s["operation"].is_null()
+    });
+    assert!(st.get("off_target").is_none(), "{st}");
+    let snaps: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["snapshots", "--json"], 0)).unwrap();
+    assert_eq!(snaps[0]["source"]["operation"], "sync", "{snaps}");
+    assert_eq!(snaps[0]["source"]["requested"], op["id"], "{snaps}");
+    assert!(b.pacman(&["-Q", "extra"]).status.code() == Some(1));
 }
 
 /// `sleeper-VERSION-any.pkg.tar.zst` holding `usr/bin/sleeper`, a copy of the host's `sleep`.
@@ -456,5 +563,398 @@ fn a_process_running_a_replaced_binary_is_reported() {
             .contains(&format!(".service (pid {pid})")),
         "{outcome}"
     );
+    drop(child);
+}
+
+/// `name-version-any.pkg.tar.zst` holding `files` (path under the root, contents).
+fn build_files(sb: &Sandbox, name: &str, version: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let stage = sb.base().join("stage").join(format!("{name}-{version}"));
+    let mut size = 0;
+    let mut tops = std::collections::BTreeSet::new();
+    for (path, bytes) in files {
+        let p = stage.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+        size += bytes.len();
+        tops.insert(path.split('/').next().unwrap().to_owned());
+    }
+    fs::write(
+        stage.join(".PKGINFO"),
+        format!(
+            "pkgname = {name}\npkgbase = {name}\npkgver = {version}\npkgdesc = test\n\
+             url = https://example.invalid\nbuilddate = 1700000000\npackager = tests\n\
+             size = {size}\narch = any\nlicense = MIT\n"
+        ),
+    )
+    .unwrap();
+    let out = sb
+        .base()
+        .join("pkgs")
+        .join(format!("{name}-{version}-any.pkg.tar.zst"));
+    let st = Command::new("bsdtar")
+        .current_dir(&stage)
+        .args(["--zstd", "-cf"])
+        .arg(&out)
+        .arg(".PKGINFO")
+        .args(&tops)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+/// Adds `line` to the top-level keys of a pacpoold.toml written by `write_config`.
+fn config_with(config: &Path, line: &str) {
+    let text = fs::read_to_string(config).unwrap();
+    fs::write(config, format!("{line}\n{text}")).unwrap();
+}
+
+/// After a revert that replaces the kernel package, the running kernel (its release read
+/// from the configured file, as `uname -r` would print it) has no modules directory under
+/// the root any more: the result says a reboot is needed.
+#[test]
+fn a_replaced_running_kernel_needs_a_reboot() {
+    let sb = Sandbox::new();
+    let linux = |version: &str, release: &str| {
+        let dep = format!("usr/lib/modules/{release}/modules.dep");
+        let ko = format!("usr/lib/modules/{release}/kernel/test.ko");
+        build_files(&sb, "linux", version, &[(&dep, b""), (&ko, b"ko")])
+    };
+    let new = linux("6.2.0-1", "6.2.0-test");
+    let old = linux("6.1.0-1", "6.1.0-test");
+    sb.publish(&[new]);
+    sb.pacman_ok(&["-Sy", "linux"]);
+    let with_new = local_hash(&sb);
+    let release = sb.base().join("osrelease");
+    fs::write(&release, "6.1.0-test\n").unwrap();
+    let config = write_config(&sb, "a", None);
+    config_with(
+        &config,
+        &format!("kernel_release_file = \"{}\"", release.display()),
+    );
+    let d = Daemon::start(&config);
+    // The machine runs 6.1 (6.2 was undone and 6.1 booted, say).
+    sb.pacman_ok(&["-U", old.to_str().unwrap()]);
+    d.cli_code(&["notify"], 0);
+    // Running 6.1 with 6.1's modules installed: nothing to say.
+    assert!(sb.root().join("usr/lib/modules/6.1.0-test").is_dir());
+    let out = d.cli_code(&["revert", "--to", &with_new, "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    assert!(!sb.root().join("usr/lib/modules/6.1.0-test").exists());
+    assert_eq!(
+        outcome["kernel"],
+        serde_json::json!({"running": "6.1.0-test", "installed": ["6.2.0-test"]}),
+        "{outcome}"
+    );
+    assert!(
+        outcome["message"].as_str().unwrap().contains(
+            "the running kernel 6.1.0-test has no modules installed any more (installed: 6.2.0-test): reboot"
+        ),
+        "{outcome}"
+    );
+    // The reboot rules name the package too (linux is a kernel).
+    assert_eq!(outcome["reboot"], serde_json::json!(["linux"]), "{outcome}");
+}
+
+/// A mounted file system, unmounted (lazily, so a busy one goes too) when the test ends.
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts with `mount ARGS... TARGET`; `None` with mount's complaint when not permitted.
+fn mount(args: &[&str], target: &Path) -> Result<Mount, String> {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(target)
+        .output()
+        .map_err(|e| format!("cannot run mount: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    Ok(Mount(target.to_owned()))
+}
+
+/// Recreates what `Sandbox::new` made under the root (hidden by a file system mounted there).
+fn renew_root(sb: &Sandbox) {
+    fs::create_dir_all(sb.dbpath()).unwrap();
+    fs::create_dir_all(sb.root().join("var/log")).unwrap();
+}
+
+/// A sync whose packages would not fit on the root's small file system (a tmpfs of 4 MiB; the
+/// package installs 8 MiB) is refused by pacpoold before pacman runs, and the root is as it
+/// was: same packages, no file of the package, nothing in pacman's log.
+#[test]
+fn a_sync_that_would_overfill_a_small_file_system_is_refused() {
+    use support::coordinator::Coordinator;
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let tmpfs = match mount(&["-t", "tmpfs", "-o", "size=4m", "pacpool-test"], &b.root()) {
+        Ok(m) => m,
+        Err(why) => {
+            println!("SKIPPED: cannot mount a tmpfs (needs root and mount permission): {why}");
+            return;
+        }
+    };
+    renew_root(&b);
+    let pkgs = [
+        build(&a, "small", "1.0-1", 10, None, None),
+        build(&a, "big", "1.0-1", 8 << 20, None, None),
+    ];
+    a.publish(&pkgs);
+    b.publish(&pkgs);
+    a.pacman_ok(&["-Sy", "small", "big"]);
+    b.pacman_ok(&["-Sy", "small"]);
+
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("coordinator.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    db_.wait_status("B behind", |s| {
+        s["target"]["revision"] == 1 && s["state"] == "behind"
+    });
+
+    let preview: serde_json::Value =
+        serde_json::from_str(&db_.cli_code(&["preview", "--json"], 0)).unwrap();
+    let root_space = preview["space"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "root")
+        .unwrap_or_else(|| panic!("the root is its own file system: {preview}"))
+        .clone();
+    assert!(root_space["free"].as_u64().unwrap() <= 4 << 20, "{preview}");
+    assert_eq!(root_space["needed"], 8 << 20, "{preview}");
+
+    let packages = b.pacman_ok(&["-Q"]);
+    let log = b.log_text();
+    let out = db_.cli(&["sync", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("not enough free space on {} (root)", b.root().display());
+    assert!(
+        stderr.contains(&expected) && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(b.pacman_ok(&["-Q"]), packages);
+    assert!(!b.root().join("usr/share/big").exists());
+    assert_eq!(b.log_text(), log, "pacman never ran");
+    drop(db_);
+    drop(tmpfs);
+}
+
+/// snapper on a loop-mounted btrfs image that is pacman's root: a revert is wrapped in a
+/// pre/post pair described with the operation; reverting back names the snapper snapshot of
+/// the state it returns to; with snap-pac's hook installed no pair is taken.
+///
+/// snapper's configuration lives where snapper keeps them (`/etc/snapper/configs`, listed in
+/// `/etc/default/snapper`): the test's own, uniquely named, is deleted with
+/// `snapper delete-config` when the test ends.
+#[test]
+fn snapper_pre_and_post_around_a_revert() {
+    if support::find_in_path("snapper").is_none() || support::find_in_path("mkfs.btrfs").is_none() {
+        println!(
+            "SKIPPED: snapper or mkfs.btrfs is not installed (packaging/debian-deps.sh --with-snapper)"
+        );
+        return;
+    }
+    let sb = Sandbox::new();
+    let image = sb.base().join("btrfs.img");
+    fs::File::create(&image)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.btrfs")
+        .arg("-q")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(mkfs.status.success(), "{mkfs:?}");
+    let _mounted = match mount(&["-o", "loop", image.to_str().unwrap()], &sb.root()) {
+        Ok(m) => m,
+        Err(why) => {
+            println!(
+                "SKIPPED: cannot loop-mount a btrfs image (loop devices not allowed here?): {why}"
+            );
+            return;
+        }
+    };
+    renew_root(&sb);
+    let name = format!("pacpool-test-{}", std::process::id());
+    struct Config(String);
+    impl Drop for Config {
+        fn drop(&mut self) {
+            let _ = Command::new("snapper")
+                .args(["--no-dbus", "-c", &self.0, "delete-config"])
+                .output();
+        }
+    }
+    let created = Command::new("snapper")
+        .args(["--no-dbus", "-c", &name, "create-config"])
+        .arg(sb.root())
+        .output()
+        .unwrap();
+    let _config = Config(name.clone());
+    assert!(created.status.success(), "{created:?}");
+
+    sb.publish(&[build(&sb, "tool", "1.0-1", 100, None, None)]);
+    sb.pacman_ok(&["-Sy", "tool"]);
+    let first = local_hash(&sb);
+    let config = write_config(&sb, "a", None);
+    fs::write(
+        &config,
+        format!(
+            "{}\n[snapper]\nconfig = \"{name}\"\n",
+            fs::read_to_string(&config).unwrap()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&config);
+    sb.publish(&[build(&sb, "tool", "2.0-1", 200, None, None)]);
+    sb.pacman_ok(&["-Sy", "tool"]);
+    d.cli_code(&["notify"], 0);
+    let second = local_hash(&sb);
+
+    let out = d.cli_code(&["revert", "--to", &first, "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    let pair = &outcome["snapper"];
+    assert_eq!(pair["config"], name.as_str(), "{outcome}");
+    let (pre, post) = (
+        pair["pre"].as_u64().unwrap(),
+        pair["post"].as_u64().unwrap(),
+    );
+    assert!(
+        outcome["message"].as_str().unwrap().ends_with(&format!(
+            "; snapper snapshots {pre} (pre) and {post} (post), config {name}"
+        )),
+        "{outcome}"
+    );
+    // snapper itself lists the pair, described with the operation.
+    let list = Command::new("snapper")
+        .args(["--no-dbus", "-c", &name, "--jsonout", "list"])
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let snaps = list[&name].as_array().unwrap();
+    let by_number = |n: u64| snaps.iter().find(|s| s["number"] == n).unwrap().clone();
+    let ops: serde_json::Value =
+        serde_json::from_str(&d.cli_code(&["history", "--json"], 0)).unwrap();
+    let description = format!("pacpool revert (operation {})", ops[0]["id"]);
+    assert_eq!(by_number(pre)["type"], "pre", "{list}");
+    assert_eq!(by_number(pre)["description"], description.as_str());
+    assert_eq!(by_number(post)["type"], "post", "{list}");
+    assert_eq!(by_number(post)["pre-number"], pre, "{list}");
+    assert_eq!(by_number(post)["description"], description.as_str());
+
+    // Going back to the second state: the pre snapshot above is that state's file system.
+    let out = d.cli_code(&["revert", "--to", &second, "--yes"], 0);
+    eprintln!("{out}");
+    assert!(
+        out.contains(&format!(
+            "the file system as it was in that state: snapper snapshot {pre} (config {name})"
+        )),
+        "{out}"
+    );
+    let snapshots = d.cli_code(&["snapshots"], 0);
+    eprintln!("{snapshots}");
+
+    // snap-pac installed: it takes its own pairs, pacpool takes none.
+    let hooks = sb.root().join("usr/share/libalpm/hooks");
+    fs::create_dir_all(&hooks).unwrap();
+    // (A valid hook pacman can parse, for a package that never changes.)
+    fs::write(
+        hooks.join("05-snap-pac-pre.hook"),
+        "[Trigger]\nOperation = Upgrade\nType = Package\nTarget = no-such-package\n\n\
+         [Action]\nWhen = PreTransaction\nExec = /usr/bin/true\n",
+    )
+    .unwrap();
+    let out = d.cli_code(&["revert", "--to", &first, "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    assert!(outcome.get("snapper").is_none(), "{outcome}");
+    drop(d);
+}
+
+/// A process that maps a library under the root, which a pool sync then replaces, is named in
+/// the sync's result as still running replaced files. The library is a copy of the C library
+/// this test runs with, loaded by `sleep` through `LD_LIBRARY_PATH`.
+#[test]
+fn a_process_mapping_a_library_a_sync_replaces_is_reported() {
+    use support::coordinator::Coordinator;
+    let libc = fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.find('/').map(|i| l[i..].to_owned()))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .expect("this test maps libc.so.6");
+    let bytes = fs::read(&libc).unwrap();
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let v1 = build_files(&a, "libcopy", "1.0-1", &[("usr/lib/libc.so.6", &bytes)]);
+    let v2 = build_files(&a, "libcopy", "2.0-1", &[("usr/lib/libc.so.6", &bytes)]);
+    a.publish(std::slice::from_ref(&v1));
+    b.publish(std::slice::from_ref(&v1));
+    a.pacman_ok(&["-Sy", "libcopy"]);
+    b.pacman_ok(&["-Sy", "libcopy"]);
+    a.publish(std::slice::from_ref(&v2));
+    b.publish(std::slice::from_ref(&v2));
+    a.pacman_ok(&["-Syu"]);
+
+    let dbdir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dbdir.path().join("coordinator.db"), None);
+    let pool = coord.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+    let join = coord.admin("POST", &format!("/pools/{}/join-tokens", pool["id"]), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let da = Daemon::start(&write_config(&a, "alice", Some((&coord.url(), &join))));
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&coord.url(), &join))));
+    da.wait_status("A connected", |s| s["link"] == "connected");
+    da.cli_code(&["set-latest", "--yes"], 0);
+    db_.wait_status("B behind", |s| {
+        s["target"]["revision"] == 1 && s["state"] == "behind"
+    });
+
+    let lib = b.root().join("usr/lib/libc.so.6");
+    let sleep = support::find_in_path("sleep").expect("sleep on PATH");
+    let mut child = Reap(
+        Command::new(sleep)
+            .arg("600")
+            .env("LD_LIBRARY_PATH", b.root().join("usr/lib"))
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let maps = PathBuf::from(format!("/proc/{pid}/maps"));
+    while !fs::read_to_string(&maps)
+        .unwrap_or_default()
+        .contains(lib.to_str().unwrap())
+    {
+        assert!(child.0.try_wait().unwrap().is_none(), "sleep exited");
+        std::thread::yield_now();
+    }
+
+    let out = db_.cli_code(&["sync", "--yes", "--json"], 0);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    assert!(b.pacman_ok(&["-Q", "libcopy"]).contains("2.0-1"));
+    let ours = outcome["restart"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not reported: {outcome}"))
+        .clone();
+    assert_eq!(
+        ours["files"],
+        serde_json::json!([lib.display().to_string()])
+    );
+    assert_eq!(ours["command"], "sleep");
     drop(child);
 }

@@ -960,6 +960,17 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
         body.contains("install editor 1.0-1") && body.contains("remove oldtool 1.0-1"),
         "{body}"
     );
+    // With what an Arch user checks first (the same lines as `pacpool preview`).
+    let cli_preview = db.cli_code(&["preview"], 0);
+    for line in body.lines().filter(|l| {
+        l.starts_with("download: ") || l.starts_with("reboot needed") || l.starts_with("held back")
+    }) {
+        assert!(cli_preview.contains(line), "{line:?} not in {cli_preview}");
+    }
+    assert!(
+        body.contains("\ndownload: ") && body.contains("\nfree space: "),
+        "{body}"
+    );
     // The sync, clicked in the menu, makes bob match alice.
     desk.click(&item, desk.item_id(&item, "Sync to latest — "));
     wait_for("bob's packages to equal alice's", diag, || {
@@ -1110,9 +1121,11 @@ fn tray_follows_the_daemon_notifies_and_syncs() {
     );
     // The pool repository has alice's editor 1.1-1 (she uploaded it when she set the target),
     // so even before the refresh the upgrade has a source.
-    assert_eq!(
-        body,
-        "Sync refreshes the package databases (pacman -Sy) first, then plans again:\nupgrade editor 1.0-1 → 1.1-1"
+    assert!(
+        body.starts_with(
+            "Sync refreshes the package databases (pacman -Sy) first, then plans again:\nupgrade editor 1.0-1 → 1.1-1\ndownload: "
+        ),
+        "{body}"
     );
 
     // Syncing: the test holds pacman's lock, so the sync waits in its database refresh.

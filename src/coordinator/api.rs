@@ -81,8 +81,8 @@ fn too_large() -> ApiErr {
 /// text ([`FullText`]: no per-package allocations, no second encoding pass). The JSON
 /// accepted is the same.
 pub enum ReportJson {
-    Full(SnapText),
-    Delta(crate::snapshot::Delta),
+    Full(SnapText, Option<crate::proto::ChangeSource>),
+    Delta(crate::snapshot::Delta, Option<crate::proto::ChangeSource>),
 }
 
 #[derive(Deserialize)]
@@ -99,6 +99,8 @@ struct ReportBody {
     snapshot: Option<FullText>,
     #[serde(default)]
     delta: Option<crate::snapshot::Delta>,
+    #[serde(default)]
+    source: Option<crate::proto::ChangeSource>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for ReportJson {
@@ -147,13 +149,15 @@ impl<S: Send + Sync> FromRequest<S> for ReportJson {
             ReportBody {
                 kind: ReportKind::Full,
                 snapshot: Some(snapshot),
+                source,
                 ..
-            } => Ok(Self::Full(snapshot.0)),
+            } => Ok(Self::Full(snapshot.0, source)),
             ReportBody {
                 kind: ReportKind::Delta,
                 delta: Some(delta),
+                source,
                 ..
-            } => Ok(Self::Delta(delta)),
+            } => Ok(Self::Delta(delta, source)),
             ReportBody {
                 kind: ReportKind::Full,
                 ..
@@ -231,6 +235,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 .delete(delete_endpoint),
         )
         .route("/endpoints/{id}/revoke", post(revoke_endpoint))
+        .route("/endpoints/{id}/changes", get(endpoint_changes))
         .route("/endpoints/{id}/operations", post(admin_create_operation))
         .route("/audit", get(list_audit))
         .route("/operations", get(list_operations))
@@ -1046,6 +1051,33 @@ async fn list_audit(
     Ok(Json(Page { items, next }))
 }
 
+/// `GET /endpoints/{id}/changes`: the endpoint's state changes and where each came from.
+async fn endpoint_changes(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Page<crate::proto::StateChange>> {
+    let limit = page_limit(&q)?;
+    let items = state
+        .db
+        .read(move |conn| {
+            let exists: Option<i64> = conn
+                .prepare_cached("SELECT id FROM endpoints WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Err(ApiErr::not_found(format!("no endpoint {id}")));
+            }
+            db::state_changes(conn, id, q.cursor, limit)
+        })
+        .await?;
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(Page { items, next }))
+}
+
 async fn operations_page(
     state: &AppState,
     endpoint: Option<i64>,
@@ -1217,10 +1249,10 @@ async fn endpoint_report(
 ) -> ApiResult<ReportAck> {
     let peer = peer(&ci);
     Ok(Json(match report {
-        ReportJson::Full(text) => state.report_full(&ep, text, peer).await?,
-        ReportJson::Delta(delta) => {
+        ReportJson::Full(text, source) => state.report_full(&ep, text, source, peer).await?,
+        ReportJson::Delta(delta, source) => {
             state
-                .report(&ep, StateReport::Delta { delta }, peer)
+                .report(&ep, StateReport::Delta { delta }, source, peer)
                 .await?
         }
     }))

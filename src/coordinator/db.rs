@@ -124,6 +124,19 @@ const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL,
         PRIMARY KEY (pool_id, revision)
      );",
+    // 5: each endpoint's state changes and where the endpoint says they came from (a pacpool
+    // operation, or pacman run on the machine: `ChangeSource` as JSON). `state` is not a
+    // reference: retention may drop the snapshot before the row.
+    "CREATE TABLE endpoint_changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+        at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        package_count INTEGER NOT NULL,
+        source TEXT
+     ) STRICT;
+     CREATE INDEX endpoint_changes_endpoint ON endpoint_changes(endpoint_id, id);
+     CREATE INDEX endpoint_changes_at ON endpoint_changes(at);",
 ];
 
 /// Longest chain of delta-stored snapshots: reading one applies at most this many deltas.
@@ -845,6 +858,64 @@ pub fn audit(
     )?
     .execute(params![now(), actor, action, subject, peer.map(|p| p.to_string()), detail])?;
     Ok(())
+}
+
+/// Records that endpoint `endpoint` moved to `state`, with its `source` (JSON, bounded).
+pub(crate) fn insert_state_change(
+    conn: &Connection,
+    endpoint: i64,
+    state: &SnapshotHash,
+    package_count: u64,
+    source: Option<&str>,
+) -> Result<(), ApiErr> {
+    conn.prepare_cached(
+        "INSERT INTO endpoint_changes (endpoint_id, at, state, package_count, source)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        endpoint,
+        now(),
+        state.to_hex(),
+        package_count as i64,
+        source
+    ])?;
+    Ok(())
+}
+
+/// Endpoint `endpoint`'s recorded state changes, newest first, before `cursor` (an id).
+pub(crate) fn state_changes(
+    conn: &Connection,
+    endpoint: i64,
+    cursor: Option<i64>,
+    limit: i64,
+) -> Result<Vec<crate::proto::StateChange>, ApiErr> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, state, package_count, source FROM endpoint_changes
+         WHERE endpoint_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![endpoint, cursor.unwrap_or(i64::MAX), limit], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, at, state, package_count, source) = row?;
+        out.push(crate::proto::StateChange {
+            id,
+            at,
+            state: parse_hash(&state)?,
+            package_count: package_count.max(0) as u64,
+            // A row written by a newer coordinator reads as unknown rather than failing.
+            source: source
+                .map(|s| serde_json::from_str(&s).unwrap_or(crate::proto::ChangeSource::Unknown)),
+        });
+    }
+    Ok(out)
 }
 
 pub fn audit_page(

@@ -37,7 +37,9 @@
 //!   newest first), `POST /pools/{id}/target/revert` (`RevertTargetRequest` → `TargetInfo`)
 //! - `GET|PATCH|DELETE /endpoints/{id}` (`UpdateEndpoint`: rename / move),
 //!   `POST /endpoints/{id}/revoke`, `POST /endpoints/{id}/operations` (`CreateOperation`;
-//!   pushes `OperationRequested` to the endpoint)
+//!   pushes `OperationRequested` to the endpoint), `GET /endpoints/{id}/changes?cursor=&limit=`
+//!   (`Page<StateChange>`: its state changes, newest first, each with where the endpoint says
+//!   it came from)
 //! - `GET /operations?endpoint=&pool=&cursor=&limit=` (`Page<Operation>`, newest first),
 //!   `POST /operations/{id}/cancel[?force=true]`, `GET /audit?cursor=&limit=`
 //!   (`Page<AuditEntry>`)
@@ -51,7 +53,8 @@
 //! (`RegisterRequest` → 201 `RegisterResponse`, always a new endpoint and token).
 //!
 //! Endpoint (`Authorization: Bearer <endpoint token>`; acts only on itself):
-//! - `POST /endpoint/report` (`StateReport` → `ReportAck`)
+//! - `POST /endpoint/report` (`ReportRequest`: a `StateReport` and its `ChangeSource` →
+//!   `ReportAck`)
 //! - `GET /endpoint/target` (`Option<TargetInfo>`), `POST /endpoint/target`
 //!   (`SetTargetRequest` → `TargetInfo`; `409 revision_conflict` with the current target in
 //!   `detail`, `409 snapshot_not_current` when the snapshot is not its reported state)

@@ -1,5 +1,5 @@
-//! Retention: a periodic task deleting finished operations and audit entries older than
-//! `retention_days`, target revisions beyond each pool's newest `max_target_history`, and
+//! Retention: a periodic task deleting finished operations, audit entries and endpoints'
+//! recorded state changes older than `retention_days`, target revisions beyond each pool's newest `max_target_history`, and
 //! then every snapshot that nothing references any more.
 //!
 //! Architecture Invariant: a snapshot referenced by a kept target revision, by an endpoint's
@@ -27,6 +27,8 @@ const BATCH: i64 = 500;
 pub struct Removed {
     pub operations: u64,
     pub audit: u64,
+    /// Recorded state changes of endpoints (`endpoint_changes`).
+    pub changes: u64,
     pub targets: u64,
     pub snapshots: Vec<SnapshotHash>,
 }
@@ -47,6 +49,12 @@ fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiEr
         out.audit = tx
             .prepare_cached(
                 "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 LIMIT ?2)",
+            )?
+            .execute(params![cutoff, BATCH])? as u64;
+        out.changes = tx
+            .prepare_cached(
+                "DELETE FROM endpoint_changes WHERE id IN (
+                    SELECT id FROM endpoint_changes WHERE at < ?1 LIMIT ?2)",
             )?
             .execute(params![cutoff, BATCH])? as u64;
     }
@@ -98,10 +106,14 @@ impl AppState {
                 self.texts.remove(h);
                 self.snapshots.remove(h);
             }
-            let done =
-                r.operations == 0 && r.audit == 0 && r.targets == 0 && r.snapshots.is_empty();
+            let done = r.operations == 0
+                && r.audit == 0
+                && r.changes == 0
+                && r.targets == 0
+                && r.snapshots.is_empty();
             total.operations += r.operations;
             total.audit += r.audit;
+            total.changes += r.changes;
             total.targets += r.targets;
             total.snapshots.extend(r.snapshots);
             if done {

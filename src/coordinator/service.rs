@@ -15,6 +15,7 @@ use super::error::ApiErr;
 use super::hub::Audience;
 use super::snaptext::{self, SnapText};
 use crate::plan::{self, Counts, SyncStatus};
+use crate::proto::ChangeSource;
 use crate::proto::{
     CreateOperation, EndpointState, EndpointStatus, Operation, OperationKind, OperationResult,
     OperationState, PoolPolicy, PoolStats, Progress, ReportAck, RevertTargetRequest, ServerMsg,
@@ -695,6 +696,7 @@ impl AppState {
         &self,
         ep: &EndpointAuth,
         report: StateReport,
+        source: Option<ChangeSource>,
         peer: Option<IpAddr>,
     ) -> Result<ReportAck, ApiErr> {
         match report {
@@ -702,9 +704,9 @@ impl AppState {
                 let text = tokio::task::spawn_blocking(move || SnapText::from_snapshot(&snapshot))
                     .await
                     .map_err(|e| ApiErr::internal(format!("encoding task failed: {e}")))?;
-                self.report_full(ep, text, peer).await
+                self.report_full(ep, text, source, peer).await
             }
-            StateReport::Delta { delta } => self.report_delta(ep, delta, peer).await,
+            StateReport::Delta { delta } => self.report_delta(ep, delta, source, peer).await,
         }
     }
 
@@ -714,9 +716,10 @@ impl AppState {
         &self,
         ep: &EndpointAuth,
         text: SnapText,
+        source: Option<ChangeSource>,
         peer: Option<IpAddr>,
     ) -> Result<ReportAck, ApiErr> {
-        self.store_report(ep, text, None, peer).await
+        self.store_report(ep, text, None, source, peer).await
     }
 
     /// Applies a delta to the endpoint's known state and stores the result (see
@@ -725,6 +728,7 @@ impl AppState {
         &self,
         ep: &EndpointAuth,
         delta: crate::snapshot::Delta,
+        source: Option<ChangeSource>,
         peer: Option<IpAddr>,
     ) -> Result<ReportAck, ApiErr> {
         let id = ep.id;
@@ -777,7 +781,7 @@ impl AppState {
                 }
             }
         };
-        self.store_report(ep, new, base, peer).await
+        self.store_report(ep, new, base, source, peer).await
     }
 
     /// Stores a report's resulting state `new` (for a delta, `base` is its base and the
@@ -787,8 +791,15 @@ impl AppState {
         ep: &EndpointAuth,
         new: SnapText,
         base: Option<(SnapshotHash, String)>,
+        source: Option<ChangeSource>,
         peer: Option<IpAddr>,
     ) -> Result<ReportAck, ApiErr> {
+        // What the endpoint says about where the state came from: stored bounded and
+        // terminal-safe, never interpreted.
+        let source = source.map(ChangeSource::bounded);
+        let source_json = source
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default());
         // Every state (full, or built from deltas) passes here, and targets are only made
         // of stored states: this bounds them too.
         if new.packages > self.settings.max_packages {
@@ -828,7 +839,8 @@ impl AppState {
                         Some((_, json)) if !json.is_empty() => json.len(),
                         _ => stored.text.len(),
                     };
-                    st.charge_storage(id, size + ROW_COST_BYTES)?;
+                    let source_len = source_json.as_ref().map_or(0, String::len);
+                    st.charge_storage(id, size + source_len + 2 * ROW_COST_BYTES)?;
                     let from = base.as_ref().map(|(h, json)| (h, json.as_str()));
                     db::put_snapshot(tx, &stored, from.filter(|(_, j)| !j.is_empty()))?;
                 }
@@ -837,11 +849,25 @@ impl AppState {
                 )?
                 .execute(params![hash.to_hex(), now(), id])?;
                 if changed {
+                    db::insert_state_change(
+                        tx,
+                        id,
+                        &hash,
+                        stored.packages as u64,
+                        source_json.as_deref(),
+                    )?;
                     st.audit_report(
                         tx,
                         id,
                         peer,
-                        format!("state {hash} ({})", crate::words::packages(stored.packages)),
+                        format!(
+                            "state {hash} ({}){}",
+                            crate::words::packages(stored.packages),
+                            source
+                                .as_ref()
+                                .map(|s| format!(" by {s}"))
+                                .unwrap_or_default()
+                        ),
                     )?;
                 }
                 Ok(Ok(changed))

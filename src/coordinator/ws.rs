@@ -360,6 +360,8 @@ struct FastReport {
     #[serde(rename = "type")]
     kind: FastKind,
     report: FastBody,
+    #[serde(default)]
+    source: Option<crate::proto::ChangeSource>,
 }
 
 #[derive(serde::Deserialize, PartialEq, Eq)]
@@ -384,15 +386,21 @@ struct FastBody {
     delta: Option<crate::snapshot::Delta>,
 }
 
-fn fast_report(text: &str) -> Option<crate::proto::StateReport> {
+fn fast_report(
+    text: &str,
+) -> Option<(
+    crate::proto::StateReport,
+    Option<crate::proto::ChangeSource>,
+)> {
     use crate::proto::StateReport;
     let r = serde_json::from_str::<FastReport>(text).ok()?;
     debug_assert!(r.kind == FastKind::Report);
-    match (r.report.kind, r.report.snapshot, r.report.delta) {
-        (FastReportKind::Full, Some(snapshot), _) => Some(StateReport::Full { snapshot }),
-        (FastReportKind::Delta, _, Some(delta)) => Some(StateReport::Delta { delta }),
-        _ => None,
-    }
+    let report = match (r.report.kind, r.report.snapshot, r.report.delta) {
+        (FastReportKind::Full, Some(snapshot), _) => StateReport::Full { snapshot },
+        (FastReportKind::Delta, _, Some(delta)) => StateReport::Delta { delta },
+        _ => return None,
+    };
+    Some((report, r.source))
 }
 
 /// One message after hello; the reply to send, if any.
@@ -403,9 +411,9 @@ async fn handle(
     text: &str,
 ) -> Option<ServerMsg> {
     if text.starts_with("{\"type\":\"report\"")
-        && let Some(report) = fast_report(text)
+        && let Some((report, source)) = fast_report(text)
     {
-        return Some(match state.report(ep, report, Some(peer)).await {
+        return Some(match state.report(ep, report, source, Some(peer)).await {
             Ok(ack) => ServerMsg::ReportAck { ack },
             Err(e) => error_msg(e),
         });
@@ -421,10 +429,12 @@ async fn handle(
     let peer = Some(peer);
     match msg {
         EndpointMsg::Hello { .. } => Some(error_msg(ApiErr::invalid("hello was already sent"))),
-        EndpointMsg::Report { report } => Some(match state.report(ep, report, peer).await {
-            Ok(ack) => ServerMsg::ReportAck { ack },
-            Err(e) => error_msg(e),
-        }),
+        EndpointMsg::Report { report, source } => {
+            Some(match state.report(ep, report, source, peer).await {
+                Ok(ack) => ServerMsg::ReportAck { ack },
+                Err(e) => error_msg(e),
+            })
+        }
         EndpointMsg::Progress {
             operation,
             progress,

@@ -68,6 +68,11 @@ pub struct DaemonConfig {
     /// Packages whose change needs a reboot (shell globs), shown by preview and in a sync's
     /// result; replaces [`crate::preflight::DEFAULT_REBOOT_PACKAGES`].
     pub reboot_packages: Vec<String>,
+    /// Where the running kernel's release is read (what `uname -r` prints): after a sync or
+    /// revert, a reboot is needed when `ROOT/usr/lib/modules/RELEASE` is gone.
+    pub kernel_release_file: PathBuf,
+    /// snapper snapshots around each sync and revert.
+    pub snapper: crate::snapper::SnapperSettings,
 }
 
 impl Default for DaemonConfig {
@@ -96,6 +101,8 @@ impl Default for DaemonConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            kernel_release_file: PathBuf::from("/proc/sys/kernel/osrelease"),
+            snapper: Default::default(),
         }
     }
 }

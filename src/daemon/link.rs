@@ -623,17 +623,23 @@ async fn report_now(
         match report_for(daemon, *known) {
             None => return Ok(true),
             Some(report @ StateReport::Delta { .. }) => {
-                send_within(ws, encode(&EndpointMsg::Report { report }), send_timeout).await?;
+                let source = daemon.current_source();
+                send_within(
+                    ws,
+                    encode(&EndpointMsg::Report { report, source }),
+                    send_timeout,
+                )
+                .await?;
                 return Ok(true);
             }
             Some(full) => {
                 let sent: Result<ReportAck, CallError> = endpoint
-                    .call(
-                        endpoint
-                            .http
-                            .post(endpoint.url("/endpoint/report"))
-                            .json(&full),
-                    )
+                    .call(endpoint.http.post(endpoint.url("/endpoint/report")).json(
+                        &crate::proto::ReportRequest {
+                            report: full,
+                            source: daemon.current_source(),
+                        },
+                    ))
                     .await;
                 let ack = match sent {
                     Ok(ack) => ack,
@@ -989,8 +995,12 @@ async fn run_requested(
     };
     let to = operation.to_snapshot.map(|h| h.to_hex());
     let result = match operation.kind {
-        OperationKind::SyncToLatest => daemon.sync(false, progress).await,
-        OperationKind::Revert => daemon.revert(to.as_deref(), false, progress).await,
+        OperationKind::SyncToLatest => daemon.sync(false, Some(id), progress).await,
+        OperationKind::Revert => {
+            daemon
+                .revert(to.as_deref(), false, Some(id), progress)
+                .await
+        }
         // An administrator asked for it explicitly: no local confirmation to check.
         OperationKind::SetAsLatest => set_latest(&daemon, &SetLatestOptions::requested()).await,
     };
@@ -1351,12 +1361,16 @@ async fn report_full(
 ) -> Result<(), ActionError> {
     let ack: ReportAck = endpoint
         .call(
-            endpoint
-                .http
-                .post(endpoint.url("/endpoint/report"))
-                .json(&StateReport::Full {
-                    snapshot: snapshot.clone(),
-                }),
+            endpoint.http.post(endpoint.url("/endpoint/report")).json(
+                &crate::proto::ReportRequest {
+                    report: StateReport::Full {
+                        snapshot: snapshot.clone(),
+                    },
+                    source: daemon
+                        .current_source()
+                        .filter(|_| daemon.current_snapshot().as_ref() == Some(snapshot)),
+                },
+            ),
         )
         .await?;
     if let ReportAck::Accepted { state } = ack {

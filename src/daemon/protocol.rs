@@ -239,6 +239,37 @@ pub struct LocalStatus {
     /// The pool's daily auto-sync window (UTC `HH:MM-HH:MM`), if any (older daemons send none).
     #[serde(default)]
     pub auto_sync_window: Option<String>,
+    /// While the machine is ahead of or diverged from the target after having been in sync
+    /// with it: when it left the target and who moved it (older daemons send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_target: Option<OffTarget>,
+}
+
+/// Who moved an in-sync machine off its pool target, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffTarget {
+    /// Unix seconds: when the state that left the target was recorded.
+    pub at: i64,
+    /// The target revision the machine was in sync with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// Where that change came from (none: not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::proto::ChangeSource>,
+}
+
+impl std::fmt::Display for OffTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "moved off the target")?;
+        if let Some(r) = self.revision {
+            write!(f, " (revision {r})")?;
+        }
+        write!(f, " at {} UTC by ", crate::display::utc(self.at))?;
+        match &self.source {
+            Some(s) => write!(f, "{s}"),
+            None => f.write_str("an unknown change"),
+        }
+    }
 }
 
 impl LocalStatus {
@@ -290,6 +321,55 @@ impl Preview {
     /// first; then 2 installs".
     pub fn summary(&self) -> String {
         pending_summary(&self.counts, self.needs_refresh)
+    }
+
+    /// What an Arch user checks before an upgrade, one line each, in the words every client
+    /// shows (`pacpool preview`, the tray's preview): download and installed size, free
+    /// space (or that it runs out), what needs a reboot, what pacman.conf holds back.
+    pub fn preflight_lines(&self) -> Vec<String> {
+        use crate::display::clean;
+        use crate::preflight::{bytes, signed_bytes};
+        let mut lines = Vec::new();
+        if let Some(s) = self.sizes.as_ref().filter(|_| !self.actions.is_empty()) {
+            let unknown = |names: &[PkgName]| {
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+                    format!(" (not counted, size unknown: {})", list.join(", "))
+                }
+            };
+            lines.push(format!(
+                "download: {}{}; installed size: {}{}",
+                bytes(s.download),
+                unknown(&s.download_unknown),
+                signed_bytes(s.installed_change),
+                unknown(&s.installed_unknown)
+            ));
+        }
+        for sp in self.space.iter().filter(|s| s.needed > 0) {
+            if sp.enough() {
+                lines.push(format!(
+                    "free space: {} on {} ({}), {} needed",
+                    bytes(sp.free),
+                    clean(&sp.path.display().to_string()),
+                    sp.role,
+                    bytes(sp.needed)
+                ));
+            } else {
+                lines.push(clean(
+                    &crate::preflight::NotEnoughSpace(sp.clone()).to_string(),
+                ));
+            }
+        }
+        if !self.reboot.is_empty() {
+            let list: Vec<&str> = self.reboot.iter().map(|n| n.as_str()).collect();
+            lines.push(format!("reboot needed afterwards: {}", list.join(", ")));
+        }
+        for h in &self.held_back {
+            lines.push(format!("held back: {}", clean(&h.to_string())));
+        }
+        lines
     }
 }
 
@@ -459,6 +539,16 @@ pub struct Outcome {
     /// (older daemons send none).
     #[serde(default)]
     pub restart: Vec<crate::preflight::StaleProcess>,
+    /// The running kernel lost its modules directory: reboot (older daemons send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::preflight::KernelMismatch>,
+    /// The snapper pre/post pair taken around the operation (older daemons send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapper: Option<crate::snapper::SnapperPair>,
+    /// For a revert: the snapper snapshot of the file system as it was in the state reverted
+    /// to, when one was taken (older daemons send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapper_match: Option<crate::snapper::SnapperRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

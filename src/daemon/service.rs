@@ -38,6 +38,11 @@ pub(crate) mod keys {
     pub const ACKED_STATE: &str = "acked_state";
     pub const LAST_SYNC: &str = "last_sync";
     pub const AUTO_SYNC_PAUSED: &str = "auto_sync_paused";
+    /// pacman.log's length when pacman's state was last read: the runs after it explain the
+    /// next change.
+    pub const PACMAN_LOG_OFFSET: &str = "pacman_log_offset";
+    /// Who moved the machine off the target (JSON `OffTarget`), while it is off.
+    pub const OFF_TARGET: &str = "off_target";
 }
 
 /// Why an action did not run or did not finish; the socket turns it into an error reply.
@@ -95,6 +100,14 @@ struct State {
     /// What pacman.conf's `IgnorePkg` (globs) and `IgnoreGroup` (the installed members of
     /// those groups) hold back, read with pacman's state: added to the policy's `ignore`.
     held_globs: Vec<String>,
+    /// The operation applying changes now: every state recorded meanwhile is its doing.
+    applying: Option<crate::proto::ChangeSource>,
+    /// See [`keys::PACMAN_LOG_OFFSET`].
+    log_offset: Option<u64>,
+    /// pacman's log file, as of the last read of pacman.conf.
+    log_path: Option<std::path::PathBuf>,
+    /// See [`keys::OFF_TARGET`].
+    off_target: Option<super::protocol::OffTarget>,
 }
 
 type StatusKey = (SnapshotHash, SnapshotHash, crate::plan::Policy);
@@ -124,6 +137,9 @@ struct PacmanFiles {
     cache: std::path::PathBuf,
     root: std::path::PathBuf,
     log: std::path::PathBuf,
+    /// Every directory pacman reads hooks from: `ROOT/usr/share/libalpm/hooks` and the
+    /// `HookDir`s (`--hookdir` adds one).
+    hook_dirs: Vec<std::path::PathBuf>,
     ignore_pkg: Vec<String>,
     ignore_group: Vec<String>,
 }
@@ -188,6 +204,12 @@ impl Daemon {
         state.endpoint_name = store.get(keys::ENDPOINT_NAME)?;
         state.last_sync = store.get(keys::LAST_SYNC)?.and_then(|s| s.parse().ok());
         state.paused = store.get(keys::AUTO_SYNC_PAUSED)?.as_deref() == Some("true");
+        state.log_offset = store
+            .get(keys::PACMAN_LOG_OFFSET)?
+            .and_then(|v| v.parse().ok());
+        state.off_target = store
+            .get(keys::OFF_TARGET)?
+            .and_then(|v| serde_json::from_str(&v).ok());
         let reboot = crate::preflight::RebootRules::new(&config.reboot_packages)
             .context("fix reboot_packages in pacpoold.toml")?;
         let (events, _) = broadcast::channel(256);
@@ -253,21 +275,36 @@ impl Daemon {
             .dbpath
             .clone()
             .unwrap_or_else(|| self.config.pacman.dbpath());
-        let (previous, reuse) = {
+        let (previous, reuse, log_offset, log) = {
             let s = self.state();
             let reuse = s
                 .machine
                 .as_ref()
                 .map(|m| (m.sources.clone(), m.availability.clone()));
-            (s.fingerprint, reuse)
+            (s.fingerprint, reuse, s.log_offset, s.log_path.clone())
         };
+        // pacman.conf is read again only with the state (an unchanged tick costs two `stat`s).
+        let log = log.unwrap_or_else(|| self.pacman_files().log);
         let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let fp = Fingerprint::of(&dbpath)?;
             if !force && previous == Some(fp) {
                 return Ok(None);
             }
+            // What pacman.log gained since the last read, read before the state (pacman logs
+            // its command line before it changes anything). A run that starts between the two
+            // reads may go unexplained (`unknown`); the pacman hook's `notify` after each
+            // transaction makes that window rare.
+            let gained = match log_offset {
+                Some(offset) => crate::drift::read_since(&log, offset)
+                    .inspect_err(|e| tracing::debug!(error = %e, log = %log.display(), "pacman.log not read"))
+                    .ok(),
+                None => Some((
+                    String::new(),
+                    std::fs::metadata(&log).map_or(0, |m| m.len()),
+                )),
+            };
             let reuse = reuse.as_ref().map(|(f, a)| (f, a));
-            Ok(Some((fp, paths.read_reusing(reuse)?)))
+            Ok(Some((fp, paths.read_reusing(reuse)?, gained)))
         })
         .await?;
         let read = match read {
@@ -303,13 +340,27 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let Some((fingerprint, machine)) = read else {
+        let Some((fingerprint, machine, gained)) = read else {
             return Ok(false);
+        };
+        let applying = self.state().applying.clone();
+        let source = |previous: Option<&HistoryEntry>| {
+            // The first state recorded has no "before".
+            previous?;
+            if applying.is_some() {
+                return applying;
+            }
+            Some(match (&gained, log_offset) {
+                (Some((text, _)), Some(_)) => {
+                    crate::drift::pacman_runs(text).unwrap_or(crate::proto::ChangeSource::Unknown)
+                }
+                _ => crate::proto::ChangeSource::Unknown,
+            })
         };
         let recorded = {
             let mut store = self.store();
             store
-                .record(&machine.snapshot, trigger, now())
+                .record(&machine.snapshot, trigger, now(), source)
                 .and_then(|r| {
                     if matches!(r, crate::store::Recorded::New(_)) {
                         store.apply_retention(self.config.history_keep)?;
@@ -348,7 +399,18 @@ impl Daemon {
             }
         };
         let new = matches!(recorded, crate::store::Recorded::New(_));
+        if let Some((_, len)) = gained
+            && log_offset != Some(len)
+        {
+            self.state().log_offset = Some(len);
+            if let Err(e) = self.store().set(keys::PACMAN_LOG_OFFSET, &len.to_string()) {
+                tracing::warn!(error = %e, "cannot record how far pacman.log was read");
+            }
+        }
+        // Whether the machine was in sync with the target before this state.
+        let was_in_sync = new && self.sync_status().0 == EndpointState::InSync;
         let files = self.pacman_files();
+        self.state().log_path = Some(files.log.clone());
         let mut held_globs = files.ignore_pkg;
         held_globs.extend(
             machine
@@ -366,11 +428,73 @@ impl Daemon {
             s.current = Some(recorded.entry().clone());
         }
         if new {
-            tracing::info!(trigger, hash = %recorded.entry().hash.short(), packages = recorded.entry().package_count, "recorded a new package state");
+            self.note_off_target(was_in_sync, recorded.entry());
+            tracing::info!(trigger, hash = %recorded.entry().hash.short(), packages = recorded.entry().package_count, source = ?recorded.entry().source, "recorded a new package state");
             self.state_changed.notify_one();
             self.emit_status();
         }
         Ok(new)
+    }
+
+    /// Records snapper snapshot `number` as the file system of the current state (a pre
+    /// snapshot: the state before the operation; a post snapshot: the state it made).
+    fn note_snapper(&self, config: &str, number: u64) {
+        let Some(current) = self.state().current.as_ref().map(|c| c.id) else {
+            return;
+        };
+        let r = crate::snapper::SnapperRef {
+            config: config.to_owned(),
+            number,
+        };
+        if let Err(e) = self.store().set_snapper(current, &r) {
+            tracing::warn!(error = %e, "cannot record the snapper snapshot of state {current}");
+        }
+    }
+
+    /// After a new state `entry`: remembers who moved the machine off the target when it was
+    /// in sync and now is ahead or diverged; forgets it once the machine is in sync or behind.
+    fn note_off_target(&self, was_in_sync: bool, entry: &HistoryEntry) {
+        let now_state = self.sync_status().0;
+        let off = match now_state {
+            EndpointState::Ahead | EndpointState::Diverged if was_in_sync => {
+                Some(super::protocol::OffTarget {
+                    at: entry.taken_at,
+                    revision: self.state().target.as_ref().map(|(t, _)| t.revision),
+                    source: entry.source.clone(),
+                })
+            }
+            // Still off the same target: the change that moved it off is the news.
+            EndpointState::Ahead | EndpointState::Diverged => {
+                let s = self.state();
+                let revision = s.target.as_ref().map(|(t, _)| t.revision);
+                if s.off_target
+                    .as_ref()
+                    .is_some_and(|o| o.revision == revision)
+                {
+                    return;
+                }
+                None
+            }
+            EndpointState::Unknown => return,
+            _ => None,
+        };
+        if self.state().off_target == off {
+            return;
+        }
+        if let Some(o) = &off {
+            tracing::warn!(revision = ?o.revision, source = ?o.source, "{o}");
+        }
+        let stored = match &off {
+            Some(o) => self.store().set(
+                keys::OFF_TARGET,
+                &serde_json::to_string(o).unwrap_or_default(),
+            ),
+            None => self.store().unset(keys::OFF_TARGET),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "cannot record who moved the machine off the target");
+        }
+        self.state().off_target = off;
     }
 
     /// The error an operation reports when re-reading or recording the state failed: what
@@ -383,6 +507,11 @@ impl Daemon {
             .or_else(|| s.storage_error.clone())
             .unwrap_or_else(|| format!("{e:#}"));
         ActionError::new(ErrorCode::Internal, message)
+    }
+
+    /// Where the current state came from (see [`crate::drift`]).
+    pub(crate) fn current_source(&self) -> Option<crate::proto::ChangeSource> {
+        self.state().current.as_ref().and_then(|c| c.source.clone())
     }
 
     /// The current snapshot (after the last refresh).
@@ -490,6 +619,10 @@ impl Daemon {
             revert_changes,
             needs_refresh,
             auto_sync_window,
+            off_target: s
+                .off_target
+                .clone()
+                .filter(|_| matches!(state, EndpointState::Ahead | EndpointState::Diverged)),
         }
     }
 
@@ -701,7 +834,18 @@ impl Daemon {
             .clone()
             .or_else(|| conf.as_ref().and_then(|c| c.root_dir.clone()))
             .unwrap_or_else(|| std::path::PathBuf::from("/"));
+        let mut hook_dirs = vec![root.join("usr/share/libalpm/hooks")];
+        match conf
+            .as_ref()
+            .map(|c| c.hook_dirs.clone())
+            .unwrap_or_default()
+        {
+            dirs if dirs.is_empty() => hook_dirs.push(root.join("etc/pacman.d/hooks")),
+            dirs => hook_dirs.extend(dirs),
+        }
+        hook_dirs.extend(settings.hookdir.clone());
         PacmanFiles {
+            hook_dirs,
             cache: settings
                 .cachedir
                 .clone()
@@ -797,13 +941,15 @@ impl Daemon {
     }
 
     /// Sync to the pool's target.
+    /// `requested`: the coordinator's operation id, when it asked for this sync.
     pub async fn sync(
         &self,
         confirm_removals: bool,
+        requested: Option<i64>,
         progress: impl FnMut(Progress) + Send,
     ) -> Result<Outcome, ActionError> {
         let (target, _) = self.target()?;
-        self.run_to("sync", target, confirm_removals, true, progress)
+        self.run_to("sync", target, confirm_removals, true, requested, progress)
             .await
     }
 
@@ -813,6 +959,7 @@ impl Daemon {
         &self,
         to: Option<&str>,
         confirm_removals: bool,
+        requested: Option<i64>,
         progress: impl FnMut(Progress) + Send,
     ) -> Result<Outcome, ActionError> {
         let entry = match to {
@@ -835,8 +982,13 @@ impl Daemon {
             .ok_or_else(|| {
                 ActionError::new(ErrorCode::NotFound, "that snapshot is no longer stored")
             })?;
-        self.run_to("revert", snap, confirm_removals, false, progress)
-            .await
+        // The file system as it was in that state, when snapper kept it.
+        let snapper_match = self.store().snapper_for(&entry.hash).ok().flatten();
+        let mut outcome = self
+            .run_to("revert", snap, confirm_removals, false, requested, progress)
+            .await?;
+        outcome.snapper_match = snapper_match;
+        Ok(outcome)
     }
 
     /// Finds a history entry by id or by (unique) hash prefix.
@@ -875,6 +1027,7 @@ impl Daemon {
         target: Snapshot,
         confirm_removals: bool,
         may_refresh_databases: bool,
+        requested: Option<i64>,
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<Outcome, ActionError> {
         let _guard = self.begin(kind)?;
@@ -886,15 +1039,22 @@ impl Daemon {
         // receiver, which is the case between operations, so a cancel would outlive its
         // operation and cancel the next one at once.
         self.cancel.send_replace(false);
+        let source = crate::proto::ChangeSource::Pacpool {
+            operation: kind.to_owned(),
+            local_id: Some(op),
+            requested,
+        };
         let result = self
             .plan_apply_verify(
                 kind,
                 &target,
                 confirm_removals,
                 may_refresh_databases,
+                source,
                 &mut progress,
             )
             .await;
+        self.state().applying = None;
         self.finish(op, kind, &result);
         result
     }
@@ -905,6 +1065,7 @@ impl Daemon {
         target: &Snapshot,
         confirm_removals: bool,
         may_refresh_databases: bool,
+        source: crate::proto::ChangeSource,
         progress: &mut (impl FnMut(Progress) + Send),
     ) -> Result<Outcome, ActionError> {
         let mut report = |p: Progress| {
@@ -979,9 +1140,39 @@ impl Daemon {
             ));
         }
         let reboot = self.reboot.needs_reboot(&plan);
-        let log = self.pacman_files().log;
+        let files = self.pacman_files();
+        let log = files.log.clone();
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let trust = self.trust_rule()?;
+        // A snapper pre snapshot, when snapper is configured for the root; never fatal.
+        let description = source.to_string();
+        let snapper = match crate::snapper::Snapper::detect(
+            &self.config.snapper,
+            &files.root,
+            &files.hook_dirs,
+        ) {
+            Ok(snapper) => Some(snapper),
+            Err(why) => {
+                tracing::debug!(%why, "no snapper snapshots");
+                None
+            }
+        };
+        let pre = match &snapper {
+            Some(snapper) => match snapper.pre(&description).await {
+                Ok(n) => {
+                    self.note_snapper(snapper.config(), n);
+                    Some(n)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no snapper snapshot before the {kind}; going on without");
+                    None
+                }
+            },
+            None => None,
+        };
+        // From here every state recorded (this operation's, or the pacman hook's `notify`
+        // while pacman runs) is this operation's doing.
+        self.state().applying = Some(source);
         let applied = actions::apply(
             &plan,
             &self.config,
@@ -997,11 +1188,33 @@ impl Daemon {
         self.refresh(kind, true)
             .await
             .map_err(|e| self.refresh_failed(e))?;
+        let snapper = match (&snapper, pre) {
+            (Some(snapper), Some(pre)) => Some(crate::snapper::SnapperPair {
+                config: snapper.config().to_owned(),
+                pre,
+                post: match snapper.post(pre, &description).await {
+                    Ok(n) => {
+                        self.note_snapper(snapper.config(), n);
+                        Some(n)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no snapper snapshot after the {kind}");
+                        None
+                    }
+                },
+            }),
+            _ => None,
+        };
         let config_files = config_files_since(&log, log_start);
-        let root = self.pacman_files().root;
-        let restart = tokio::task::spawn_blocking(move || crate::preflight::stale_processes(&root))
-            .await
-            .unwrap_or_default();
+        let root = files.root.clone();
+        let release_file = self.config.kernel_release_file.clone();
+        let (restart, kernel) = tokio::task::spawn_blocking(move || {
+            let kernel = crate::preflight::running_kernel(&release_file)
+                .and_then(|release| crate::preflight::kernel_mismatch(&root, &release));
+            (crate::preflight::stale_processes(&root), kernel)
+        })
+        .await
+        .unwrap_or_default();
         let mut failures = applied?;
         let after = self.current_snapshot().unwrap_or_default();
         failures.extend(differences(&after, target, &self.policy(&self.state())));
@@ -1031,7 +1244,13 @@ impl Daemon {
             )
         };
         // In the message too, so `pacpool history` and the coordinator's record carry them.
-        message.push_str(&after_note(&config_files, &reboot, &restart));
+        message.push_str(&after_note(
+            &config_files,
+            &reboot,
+            kernel.as_ref(),
+            &restart,
+            snapper.as_ref(),
+        ));
         Ok(Outcome {
             kind: kind.to_owned(),
             ok,
@@ -1042,6 +1261,9 @@ impl Daemon {
             config_files,
             reboot,
             restart,
+            kernel,
+            snapper,
+            ..Default::default()
         })
     }
 
@@ -1368,7 +1590,7 @@ impl Daemon {
         if !behind || !self.auto_sync_wanted() {
             return;
         }
-        match self.sync(false, |_| {}).await {
+        match self.sync(false, None, |_| {}).await {
             Ok(o) => tracing::info!(why, message = %o.message, "automatic sync"),
             Err(e) => tracing::warn!(why, error = %e, "automatic sync did not run"),
         }
@@ -1490,7 +1712,9 @@ fn config_files_since(log: &std::path::Path, start: u64) -> Vec<crate::preflight
 fn after_note(
     config_files: &[crate::preflight::ConfigFile],
     reboot: &[crate::names::PkgName],
+    kernel: Option<&crate::preflight::KernelMismatch>,
     restart: &[crate::preflight::StaleProcess],
+    snapper: Option<&crate::snapper::SnapperPair>,
 ) -> String {
     let mut note = String::new();
     if !config_files.is_empty() {
@@ -1500,6 +1724,9 @@ fn after_note(
     if !reboot.is_empty() {
         let list: Vec<&str> = reboot.iter().map(|n| n.as_str()).collect();
         note.push_str(&format!("; reboot needed ({})", list.join(", ")));
+    }
+    if let Some(k) = kernel {
+        note.push_str(&format!("; {k}"));
     }
     if !restart.is_empty() {
         let list: Vec<String> = restart
@@ -1513,6 +1740,18 @@ fn after_note(
             "; still running replaced files: {}",
             list.join(", ")
         ));
+    }
+    if let Some(p) = snapper {
+        match p.post {
+            Some(post) => note.push_str(&format!(
+                "; snapper snapshots {} (pre) and {post} (post), config {}",
+                p.pre, p.config
+            )),
+            None => note.push_str(&format!(
+                "; snapper snapshot {} (pre), config {}",
+                p.pre, p.config
+            )),
+        }
     }
     note
 }

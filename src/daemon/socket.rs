@@ -476,14 +476,19 @@ async fn dispatch(
         }
         Request::Sync { confirm_removals } => {
             let (send, rx) = progress_channel();
-            with_progress(daemon.sync(confirm_removals, send), rx, w).await?
+            with_progress(daemon.sync(confirm_removals, None, send), rx, w).await?
         }
         Request::Revert {
             to,
             confirm_removals,
         } => {
             let (send, rx) = progress_channel();
-            with_progress(daemon.revert(to.as_deref(), confirm_removals, send), rx, w).await?
+            with_progress(
+                daemon.revert(to.as_deref(), confirm_removals, None, send),
+                rx,
+                w,
+            )
+            .await?
         }
         Request::Subscribe => unreachable!("handled by the caller"),
     })

@@ -371,6 +371,8 @@ pub struct Notifier {
     behind_revision: Option<u64>,
     running: Option<String>,
     last: Option<Box<LocalStatus>>,
+    /// When the last announced move off the target was recorded.
+    off_target_at: Option<i64>,
 }
 
 impl Notifier {
@@ -463,6 +465,9 @@ impl Notifier {
     }
 
     fn on_status(&mut self, s: &LocalStatus) -> Option<Note> {
+        if let Some(note) = self.off_target(s) {
+            return Some(note);
+        }
         let behind = matches!(s.state, EndpointState::Behind | EndpointState::Diverged);
         let rev = s.target.as_ref().map(|t| t.revision)?;
         if !behind || s.operation.is_some() {
@@ -485,6 +490,32 @@ impl Notifier {
             ),
             critical: false,
             sync_now: s.can_act,
+        })
+    }
+}
+
+impl Notifier {
+    /// Once per move: the machine was in sync and someone else than pacpool (pacman run by
+    /// hand, or an unknown change) moved it ahead or diverged. A pacpool revert is the user's
+    /// own request and is not announced again.
+    fn off_target(&mut self, s: &LocalStatus) -> Option<Note> {
+        let off = s.off_target.as_ref()?;
+        if self.off_target_at == Some(off.at)
+            || matches!(off.source, Some(crate::proto::ChangeSource::Pacpool { .. }))
+        {
+            return None;
+        }
+        self.off_target_at = Some(off.at);
+        Some(Note {
+            summary: format!(
+                "This machine left the target of {}",
+                s.pool.as_deref().unwrap_or("its pool")
+            ),
+            body: format!(
+                "It was {off}.\n`pacpool revert` takes it back; Sync returns it to the target."
+            ),
+            critical: false,
+            sync_now: false,
         })
     }
 }
@@ -601,6 +632,7 @@ mod tests {
             revert_changes: None,
             needs_refresh: false,
             auto_sync_window: None,
+            off_target: None,
         })
     }
 
@@ -651,6 +683,8 @@ mod tests {
             taken_at: 1_763_771_400,
             trigger: "hook".into(),
             package_count: 7,
+            source: None,
+            snapper: None,
         });
         back.revert_changes = Some(Counts {
             install: 1,
@@ -737,6 +771,8 @@ mod tests {
             taken_at: 0,
             trigger: "start".into(),
             package_count: 1,
+            source: None,
+            snapper: None,
         });
         let p = preview(hash, 4);
         let answer = SetLatestAnswer::Preview(Box::new(p.clone()));
@@ -819,6 +855,37 @@ mod tests {
             })
             .is_none()
         );
+        // Moved off the target by pacman run by hand: once, with the command line.
+        let mut ahead = status(EndpointState::Ahead, Some(4));
+        ahead.off_target = Some(crate::daemon::protocol::OffTarget {
+            at: 1_763_771_400,
+            revision: Some(4),
+            source: Some(crate::proto::ChangeSource::Pacman {
+                runs: vec![crate::proto::PacmanRun {
+                    at: "2025-11-22T00:30:00+0000".into(),
+                    command: "pacman -S extra".into(),
+                }],
+                more: 0,
+            }),
+        });
+        let e = Event::Status {
+            status: ahead.clone(),
+        };
+        let note = n.on_event(&e).expect("announced");
+        assert_eq!(note.summary, "This machine left the target of lab");
+        assert_eq!(
+            note.body,
+            "It was moved off the target (revision 4) at 2025-11-22 00:30:00 UTC by pacman: 'pacman -S extra' at 2025-11-22T00:30:00+0000.\n`pacpool revert` takes it back; Sync returns it to the target."
+        );
+        assert!(n.on_event(&e).is_none(), "once");
+        // A pacpool revert that left the target is the user's own doing: not announced.
+        let mut fresh = Notifier::default();
+        ahead.off_target.as_mut().unwrap().source = Some(crate::proto::ChangeSource::Pacpool {
+            operation: "revert".into(),
+            local_id: Some(2),
+            requested: None,
+        });
+        assert!(fresh.on_event(&Event::Status { status: ahead }).is_none());
         // Behind without an announcement (e.g. at start): once.
         let mut fresh = Notifier::default();
         let e = Event::Status {

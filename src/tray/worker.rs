@@ -384,6 +384,8 @@ async fn action(shared: Arc<Shared>, cmd: Command) {
                     n.cap
                 ));
             }
+            // Sizes, free space, reboot, held back: what the CLI's preview says too.
+            lines.extend(preview.preflight_lines());
             let rev = preview
                 .target_revision
                 .map_or_else(String::new, |r| format!(" to revision {r}"));

@@ -246,7 +246,7 @@ pub fn ws_endpoint_msg(data: &[u8]) {
     let Ok(msg) = serde_json::from_str::<EndpointMsg>(text) else {
         return;
     };
-    if let EndpointMsg::Report { report } = &msg {
+    if let EndpointMsg::Report { report, .. } = &msg {
         check_report(report);
     }
     round_trip(&msg);
@@ -468,6 +468,7 @@ fn delta_report_seed() -> String {
     let delta = base.diff(&target);
     serde_json::to_string(&EndpointMsg::Report {
         report: StateReport::Delta { delta },
+        source: None,
     })
     .unwrap()
 }

@@ -21,8 +21,8 @@ use pacpool::localdb::Reason;
 use pacpool::plan::Scope;
 use pacpool::proto::{
     API_PREFIX, ApiError, AuditEntry, CreateJoinToken, CreatePool, EndpointState, EndpointStatus,
-    JoinToken, Operation, OperationState, Page, Pool, PoolPolicy, RevertTargetRequest, TargetInfo,
-    UpdateEndpoint, UpdatePool,
+    JoinToken, Operation, OperationState, Page, Pool, PoolPolicy, RevertTargetRequest, StateChange,
+    TargetInfo, UpdateEndpoint, UpdatePool,
 };
 use pacpool::snapshot::{PackageState, Snapshot, SnapshotHash};
 
@@ -168,6 +168,17 @@ enum EndpointsCmd {
     Remove { id: i64 },
     /// Revoke an endpoint's token; it must register again with a join token
     Revoke { id: i64 },
+    /// An endpoint's state changes, newest first, and where each came from (a pacpool
+    /// operation, or pacman run on the machine with its command line)
+    History {
+        id: i64,
+        /// At most this many (1-1000, default 100)
+        #[arg(long)]
+        limit: Option<u16>,
+        /// Continue after this change id (printed after a full page)
+        #[arg(long, value_name = "ID")]
+        cursor: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1002,6 +1013,9 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 pacpool::outln!("removed endpoint {id}; its token no longer works");
             }
         }
+        EndpointsCmd::History { id, limit, cursor } => {
+            endpoint_history(api, *id, *limit, *cursor).await?
+        }
         EndpointsCmd::Revoke { id } => {
             let v = api
                 .call(Method::POST, &format!("/endpoints/{id}/revoke"), &[], None)
@@ -1041,6 +1055,19 @@ async fn show_endpoint(api: &Api, id: i64, diff: bool) -> Result<(), Failure> {
         api.printed_json(&value);
         return Ok(());
     }
+    // Who made the endpoint's current state (its newest recorded change).
+    let last: Option<StateChange> = api
+        .call(
+            Method::GET,
+            &format!("/endpoints/{id}/changes"),
+            &[("limit", "1".to_owned())],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|v| typed::<Page<StateChange>>(v, "state changes").ok())
+        .and_then(|p| p.items.into_iter().next())
+        .filter(|c| Some(c.state) == e.current);
     print_fields(&[
         ("endpoint", format!("{} ({})", e.name, e.id)),
         ("pool", format!("{} ({})", pool.name, pool.id)),
@@ -1066,6 +1093,16 @@ async fn show_endpoint(api: &Api, id: i64, diff: bool) -> Result<(), Failure> {
             "active op",
             e.active_operation
                 .map_or_else(|| "none".to_owned(), |o| o.to_string()),
+        ),
+        (
+            "changed by",
+            last.map_or_else(
+                || "not reported".to_owned(),
+                |c| match c.source {
+                    Some(s) => format!("{s} ({} UTC)", utc(c.at)),
+                    None => format!("not said by the endpoint ({} UTC)", utc(c.at)),
+                },
+            ),
         ),
     ]);
     if !diff {
@@ -1402,6 +1439,50 @@ fn print_operation(o: &Operation) {
         }
         t.print();
     }
+}
+
+async fn endpoint_history(
+    api: &Api,
+    id: i64,
+    limit: Option<u16>,
+    cursor: Option<i64>,
+) -> Result<(), Failure> {
+    let mut query = Vec::new();
+    if let Some(l) = limit {
+        query.push(("limit", l.to_string()));
+    }
+    if let Some(c) = cursor {
+        query.push(("cursor", c.to_string()));
+    }
+    let v = api
+        .call(
+            Method::GET,
+            &format!("/endpoints/{id}/changes"),
+            &query,
+            None,
+        )
+        .await?;
+    if api.printed_json(&v) {
+        return Ok(());
+    }
+    let page: Page<StateChange> = typed(v, "state changes")?;
+    if page.items.is_empty() {
+        pacpool::outln!("endpoint {id} has reported no state change yet");
+        return Ok(());
+    }
+    let mut t = Table::new(&[">ID", "AT (UTC)", "STATE", ">PACKAGES", "CHANGED BY"]);
+    for c in page.items {
+        t.row(vec![
+            c.id.to_string(),
+            utc(c.at),
+            c.state.short(),
+            c.package_count.to_string(),
+            c.source.map_or_else(|| "-".into(), |s| s.to_string()),
+        ]);
+    }
+    t.print();
+    next_page(page.next);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

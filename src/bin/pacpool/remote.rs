@@ -184,6 +184,9 @@ fn tooltip(s: &LocalStatus) -> String {
         ));
     }
     lines.push(s.pending());
+    if let Some(o) = &s.off_target {
+        lines.push(o.to_string());
+    }
     if let Some(e) = &s.last_error {
         lines.push(format!("last error: {e}"));
     }
@@ -236,6 +239,9 @@ fn print_status(s: &LocalStatus) {
     }
     pacpool::outln!("pending:     {}", s.pending());
     print_kept(&s.kept);
+    if let Some(o) = &s.off_target {
+        pacpool::outln!("off target:  {}", clean(&o.to_string()));
+    }
     if let Some(c) = &s.current {
         pacpool::outln!(
             "current:     {} ({}, recorded #{})",
@@ -243,6 +249,9 @@ fn print_status(s: &LocalStatus) {
             pacpool::words::packages(c.package_count),
             c.id
         );
+        if let Some(src) = &c.source {
+            pacpool::outln!("changed by:  {}", clean(&src.to_string()));
+        }
     }
     if let Some(p) = &s.previous {
         pacpool::outln!(
@@ -298,45 +307,8 @@ pub fn print_preview(p: &Preview) {
     for c in p.conflicts.iter().filter(|c| !refreshable(c)) {
         pacpool::outln!("conflict: {c}");
     }
-    if let Some(s) = p.sizes.as_ref().filter(|_| !p.actions.is_empty()) {
-        let unknown = |names: &[pacpool::names::PkgName]| {
-            if names.is_empty() {
-                String::new()
-            } else {
-                let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-                format!(" (not counted, size unknown: {})", list.join(", "))
-            }
-        };
-        pacpool::outln!(
-            "download: {}{}; installed size: {}{}",
-            bytes(s.download),
-            unknown(&s.download_unknown),
-            pacpool::preflight::signed_bytes(s.installed_change),
-            unknown(&s.installed_unknown)
-        );
-    }
-    for sp in p.space.iter().filter(|s| s.needed > 0) {
-        if sp.enough() {
-            pacpool::outln!(
-                "free space: {} on {} ({}), {} needed",
-                bytes(sp.free),
-                clean(&sp.path.display().to_string()),
-                sp.role,
-                bytes(sp.needed)
-            );
-        } else {
-            pacpool::outln!(
-                "{}",
-                clean(&pacpool::preflight::NotEnoughSpace(sp.clone()).to_string())
-            );
-        }
-    }
-    if !p.reboot.is_empty() {
-        let list: Vec<&str> = p.reboot.iter().map(|n| n.as_str()).collect();
-        pacpool::outln!("reboot needed afterwards: {}", list.join(", "));
-    }
-    for h in &p.held_back {
-        pacpool::outln!("held back: {}", clean(&h.to_string()));
+    for line in p.preflight_lines() {
+        pacpool::outln!("{line}");
     }
     for k in p
         .skipped
@@ -353,10 +325,6 @@ pub fn print_preview(p: &Preview) {
             n.cap
         );
     }
-}
-
-fn bytes(n: u64) -> String {
-    pacpool::preflight::bytes(n)
 }
 
 fn describe(a: &Action) -> String {
@@ -448,6 +416,14 @@ fn finish(outcome: Outcome, json: bool) -> Result<u8, Failure> {
                     clean(&c.path)
                 );
             }
+        }
+        if let Some(m) = &outcome.snapper_match {
+            pacpool::outln!(
+                "  the file system as it was in that state: {} (`snapper -c {} undochange {}..0` takes files back)",
+                clean(&m.to_string()),
+                clean(&m.config),
+                m.number
+            );
         }
     }
     Ok(if !outcome.ok {
@@ -630,20 +606,28 @@ pub async fn snapshots(socket: &Path, limit: usize, json: bool) -> Result<u8, Fa
         );
     } else {
         pacpool::outln!(
-            "{:>6}  {:<12}  {:>8}  {:<20}  trigger",
+            "{:>6}  {:<12}  {:>8}  {:<20}  {:<8}  {:>7}  changed by",
             "id",
             "hash",
             "packages",
-            "taken (UTC)"
+            "taken (UTC)",
+            "trigger",
+            "snapper"
         );
         for e in entries {
             pacpool::outln!(
-                "{:>6}  {:<12}  {:>8}  {:<20}  {}",
+                "{:>6}  {:<12}  {:>8}  {:<20}  {:<8}  {:>7}  {}",
                 e.id,
                 e.hash.short(),
                 e.package_count,
                 utc(e.taken_at),
-                e.trigger
+                clean(&e.trigger),
+                e.snapper
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |s| s.number.to_string()),
+                e.source
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |s| clean(&s.to_string()))
             );
         }
     }
