@@ -99,7 +99,8 @@ pub(crate) struct PackageStore {
     upstream: Vec<String>,
     archive_url: Option<String>,
     client: reqwest::Client,
-    /// One lock per digest being fetched or uploaded.
+    /// Locks by name: `fetch SHA` while a file is fetched from upstream (one fetch per file),
+    /// `SHA` while a complete transfer moves into place.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Decoded manifests by (pool, revision); a handful are enough.
     manifests: Mutex<HashMap<(i64, u64), Arc<Manifest>>>,
@@ -350,7 +351,9 @@ impl PackageStore {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(path);
         }
-        let lock = self.lock_for(sha);
+        // One upstream fetch per file at a time (a lock of its own: `ingest` takes the file's
+        // lock for the move into place).
+        let lock = self.lock_for(&format!("fetch {sha}"));
         let _held = lock.lock().await;
         if tokio::fs::metadata(&path).await.is_ok() {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
