@@ -952,38 +952,40 @@ async fn run_requested(
         return;
     }
     // Refused at once, with nothing stored, while another operation runs or when results
-    // already wait undelivered: requests sent faster than they can run cost no disk.
-    let queued = daemon.store().outbox_len().unwrap_or(usize::MAX);
-    let refusal = if daemon.operation_running() {
-        Some("another operation is running on this machine: request it again when it ends")
-    } else if queued >= OUTBOX_RESULTS_MAX {
-        Some("this machine has too many undelivered results queued: request it again later")
+    // already wait undelivered: requests sent faster than they can run cost no disk. The
+    // count and the marker are one step under the store's lock, so a burst cannot overshoot.
+    let marker = if daemon.operation_running() {
+        Err("another operation is running on this machine: request it again when it ends")
     } else {
-        None
+        let store = daemon.store();
+        match store.outbox_len() {
+            Ok(n) if n >= OUTBOX_RESULTS_MAX => Err(
+                "this machine has too many undelivered results queued: request it again later",
+            ),
+            // The marker: if the daemon dies before the end, this is the result sent after
+            // restart.
+            _ => Ok(store
+                .outbox_push("started", &result_body(id, interrupted_result()), now())
+                .inspect_err(|e| {
+                    tracing::error!(operation = id, error = %e, "cannot record the start of a requested operation");
+                })
+                .ok()),
+        }
     };
-    if let Some(why) = refusal {
-        tracing::info!(operation = id, "refused a requested operation: {why}");
-        let _ = tx.send(EndpointMsg::Result {
-            operation: id,
-            result: OperationResult {
-                state: OperationState::Failed,
-                message: why.into(),
-                failures: Vec::new(),
-                snapshot: None,
-            },
-        });
-        return;
-    }
-    // The marker: if the daemon dies before the end, this is the result sent after restart.
-    let marker = match daemon.store().outbox_push(
-        "started",
-        &result_body(id, interrupted_result()),
-        now(),
-    ) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::error!(operation = id, error = %e, "cannot record the start of a requested operation");
-            None
+    let marker = match marker {
+        Ok(m) => m,
+        Err(why) => {
+            tracing::info!(operation = id, "refused a requested operation: {why}");
+            let _ = tx.send(EndpointMsg::Result {
+                operation: id,
+                result: OperationResult {
+                    state: OperationState::Failed,
+                    message: why.into(),
+                    failures: Vec::new(),
+                    snapshot: None,
+                },
+            });
+            return;
         }
     };
     let progress_tx = tx.clone();
