@@ -666,6 +666,7 @@ async fn fetch_checked(
         .and_then(|e| e.size)
         .map_or(own, |size| size.min(own));
     let mut failures = Vec::new();
+    let mut refused: Option<Untrusted> = None;
     for (url, is_pool) in &f.urls {
         progress(ApplyEvent::Fetching {
             name: f.name.clone(),
@@ -700,7 +701,7 @@ async fn fetch_checked(
                 }));
             }
         };
-        return match trust
+        match trust
             .check(
                 &f.name,
                 &f.version,
@@ -709,14 +710,21 @@ async fn fetch_checked(
             )
             .await
         {
-            Ok(()) => Ok(part),
+            Ok(()) => return Ok(part),
             Err(mut u) => {
                 let _ = tokio::fs::remove_file(&part).await;
                 let _ = tokio::fs::remove_file(sig_path(&part)).await;
                 u.file = file_name(&f.dest);
-                Err(FetchFailure::Untrusted(u))
+                // Another source (the archive after the pool repository) may serve a copy
+                // that passes, e.g. with its `.sig`; the first refusal is what is reported.
+                tracing::info!(package = %f.name, url, "refused a download, trying the next source: {}", u.why);
+                refused.get_or_insert(u);
+                continue;
             }
         };
+    }
+    if let Some(u) = refused {
+        return Err(FetchFailure::Untrusted(u));
     }
     Err(FetchFailure::Fatal(ApplyError::Fetch {
         name: f.name.clone(),

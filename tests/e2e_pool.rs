@@ -171,14 +171,6 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     // repository only offers 1.1 and B's cache lost 1.0: B fetches it from the archive.
     let arch = host_arch();
     let old = format!("editor-1.0-1-{arch}.pkg.tar.zst");
-    // The file is signed by its packager (pacman keeps `FILE.sig` beside it in A's cache, so
-    // the target's manifest carries the signature), and B's keyring trusts the packager: a
-    // download that B's repository database no longer lists is installed only so (see
-    // tests/trust_real_pacman.rs).
-    let keyring = Keyring::init(&b);
-    let packager = Packager::new("editor");
-    keyring.trust(&packager);
-    packager.sign(&a.cachedir().join(&old));
     a.pacman_ok(&["-U", a.cachedir().join(&old).to_str().unwrap()]);
     a.pacman_ok(&["-D", "--asdeps", "shell"]);
     da.cli_code(&["notify"], 0);
@@ -194,6 +186,15 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     let shelf = archive.path().join("e/editor");
     std::fs::create_dir_all(&shelf).unwrap();
     std::fs::copy(a.cachedir().join(&old), shelf.join(&old)).unwrap();
+    // A download that B's repository database no longer lists is installed only with a
+    // signature B's keyring fully trusts (see tests/trust_real_pacman.rs). A's copy, which the
+    // pool repository serves, is unsigned (so is the manifest); the archive's copy carries its
+    // packager's `.sig`, as archive.archlinux.org does: B tries the pool repository first,
+    // refuses its copy, and installs the archive's.
+    let keyring = Keyring::init(&b);
+    let packager = Packager::new("editor");
+    keyring.trust(&packager);
+    packager.sign(&shelf.join(&old));
     let s = db_.wait_status("B sees revision 3", |s| s["target"]["revision"] == 3);
     // Newer editor (ahead) and a reason to change (behind).
     assert_eq!(s["state"], "diverged", "{s}");
@@ -205,6 +206,11 @@ fn set_latest_sync_upgrade_and_offline_revert() {
     assert!(
         b.cachedir().join(&old).is_file(),
         "the archive file landed in B's cache"
+    );
+    assert!(
+        db_.log()
+            .contains("refused a download, trying the next source"),
+        "the pool repository's unsigned copy was refused first"
     );
     assert!(b.pacman_ok(&["-Qqd"]).lines().any(|l| l == "shell"));
     // Back to revision 2's state for the revert below.
