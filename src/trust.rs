@@ -39,7 +39,7 @@
 //! Every file is checked in place, so its directory and the file itself must be safe from
 //! other users between the check and `pacman -U`: a regular file (not a symbolic link) owned
 //! by root or by this process, in a directory owned by root or by this process, neither
-//! writable by group or others ([`private_file`]).
+//! writable by others or by a group other than root ([`private_file`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -90,7 +90,8 @@ pub enum FileOrigin {
 
 /// Refuses a file another user could swap between the check and `pacman -U`: it must be a
 /// regular file (not a symbolic link), owned by root or by this process, and neither it nor
-/// its directory writable by group or others, the directory owned by root or by this process.
+/// its directory writable by others or by a group other than root, the directory owned by
+/// root or by this process.
 pub fn private_file(file: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     let me = rustix::process::geteuid().as_raw();
@@ -103,7 +104,10 @@ pub fn private_file(file: &Path) -> Result<(), String> {
             file.display()
         ));
     }
-    if !safe_owner(meta.uid()) || meta.mode() & 0o022 != 0 {
+    // Group write is fine for group root (a umask of 002 when pacman ran), not for others.
+    let unsafe_mode =
+        |m: &std::fs::Metadata| m.mode() & 0o002 != 0 || (m.mode() & 0o020 != 0 && m.gid() != 0);
+    if !safe_owner(meta.uid()) || unsafe_mode(&meta) {
         return Err(format!(
             "{} is owned by uid {} with mode {:o}: only root (or pacpoold's user) may write a package file; fix its owner and mode (`chown root:root`, `chmod 644`)",
             file.display(),
@@ -114,7 +118,7 @@ pub fn private_file(file: &Path) -> Result<(), String> {
     let dir = file.parent().unwrap_or(Path::new("/"));
     let dmeta =
         std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    if !safe_owner(dmeta.uid()) || dmeta.mode() & 0o022 != 0 {
+    if !safe_owner(dmeta.uid()) || unsafe_mode(&dmeta) {
         return Err(format!(
             "the cache directory {} is owned by uid {} with mode {:o}: another user could swap a package file between its check and its install; make it root's and not writable by group or others (`chown root:root`, `chmod 755`)",
             dir.display(),
