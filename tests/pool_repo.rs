@@ -77,6 +77,21 @@ fn wait_uploaded(coord: &Coordinator, pool_id: i64, revision: u64) {
     panic!("the setting endpoint never uploaded the files the pool repository lacked");
 }
 
+/// Waits (bounded, 30 s) until `file` exists; panics with `what` and the daemon's log.
+fn wait_for_file(file: &std::path::Path, what: &str, d: &Daemon) {
+    for _ in 0..600 {
+        if file.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "{what}: {} never appeared; log:\n{}",
+        file.display(),
+        d.log()
+    );
+}
+
 #[test]
 fn a_target_stays_installable_after_its_versions_leave_the_mirror() {
     let (a, b) = (Sandbox::new(), Sandbox::new());
@@ -316,17 +331,7 @@ fn a_new_target_is_prefetched_and_syncs_without_the_coordinator() {
     let cached = b
         .cachedir()
         .join(format!("tool-3.0-1-{}.pkg.tar.zst", host_arch()));
-    for _ in 0..600 {
-        if cached.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        cached.exists(),
-        "prefetched into the cache; log:\n{}",
-        db_.log()
-    );
+    wait_for_file(&cached, "prefetched into the cache", &db_);
     assert!(
         !b.pacman(&["-Q", "tool"]).status.success(),
         "a prefetch installs nothing"
@@ -334,17 +339,7 @@ fn a_new_target_is_prefetched_and_syncs_without_the_coordinator() {
     // A file that leaves the cache (cleaned by hand, or never fetched because the pool
     // repository was down) is fetched again by the timer.
     fs::remove_file(&cached).unwrap();
-    for _ in 0..600 {
-        if cached.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        cached.exists(),
-        "fetched again by the timer; log:\n{}",
-        db_.log()
-    );
+    wait_for_file(&cached, "fetched again by the timer", &db_);
 
     // The coordinator goes away; the sync needs nothing from it.
     coord.stop();
