@@ -236,6 +236,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/operations", get(list_operations))
         .route("/operations/{id}", get(get_operation))
         .route("/operations/{id}/cancel", post(cancel_operation))
+        .route("/pools/{id}/rollout", get(pool_rollout))
+        .route("/pools/{id}/rollouts", get(pool_rollouts))
+        .route("/pools/{id}/rollout/{action}", post(pool_rollout_action))
+        .route(
+            "/endpoints/{id}/hold",
+            post(admin_set_hold).delete(admin_clear_hold),
+        )
+        .route("/clock", get(get_clock).post(change_clock))
         // registration
         .route("/register", post(register))
         // endpoint
@@ -245,6 +253,11 @@ pub(crate) fn router(state: AppState) -> Router {
             get(endpoint_target).post(endpoint_set_target),
         )
         .route("/endpoint/status", get(endpoint_status))
+        .route("/endpoint/offer", get(endpoint_offer))
+        .route(
+            "/endpoint/hold",
+            post(endpoint_set_hold).delete(endpoint_clear_hold),
+        )
         .route("/endpoint/what-if", post(endpoint_what_if))
         .route(
             "/endpoint/operations",
@@ -392,11 +405,129 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    // From the database, not a counter: true after a restart too.
+    let halted = state
+        .db
+        .read(super::rollout_db::halted_count)
+        .await
+        .unwrap_or(0);
+    let rollouts = format!(
+        "# HELP pacpool_rollouts_halted Rollouts halted (failures over a ring's gate, or by an admin) and not resumed.\n\
+         # TYPE pacpool_rollouts_halted gauge\npacpool_rollouts_halted {halted}\n"
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render() + &state.pool_repo.metrics(),
+        state.metrics.render() + &rollouts + &state.pool_repo.metrics(),
     )
         .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollouts, holds and the test clock
+
+async fn pool_rollout(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Option<crate::proto::Rollout>> {
+    Ok(Json(state.rollout_show(id).await?))
+}
+
+async fn pool_rollouts(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Vec<crate::proto::Rollout>> {
+    Ok(Json(state.rollouts(id, 20).await?))
+}
+
+async fn pool_rollout_action(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath((id, action)): ApiPath<(i64, String)>,
+) -> ApiResult<Option<crate::proto::Rollout>> {
+    let action = match action.as_str() {
+        "pause" => "pause",
+        "resume" => "resume",
+        "halt" => "halt",
+        _ => {
+            return Err(ApiErr::not_found(
+                "no such rollout action: use pause, resume or halt",
+            ));
+        }
+    };
+    Ok(Json(state.rollout_action(id, action, peer(&ci)).await?))
+}
+
+async fn admin_set_hold(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<crate::proto::SetHold>,
+) -> ApiResult<crate::proto::Hold> {
+    Ok(Json(state.set_hold(id, req, "admin", peer(&ci)).await?))
+}
+
+async fn admin_clear_hold(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiErr> {
+    state.clear_hold(id, "admin", peer(&ci)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn endpoint_offer(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+) -> ApiResult<crate::proto::Offer> {
+    Ok(Json(state.offer(ep.id, ep.pool_id).await?))
+}
+
+async fn endpoint_set_hold(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<crate::proto::SetHold>,
+) -> ApiResult<crate::proto::Hold> {
+    Ok(Json(state.set_hold(ep.id, req, "endpoint", peer(&ci)).await?))
+}
+
+async fn endpoint_clear_hold(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+) -> Result<StatusCode, ApiErr> {
+    state.clear_hold(ep.id, "endpoint", peer(&ci)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_clock(_: Admin, State(state): State<AppState>) -> ApiResult<crate::proto::ClockNow> {
+    Ok(Json(crate::proto::ClockNow {
+        now: state.clock.now(),
+        adjustable: state.clock.adjustable(),
+    }))
+}
+
+/// Test mode only: sets or advances the clock, then runs a rollout step for every pool.
+async fn change_clock(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<crate::proto::ClockChange>,
+) -> ApiResult<crate::proto::ClockNow> {
+    if !state.clock.change(req.set, req.advance) {
+        return Err(ApiErr::forbidden(
+            "this coordinator's clock cannot be changed: test_clock is off (it is for tests only)",
+        ));
+    }
+    state.rollout_poke();
+    Ok(Json(crate::proto::ClockNow {
+        now: state.clock.now(),
+        adjustable: true,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,6 +575,8 @@ fn check_policy(policy: &PoolPolicy) -> Result<(), ApiErr> {
         .plan
         .compile()
         .map_err(|e| ApiErr::invalid(format!("{e}: fix the pattern")))?;
+    super::rollout::check(&policy.rollout)
+        .map_err(|e| ApiErr::invalid(format!("the rollout policy is invalid: {e}")))?;
     if let Some(w) = &policy.auto_sync_window {
         let valid = w.split_once('-').is_some_and(|(a, b)| hhmm(a) && hhmm(b));
         if !valid {
@@ -627,9 +760,15 @@ async fn update_pool(
         })
         .await?;
     if policy_changed && let Some(policy) = new_policy {
+        let rings = !policy.rollout.rings.is_empty();
         state
             .hub
             .publish(id, Audience::All, &ServerMsg::PolicyChanged { policy });
+        if rings {
+            // Ring membership may have changed: endpoints ask for their offer again.
+            state.rollout_poke();
+            state.rollout_changed(id).await;
+        }
         // Status depends on the policy.
         if state.hub.has_admins(id)
             && let Ok(all) = state.pool_statuses(id).await
@@ -1230,13 +1369,8 @@ async fn endpoint_target(
     ep: EndpointAuth,
     State(state): State<AppState>,
 ) -> ApiResult<Option<TargetInfo>> {
-    let pool = ep.pool_id;
-    Ok(Json(
-        state
-            .db
-            .read(move |conn| db::current_target(conn, pool))
-            .await?,
-    ))
+    // The target this endpoint is offered (the pool's when it has no rings).
+    Ok(Json(state.offer(ep.id, ep.pool_id).await?.target))
 }
 
 async fn endpoint_set_target(

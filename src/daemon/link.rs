@@ -770,10 +770,11 @@ async fn session(
                     }
                 };
                 match msg {
-                    ServerMsg::Welcome { target, known_state, policy, pool_endpoints, .. } => {
+                    ServerMsg::Welcome { target, known_state, policy, pool_endpoints, rollout, .. } => {
                         welcomed = true;
                         known = known_state;
                         daemon.set_pool_endpoints(pool_endpoints);
+                        daemon.set_rollout(rollout);
                         if let Some(policy) = policy {
                             daemon.set_pool_policy(policy);
                         }
@@ -825,12 +826,22 @@ async fn session(
                     ServerMsg::OperationRequested { operation } => {
                         let d = daemon.clone();
                         let tx = results_tx.clone();
-                        tokio::spawn(async move { run_requested(d, operation, tx).await });
+                        let e = endpoint.clone();
+                        tokio::spawn(async move { run_requested(d, e, operation, tx).await });
                     }
                     ServerMsg::CancelRequested { .. } => {
                         let _ = daemon.cancel();
                     }
                     ServerMsg::PolicyChanged { policy } => daemon.set_pool_policy(policy),
+                    ServerMsg::RolloutChanged { .. } => {
+                        // Our own offer: which target we may have now, and our wave.
+                        let (d, e) = (daemon.clone(), endpoint.clone());
+                        tokio::spawn(async move {
+                            if refresh_offer(&d, &e).await {
+                                d.maybe_auto_sync("rollout changed").await;
+                            }
+                        });
+                    }
                     ServerMsg::Error { error } => {
                         let error = from_coordinator(error);
                         tracing::warn!(code = %error.code, message = %error.message, "the coordinator reported an error");
@@ -914,6 +925,26 @@ async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) 
     }
 }
 
+/// Asks the coordinator which target this endpoint is offered (pools with rollout rings)
+/// and adopts it; `false` when the coordinator could not be asked.
+async fn refresh_offer(daemon: &Daemon, endpoint: &Endpoint) -> bool {
+    let offer: crate::proto::Offer = match endpoint
+        .call(endpoint.http.get(endpoint.url("/endpoint/offer")))
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = ?e, "cannot ask the coordinator for this endpoint's offered target");
+            return false;
+        }
+    };
+    if let Some(t) = offer.target {
+        adopt_target(daemon, endpoint, t).await;
+    }
+    daemon.set_rollout(offer.rollout);
+    true
+}
+
 /// What a requested operation reports when the daemon stopped while running it.
 const INTERRUPTED: &str = "interrupted: pacpoold stopped (killed, crashed or the machine went down) while this operation ran; a pacman transaction already started was left to finish, and the state pacpoold reported after its restart is what pacman recorded: check the endpoint's status and request the operation again if it is still needed";
 
@@ -934,6 +965,7 @@ fn interrupted_result() -> OperationResult {
 /// its result in the outbox. An operation already seen by this process is not run twice.
 async fn run_requested(
     daemon: Arc<Daemon>,
+    endpoint: Arc<Endpoint>,
     operation: crate::proto::Operation,
     tx: mpsc::UnboundedSender<EndpointMsg>,
 ) {
@@ -964,6 +996,13 @@ async fn run_requested(
             progress,
         });
     };
+    // A sync offered a revision we do not have yet (the rollout moved while the message
+    // travelled): adopt it first, so the sync goes exactly where the coordinator counts it.
+    if let Some(wanted) = operation.target_revision
+        && daemon.target_info().map(|t| t.revision) != Some(wanted)
+    {
+        refresh_offer(&daemon, &endpoint).await;
+    }
     let to = operation.to_snapshot.map(|h| h.to_hex());
     let result = match operation.kind {
         OperationKind::SyncToLatest => daemon.sync(false, progress).await,
@@ -1118,7 +1157,7 @@ async fn reconcile_operations(
                     operation = op.id,
                     "running a requested operation that did not reach us"
                 );
-                tokio::spawn(run_requested(daemon.clone(), op, tx.clone()));
+                tokio::spawn(run_requested(daemon.clone(), endpoint.clone(), op, tx.clone()));
             }
             OperationState::InProgress if daemon.claim_requested(op.id) => {
                 tracing::warn!(

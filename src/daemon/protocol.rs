@@ -239,6 +239,11 @@ pub struct LocalStatus {
     /// The pool's daily auto-sync window (UTC `HH:MM-HH:MM`), if any (older daemons send none).
     #[serde(default)]
     pub auto_sync_window: Option<String>,
+    /// In a pool with rollout rings: this machine's wave and when it gets the newest target
+    /// (`message`: "your machine gets revision 42 in wave 2, from Saturday 02:00 UTC").
+    /// Older daemons send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::proto::RolloutPosition>,
 }
 
 impl LocalStatus {
@@ -350,6 +355,7 @@ fn state_name(s: EndpointState) -> &'static str {
         EndpointState::Syncing => "syncing",
         EndpointState::Error => "in error",
         EndpointState::Offline => "offline",
+        EndpointState::Held => "on hold",
         EndpointState::Unknown => "unknown",
     }
 }

@@ -126,7 +126,7 @@ fn icon_for(s: &LocalStatus) -> IconKind {
         (_, EndpointState::Error, _) => IconKind::Error,
         (_, _, LinkState::Offline) => IconKind::Offline,
         (_, EndpointState::InSync, _) => IconKind::InSync,
-        (_, EndpointState::Behind, _) => IconKind::Behind,
+        (_, EndpointState::Behind | EndpointState::Held, _) => IconKind::Behind,
         (_, EndpointState::Ahead, _) => IconKind::Ahead,
         (_, EndpointState::Diverged, _) => IconKind::Diverged,
         (_, EndpointState::Offline, _) => IconKind::Offline,
@@ -175,7 +175,12 @@ impl View {
         };
         let icon = icon_for(s);
         let pool = s.pool.as_deref().unwrap_or("no pool");
-        let mut status_line = format!("pacpool: {} — {pool}", state_words(icon));
+        let words = if s.state == EndpointState::Held && icon == IconKind::Behind {
+            "on hold"
+        } else {
+            state_words(icon)
+        };
+        let mut status_line = format!("pacpool: {words} — {pool}");
         if let Some(op) = &s.operation {
             status_line = format!("pacpool: {} running — {pool}", op.kind);
             if let Some(p) = &op.progress {
@@ -190,8 +195,16 @@ impl View {
             || "never synced".to_owned(),
             |t| format!("last sync {}", utc(t)),
         );
-        let detail_line = format!("{target_text}; {last_sync}");
+        // In a pool with rings: which wave, and when ("your machine gets revision 42 in
+        // wave 2, from Saturday 02:00 UTC"); a hold says until when and why.
+        let detail_line = match &s.rollout {
+            Some(r) => crate::display::clean(&r.message),
+            None => format!("{target_text}; {last_sync}"),
+        };
         let mut tooltip = vec![status_line.clone(), target_text.clone()];
+        if let Some(r) = &s.rollout {
+            tooltip.push(crate::display::clean(&r.message));
+        }
         tooltip.push(format!("pending: {}", s.pending()));
         tooltip.push(last_sync.clone());
         if let Some(e) = &s.last_error {
