@@ -42,14 +42,17 @@ use axum::body::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use pacpool::localdb::Reason;
 use pacpool::proto::{
-    EndpointMsg, PROTOCOL_VERSION, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest,
+    EndpointMsg, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest,
     StateReport,
 };
 use pacpool::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+// Simulated endpoints over the real protocol, shared with the tests.
+#[path = "../tests/support/sim.rs"]
+mod sim;
+use sim::{Ws, connect};
 
 const STATE_PACKAGES: usize = 1500;
 const INGEST_ENDPOINTS: usize = 200;
@@ -490,42 +493,6 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Connects, sends hello, waits for the welcome; `None` on any failure.
-async fn connect(url: &str, token: &str, acked: Option<SnapshotHash>) -> Option<Ws> {
-    let mut req = url.into_client_request().ok()?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().ok()?);
-    // Small buffers, as the daemon's link would need at this scale.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
-        .await
-        .ok()?;
-    let hello = EndpointMsg::Hello {
-        protocol: PROTOCOL_VERSION,
-        agent: "load".into(),
-        acked_state: acked,
-    };
-    ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
-        .await
-        .ok()?;
-    while let Some(Ok(m)) = ws.next().await {
-        if let Message::Text(t) = m
-            && matches!(
-                serde_json::from_str::<ServerMsg>(&t),
-                Ok(ServerMsg::Welcome { .. })
-            )
-        {
-            return Some(ws);
-        }
-    }
-    None
 }
 
 /// What an endpoint task tells the main task.

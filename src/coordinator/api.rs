@@ -512,7 +512,8 @@ async fn get_clock(_: Admin, State(state): State<AppState>) -> ApiResult<crate::
     }))
 }
 
-/// Test mode only: sets or advances the clock, then runs a rollout step for every pool.
+/// Test mode only: sets or advances the clock, then runs a rollout step for every pool
+/// (`{}` only runs the steps: a test's way to wait for them).
 async fn change_clock(
     _: Admin,
     State(state): State<AppState>,
@@ -523,7 +524,8 @@ async fn change_clock(
             "this coordinator's clock cannot be changed: test_clock is off (it is for tests only)",
         ));
     }
-    state.rollout_poke();
+    // Answered after the rollout steps at the new time committed: a test may check at once.
+    state.rollout_step_all().await;
     Ok(Json(crate::proto::ClockNow {
         now: state.clock.now(),
         adjustable: true,

@@ -143,6 +143,8 @@ pub(crate) struct Inner {
     clock: clock::Clock,
     /// Wakes the rollout task before its next tick.
     rollout_wake: tokio::sync::Notify,
+    /// Held while rollout steps run (the task's and a clock change's never interleave).
+    rollout_running: tokio::sync::Mutex<()>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -451,6 +453,7 @@ pub async fn launch(
         started_at: db::now(),
         clock: clock::Clock::new(test_clock),
         rollout_wake: tokio::sync::Notify::new(),
+        rollout_running: tokio::sync::Mutex::new(()),
         shutdown: stop_rx.clone(),
     }));
     tokio::spawn(state.clone().watch_offline());

@@ -229,6 +229,14 @@ impl AppState {
                 _ = self.rollout_wake.notified() => {}
                 _ = super::stopped(&mut shutdown) => return,
             }
+            self.rollout_step_all().await;
+        }
+    }
+
+    /// One [`Self::rollout_step`] for every pool with rings. Steps of one pool never overlap.
+    pub(crate) async fn rollout_step_all(&self) {
+        let _one = self.rollout_running.lock().await;
+        {
             let pools = self
                 .db
                 .read(|conn| {
@@ -243,7 +251,7 @@ impl AppState {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list pools for rollouts");
-                    continue;
+                    return;
                 }
             };
             for (pool_id, policy) in pools {
@@ -384,6 +392,10 @@ impl AppState {
                     let (Some(cur), Some(target)) = (ep.current.as_deref(), offers.snapshot_of(rev)) else {
                         continue;
                     };
+                    // At the target already (by hash): nothing to sync, no query needed.
+                    if cur == target.to_hex() {
+                        continue;
+                    }
                     let ring = offers.ring_of(&ep.name);
                     if !rollout::in_window(&rings[ring], now)
                         || db::active_operation(tx, ep.id)?.is_some()

@@ -1235,11 +1235,11 @@ impl AppState {
                 db::operation(tx, op_id)?.ok_or_else(|| ApiErr::internal("operation vanished"))
             })
             .await?;
+        self.operation_updated(&op).await;
         if op.state.is_terminal() {
-            // A result may pass or fail a rollout gate.
+            // A result may pass or fail a rollout gate, and frees a slot.
             self.rollout_poke();
         }
-        self.operation_updated(&op).await;
         Ok(op)
     }
 
