@@ -391,3 +391,4 @@ pub mod daemon;
 pub mod http;
 pub mod keyring;
 pub mod rng;
+pub mod sim;

@@ -85,6 +85,8 @@ pub enum OnSync {
     Succeed,
     /// Reports `failed` with one package failure (a package that cannot be installed).
     Fail,
+    /// Reports progress, then never a result (a machine that goes away mid-sync).
+    Hang,
 }
 
 /// A simulated endpoint: registered, connected, its state reported; it answers every
@@ -116,19 +118,42 @@ impl SimEndpoint {
     ) -> Self {
         let client = reqwest::Client::new();
         let reg = register(&client, base, join, name).await;
+        Self::connect_as(
+            base,
+            reg.endpoint_id,
+            &reg.name,
+            &reg.endpoint_token,
+            state,
+            states,
+            on_sync,
+        )
+        .await
+    }
+
+    /// Connects an endpoint registered before (e.g. after a coordinator restart).
+    pub async fn connect_as(
+        base: &str,
+        id: i64,
+        name: &str,
+        token: &str,
+        state: Snapshot,
+        states: Arc<HashMap<SnapshotHash, Snapshot>>,
+        on_sync: OnSync,
+    ) -> Self {
         let ws_url = format!(
             "{}/api/v1/endpoints/ws",
             base.replacen("http://", "ws://", 1)
         );
-        let (ws, _) = connect_welcomed(&ws_url, &reg.endpoint_token, None)
+        let (ws, _) = connect_welcomed(&ws_url, token, None)
             .await
             .expect("simulated endpoint connects");
-        let (base, token) = (base.to_owned(), reg.endpoint_token.clone());
-        let task = tokio::spawn(run(ws, client, base, token, state, states, on_sync));
+        let client = reqwest::Client::new();
+        let (base, t) = (base.to_owned(), token.to_owned());
+        let task = tokio::spawn(run(ws, client, base, t, state, states, on_sync));
         Self {
-            id: reg.endpoint_id,
-            name: reg.name,
-            token: reg.endpoint_token,
+            id,
+            name: name.to_owned(),
+            token: token.to_owned(),
             task,
         }
     }
@@ -203,6 +228,9 @@ async fn run(
             serde_json::to_value(&progress).unwrap(),
         )
         .await;
+        if on_sync == OnSync::Hang {
+            continue;
+        }
         let result = match (on_sync, target) {
             (OnSync::Succeed, Some(t)) => {
                 state = t;

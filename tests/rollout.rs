@@ -1,0 +1,637 @@
+//! Rollouts (issue #14) against a real coordinator (real SQLite, real WebSockets) with
+//! hundreds of simulated endpoints speaking the real protocol (`support::sim`) for the gate
+//! arithmetic, and real pacpoold daemons with real pacman for the canary that cannot install
+//! its target. Time moves only through the coordinator's test clock (`test_clock`), never by
+//! sleeping for soak times or windows; the only waits are for real work (syncs) to finish.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pacpool::localdb::Reason;
+use pacpool::snapshot::{PackageState, Snapshot, SnapshotHash};
+use serde_json::{Value, json};
+use support::coordinator::{ADMIN, Coordinator, admin_async};
+use support::sim::{OnSync, SimEndpoint};
+
+fn pkg(name: &str, version: &str) -> PackageState {
+    PackageState {
+        name: name.parse().unwrap(),
+        version: version.parse().unwrap(),
+        arch: "x86_64".parse().unwrap(),
+        reason: Reason::Explicit,
+        repo: Some("core".parse().unwrap()),
+    }
+}
+
+fn state(tool: &str) -> Snapshot {
+    Snapshot::new(vec![pkg("base", "1-1"), pkg("tool", tool)]).unwrap()
+}
+
+fn start_coordinator(db: &std::path::Path, addr: Option<std::net::SocketAddr>) -> Coordinator {
+    Coordinator::start_with(db, addr, |s| {
+        s.test_clock = true;
+        s.rollout_step_ms = 200;
+        // Clock jumps of days must not make the simulated endpoints "offline".
+        s.offline_after_secs = 90 * 86_400;
+    })
+}
+
+struct Pool {
+    base: String,
+    id: i64,
+    join: String,
+}
+
+async fn admin(base: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (status, v) = admin_async(base, method, path, body).await;
+    assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+    v
+}
+
+async fn make_pool(base: &str, name: &str) -> Pool {
+    let p = admin(
+        base,
+        "POST",
+        "/pools",
+        Some(json!({"name": name, "policy": {"auto_sync": "apply"}})),
+    )
+    .await;
+    let id = p["id"].as_i64().unwrap();
+    let j = admin(base, "POST", &format!("/pools/{id}/join-tokens"), Some(json!({}))).await;
+    Pool {
+        base: base.to_owned(),
+        id,
+        join: j["token"].as_str().unwrap().to_owned(),
+    }
+}
+
+impl Pool {
+    async fn get(&self, path: &str) -> Value {
+        admin(&self.base, "GET", path, None).await
+    }
+
+    async fn rollout(&self) -> Value {
+        self.get(&format!("/pools/{}/rollout", self.id)).await
+    }
+
+    async fn set_rings(&self, rollout: Value) {
+        let policy = json!({"auto_sync": "apply", "rollout": rollout});
+        admin(
+            &self.base,
+            "PATCH",
+            &format!("/pools/{}", self.id),
+            Some(json!({ "policy": policy })),
+        )
+        .await;
+    }
+
+    /// Runs the rollout steps at the current time and returns when they committed.
+    async fn step(&self) {
+        admin(&self.base, "POST", "/clock", Some(json!({}))).await;
+    }
+
+    async fn advance(&self, secs: i64) {
+        admin(&self.base, "POST", "/clock", Some(json!({ "advance": secs }))).await;
+    }
+
+    async fn now(&self) -> i64 {
+        self.get("/clock").await["now"].as_i64().unwrap()
+    }
+
+    /// Every operation of the pool (oldest first).
+    async fn operations(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<i64> = None;
+        loop {
+            let q = match cursor {
+                Some(c) => format!("/operations?pool={}&limit=1000&cursor={c}", self.id),
+                None => format!("/operations?pool={}&limit=1000", self.id),
+            };
+            let page = self.get(&q).await;
+            out.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next"].as_i64() {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// The whole audit log, oldest first (commit order: one writer).
+    async fn audit(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<i64> = None;
+        loop {
+            let q = match cursor {
+                Some(c) => format!("/audit?limit=1000&cursor={c}"),
+                None => "/audit?limit=1000".to_owned(),
+            };
+            let page = self.get(&q).await;
+            out.extend(page["items"].as_array().unwrap().iter().cloned());
+            match page["next"].as_i64() {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    async fn endpoints(&self) -> Vec<Value> {
+        self.get(&format!("/pools/{}/endpoints", self.id))
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits (polling the coordinator's stored state) until `cond` holds for the rollout.
+    async fn wait_rollout(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.rollout().await;
+            if cond(&r) {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited a minute for {what}; rollout: {r:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What an endpoint's own token gets from `GET /endpoint/offer`.
+async fn offer(base: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/v1/endpoint/offer"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// An endpoint sets `snap` as the pool target (after reporting it).
+async fn set_target(base: &str, token: &str, snap: &Snapshot, expected: u64) -> Value {
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/api/v1/endpoint/report"))
+        .bearer_auth(token)
+        .json(&json!({"kind": "full", "snapshot": snap}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{r:?}");
+    let r = client
+        .post(format!("{base}/api/v1/endpoint/target"))
+        .bearer_auth(token)
+        .json(&json!({"expected_revision": expected, "snapshot": snap.hash()}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{r:?}");
+    r.json().await.unwrap()
+}
+
+fn states(list: &[&Snapshot]) -> Arc<HashMap<SnapshotHash, Snapshot>> {
+    Arc::new(list.iter().map(|s| (s.hash(), (*s).clone())).collect())
+}
+
+fn wave(r: &Value, i: usize) -> &Value {
+    &r["waves"][i]
+}
+
+fn done(w: &Value) -> u64 {
+    w["succeeded"].as_u64().unwrap() + w["failed"].as_u64().unwrap()
+}
+
+/// Starts `n` simulated endpoints named `prefix-NNN` (those in `failing` fail their sync).
+async fn fleet(
+    pool: &Pool,
+    prefix: &str,
+    n: usize,
+    failing: &[usize],
+    start: &Snapshot,
+    known: &Arc<HashMap<SnapshotHash, Snapshot>>,
+) -> Vec<SimEndpoint> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let on = if failing.contains(&i) {
+            OnSync::Fail
+        } else {
+            OnSync::Succeed
+        };
+        out.push(
+            SimEndpoint::start(
+                &pool.base,
+                &pool.join,
+                &format!("{prefix}-{i:03}"),
+                start.clone(),
+                known.clone(),
+                on,
+            )
+            .await,
+        );
+    }
+    out
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// 300 simulated endpoints in three rings: the canary syncs first; the next ring waits for
+/// the canary's soak time and gate (successes and failures counted from stored results);
+/// the second ring never has more than its `max_concurrent` syncs at once, checked by
+/// replaying the coordinator's audit log (every slot taken and freed, in commit order).
+#[test]
+fn waves_wait_for_soak_and_gate_and_slots_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = start_coordinator(&dir.path().join("c.db"), None);
+    runtime().block_on(async {
+        let base = coord.url();
+        let pool = make_pool(&base, "fleet").await;
+        let (s1, s2) = (state("1.0-1"), state("1.1-1"));
+        let known = states(&[&s1, &s2]);
+        // The machine the new target comes from: unlisted, so in the last ring.
+        let builder = SimEndpoint::start(&base, &pool.join, "builder", s1.clone(), known.clone(), OnSync::Succeed).await;
+        set_target(&base, &builder.token, &s1, 0).await;
+        pool.set_rings(json!({"rings": [
+            {"name": "canary", "endpoints": ["c-*"], "soak_secs": 3600,
+             "gate": {"min_success": 2, "min_success_percent": 80, "max_failures": 1}},
+            {"name": "early", "endpoints": ["e-*"], "soak_secs": 7200, "max_concurrent": 10,
+             "gate": {"min_success_percent": 90, "max_failures": 2}},
+            {"name": "rest"}
+        ]}))
+        .await;
+        let canary = fleet(&pool, "c", 5, &[4], &s1, &known).await;
+        let early = fleet(&pool, "e", 40, &[0, 1], &s1, &known).await;
+        let rest = fleet(&pool, "r", 250, &[], &s1, &known).await;
+        let early_ids: HashSet<i64> = early.iter().map(|e| e.id).collect();
+        let canary_ids: HashSet<i64> = canary.iter().map(|e| e.id).collect();
+
+        set_target(&base, &builder.token, &s2, 1).await;
+        let r = pool
+            .wait_rollout("the canary's 5 syncs", |r| done(wave(r, 0)) == 5)
+            .await;
+        pool.step().await;
+        let r2 = pool.rollout().await;
+        assert_eq!(r2["rings_offered"], 1, "soak not over: {r2:#}");
+        let w = wave(&r, 0);
+        assert_eq!((w["succeeded"].as_u64(), w["failed"].as_u64()), (Some(4), Some(1)), "{r:#}");
+        // max(2, 80 % of 5) = 4 successes needed, 1 failure allowed.
+        assert_eq!(w["required"], 4);
+        assert_eq!(w["gate_holds"], true, "{r:#}");
+        // Only canaries were asked to sync; the others are still offered revision 1.
+        let ops = pool.operations().await;
+        assert!(!ops.is_empty());
+        for op in &ops {
+            assert!(canary_ids.contains(&op["endpoint_id"].as_i64().unwrap()), "{op}");
+            assert_eq!(op["target_revision"], 2);
+        }
+        let o = offer(&base, &early[5].token).await;
+        assert_eq!(o["target"]["revision"], 1, "{o:#}");
+        assert_eq!(o["rollout"]["wave"], 2);
+        let msg = o["rollout"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("your machine gets revision 2 in wave 2, from "), "{msg}");
+        let eps = pool.endpoints().await;
+        let e5 = eps.iter().find(|e| e["name"] == "e-005").unwrap();
+        assert_eq!(e5["state"], "behind");
+        assert_eq!(e5["rollout"]["message"], msg);
+
+        // Half the soak: nothing; the whole soak: the second ring.
+        pool.advance(1800).await;
+        assert_eq!(pool.rollout().await["rings_offered"], 1);
+        pool.advance(1800).await;
+        assert_eq!(pool.rollout().await["rings_offered"], 2);
+        assert_eq!(offer(&base, &early[5].token).await["target"]["revision"], 2);
+        assert_eq!(offer(&base, &rest[0].token).await["target"]["revision"], 1);
+        let r = pool
+            .wait_rollout("the early ring's 40 syncs", |r| done(wave(r, 1)) == 40)
+            .await;
+        let w = wave(&r, 1);
+        assert_eq!((w["succeeded"].as_u64(), w["failed"].as_u64()), (Some(38), Some(2)), "{r:#}");
+        assert_eq!(w["required"], 36, "90 % of 40 online: {r:#}");
+        assert_eq!(w["gate_holds"], true);
+        pool.step().await;
+        assert_eq!(pool.rollout().await["rings_offered"], 2, "soak of 7200 s not over");
+
+        // Slots: replay every start and end of an early sync in commit order.
+        let audit = pool.audit().await;
+        let mut running: HashSet<String> = HashSet::new();
+        let mut most = 0;
+        let mut started = 0;
+        for a in &audit {
+            let subject = a["subject"].as_str().unwrap_or("").to_owned();
+            let detail = a["detail"].as_str().unwrap_or("");
+            match a["action"].as_str().unwrap() {
+                "operation.create" if a["actor"] == "rollout" => {
+                    let ep: i64 = detail.rsplit("endpoint:").next().unwrap().parse().unwrap();
+                    if early_ids.contains(&ep) {
+                        running.insert(subject);
+                        started += 1;
+                    }
+                }
+                "operation.update"
+                    if detail.ends_with("-> completed")
+                        || detail.ends_with("-> failed")
+                        || detail.ends_with("-> cancelled") =>
+                {
+                    running.remove(&subject);
+                }
+                "operation.cancel" => {
+                    running.remove(&subject);
+                }
+                _ => {}
+            }
+            most = most.max(running.len());
+            assert!(running.len() <= 10, "more than 10 early syncs at once at audit entry {a}");
+        }
+        assert_eq!(started, 40);
+        assert_eq!(most, 10, "the slots were used to the full");
+
+        // The early ring's soak: the rest (250, no slot limit) follows.
+        pool.advance(7200).await;
+        let r = pool
+            .wait_rollout("the rest's 250 syncs", |r| done(wave(r, 2)) == 250)
+            .await;
+        assert_eq!(wave(&r, 2)["succeeded"], 250);
+        let eps = pool.endpoints().await;
+        let in_sync = eps.iter().filter(|e| e["state"] == "in-sync").count();
+        // Everyone but the three that failed.
+        assert_eq!(in_sync, eps.len() - 3, "{eps:#?}");
+        drop((canary, early, rest, builder));
+    });
+}
+
+/// A canary whose sync fails halts the rollout: admins are told (admin socket, metrics), the
+/// later rings are never offered the target however long one waits; a coordinator restart
+/// changes nothing; pause holds it; resume continues.
+#[test]
+fn failed_canary_halts_restart_keeps_it_resume_continues() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let mut coord = start_coordinator(&db, None);
+    let addr = coord.addr;
+    let rt = runtime();
+    let (pool_id, base, tokens, s1, s2) = rt.block_on(async {
+        let base = coord.url();
+        let pool = make_pool(&base, "lab").await;
+        let (s1, s2) = (state("1.0-1"), state("2.0-1"));
+        let known = states(&[&s1, &s2]);
+        let builder = SimEndpoint::start(&base, &pool.join, "builder", s1.clone(), known.clone(), OnSync::Succeed).await;
+        set_target(&base, &builder.token, &s1, 0).await;
+        pool.set_rings(json!({"rings": [
+            {"name": "canary", "endpoints": ["c-*"], "soak_secs": 600},
+            {"name": "early", "endpoints": ["e-*"], "soak_secs": 600},
+            {"name": "rest"}
+        ]}))
+        .await;
+        let canary = fleet(&pool, "c", 3, &[1], &s1, &known).await;
+        let early = fleet(&pool, "e", 5, &[], &s1, &known).await;
+        let rest = fleet(&pool, "r", 5, &[], &s1, &known).await;
+
+        // The admin socket hears of the halt.
+        let mut req = format!("{}/api/v1/pools/{}/ws", base.replacen("http", "ws", 1), pool.id)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+        let (mut admin_ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+
+        set_target(&base, &builder.token, &s2, 1).await;
+        let r = pool
+            .wait_rollout("the halt", |r| r["state"] == "halted")
+            .await;
+        assert!(
+            r["reason"].as_str().unwrap().contains("wave 1 (canary): 1 syncs to revision 2 failed"),
+            "{r:#}"
+        );
+        loop {
+            let m = admin_ws.next().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+            if v["type"] == "rollout_changed" && v["rollout"]["state"] == "halted" {
+                break;
+            }
+        }
+        let metrics = reqwest::get(format!("{base}/api/v1/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("pacpool_rollouts_halted 1"), "{metrics}");
+
+        // However long: the second ring is never offered revision 2.
+        pool.advance(86_400).await;
+        let r = pool.rollout().await;
+        assert_eq!((r["state"].as_str(), r["rings_offered"].as_u64()), (Some("halted"), Some(1)));
+        for e in early.iter().chain(&rest) {
+            let o = offer(&base, &e.token).await;
+            assert_eq!(o["target"]["revision"], 1, "{o:#}");
+            assert!(o["rollout"]["message"].as_str().unwrap().contains("is halted in wave 1"), "{o:#}");
+        }
+        let not_canary: HashSet<i64> = early.iter().chain(&rest).map(|e| e.id).collect();
+        assert!(pool.operations().await.iter().all(|o| !not_canary.contains(&o["endpoint_id"].as_i64().unwrap())));
+        let tokens: Vec<(i64, String, String)> = canary
+            .iter()
+            .chain(&early)
+            .chain(&rest)
+            .map(|e| (e.id, e.name.clone(), e.token.clone()))
+            .collect();
+        (pool.id, base, tokens, s1, s2)
+    });
+    // Restart mid-rollout (the simulated endpoints' sockets close with it).
+    let before = rt.block_on(async {
+        let pool = Pool { base: base.clone(), id: pool_id, join: String::new() };
+        let mut r = pool.rollout().await;
+        let mut offers = Vec::new();
+        for (_, _, t) in &tokens {
+            offers.push(offer(&base, t).await);
+        }
+        r["updated_at"] = Value::Null;
+        (r, offers, pool.operations().await)
+    });
+    coord.stop();
+    let coord = start_coordinator(&db, Some(addr));
+    rt.block_on(async {
+        let pool = Pool { base: base.clone(), id: pool_id, join: String::new() };
+        // The clock of a new process starts at the system time: move it past the old one.
+        pool.advance(86_400).await;
+        let mut r = pool.rollout().await;
+        r["updated_at"] = Value::Null;
+        let mut offers = Vec::new();
+        for (_, _, t) in &tokens {
+            offers.push(offer(&base, t).await);
+        }
+        assert_eq!(r, before.0, "the rollout after a restart");
+        for (a, b) in offers.iter().zip(&before.1) {
+            assert_eq!(a["target"], b["target"]);
+            assert_eq!(a["rollout"]["offered_revision"], b["rollout"]["offered_revision"]);
+        }
+        assert_eq!(pool.operations().await, before.2);
+        let metrics = reqwest::get(format!("{base}/api/v1/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("pacpool_rollouts_halted 1"), "{metrics}");
+
+        // The endpoints come back; an admin resumes: the failure is accepted, wave 2 follows.
+        let known = states(&[&s1, &s2]);
+        let mut sims = Vec::new();
+        for (id, name, token) in &tokens {
+            let st = if name.starts_with("c-") && name != "c-001" { s2.clone() } else { s1.clone() };
+            sims.push(SimEndpoint::connect_as(&base, *id, name, token, st, known.clone(), OnSync::Succeed).await);
+        }
+        let r = admin(&base, "POST", &format!("/pools/{pool_id}/rollout/resume"), None).await;
+        assert_eq!(r["state"], "active", "{r:#}");
+        let r = pool.wait_rollout("wave 2 synced", |r| done(wave(r, 1)) == 5).await;
+        assert_eq!(r["rings_offered"], 2);
+        assert_eq!(wave(&r, 1)["succeeded"], 5);
+        // Paused: the soak passes, nothing moves; resumed: the rest follows.
+        admin(&base, "POST", &format!("/pools/{pool_id}/rollout/pause"), None).await;
+        pool.advance(600).await;
+        let r = pool.rollout().await;
+        assert_eq!((r["state"].as_str(), r["rings_offered"].as_u64()), (Some("paused"), Some(2)));
+        admin(&base, "POST", &format!("/pools/{pool_id}/rollout/resume"), None).await;
+        let r = pool.wait_rollout("wave 3 synced", |r| done(wave(r, 2)) == 5).await;
+        assert_eq!(wave(&r, 2)["succeeded"], 5);
+        let metrics = reqwest::get(format!("{base}/api/v1/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("pacpool_rollouts_halted 0"), "{metrics}");
+        drop(sims);
+    });
+    drop(coord);
+}
+
+/// Maintenance windows (a future window blocks an automatic sync, inside it the sync runs, a
+/// window already past this week blocks the next revision), a slot held by an endpoint that
+/// went away is freed after the timeout, and a held endpoint stays behind (status `held`,
+/// with its reason) and joins at the hold's expiry.
+#[test]
+fn windows_slots_and_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = start_coordinator(&dir.path().join("c.db"), None);
+    runtime().block_on(async {
+        let base = coord.url();
+        let pool = make_pool(&base, "office").await;
+        let (s1, s2, s3) = (state("1-1"), state("2-1"), state("3-1"));
+        let known = states(&[&s1, &s2, &s3]);
+        let builder = SimEndpoint::start(&base, &pool.join, "builder", s1.clone(), known.clone(), OnSync::Succeed).await;
+        set_target(&base, &builder.token, &s1, 0).await;
+        // Next Monday 00:00 UTC (1970-01-01 was a Thursday).
+        let now = pool.now().await;
+        let day = now.div_euclid(86_400);
+        let monday = (day + 7 - (day + 3).rem_euclid(7)) * 86_400;
+        admin(&base, "POST", "/clock", Some(json!({"set": monday}))).await;
+        pool.set_rings(json!({"slot_timeout_secs": 600, "rings": [
+            {"name": "canary", "endpoints": ["c-*"], "max_concurrent": 1,
+             "gate": {"min_success_percent": 50},
+             "windows": [{"days": ["mon"], "from": "03:00", "to": "04:00"}]},
+            {"name": "rest"}
+        ]}))
+        .await;
+        let hang = SimEndpoint::start(&base, &pool.join, "c-0", s1.clone(), known.clone(), OnSync::Hang).await;
+        let c1 = SimEndpoint::start(&base, &pool.join, "c-1", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let r0 = SimEndpoint::start(&base, &pool.join, "r-0", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let held = SimEndpoint::start(&base, &pool.join, "r-held", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let until = monday + 2 * 86_400;
+        admin(
+            &base,
+            "POST",
+            &format!("/endpoints/{}/hold", held.id),
+            Some(json!({"reason": "waiting for the driver fix", "until": until})),
+        )
+        .await;
+
+        // Monday 00:00: the canary ring is offered revision 2, but its window opens at 03:00.
+        set_target(&base, &builder.token, &s2, 1).await;
+        pool.step().await;
+        assert!(pool.operations().await.is_empty(), "no sync before the window");
+        let o = offer(&base, &c1.token).await;
+        assert_eq!(o["target"]["revision"], 2);
+        assert_eq!(o["rollout"]["not_before"], monday + 3 * 3600);
+        let msg = o["rollout"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("your machine gets revision 2 in wave 1, from Monday "), "{msg}");
+        assert!(msg.ends_with(" 03:00 UTC"), "{msg}");
+
+        // 03:00: inside the window; one slot, taken by c-0 which never finishes.
+        pool.advance(3 * 3600).await;
+        let ops = pool.operations().await;
+        assert_eq!(ops.len(), 1, "one slot: {ops:#?}");
+        assert_eq!(ops[0]["endpoint_id"], hang.id);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while pool.operations().await[0]["state"] != "in_progress" {
+            assert!(std::time::Instant::now() < deadline, "c-0 never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // c-0 goes away; after the slot timeout its slot is freed and c-1 syncs.
+        drop(hang);
+        pool.advance(300).await;
+        assert_eq!(pool.operations().await.len(), 1, "slot still held within the timeout");
+        pool.advance(301).await;
+        let r = pool.wait_rollout("c-1 synced", |r| wave(r, 0)["succeeded"] == 1).await;
+        let ops = pool.operations().await;
+        assert_eq!(ops[0]["state"], "cancelled", "{ops:#?}");
+        assert!(ops[0]["result"]["message"].as_str().unwrap().starts_with("slot freed"));
+        assert_eq!(r["waves"][0]["failed"], 0, "a freed slot is not a failure");
+
+        // The canary passed (1 of 2): the rest ring (no window) follows; the held one stays.
+        let r = pool.wait_rollout("r-0 synced", |r| wave(r, 1)["succeeded"] == 1).await;
+        assert_eq!(r["rings_offered"], 2);
+        pool.step().await;
+        let eps = pool.endpoints().await;
+        let h = eps.iter().find(|e| e["name"] == "r-held").unwrap();
+        assert_eq!(h["state"], "held", "{h:#}");
+        let expected = format!(
+            "on hold until {}: waiting for the driver fix",
+            jiff_date(until)
+        );
+        assert_eq!(h["rollout"]["message"], expected.as_str());
+        assert_eq!(offer(&base, &held.token).await["target"]["revision"], 1);
+        assert!(pool.operations().await.iter().all(|o| o["endpoint_id"] != held.id));
+
+        // The hold ends: it is offered revision 2 and syncs.
+        pool.advance(2 * 86_400).await;
+        let r = pool.wait_rollout("r-held synced", |r| wave(r, 1)["succeeded"] == 2).await;
+        assert_eq!(wave(&r, 1)["failed"], 0);
+        let eps = pool.endpoints().await;
+        let h = eps.iter().find(|e| e["name"] == "r-held").unwrap();
+        assert_eq!(h["state"], "in-sync", "{h:#}");
+
+        // Wednesday: this week's Monday window is past; revision 3 waits for next Monday.
+        set_target(&base, &builder.token, &s3, 2).await;
+        pool.step().await;
+        let news: Vec<Value> = pool
+            .operations()
+            .await
+            .into_iter()
+            .filter(|o| o["target_revision"] == 3)
+            .collect();
+        assert!(news.is_empty(), "{news:#?}");
+        let o = offer(&base, &c1.token).await;
+        assert_eq!(o["rollout"]["not_before"], monday + 7 * 86_400 + 3 * 3600);
+        drop((c1, r0, held, builder));
+    });
+}
+
+/// `2026-12-20` for Unix seconds (UTC), as hold messages print it.
+fn jiff_date(t: i64) -> String {
+    let days = t.div_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm), to stay independent of the code under test.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
