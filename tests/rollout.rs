@@ -635,3 +635,213 @@ fn jiff_date(t: i64) -> String {
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}")
 }
+
+/// An admin request with any method from blocking code.
+fn admin_blocking(coord: &Coordinator, method: &str, path: &str, body: Option<Value>) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, v) = rt.block_on(admin_async(&coord.url(), method, path, body));
+    assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+    v
+}
+
+/// Waits until the coordinator's rollout of `pool` satisfies `cond` (real syncs run meanwhile).
+fn wait_rollout_blocking(coord: &Coordinator, pool: i64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = coord.admin("GET", &format!("/pools/{pool}/rollout"), None);
+        if cond(&r) {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited for {what}; rollout: {r:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Real pacpoold daemons on sandboxes with real pacman: the canary syncs first while the
+/// other machine waits (its status says for which wave and from when); after the soak the
+/// other syncs. A revision whose package the canary cannot install (a file in the way)
+/// halts the rollout: the other machine is never offered it, also across a coordinator
+/// restart; the admin reverts the target and every machine gets the revert at once.
+#[test]
+fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
+    use support::daemon::{Daemon, write_config};
+    use support::{PkgSpec, Sandbox, host_arch};
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED rollout with real pacman: pacman transactions need root");
+        return;
+    }
+    support::require_tools();
+    let (b, c, o) = (Sandbox::new(), Sandbox::new(), Sandbox::new());
+    let publish = |specs: &[(&str, &str)]| {
+        let built: Vec<std::path::PathBuf> = specs
+            .iter()
+            .map(|(n, v)| b.build_package(&PkgSpec::new(n, v).arch(&host_arch())))
+            .collect();
+        for sb in [&b, &c, &o] {
+            sb.publish(&built);
+        }
+    };
+    publish(&[("tool", "1.0-1")]);
+    for sb in [&b, &c, &o] {
+        sb.pacman_ok(&["-Sy", "tool"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let mut coord = start_coordinator(&db, None);
+    let addr = coord.addr;
+    let pool = coord.admin(
+        "POST",
+        "/pools",
+        Some(json!({"name": "desk", "policy": {"auto_sync": "apply"}})),
+    );
+    let pool_id = pool["id"].as_i64().unwrap();
+    let join = coord.admin("POST", &format!("/pools/{pool_id}/join-tokens"), None);
+    let join = join["token"].as_str().unwrap().to_owned();
+    let url = coord.url();
+    let db_ = Daemon::start(&write_config(&b, "builder", Some((&url, &join))));
+    let dc = Daemon::start(&write_config(&c, "canary", Some((&url, &join))));
+    let d_o = Daemon::start(&write_config(&o, "other", Some((&url, &join))));
+    for d in [&db_, &dc, &d_o] {
+        d.wait_status("connected", |s| s["link"] == "connected");
+    }
+    db_.cli_code(&["set-latest", "--yes"], 0);
+    for d in [&dc, &d_o] {
+        d.wait_status("revision 1, in sync", |s| {
+            s["target"]["revision"] == 1 && s["state"] == "in-sync"
+        });
+    }
+    admin_blocking(
+        &coord,
+        "PATCH",
+        &format!("/pools/{pool_id}"),
+        Some(json!({"policy": {"auto_sync": "apply", "rollout": {"rings": [
+            {"name": "canary", "endpoints": ["canary"], "soak_secs": 3600,
+             "gate": {"min_success": 1, "max_failures": 0}},
+            {"name": "rest"}
+        ]}}})),
+    );
+
+    // Revision 2 (tool 1.1): the canary syncs on its own (the coordinator starts it).
+    publish(&[("tool", "1.1-1")]);
+    b.pacman_ok(&["-Syu"]);
+    db_.cli_code(&["notify"], 0);
+    db_.cli_code(&["set-latest", "--yes"], 0);
+    dc.wait_status("canary synced revision 2", |s| {
+        s["target"]["revision"] == 2 && s["state"] == "in-sync"
+    });
+    assert!(c.pacman_ok(&["-Q", "tool"]).contains("1.1-1"));
+    wait_rollout_blocking(&coord, pool_id, "the canary's verified sync", |r| {
+        r["waves"][0]["succeeded"] == 1
+    });
+    let s = d_o.wait_status("other told its wave", |s| {
+        s["rollout"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("your machine gets revision 2 in wave 2, from "))
+    });
+    assert_eq!(s["target"]["revision"], 1, "{s:#}");
+    assert_eq!(s["rollout"]["wave"], 2);
+    assert!(d_o.cli_code(&["status"], 0).contains("rollout:     your machine gets revision 2 in wave 2"));
+    assert!(o.pacman_ok(&["-Q", "tool"]).contains("1.0-1"), "not offered yet");
+
+    // The canary's soak passes: the other machine is offered revision 2 and syncs.
+    coord.admin("POST", "/clock", Some(json!({"advance": 3600})));
+    d_o.wait_status("other synced revision 2", |s| {
+        s["target"]["revision"] == 2 && s["state"] == "in-sync"
+    });
+    assert!(o.pacman_ok(&["-Q", "tool"]).contains("1.1-1"));
+
+    // Revision 3 adds a package the canary cannot install (a file of it is in the way).
+    publish(&[("special", "1.0-1")]);
+    let stray = c.root().join("usr/share/special");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("special.txt"), "not from a package\n").unwrap();
+    b.pacman_ok(&["-Sy", "special"]);
+    db_.cli_code(&["notify"], 0);
+    db_.cli_code(&["set-latest", "--yes"], 0);
+    let r = wait_rollout_blocking(&coord, pool_id, "the halt", |r| r["state"] == "halted");
+    assert_eq!(r["revision"], 3);
+    assert_eq!(r["waves"][0]["failed"], 1, "{r:#}");
+    let s = d_o.wait_status("other told of the halt", |s| {
+        s["rollout"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revision 3 is halted in wave 1"))
+    });
+    assert_eq!(s["target"]["revision"], 2);
+    coord.admin("POST", "/clock", Some(json!({"advance": 86_400})));
+    let ops = coord.admin("GET", &format!("/operations?pool={pool_id}&limit=1000"), None);
+    let other_id = coord.admin("GET", &format!("/pools/{pool_id}/endpoints"), None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "other")
+        .unwrap()["id"]
+        .clone();
+    assert!(
+        ops["items"].as_array().unwrap().iter().all(|op| !(op["endpoint_id"] == other_id && op["target_revision"] == 3)),
+        "{ops:#}"
+    );
+    assert!(!o.pacman(&["-Q", "special"]).status.success(), "never offered, never installed");
+    // The coordinator started the canary's syncs; the failure is pacman's own.
+    let canary_ops: Vec<&Value> = ops["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["endpoint_id"] != other_id)
+        .collect();
+    let failed = canary_ops
+        .iter()
+        .find(|op| op["target_revision"] == 3)
+        .expect("the canary was asked to sync revision 3");
+    assert_eq!(failed["state"], "failed", "{failed:#}");
+    assert!(
+        failed["result"].to_string().contains("(conflicting files)"),
+        "pacman refused the file in the way: {failed:#}"
+    );
+    assert!(canary_ops.iter().any(|op| op["target_revision"] == 2 && op["state"] == "completed"));
+
+    // A restart mid-rollout changes nothing.
+    let mut before = coord.admin("GET", &format!("/pools/{pool_id}/rollout"), None);
+    coord.stop();
+    let coord = start_coordinator(&db, Some(addr));
+    coord.admin("POST", "/clock", Some(json!({"advance": 2 * 86_400})));
+    let mut after = coord.admin("GET", &format!("/pools/{pool_id}/rollout"), None);
+    for v in [&mut before, &mut after] {
+        v["updated_at"] = Value::Null;
+        for w in v["waves"].as_array_mut().unwrap() {
+            // Online counts follow the reconnecting daemons; the rest is stored.
+            w["online"] = Value::Null;
+            w["required"] = Value::Null;
+        }
+    }
+    assert_eq!(after, before);
+    let s = d_o.wait_status("other reconnected", |s| {
+        s["link"] == "connected"
+            && s["rollout"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("revision 3 is halted in wave 1"))
+    });
+    assert_eq!(s["target"]["revision"], 2);
+
+    // The admin reverts to revision 2: offered to every ring at once.
+    coord.admin(
+        "POST",
+        &format!("/pools/{pool_id}/target/revert"),
+        Some(json!({"to_revision": 2, "expected_revision": 3})),
+    );
+    d_o.wait_status("other has the revert", |s| s["target"]["revision"] == 4 && s["state"] == "in-sync");
+    dc.wait_status("canary has the revert", |s| s["target"]["revision"] == 4);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("{}/api/v1/metrics", coord.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(metrics.contains("pacpool_rollouts_halted 0"), "{metrics}");
+    drop((db_, dc, d_o));
+}
