@@ -614,6 +614,7 @@ mod tests {
             revert_changes: None,
             needs_refresh: false,
             auto_sync_window: None,
+            rollout: None,
         })
     }
 
@@ -628,6 +629,50 @@ mod tests {
             set_at: 0,
             reverted_from: None,
         }
+    }
+
+    #[test]
+    fn rollout_wave_and_hold_texts() {
+        let position = |hold: Option<crate::proto::Hold>, message: &str| {
+            Some(crate::proto::RolloutPosition {
+                revision: 42,
+                offered_revision: Some(41),
+                wave: 2,
+                waves: 3,
+                ring: "early".into(),
+                state: Some(crate::proto::RolloutState::Active),
+                not_before: None,
+                hold,
+                message: message.into(),
+            })
+        };
+        let mut s = status(EndpointState::InSync, Some(41));
+        s.rollout = position(
+            None,
+            "your machine gets revision 42 in wave 2, from Saturday 2026-12-12 02:00 UTC",
+        );
+        let v = View::of(&Daemon::Up(s), None);
+        assert_eq!(
+            v.detail_line,
+            "your machine gets revision 42 in wave 2, from Saturday 2026-12-12 02:00 UTC"
+        );
+        assert!(v.tooltip.contains("in wave 2"), "{}", v.tooltip);
+        let mut s = status(EndpointState::Held, Some(41));
+        s.rollout = position(
+            Some(crate::proto::Hold {
+                reason: "waiting for the driver fix".into(),
+                until: 1_797_724_800,
+                set_by: "admin".into(),
+                revision: Some(41),
+            }),
+            "on hold until 2026-12-20: waiting for the driver fix",
+        );
+        let v = View::of(&Daemon::Up(s), None);
+        assert_eq!(v.status_line, "pacpool: on hold — lab");
+        assert_eq!(
+            v.detail_line,
+            "on hold until 2026-12-20: waiting for the driver fix"
+        );
     }
 
     #[test]
