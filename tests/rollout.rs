@@ -845,3 +845,80 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
     assert!(metrics.contains("pacpool_rollouts_halted 0"), "{metrics}");
     drop((db_, dc, d_o));
 }
+
+/// `pacpool ARGS` against the coordinator at `url` with the test admin token.
+fn admin_cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pacpool"))
+        .args(args)
+        .env("PACPOOL_ADMIN_URL", url)
+        .env("PACPOOL_ADMIN_TOKEN", ADMIN)
+        .env_remove("PACPOOL_CA_FILE")
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The README's worked example is a valid pool policy through `pacpool admin`, and
+/// `pacpool admin rollouts show / halt / resume` and `endpoints hold` work on it.
+#[test]
+fn readme_example_policy_and_admin_commands() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let from = readme.find("### Rollouts").expect("README has a Rollouts section");
+    let rest = &readme[from..];
+    let open = rest.find("```toml\n").unwrap() + "```toml\n".len();
+    let example = &rest[open..open + rest[open..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let coord = start_coordinator(&dir.path().join("c.db"), None);
+    let url = coord.url();
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, example).unwrap();
+    let (code, out, err) = admin_cli(&url, &["admin", "pools", "create", "office", "--policy-file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let pool = coord.admin("GET", "/pools", None)[0].clone();
+    let rings = &pool["policy"]["rollout"]["rings"];
+    assert_eq!(rings.as_array().unwrap().len(), 3, "{pool:#}");
+    assert_eq!(rings[1]["timezone"], "Europe/Berlin");
+    assert_eq!(rings[1]["max_concurrent"], 5);
+    assert_eq!(rings[0]["gate"]["min_success"], 2);
+    let (code, out, _) = admin_cli(&url, &["admin", "rollouts", "show", "office"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("pool 1 has no rollout"), "{out}");
+
+    // A rollout to show: a builder in wave 3 sets revision 2.
+    let pool_id = pool["id"].as_i64().unwrap();
+    runtime().block_on(async {
+        let p = Pool { base: url.clone(), id: pool_id, join: String::new() };
+        let j = admin(&url, "POST", &format!("/pools/{pool_id}/join-tokens"), Some(json!({}))).await;
+        let join = j["token"].as_str().unwrap();
+        let (s1, s2) = (state("1-1"), state("2-1"));
+        let known = states(&[&s1, &s2]);
+        let builder = SimEndpoint::start(&url, join, "builder", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let c = SimEndpoint::start(&url, join, "canary-1", s1.clone(), known.clone(), OnSync::Succeed).await;
+        set_target(&url, &builder.token, &s1, 0).await;
+        set_target(&url, &builder.token, &s2, 1).await;
+        p.step().await;
+        let (code, out, err) = admin_cli(&url, &["admin", "endpoints", "hold", &c.id.to_string(), "--until", "2099-12-20", "--reason", "waiting for the driver fix"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("on hold until 2099-12-20 00:00:00 UTC at revision 2: waiting for the driver fix"), "{out}");
+        let (code, out, _) = admin_cli(&url, &["admin", "endpoints", "unhold", &c.id.to_string()]);
+        assert_eq!(code, 0, "{out}");
+        drop((builder, c));
+    });
+    let (code, out, _) = admin_cli(&url, &["admin", "rollouts", "halt", "office"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("rollout of revision 2: halted (1 of 3 waves offered)\nreason: halted by an admin\n"), "{out}");
+    let (code, out, _) = admin_cli(&url, &["admin", "rollouts", "resume", "office"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("rollout of revision 2: active"), "{out}");
+    let (_, out, _) = admin_cli(&url, &["admin", "rollouts", "show", "office"]);
+    eprintln!("{out}");
+    let header = out.lines().nth(1).unwrap();
+    assert!(readme.contains(header), "the README shows the table's header: {header}");
+    let (code, _, err) = admin_cli(&url, &["admin", "rollouts", "pause", "nowhere"]);
+    assert_ne!(code, 0, "{err}");
+}
