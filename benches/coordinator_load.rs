@@ -42,8 +42,7 @@ use axum::body::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use pacpool::localdb::Reason;
 use pacpool::proto::{
-    EndpointMsg, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest,
-    StateReport,
+    EndpointMsg, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest, StateReport,
 };
 use pacpool::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
 use tokio::sync::mpsc;

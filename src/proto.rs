@@ -104,7 +104,7 @@ impl RolloutPolicy {
 }
 
 /// One ring (wave) of a rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ring {
     pub name: String,
@@ -119,20 +119,6 @@ pub struct Ring {
     pub timezone: Option<String>,
     /// Most endpoints of this ring syncing automatically at once (none: no limit).
     pub max_concurrent: Option<u32>,
-}
-
-impl Default for Ring {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            endpoints: Vec::new(),
-            soak_secs: 0,
-            gate: Gate::default(),
-            windows: Vec::new(),
-            timezone: None,
-            max_concurrent: None,
-        }
-    }
 }
 
 /// A ring's health gate: the next ring is offered only when at least `min_success`

@@ -47,7 +47,10 @@ struct Pool {
 
 async fn admin(base: &str, method: &str, path: &str, body: Option<Value>) -> Value {
     let (status, v) = admin_async(base, method, path, body).await;
-    assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
+    );
     v
 }
 
@@ -60,7 +63,13 @@ async fn make_pool(base: &str, name: &str) -> Pool {
     )
     .await;
     let id = p["id"].as_i64().unwrap();
-    let j = admin(base, "POST", &format!("/pools/{id}/join-tokens"), Some(json!({}))).await;
+    let j = admin(
+        base,
+        "POST",
+        &format!("/pools/{id}/join-tokens"),
+        Some(json!({})),
+    )
+    .await;
     Pool {
         base: base.to_owned(),
         id,
@@ -94,7 +103,13 @@ impl Pool {
     }
 
     async fn advance(&self, secs: i64) {
-        admin(&self.base, "POST", "/clock", Some(json!({ "advance": secs }))).await;
+        admin(
+            &self.base,
+            "POST",
+            "/clock",
+            Some(json!({ "advance": secs })),
+        )
+        .await;
     }
 
     async fn now(&self) -> i64 {
@@ -266,7 +281,15 @@ fn waves_wait_for_soak_and_gate_and_slots_hold() {
         let (s1, s2) = (state("1.0-1"), state("1.1-1"));
         let known = states(&[&s1, &s2]);
         // The machine the new target comes from: unlisted, so in the last ring.
-        let builder = SimEndpoint::start(&base, &pool.join, "builder", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let builder = SimEndpoint::start(
+            &base,
+            &pool.join,
+            "builder",
+            s1.clone(),
+            known.clone(),
+            OnSync::Succeed,
+        )
+        .await;
         set_target(&base, &builder.token, &s1, 0).await;
         pool.set_rings(json!({"rings": [
             {"name": "canary", "endpoints": ["c-*"], "soak_secs": 3600,
@@ -290,7 +313,11 @@ fn waves_wait_for_soak_and_gate_and_slots_hold() {
         let r2 = pool.rollout().await;
         assert_eq!(r2["rings_offered"], 1, "soak not over: {r2:#}");
         let w = wave(&r, 0);
-        assert_eq!((w["succeeded"].as_u64(), w["failed"].as_u64()), (Some(4), Some(1)), "{r:#}");
+        assert_eq!(
+            (w["succeeded"].as_u64(), w["failed"].as_u64()),
+            (Some(4), Some(1)),
+            "{r:#}"
+        );
         // max(2, 80 % of 5) = 4 successes needed, 1 failure allowed.
         assert_eq!(w["required"], 4);
         assert_eq!(w["gate_holds"], true, "{r:#}");
@@ -298,14 +325,20 @@ fn waves_wait_for_soak_and_gate_and_slots_hold() {
         let ops = pool.operations().await;
         assert!(!ops.is_empty());
         for op in &ops {
-            assert!(canary_ids.contains(&op["endpoint_id"].as_i64().unwrap()), "{op}");
+            assert!(
+                canary_ids.contains(&op["endpoint_id"].as_i64().unwrap()),
+                "{op}"
+            );
             assert_eq!(op["target_revision"], 2);
         }
         let o = offer(&base, &early[5].token).await;
         assert_eq!(o["target"]["revision"], 1, "{o:#}");
         assert_eq!(o["rollout"]["wave"], 2);
         let msg = o["rollout"]["message"].as_str().unwrap();
-        assert!(msg.starts_with("your machine gets revision 2 in wave 2, from "), "{msg}");
+        assert!(
+            msg.starts_with("your machine gets revision 2 in wave 2, from "),
+            "{msg}"
+        );
         let eps = pool.endpoints().await;
         let e5 = eps.iter().find(|e| e["name"] == "e-005").unwrap();
         assert_eq!(e5["state"], "behind");
@@ -322,11 +355,19 @@ fn waves_wait_for_soak_and_gate_and_slots_hold() {
             .wait_rollout("the early ring's 40 syncs", |r| done(wave(r, 1)) == 40)
             .await;
         let w = wave(&r, 1);
-        assert_eq!((w["succeeded"].as_u64(), w["failed"].as_u64()), (Some(38), Some(2)), "{r:#}");
+        assert_eq!(
+            (w["succeeded"].as_u64(), w["failed"].as_u64()),
+            (Some(38), Some(2)),
+            "{r:#}"
+        );
         assert_eq!(w["required"], 36, "90 % of 40 online: {r:#}");
         assert_eq!(w["gate_holds"], true);
         pool.step().await;
-        assert_eq!(pool.rollout().await["rings_offered"], 2, "soak of 7200 s not over");
+        assert_eq!(
+            pool.rollout().await["rings_offered"],
+            2,
+            "soak of 7200 s not over"
+        );
 
         // Slots: replay every start and end of an early sync in commit order.
         let audit = pool.audit().await;
@@ -357,7 +398,10 @@ fn waves_wait_for_soak_and_gate_and_slots_hold() {
                 _ => {}
             }
             most = most.max(running.len());
-            assert!(running.len() <= 10, "more than 10 early syncs at once at audit entry {a}");
+            assert!(
+                running.len() <= 10,
+                "more than 10 early syncs at once at audit entry {a}"
+            );
         }
         assert_eq!(started, 40);
         assert_eq!(most, 10, "the slots were used to the full");
@@ -393,7 +437,15 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
         let pool = make_pool(&base, "lab").await;
         let (s1, s2) = (state("1.0-1"), state("2.0-1"));
         let known = states(&[&s1, &s2]);
-        let builder = SimEndpoint::start(&base, &pool.join, "builder", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let builder = SimEndpoint::start(
+            &base,
+            &pool.join,
+            "builder",
+            s1.clone(),
+            known.clone(),
+            OnSync::Succeed,
+        )
+        .await;
         set_target(&base, &builder.token, &s1, 0).await;
         pool.set_rings(json!({"rings": [
             {"name": "canary", "endpoints": ["c-*"], "soak_secs": 600},
@@ -406,9 +458,13 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
         let rest = fleet(&pool, "r", 5, &[], &s1, &known).await;
 
         // The admin socket hears of the halt.
-        let mut req = format!("{}/api/v1/pools/{}/ws", base.replacen("http", "ws", 1), pool.id)
-            .into_client_request()
-            .unwrap();
+        let mut req = format!(
+            "{}/api/v1/pools/{}/ws",
+            base.replacen("http", "ws", 1),
+            pool.id
+        )
+        .into_client_request()
+        .unwrap();
         req.headers_mut()
             .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
         let (mut admin_ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
@@ -418,7 +474,10 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
             .wait_rollout("the halt", |r| r["state"] == "halted")
             .await;
         assert!(
-            r["reason"].as_str().unwrap().contains("wave 1 (canary): 1 syncs to revision 2 failed"),
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("wave 1 (canary): 1 syncs to revision 2 failed"),
             "{r:#}"
         );
         loop {
@@ -428,20 +487,39 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
                 break;
             }
         }
-        let metrics = reqwest::get(format!("{base}/api/v1/metrics")).await.unwrap().text().await.unwrap();
+        let metrics = reqwest::get(format!("{base}/api/v1/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(metrics.contains("pacpool_rollouts_halted 1"), "{metrics}");
 
         // However long: the second ring is never offered revision 2.
         pool.advance(86_400).await;
         let r = pool.rollout().await;
-        assert_eq!((r["state"].as_str(), r["rings_offered"].as_u64()), (Some("halted"), Some(1)));
+        assert_eq!(
+            (r["state"].as_str(), r["rings_offered"].as_u64()),
+            (Some("halted"), Some(1))
+        );
         for e in early.iter().chain(&rest) {
             let o = offer(&base, &e.token).await;
             assert_eq!(o["target"]["revision"], 1, "{o:#}");
-            assert!(o["rollout"]["message"].as_str().unwrap().contains("is halted in wave 1"), "{o:#}");
+            assert!(
+                o["rollout"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("is halted in wave 1"),
+                "{o:#}"
+            );
         }
         let not_canary: HashSet<i64> = early.iter().chain(&rest).map(|e| e.id).collect();
-        assert!(pool.operations().await.iter().all(|o| !not_canary.contains(&o["endpoint_id"].as_i64().unwrap())));
+        assert!(
+            pool.operations()
+                .await
+                .iter()
+                .all(|o| !not_canary.contains(&o["endpoint_id"].as_i64().unwrap()))
+        );
         let tokens: Vec<(i64, String, String)> = canary
             .iter()
             .chain(&early)
@@ -452,7 +530,11 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
     });
     // Restart mid-rollout (the simulated endpoints' sockets close with it).
     let before = rt.block_on(async {
-        let pool = Pool { base: base.clone(), id: pool_id, join: String::new() };
+        let pool = Pool {
+            base: base.clone(),
+            id: pool_id,
+            join: String::new(),
+        };
         let mut r = pool.rollout().await;
         let mut offers = Vec::new();
         for (_, _, t) in &tokens {
@@ -464,7 +546,11 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
     coord.stop();
     let coord = start_coordinator(&db, Some(addr));
     rt.block_on(async {
-        let pool = Pool { base: base.clone(), id: pool_id, join: String::new() };
+        let pool = Pool {
+            base: base.clone(),
+            id: pool_id,
+            join: String::new(),
+        };
         // The clock of a new process starts at the system time: move it past the old one.
         pool.advance(86_400).await;
         let mut r = pool.rollout().await;
@@ -476,33 +562,86 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
         assert_eq!(r, before.0, "the rollout after a restart");
         for (a, b) in offers.iter().zip(&before.1) {
             assert_eq!(a["target"], b["target"]);
-            assert_eq!(a["rollout"]["offered_revision"], b["rollout"]["offered_revision"]);
+            assert_eq!(
+                a["rollout"]["offered_revision"],
+                b["rollout"]["offered_revision"]
+            );
         }
         assert_eq!(pool.operations().await, before.2);
-        let metrics = reqwest::get(format!("{base}/api/v1/metrics")).await.unwrap().text().await.unwrap();
+        let metrics = reqwest::get(format!("{base}/api/v1/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(metrics.contains("pacpool_rollouts_halted 1"), "{metrics}");
 
         // The endpoints come back; an admin resumes: the failure is accepted, wave 2 follows.
         let known = states(&[&s1, &s2]);
         let mut sims = Vec::new();
         for (id, name, token) in &tokens {
-            let st = if name.starts_with("c-") && name != "c-001" { s2.clone() } else { s1.clone() };
-            sims.push(SimEndpoint::connect_as(&base, *id, name, token, st, known.clone(), OnSync::Succeed).await);
+            let st = if name.starts_with("c-") && name != "c-001" {
+                s2.clone()
+            } else {
+                s1.clone()
+            };
+            sims.push(
+                SimEndpoint::connect_as(
+                    &base,
+                    *id,
+                    name,
+                    token,
+                    st,
+                    known.clone(),
+                    OnSync::Succeed,
+                )
+                .await,
+            );
         }
-        let r = admin(&base, "POST", &format!("/pools/{pool_id}/rollout/resume"), None).await;
+        let r = admin(
+            &base,
+            "POST",
+            &format!("/pools/{pool_id}/rollout/resume"),
+            None,
+        )
+        .await;
         assert_eq!(r["state"], "active", "{r:#}");
-        let r = pool.wait_rollout("wave 2 synced", |r| done(wave(r, 1)) == 5).await;
+        let r = pool
+            .wait_rollout("wave 2 synced", |r| done(wave(r, 1)) == 5)
+            .await;
         assert_eq!(r["rings_offered"], 2);
         assert_eq!(wave(&r, 1)["succeeded"], 5);
         // Paused: the soak passes, nothing moves; resumed: the rest follows.
-        admin(&base, "POST", &format!("/pools/{pool_id}/rollout/pause"), None).await;
+        admin(
+            &base,
+            "POST",
+            &format!("/pools/{pool_id}/rollout/pause"),
+            None,
+        )
+        .await;
         pool.advance(600).await;
         let r = pool.rollout().await;
-        assert_eq!((r["state"].as_str(), r["rings_offered"].as_u64()), (Some("paused"), Some(2)));
-        admin(&base, "POST", &format!("/pools/{pool_id}/rollout/resume"), None).await;
-        let r = pool.wait_rollout("wave 3 synced", |r| done(wave(r, 2)) == 5).await;
+        assert_eq!(
+            (r["state"].as_str(), r["rings_offered"].as_u64()),
+            (Some("paused"), Some(2))
+        );
+        admin(
+            &base,
+            "POST",
+            &format!("/pools/{pool_id}/rollout/resume"),
+            None,
+        )
+        .await;
+        let r = pool
+            .wait_rollout("wave 3 synced", |r| done(wave(r, 2)) == 5)
+            .await;
         assert_eq!(wave(&r, 2)["succeeded"], 5);
-        let metrics = reqwest::get(format!("{base}/api/v1/metrics")).await.unwrap().text().await.unwrap();
+        let metrics = reqwest::get(format!("{base}/api/v1/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(metrics.contains("pacpool_rollouts_halted 0"), "{metrics}");
         drop(sims);
     });
@@ -522,7 +661,15 @@ fn windows_slots_and_holds() {
         let pool = make_pool(&base, "office").await;
         let (s1, s2, s3) = (state("1-1"), state("2-1"), state("3-1"));
         let known = states(&[&s1, &s2, &s3]);
-        let builder = SimEndpoint::start(&base, &pool.join, "builder", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let builder = SimEndpoint::start(
+            &base,
+            &pool.join,
+            "builder",
+            s1.clone(),
+            known.clone(),
+            OnSync::Succeed,
+        )
+        .await;
         set_target(&base, &builder.token, &s1, 0).await;
         // Next Monday 00:00 UTC (1970-01-01 was a Thursday).
         let now = pool.now().await;
@@ -536,10 +683,42 @@ fn windows_slots_and_holds() {
             {"name": "rest"}
         ]}))
         .await;
-        let hang = SimEndpoint::start(&base, &pool.join, "c-0", s1.clone(), known.clone(), OnSync::Hang).await;
-        let c1 = SimEndpoint::start(&base, &pool.join, "c-1", s1.clone(), known.clone(), OnSync::Succeed).await;
-        let r0 = SimEndpoint::start(&base, &pool.join, "r-0", s1.clone(), known.clone(), OnSync::Succeed).await;
-        let held = SimEndpoint::start(&base, &pool.join, "r-held", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let hang = SimEndpoint::start(
+            &base,
+            &pool.join,
+            "c-0",
+            s1.clone(),
+            known.clone(),
+            OnSync::Hang,
+        )
+        .await;
+        let c1 = SimEndpoint::start(
+            &base,
+            &pool.join,
+            "c-1",
+            s1.clone(),
+            known.clone(),
+            OnSync::Succeed,
+        )
+        .await;
+        let r0 = SimEndpoint::start(
+            &base,
+            &pool.join,
+            "r-0",
+            s1.clone(),
+            known.clone(),
+            OnSync::Succeed,
+        )
+        .await;
+        let held = SimEndpoint::start(
+            &base,
+            &pool.join,
+            "r-held",
+            s1.clone(),
+            known.clone(),
+            OnSync::Succeed,
+        )
+        .await;
         let until = monday + 2 * 86_400;
         admin(
             &base,
@@ -552,12 +731,18 @@ fn windows_slots_and_holds() {
         // Monday 00:00: the canary ring is offered revision 2, but its window opens at 03:00.
         set_target(&base, &builder.token, &s2, 1).await;
         pool.step().await;
-        assert!(pool.operations().await.is_empty(), "no sync before the window");
+        assert!(
+            pool.operations().await.is_empty(),
+            "no sync before the window"
+        );
         let o = offer(&base, &c1.token).await;
         assert_eq!(o["target"]["revision"], 2);
         assert_eq!(o["rollout"]["not_before"], monday + 3 * 3600);
         let msg = o["rollout"]["message"].as_str().unwrap();
-        assert!(msg.starts_with("your machine gets revision 2 in wave 1, from Monday "), "{msg}");
+        assert!(
+            msg.starts_with("your machine gets revision 2 in wave 1, from Monday "),
+            "{msg}"
+        );
         assert!(msg.ends_with(" 03:00 UTC"), "{msg}");
 
         // 03:00: inside the window; one slot, taken by c-0 which never finishes.
@@ -573,16 +758,29 @@ fn windows_slots_and_holds() {
         // c-0 goes away; after the slot timeout its slot is freed and c-1 syncs.
         drop(hang);
         pool.advance(300).await;
-        assert_eq!(pool.operations().await.len(), 1, "slot still held within the timeout");
+        assert_eq!(
+            pool.operations().await.len(),
+            1,
+            "slot still held within the timeout"
+        );
         pool.advance(301).await;
-        let r = pool.wait_rollout("c-1 synced", |r| wave(r, 0)["succeeded"] == 1).await;
+        let r = pool
+            .wait_rollout("c-1 synced", |r| wave(r, 0)["succeeded"] == 1)
+            .await;
         let ops = pool.operations().await;
         assert_eq!(ops[0]["state"], "cancelled", "{ops:#?}");
-        assert!(ops[0]["result"]["message"].as_str().unwrap().starts_with("slot freed"));
+        assert!(
+            ops[0]["result"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("slot freed")
+        );
         assert_eq!(r["waves"][0]["failed"], 0, "a freed slot is not a failure");
 
         // The canary passed (1 of 2): the rest ring (no window) follows; the held one stays.
-        let r = pool.wait_rollout("r-0 synced", |r| wave(r, 1)["succeeded"] == 1).await;
+        let r = pool
+            .wait_rollout("r-0 synced", |r| wave(r, 1)["succeeded"] == 1)
+            .await;
         assert_eq!(r["rings_offered"], 2);
         pool.step().await;
         let eps = pool.endpoints().await;
@@ -594,11 +792,18 @@ fn windows_slots_and_holds() {
         );
         assert_eq!(h["rollout"]["message"], expected.as_str());
         assert_eq!(offer(&base, &held.token).await["target"]["revision"], 1);
-        assert!(pool.operations().await.iter().all(|o| o["endpoint_id"] != held.id));
+        assert!(
+            pool.operations()
+                .await
+                .iter()
+                .all(|o| o["endpoint_id"] != held.id)
+        );
 
         // The hold ends: it is offered revision 2 and syncs.
         pool.advance(2 * 86_400).await;
-        let r = pool.wait_rollout("r-held synced", |r| wave(r, 1)["succeeded"] == 2).await;
+        let r = pool
+            .wait_rollout("r-held synced", |r| wave(r, 1)["succeeded"] == 2)
+            .await;
         assert_eq!(wave(&r, 1)["failed"], 0);
         let eps = pool.endpoints().await;
         let h = eps.iter().find(|e| e["name"] == "r-held").unwrap();
@@ -643,19 +848,30 @@ fn admin_blocking(coord: &Coordinator, method: &str, path: &str, body: Option<Va
         .build()
         .unwrap();
     let (status, v) = rt.block_on(admin_async(&coord.url(), method, path, body));
-    assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
+    );
     v
 }
 
 /// Waits until the coordinator's rollout of `pool` satisfies `cond` (real syncs run meanwhile).
-fn wait_rollout_blocking(coord: &Coordinator, pool: i64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+fn wait_rollout_blocking(
+    coord: &Coordinator,
+    pool: i64,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let r = coord.admin("GET", &format!("/pools/{pool}/rollout"), None);
         if cond(&r) {
             return r;
         }
-        assert!(std::time::Instant::now() < deadline, "waited for {what}; rollout: {r:#}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited for {what}; rollout: {r:#}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -717,11 +933,13 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
         &coord,
         "PATCH",
         &format!("/pools/{pool_id}"),
-        Some(json!({"policy": {"auto_sync": "apply", "rollout": {"rings": [
-            {"name": "canary", "endpoints": ["canary"], "soak_secs": 3600,
-             "gate": {"min_success": 1, "max_failures": 0}},
-            {"name": "rest"}
-        ]}}})),
+        Some(
+            json!({"policy": {"auto_sync": "apply", "rollout": {"rings": [
+                {"name": "canary", "endpoints": ["canary"], "soak_secs": 3600,
+                 "gate": {"min_success": 1, "max_failures": 0}},
+                {"name": "rest"}
+            ]}}}),
+        ),
     );
 
     // Revision 2 (tool 1.1): the canary syncs on its own (the coordinator starts it).
@@ -743,8 +961,14 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
     });
     assert_eq!(s["target"]["revision"], 1, "{s:#}");
     assert_eq!(s["rollout"]["wave"], 2);
-    assert!(d_o.cli_code(&["status"], 0).contains("rollout:     your machine gets revision 2 in wave 2"));
-    assert!(o.pacman_ok(&["-Q", "tool"]).contains("1.0-1"), "not offered yet");
+    assert!(
+        d_o.cli_code(&["status"], 0)
+            .contains("rollout:     your machine gets revision 2 in wave 2")
+    );
+    assert!(
+        o.pacman_ok(&["-Q", "tool"]).contains("1.0-1"),
+        "not offered yet"
+    );
 
     // The canary's soak passes: the other machine is offered revision 2 and syncs.
     coord.admin("POST", "/clock", Some(json!({"advance": 3600})));
@@ -771,8 +995,13 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
     });
     assert_eq!(s["target"]["revision"], 2);
     coord.admin("POST", "/clock", Some(json!({"advance": 86_400})));
-    let ops = coord.admin("GET", &format!("/operations?pool={pool_id}&limit=1000"), None);
-    let other_id = coord.admin("GET", &format!("/pools/{pool_id}/endpoints"), None)
+    let ops = coord.admin(
+        "GET",
+        &format!("/operations?pool={pool_id}&limit=1000"),
+        None,
+    );
+    let other_id = coord
+        .admin("GET", &format!("/pools/{pool_id}/endpoints"), None)
         .as_array()
         .unwrap()
         .iter()
@@ -780,10 +1009,17 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
         .unwrap()["id"]
         .clone();
     assert!(
-        ops["items"].as_array().unwrap().iter().all(|op| !(op["endpoint_id"] == other_id && op["target_revision"] == 3)),
+        ops["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|op| !(op["endpoint_id"] == other_id && op["target_revision"] == 3)),
         "{ops:#}"
     );
-    assert!(!o.pacman(&["-Q", "special"]).status.success(), "never offered, never installed");
+    assert!(
+        !o.pacman(&["-Q", "special"]).status.success(),
+        "never offered, never installed"
+    );
     // The coordinator started the canary's syncs; the failure is pacman's own.
     let canary_ops: Vec<&Value> = ops["items"]
         .as_array()
@@ -800,7 +1036,11 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
         failed["result"].to_string().contains("(conflicting files)"),
         "pacman refused the file in the way: {failed:#}"
     );
-    assert!(canary_ops.iter().any(|op| op["target_revision"] == 2 && op["state"] == "completed"));
+    assert!(
+        canary_ops
+            .iter()
+            .any(|op| op["target_revision"] == 2 && op["state"] == "completed")
+    );
 
     // A restart mid-rollout changes nothing.
     let mut before = coord.admin("GET", &format!("/pools/{pool_id}/rollout"), None);
@@ -831,9 +1071,14 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
         &format!("/pools/{pool_id}/target/revert"),
         Some(json!({"to_revision": 2, "expected_revision": 3})),
     );
-    d_o.wait_status("other has the revert", |s| s["target"]["revision"] == 4 && s["state"] == "in-sync");
+    d_o.wait_status("other has the revert", |s| {
+        s["target"]["revision"] == 4 && s["state"] == "in-sync"
+    });
     dc.wait_status("canary has the revert", |s| s["target"]["revision"] == 4);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let metrics = rt.block_on(async {
         reqwest::get(format!("{}/api/v1/metrics", coord.url()))
             .await
@@ -867,8 +1112,11 @@ fn admin_cli(url: &str, args: &[&str]) -> (i32, String, String) {
 /// `pacpool admin rollouts show / halt / resume` and `endpoints hold` work on it.
 #[test]
 fn readme_example_policy_and_admin_commands() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let from = readme.find("### Rollouts").expect("README has a Rollouts section");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let from = readme
+        .find("### Rollouts")
+        .expect("README has a Rollouts section");
     let rest = &readme[from..];
     let open = rest.find("```toml\n").unwrap() + "```toml\n".len();
     let example = &rest[open..open + rest[open..].find("```").unwrap()];
@@ -877,7 +1125,17 @@ fn readme_example_policy_and_admin_commands() {
     let url = coord.url();
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, example).unwrap();
-    let (code, out, err) = admin_cli(&url, &["admin", "pools", "create", "office", "--policy-file", file.to_str().unwrap()]);
+    let (code, out, err) = admin_cli(
+        &url,
+        &[
+            "admin",
+            "pools",
+            "create",
+            "office",
+            "--policy-file",
+            file.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     let pool = coord.admin("GET", "/pools", None)[0].clone();
     let rings = &pool["policy"]["rollout"]["rings"];
@@ -892,33 +1150,84 @@ fn readme_example_policy_and_admin_commands() {
     // A rollout to show: a builder in wave 3 sets revision 2.
     let pool_id = pool["id"].as_i64().unwrap();
     runtime().block_on(async {
-        let p = Pool { base: url.clone(), id: pool_id, join: String::new() };
-        let j = admin(&url, "POST", &format!("/pools/{pool_id}/join-tokens"), Some(json!({}))).await;
+        let p = Pool {
+            base: url.clone(),
+            id: pool_id,
+            join: String::new(),
+        };
+        let j = admin(
+            &url,
+            "POST",
+            &format!("/pools/{pool_id}/join-tokens"),
+            Some(json!({})),
+        )
+        .await;
         let join = j["token"].as_str().unwrap();
         let (s1, s2) = (state("1-1"), state("2-1"));
         let known = states(&[&s1, &s2]);
-        let builder = SimEndpoint::start(&url, join, "builder", s1.clone(), known.clone(), OnSync::Succeed).await;
-        let c = SimEndpoint::start(&url, join, "canary-1", s1.clone(), known.clone(), OnSync::Succeed).await;
+        let builder = SimEndpoint::start(
+            &url,
+            join,
+            "builder",
+            s1.clone(),
+            known.clone(),
+            OnSync::Succeed,
+        )
+        .await;
+        let c = SimEndpoint::start(
+            &url,
+            join,
+            "canary-1",
+            s1.clone(),
+            known.clone(),
+            OnSync::Succeed,
+        )
+        .await;
         set_target(&url, &builder.token, &s1, 0).await;
         set_target(&url, &builder.token, &s2, 1).await;
         p.step().await;
-        let (code, out, err) = admin_cli(&url, &["admin", "endpoints", "hold", &c.id.to_string(), "--until", "2099-12-20", "--reason", "waiting for the driver fix"]);
+        let (code, out, err) = admin_cli(
+            &url,
+            &[
+                "admin",
+                "endpoints",
+                "hold",
+                &c.id.to_string(),
+                "--until",
+                "2099-12-20",
+                "--reason",
+                "waiting for the driver fix",
+            ],
+        );
         assert_eq!(code, 0, "{out}{err}");
-        assert!(out.contains("on hold until 2099-12-20 00:00:00 UTC at revision 2: waiting for the driver fix"), "{out}");
+        assert!(
+            out.contains(
+                "on hold until 2099-12-20 00:00:00 UTC at revision 2: waiting for the driver fix"
+            ),
+            "{out}"
+        );
         let (code, out, _) = admin_cli(&url, &["admin", "endpoints", "unhold", &c.id.to_string()]);
         assert_eq!(code, 0, "{out}");
         drop((builder, c));
     });
     let (code, out, _) = admin_cli(&url, &["admin", "rollouts", "halt", "office"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("rollout of revision 2: halted (1 of 3 waves offered)\nreason: halted by an admin\n"), "{out}");
+    assert!(
+        out.starts_with(
+            "rollout of revision 2: halted (1 of 3 waves offered)\nreason: halted by an admin\n"
+        ),
+        "{out}"
+    );
     let (code, out, _) = admin_cli(&url, &["admin", "rollouts", "resume", "office"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("rollout of revision 2: active"), "{out}");
     let (_, out, _) = admin_cli(&url, &["admin", "rollouts", "show", "office"]);
     eprintln!("{out}");
     let header = out.lines().nth(1).unwrap();
-    assert!(readme.contains(header), "the README shows the table's header: {header}");
+    assert!(
+        readme.contains(header),
+        "the README shows the table's header: {header}"
+    );
     let (code, _, err) = admin_cli(&url, &["admin", "rollouts", "pause", "nowhere"]);
     assert_ne!(code, 0, "{err}");
 }

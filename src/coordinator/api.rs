@@ -493,7 +493,9 @@ async fn endpoint_set_hold(
     ci: ConnectInfo<SocketAddr>,
     ApiJson(req): ApiJson<crate::proto::SetHold>,
 ) -> ApiResult<crate::proto::Hold> {
-    Ok(Json(state.set_hold(ep.id, req, "endpoint", peer(&ci)).await?))
+    Ok(Json(
+        state.set_hold(ep.id, req, "endpoint", peer(&ci)).await?,
+    ))
 }
 
 async fn endpoint_clear_hold(

@@ -148,7 +148,9 @@ fn parse_window(w: &Window) -> Result<Parsed, String> {
         let i = DAYS
             .iter()
             .position(|x| lower.starts_with(x) && lower.len() <= 9)
-            .ok_or_else(|| format!("{d:?} is not a weekday: use mon, tue, wed, thu, fri, sat, sun"))?;
+            .ok_or_else(|| {
+                format!("{d:?} is not a weekday: use mon, tue, wed, thu, fri, sat, sun")
+            })?;
         days.push(i as i8);
     }
     if days.is_empty() {
@@ -173,14 +175,17 @@ pub fn in_window(ring: &Ring, now: i64) -> bool {
     let z = ts.to_zoned_datetime(tz);
     let day = z.weekday().to_monday_zero_offset();
     let minute = i32::from(z.hour()) * 60 + i32::from(z.minute());
-    ring.windows.iter().filter_map(|w| parse_window(w).ok()).any(|w| {
-        if w.from < w.to {
-            w.days.contains(&day) && (w.from..w.to).contains(&minute)
-        } else {
-            (w.days.contains(&day) && minute >= w.from)
-                || (w.days.contains(&((day + 6) % 7)) && minute < w.to)
-        }
-    })
+    ring.windows
+        .iter()
+        .filter_map(|w| parse_window(w).ok())
+        .any(|w| {
+            if w.from < w.to {
+                w.days.contains(&day) && (w.from..w.to).contains(&minute)
+            } else {
+                (w.days.contains(&day) && minute >= w.from)
+                    || (w.days.contains(&((day + 6) % 7)) && minute < w.to)
+            }
+        })
 }
 
 /// The first moment at or after `at` when one of the ring's windows is open (`at` itself
@@ -190,7 +195,9 @@ pub fn next_open(ring: &Ring, at: i64) -> Option<i64> {
         return Some(at);
     }
     let tz = zone(ring).ok()?;
-    let start = Timestamp::from_second(at).ok()?.to_zoned_datetime(tz.clone());
+    let start = Timestamp::from_second(at)
+        .ok()?
+        .to_zoned_datetime(tz.clone());
     let mut date: Date = start.date();
     let mut best: Option<i64> = None;
     for _ in 0..9 {
@@ -355,16 +362,20 @@ mod tests {
         let r = ring(vec![w(&["sat"], "02:00", "03:00")], Some("Europe/Berlin"));
         assert!(in_window(&r, SAT_0000 + 3600));
         assert!(!in_window(&r, SAT_0000 + 2 * 3600));
-        assert!(check(&RolloutPolicy {
-            rings: vec![ring(vec![w(&["someday"], "02:00", "03:00")], None)],
-            ..RolloutPolicy::default()
-        })
-        .is_err());
-        assert!(check(&RolloutPolicy {
-            rings: vec![ring(vec![], Some("Mars/Olympus"))],
-            ..RolloutPolicy::default()
-        })
-        .is_err());
+        assert!(
+            check(&RolloutPolicy {
+                rings: vec![ring(vec![w(&["someday"], "02:00", "03:00")], None)],
+                ..RolloutPolicy::default()
+            })
+            .is_err()
+        );
+        assert!(
+            check(&RolloutPolicy {
+                rings: vec![ring(vec![], Some("Mars/Olympus"))],
+                ..RolloutPolicy::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]

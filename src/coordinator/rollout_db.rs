@@ -95,9 +95,8 @@ fn finish(r: RawRow) -> Result<RolloutRow, ApiErr> {
 
 /// The pool's newest rollout.
 pub fn latest(conn: &Connection, pool_id: i64) -> Result<Option<RolloutRow>, ApiErr> {
-    let sql = format!(
-        "SELECT {COLS} FROM rollouts WHERE pool_id = ?1 ORDER BY revision DESC LIMIT 1"
-    );
+    let sql =
+        format!("SELECT {COLS} FROM rollouts WHERE pool_id = ?1 ORDER BY revision DESC LIMIT 1");
     conn.prepare_cached(&sql)?
         .query_row([pool_id], raw)
         .optional()?
@@ -281,10 +280,7 @@ impl Offers {
     }
 
     pub fn snapshot_of(&self, revision: u64) -> Option<SnapshotHash> {
-        self.targets
-            .iter()
-            .find(|t| t.0 == revision)
-            .map(|t| t.1)
+        self.targets.iter().find(|t| t.0 == revision).map(|t| t.1)
     }
 
     pub fn newest(&self) -> Option<u64> {
@@ -296,12 +292,7 @@ impl Offers {
 // Holds
 
 /// Puts an endpoint on hold at `revision` (the one it is offered now), replacing any hold.
-pub fn set_hold(
-    conn: &Connection,
-    endpoint_id: i64,
-    hold: &Hold,
-    now: i64,
-) -> Result<(), ApiErr> {
+pub fn set_hold(conn: &Connection, endpoint_id: i64, hold: &Hold, now: i64) -> Result<(), ApiErr> {
     conn.prepare_cached(
         "INSERT INTO holds (endpoint_id, reason, until, revision, set_by, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)

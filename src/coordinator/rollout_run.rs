@@ -16,8 +16,8 @@ use super::rollout_db::{self, Offers, RolloutRow, SyncOutcome};
 use super::service::compile_keyed;
 use crate::plan::SyncStatus;
 use crate::proto::{
-    AutoSyncMode, Hold, Offer, OperationKind, OperationResult, OperationState, PoolPolicy,
-    Rollout, RolloutPosition, RolloutState, ServerMsg, SetHold, Wave,
+    AutoSyncMode, Hold, Offer, OperationKind, OperationResult, OperationState, PoolPolicy, Rollout,
+    RolloutPosition, RolloutState, ServerMsg, SetHold, Wave,
 };
 
 /// Most automatic syncs started in one pool per step: each is an event on the pool's
@@ -170,8 +170,8 @@ pub(crate) fn position(
             ),
             Some(l) if l.rings_offered == wave - 1 => {
                 let prev = (wave - 2) as usize;
-                let soaked = l.offered_at.get(prev).copied().unwrap_or(now)
-                    + rings[prev].soak_secs as i64;
+                let soaked =
+                    l.offered_at.get(prev).copied().unwrap_or(now) + rings[prev].soak_secs as i64;
                 let t = rollout::next_open(r, soaked.max(now)).unwrap_or(soaked.max(now));
                 not_before = Some(t);
                 format!(
@@ -650,22 +650,41 @@ impl AppState {
             .db
             .write(move |tx| {
                 let pool_id: i64 = tx
-                    .query_row("SELECT pool_id FROM endpoints WHERE id = ?1", [id], |r| r.get(0))
+                    .query_row("SELECT pool_id FROM endpoints WHERE id = ?1", [id], |r| {
+                        r.get(0)
+                    })
                     .map_err(|_| ApiErr::not_found(format!("no endpoint {id}")))?;
                 if set_by == "endpoint" {
                     let policy = db::policy_of(tx, pool_id)?.unwrap_or_default();
                     let by: Option<String> = tx
-                        .query_row("SELECT set_by FROM holds WHERE endpoint_id = ?1", [id], |r| r.get(0))
+                        .query_row(
+                            "SELECT set_by FROM holds WHERE endpoint_id = ?1",
+                            [id],
+                            |r| r.get(0),
+                        )
                         .ok();
                     if !policy.rollout.endpoint_holds || by.as_deref() == Some("admin") {
-                        return Err(ApiErr::forbidden("this hold can only be lifted by an admin"));
+                        return Err(ApiErr::forbidden(
+                            "this hold can only be lifted by an admin",
+                        ));
                     }
                 }
                 if !rollout_db::clear_hold(tx, id)? {
                     return Err(ApiErr::not_found(format!("endpoint {id} is not on hold")));
                 }
-                let actor = if set_by == "admin" { "admin".to_string() } else { format!("endpoint:{id}") };
-                db::audit(tx, &actor, "hold.clear", Some(format!("endpoint:{id}")), peer, None)?;
+                let actor = if set_by == "admin" {
+                    "admin".to_string()
+                } else {
+                    format!("endpoint:{id}")
+                };
+                db::audit(
+                    tx,
+                    &actor,
+                    "hold.clear",
+                    Some(format!("endpoint:{id}")),
+                    peer,
+                    None,
+                )?;
                 Ok(pool_id)
             })
             .await?;
@@ -714,7 +733,12 @@ impl StatusCtx {
 }
 
 /// [`AppState::offer`] on a connection (also for `Welcome`).
-pub(crate) fn offer_in(conn: &Connection, id: i64, pool_id: i64, now: i64) -> Result<Offer, ApiErr> {
+pub(crate) fn offer_in(
+    conn: &Connection,
+    id: i64,
+    pool_id: i64,
+    now: i64,
+) -> Result<Offer, ApiErr> {
     let policy = db::policy_of(conn, pool_id)?.unwrap_or_default();
     let Some(offers) = Offers::load(conn, pool_id, &policy, now)? else {
         return Ok(Offer {

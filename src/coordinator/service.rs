@@ -11,10 +11,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::AppState;
 use super::auth::EndpointAuth;
 use super::db::{self, enum_to_sql};
-use super::rollout_db;
-use super::rollout_run::{self, StatusCtx};
 use super::error::ApiErr;
 use super::hub::Audience;
+use super::rollout_db;
+use super::rollout_run::{self, StatusCtx};
 use super::snaptext::{self, SnapText};
 use crate::plan::{self, Counts, SyncStatus};
 use crate::proto::{
@@ -348,7 +348,10 @@ impl AppState {
         let offline_after = self.settings.offline_after_secs as i64;
         let position = rollout.and_then(|c| c.position(row.id, &row.name));
         let held = position.as_ref().is_some_and(|p| p.hold.is_some());
-        let state = if row.last_seen.is_some_and(|t| self.clock.now() - t > offline_after) {
+        let state = if row
+            .last_seen
+            .is_some_and(|t| self.clock.now() - t > offline_after)
+        {
             EndpointState::Offline
         } else if active
             .as_ref()
@@ -398,7 +401,13 @@ impl AppState {
                 let policy = db::policy_of(conn, row.pool_id)?.unwrap_or_default();
                 let target = db::current_target(conn, row.pool_id)?;
                 let ctx = StatusCtx::load(conn, row.pool_id, &policy, st.clock.now())?;
-                st.status_of(conn, row, target.as_ref(), &compile_keyed(&policy)?, ctx.as_ref())
+                st.status_of(
+                    conn,
+                    row,
+                    target.as_ref(),
+                    &compile_keyed(&policy)?,
+                    ctx.as_ref(),
+                )
             })
             .await
     }

@@ -1157,7 +1157,12 @@ async fn reconcile_operations(
                     operation = op.id,
                     "running a requested operation that did not reach us"
                 );
-                tokio::spawn(run_requested(daemon.clone(), endpoint.clone(), op, tx.clone()));
+                tokio::spawn(run_requested(
+                    daemon.clone(),
+                    endpoint.clone(),
+                    op,
+                    tx.clone(),
+                ));
             }
             OperationState::InProgress if daemon.claim_requested(op.id) => {
                 tracing::warn!(

@@ -461,7 +461,9 @@ impl Daemon {
         // On hold while the pool moved on: behind on purpose.
         if let Some(r) = &rollout
             && r.hold.is_some()
-            && s.target.as_ref().is_none_or(|(t, _)| t.revision < r.revision)
+            && s.target
+                .as_ref()
+                .is_none_or(|(t, _)| t.revision < r.revision)
             && !matches!(state, EndpointState::Syncing | EndpointState::Error)
         {
             state = EndpointState::Held;
@@ -1342,8 +1344,7 @@ impl Daemon {
         }
         // With rings the coordinator starts automatic syncs (as operations), inside the
         // ring's windows and slots.
-        if s
-            .pool_policy
+        if s.pool_policy
             .as_ref()
             .is_some_and(|p| !p.rollout.rings.is_empty())
         {

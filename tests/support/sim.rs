@@ -185,7 +185,11 @@ async fn run(
         return;
     }
     let post = |path: String, body: serde_json::Value| {
-        let (client, url, token) = (client.clone(), format!("{base}/api/v1{path}"), token.clone());
+        let (client, url, token) = (
+            client.clone(),
+            format!("{base}/api/v1{path}"),
+            token.clone(),
+        );
         async move {
             client
                 .post(url)

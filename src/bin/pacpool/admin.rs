@@ -1094,7 +1094,9 @@ fn parse_until(text: &str) -> Result<i64, Failure> {
     }
     Err(failure(
         exit::FAILURE,
-        format!("--until {text:?} is not a date: use 2026-12-20, 2026-12-20T08:00:00Z or Unix seconds"),
+        format!(
+            "--until {text:?} is not a date: use 2026-12-20, 2026-12-20T08:00:00Z or Unix seconds"
+        ),
     ))
 }
 
