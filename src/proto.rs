@@ -188,6 +188,9 @@ pub struct Wave {
     pub required: u64,
     pub max_failures: u32,
     pub gate_holds: bool,
+    /// The gate holds only because an admin resumed the rollout from a halt in this ring.
+    #[serde(default)]
+    pub waived: bool,
 }
 
 /// A pool's rollout of one target revision (`GET /api/v1/pools/{id}/rollout`).

@@ -929,17 +929,16 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
             s["target"]["revision"] == 1 && s["state"] == "in-sync"
         });
     }
+    let rings = json!([
+        {"name": "canary", "endpoints": ["canary"], "soak_secs": 3600,
+         "gate": {"min_success": 1, "max_failures": 0}},
+        {"name": "rest"}
+    ]);
     admin_blocking(
         &coord,
         "PATCH",
         &format!("/pools/{pool_id}"),
-        Some(
-            json!({"policy": {"auto_sync": "apply", "rollout": {"rings": [
-                {"name": "canary", "endpoints": ["canary"], "soak_secs": 3600,
-                 "gate": {"min_success": 1, "max_failures": 0}},
-                {"name": "rest"}
-            ]}}}),
-        ),
+        Some(json!({"policy": {"auto_sync": "apply", "rollout": {"rings": rings}}})),
     );
 
     // Revision 2 (tool 1.1): the canary syncs on its own (the coordinator starts it).
@@ -976,6 +975,33 @@ fn real_daemons_canary_first_and_halt_on_a_package_that_cannot_be_installed() {
         s["target"]["revision"] == 2 && s["state"] == "in-sync"
     });
     assert!(o.pacman_ok(&["-Q", "tool"]).contains("1.1-1"));
+
+    // The machine's own user may hold it only when the pool allows.
+    let hold = ["hold", "--until", "2099-01-01", "--reason", "exam week"];
+    let refused = d_o.cli(&hold);
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not let endpoints hold themselves"),
+        "{refused:?}"
+    );
+    admin_blocking(
+        &coord,
+        "PATCH",
+        &format!("/pools/{pool_id}"),
+        Some(
+            json!({"policy": {"auto_sync": "apply", "rollout": {"rings": rings, "endpoint_holds": true}}}),
+        ),
+    );
+    d_o.cli_code(&hold, 0);
+    let s = d_o.wait_status("on hold", |s| s["rollout"]["hold"]["reason"] == "exam week");
+    assert_eq!(
+        s["rollout"]["message"],
+        "on hold until 2099-01-01: exam week"
+    );
+    d_o.cli_code(&["unhold"], 0);
+    d_o.wait_status("hold lifted", |s| {
+        s["rollout"].is_object() && s["rollout"]["hold"].is_null()
+    });
 
     // Revision 3 adds a package the canary cannot install (a file of it is in the way).
     publish(&[("special", "1.0-1")]);

@@ -1043,6 +1043,10 @@ async fn update_endpoint(
                     format!("pool {new_pool} already has an endpoint named {name:?}: choose another name")
                 })
             })?;
+            if new_pool != old_pool {
+                // A hold keeps a revision of the old pool: it means nothing in the new one.
+                super::rollout_db::clear_hold(tx, id)?;
+            }
             db::audit(
                 tx,
                 "admin",

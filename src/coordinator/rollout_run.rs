@@ -76,6 +76,7 @@ fn waves(
             required: 0,
             max_failures: r.gate.max_failures,
             gate_holds: false,
+            waived: false,
         })
         .collect();
     for ep in eps {
@@ -104,8 +105,10 @@ fn waves(
             succeeded: w.succeeded,
             failed: w.failed,
         };
-        w.gate_holds = rollout::gate_holds(gate, counts, accepted)
+        let passes = rollout::gate_holds(gate, counts, accepted);
+        w.gate_holds = passes
             || (row.overridden == Some(i as u32) && !rollout::failed_over(gate, counts, accepted));
+        w.waived = w.gate_holds && !passes;
     }
     Ok(out)
 }

@@ -144,7 +144,9 @@ impl Endpoint {
         let status = resp.status();
         let body = read_capped(resp, MAX_RESPONSE).await?;
         if status.is_success() {
-            serde_json::from_slice(&body).map_err(|e| {
+            // `204 No Content` reads as JSON `null` (e.g. for `()`).
+            let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+            serde_json::from_slice(body).map_err(|e| {
                 CallError::Api(ApiError {
                     code: "bad_response".into(),
                     message: format!("the coordinator sent an unreadable answer: {e}"),
@@ -268,6 +270,10 @@ impl From<CallError> for ActionError {
             CallError::Api(a) if a.code == "revision_conflict" => {
                 ActionError::new(ErrorCode::Conflict, a.message)
             }
+            CallError::Api(a) if a.code == "forbidden" => ActionError::new(
+                ErrorCode::Refused,
+                format!("the coordinator refused: {}", a.message),
+            ),
             CallError::Api(a) => ActionError::new(
                 ErrorCode::Internal,
                 format!("the coordinator refused: {} ({})", a.message, a.code),
@@ -943,6 +949,24 @@ async fn refresh_offer(daemon: &Daemon, endpoint: &Endpoint) -> bool {
     }
     daemon.set_rollout(offer.rollout);
     true
+}
+
+/// The machine's own user puts it on hold (`until` Unix seconds), when its pool allows;
+/// `None` lifts a hold it set. The status shows the result at once.
+pub async fn hold(daemon: &Daemon, hold: Option<(i64, String)>) -> Result<(), ActionError> {
+    let endpoint = endpoint_for(daemon)?;
+    let url = endpoint.url("/endpoint/hold");
+    match hold {
+        Some((until, reason)) => {
+            let body = crate::proto::SetHold { reason, until };
+            endpoint
+                .call::<crate::proto::Hold>(endpoint.http.post(url).json(&body))
+                .await?;
+        }
+        None => endpoint.call::<()>(endpoint.http.delete(url)).await?,
+    }
+    refresh_offer(daemon, &endpoint).await;
+    Ok(())
 }
 
 /// What a requested operation reports when the daemon stopped while running it.

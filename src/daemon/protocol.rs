@@ -97,6 +97,11 @@ pub enum Request {
     Cancel,
     /// Authorized: pause or resume automatic syncs.
     PauseAutoSync { paused: bool },
+    /// Authorized: put this machine on hold in its pool's rollouts until `until` (Unix
+    /// seconds), when the pool lets endpoints hold themselves.
+    Hold { until: i64, reason: String },
+    /// Authorized: lift a hold this machine set.
+    Unhold,
 }
 
 fn default_limit() -> usize {
@@ -115,6 +120,8 @@ impl Request {
                 | Request::Revert { .. }
                 | Request::Cancel
                 | Request::PauseAutoSync { .. }
+                | Request::Hold { .. }
+                | Request::Unhold
         )
     }
 }

@@ -1079,7 +1079,7 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
 }
 
 /// `2026-12-20` (UTC midnight), `2026-12-20T08:00:00Z` or Unix seconds.
-fn parse_until(text: &str) -> Result<i64, Failure> {
+pub fn parse_until(text: &str) -> Result<i64, Failure> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<i64>() {
         return Ok(secs);
@@ -1136,7 +1136,12 @@ fn print_rollout(r: &pacpool::proto::Rollout) {
             format!("{}/{}", w.failed, w.max_failures),
             w.syncing.to_string(),
             w.required.to_string(),
-            if w.gate_holds { "passes" } else { "not yet" }.to_owned(),
+            match (w.gate_holds, w.waived) {
+                (true, true) => "waived (resumed)",
+                (true, false) => "passes",
+                (false, _) => "not yet",
+            }
+            .to_owned(),
         ]);
     }
     t.print();
