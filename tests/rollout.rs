@@ -309,7 +309,11 @@ fn waves_wait_for_soak_and_gate_and_slots_hold() {
         let r = pool
             .wait_rollout("the canary's 5 syncs", |r| done(wave(r, 0)) == 5)
             .await;
+        // One step over the whole pool (297 endpoints), answered after it committed: printed
+        // for the record, not asserted.
+        let t = std::time::Instant::now();
         pool.step().await;
+        eprintln!("a rollout step over 297 endpoints took {:?}", t.elapsed());
         let r2 = pool.rollout().await;
         assert_eq!(r2["rings_offered"], 1, "soak not over: {r2:#}");
         let w = wave(&r, 0);
@@ -1256,4 +1260,21 @@ fn readme_example_policy_and_admin_commands() {
     );
     let (code, _, err) = admin_cli(&url, &["admin", "rollouts", "pause", "nowhere"]);
     assert_ne!(code, 0, "{err}");
+}
+
+/// Outside test mode the clock cannot be moved: `POST /clock` is refused and the time stays.
+#[test]
+fn the_clock_moves_only_in_test_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dir.path().join("c.db"), None);
+    let before = coord.admin("GET", "/clock", None);
+    assert_eq!(before["adjustable"], false);
+    let (status, v) = coord.try_admin("POST", "/clock", Some(json!({"advance": 86_400})));
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("test_clock is off"),
+        "{v}"
+    );
+    let after = coord.admin("GET", "/clock", None);
+    assert!(after["now"].as_i64().unwrap() - before["now"].as_i64().unwrap() < 3600);
 }

@@ -267,10 +267,9 @@ pub struct GateCounts {
 }
 
 /// Successes the gate needs: at least `min_success`, and at least `min_success_percent` % of
-/// the online endpoints (rounded up); never more than could be reached with the online ones
-/// when `min_success` alone asks for more than the ring has... it does not lower
-/// `min_success`: a ring of 2 with `min_success = 3` never passes (a configuration the
-/// policy check cannot see, since membership changes).
+/// the online endpoints (rounded up). `min_success` is never lowered to what the ring has: a
+/// ring of 2 with `min_success = 3` does not pass (membership changes, so the policy check
+/// cannot refuse it; `rollouts show` shows what is needed).
 pub fn required(gate: &Gate, online: u64) -> u64 {
     let pct = (online * u64::from(gate.min_success_percent)).div_ceil(100);
     pct.max(u64::from(gate.min_success))
