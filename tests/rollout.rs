@@ -647,6 +647,11 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
             .await
             .unwrap();
         assert!(metrics.contains("pacpool_rollouts_halted 0"), "{metrics}");
+        // The policy loses two rings mid-way: nothing breaks, every machine is in the one left.
+        pool.set_rings(json!({"rings": [{"name": "all"}]})).await;
+        pool.step().await;
+        let r = pool.rollout().await;
+        assert_eq!(r["waves"].as_array().unwrap().len(), 1, "{r:#}");
         drop(sims);
     });
     drop(coord);
@@ -1251,6 +1256,13 @@ fn readme_example_policy_and_admin_commands() {
     let (code, out, _) = admin_cli(&url, &["admin", "rollouts", "resume", "office"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("rollout of revision 2: active"), "{out}");
+    let (_, list, _) = admin_cli(&url, &["admin", "endpoints", "list", "office"]);
+    assert!(
+        list.lines().next().unwrap().ends_with("WAVE  OFFERED"),
+        "{list}"
+    );
+    let canary_line = list.lines().find(|l| l.contains("canary-1")).unwrap();
+    assert!(canary_line.ends_with("1/3       r2"), "{list}");
     let (_, out, _) = admin_cli(&url, &["admin", "rollouts", "show", "office"]);
     eprintln!("{out}");
     let header = out.lines().nth(1).unwrap();

@@ -327,7 +327,9 @@ impl AppState {
                     let rings = &policy.rollout.rings;
                     loop {
                         let ws = waves(tx, &policy, &offers, row, &eps, &online)?;
-                        let over = (0..row.rings_offered as usize).find(|&i| {
+                        // The policy may have fewer rings than when the rollout started.
+                        let offered = (row.rings_offered as usize).min(rings.len());
+                        let over = (0..offered).find(|&i| {
                             let c = GateCounts { online: ws[i].online, succeeded: ws[i].succeeded, failed: ws[i].failed };
                             rollout::failed_over(&rings[i].gate, c, row.accepted.get(i).copied().unwrap_or(0))
                         });
@@ -345,10 +347,10 @@ impl AppState {
                             out.changed = true;
                             break;
                         }
-                        let i = row.rings_offered as usize - 1;
-                        if i + 1 >= rings.len() {
+                        if offered == 0 || offered >= rings.len() {
                             break;
                         }
+                        let i = offered - 1;
                         let soaked = row.offered_at.get(i).is_some_and(|t| now >= t + rings[i].soak_secs as i64);
                         if !(soaked && ws[i].gate_holds) {
                             break;

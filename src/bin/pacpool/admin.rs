@@ -956,7 +956,9 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 );
                 return Ok(());
             }
-            let mut t = Table::new(&[
+            // A pool with rollout rings also shows each endpoint's wave and offered revision.
+            let rings = list.iter().any(|e| e.rollout.is_some());
+            let mut head = vec![
                 ">ID",
                 "NAME",
                 "STATE",
@@ -964,9 +966,13 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 "LAST SEEN (UTC)",
                 ">TARGET",
                 ">ACTIVE OP",
-            ]);
+            ];
+            if rings {
+                head.extend([">WAVE", ">OFFERED"]);
+            }
+            let mut t = Table::new(&head);
             for e in &list {
-                t.row(vec![
+                let mut row = vec![
                     e.id.to_string(),
                     e.name.clone(),
                     word(&e.state),
@@ -976,7 +982,19 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                         .map_or_else(|| "-".into(), |r| format!("r{r}")),
                     e.active_operation
                         .map_or_else(|| "-".into(), |o| o.to_string()),
-                ]);
+                ];
+                if rings {
+                    let (wave, offered) = match &e.rollout {
+                        Some(r) => (
+                            format!("{}/{}", r.wave, r.waves),
+                            r.offered_revision
+                                .map_or_else(|| "-".into(), |o| format!("r{o}")),
+                        ),
+                        None => ("-".into(), "-".into()),
+                    };
+                    row.extend([wave, offered]);
+                }
+                t.row(row);
             }
             t.print();
         }
