@@ -23,7 +23,7 @@ use sha2::Digest;
 
 use super::AppState;
 use super::auth::{Admin, Caller, EndpointAuth, new_token, token_hash};
-use super::db::{self, now};
+use super::db;
 use super::error::ApiErr;
 use super::hub::{Audience, Kick};
 use super::service::Actor;
@@ -654,6 +654,7 @@ async fn create_pool(
     check_name("pool", &req.name)?;
     check_policy(&req.policy)?;
     let peer = peer(&ci);
+    let t = state.clock.now();
     let pool = state
         .db
         .write(move |tx| {
@@ -661,7 +662,7 @@ async fn create_pool(
                 serde_json::to_string(&req.policy).map_err(|e| ApiErr::internal(e.to_string()))?;
             tx.execute(
                 "INSERT INTO pools (name, policy, created_at) VALUES (?1, ?2, ?3)",
-                params![req.name, policy, now()],
+                params![req.name, policy, t],
             )
             .map_err(|e| name_taken(e, pool_name_taken(&req.name)))?;
             let id = tx.last_insert_rowid();
@@ -841,7 +842,8 @@ async fn create_join_token(
     let token = new_token("ppj_")?;
     let hash = token_hash(&token);
     let peer = peer(&ci);
-    let expires_at = now() + ttl as i64;
+    let t = state.clock.now();
+    let expires_at = t + ttl as i64;
     let id = state
         .db
         .write(move |tx| {
@@ -851,7 +853,7 @@ async fn create_join_token(
             tx.execute(
                 "INSERT INTO join_tokens (pool_id, token_hash, expires_at, max_uses, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![pool_id, hash, expires_at, req.max_uses, now()],
+                params![pool_id, hash, expires_at, req.max_uses, t],
             )?;
             let id = tx.last_insert_rowid();
             db::audit(
@@ -1288,6 +1290,7 @@ async fn register(
     let join_hash = token_hash(&req.join_token);
     let token = new_token("ppe_")?;
     let endpoint_hash = token_hash(&token);
+    let t = state.clock.now();
     let resp = state
         .db
         .write(move |tx| {
@@ -1303,7 +1306,7 @@ async fn register(
                     "unknown join token: ask the coordinator's admin for a join token of the pool",
                 ));
             };
-            if expires_at <= now() {
+            if expires_at <= t {
                 return Err(ApiErr::unauthorized("this join token has expired: ask the admin for a new one"));
             }
             if max_uses.is_some_and(|m| uses >= m) {
@@ -1328,7 +1331,7 @@ async fn register(
             }
             tx.execute(
                 "INSERT INTO endpoints (pool_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![pool_id, name, endpoint_hash, now()],
+                params![pool_id, name, endpoint_hash, t],
             )?;
             let id = tx.last_insert_rowid();
             let pool_name: String = tx.query_row("SELECT name FROM pools WHERE id = ?1", [pool_id], |r| r.get(0))?;

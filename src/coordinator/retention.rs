@@ -14,7 +14,7 @@
 use rusqlite::{Connection, params};
 
 use super::AppState;
-use super::db::{self, now};
+use super::db;
 use super::error::ApiErr;
 use super::settings::Settings;
 use crate::snapshot::SnapshotHash;
@@ -124,7 +124,7 @@ impl AppState {
                 _ = tick.tick() => {}
                 _ = super::stopped(&mut shutdown) => return,
             }
-            match self.retention_once(now()).await {
+            match self.retention_once(self.clock.now()).await {
                 Ok(r) if r != Removed::default() => tracing::info!(
                     operations = r.operations,
                     audit = r.audit,
