@@ -753,6 +753,9 @@ fn windows_slots_and_holds() {
             "{msg}"
         );
         assert!(msg.ends_with(" 03:00 UTC"), "{msg}");
+        // The machine the revision came from (wave 2) has it already, and may set the next.
+        assert_eq!(offer(&base, &builder.token).await["target"]["revision"], 2);
+        assert_eq!(offer(&base, &r0.token).await["target"]["revision"], 1);
 
         // 03:00: inside the window; one slot, taken by c-0 which never finishes.
         pool.advance(3 * 3600).await;

@@ -193,6 +193,9 @@ pub struct Offers {
     /// (revision, snapshot, rings offered: `None` = every ring, a revision set without a
     /// rollout), newest first.
     targets: Vec<(u64, SnapshotHash, Option<u32>)>,
+    /// The newest revision each endpoint set itself (set-latest): it has that state already,
+    /// and may set the next one against it.
+    set_by: HashMap<i64, u64>,
     /// Active holds by endpoint.
     pub holds: HashMap<i64, Hold>,
 }
@@ -213,7 +216,7 @@ impl Offers {
         })?;
         let rows = conn
             .prepare_cached(
-                "SELECT t.revision, t.snapshot, r.rings_offered FROM targets t
+                "SELECT t.revision, t.snapshot, r.rings_offered, t.set_by_endpoint FROM targets t
                  LEFT JOIN rollouts r ON r.pool_id = t.pool_id AND r.revision = t.revision
                  WHERE t.pool_id = ?1 ORDER BY t.revision DESC",
             )?
@@ -222,11 +225,17 @@ impl Offers {
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut targets = Vec::with_capacity(rows.len());
-        for (rev, snap, offered) in rows {
+        let mut set_by = HashMap::new();
+        for (rev, snap, offered, by) in rows {
+            if let Some(by) = by {
+                // Newest first: the first seen is the newest.
+                set_by.entry(by).or_insert(rev as u64);
+            }
             targets.push((
                 rev as u64,
                 super::db::parse_hash(&snap)?,
@@ -253,6 +262,7 @@ impl Offers {
         Ok(Some(Self {
             matcher,
             targets,
+            set_by,
             holds,
         }))
     }
@@ -269,10 +279,12 @@ impl Offers {
             .map(|t| t.0)
     }
 
-    /// The revision endpoint `id` (named `name`) is offered: its ring's, but no newer than
-    /// the revision it was held at while a hold lasts.
+    /// The revision endpoint `id` (named `name`) is offered: its ring's, or a newer one it
+    /// set itself, but no newer than the revision it was held at while a hold lasts.
     pub fn offered(&self, id: i64, name: &str) -> Option<u64> {
-        let rev = self.ring_revision(self.ring_of(name))?;
+        let ring = self.ring_revision(self.ring_of(name));
+        let own = self.set_by.get(&id).copied();
+        let rev = ring.max(own)?;
         match self.holds.get(&id) {
             Some(h) => h.revision.map(|held| held.min(rev)),
             None => Some(rev),
