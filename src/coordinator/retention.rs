@@ -67,6 +67,7 @@ fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiEr
                 WHERE t.pool_id = target_manifests.pool_id AND t.revision = target_manifests.revision)",
         )?
         .execute([])?;
+        super::rollout_db::drop_orphans(tx)?;
     }
     let mut stmt = tx.prepare_cached(
         "DELETE FROM snapshots WHERE hash IN (

@@ -174,6 +174,17 @@ pub fn update(conn: &Connection, row: &RolloutRow) -> Result<(), ApiErr> {
     Ok(())
 }
 
+/// Retention: a rollout lives exactly as long as its target revision.
+pub fn drop_orphans(conn: &Connection) -> Result<u64, ApiErr> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM rollouts WHERE NOT EXISTS (
+                SELECT 1 FROM targets t
+                WHERE t.pool_id = rollouts.pool_id AND t.revision = rollouts.revision)",
+        )?
+        .execute([])? as u64)
+}
+
 /// Halted rollouts over all pools (the `/metrics` gauge).
 pub fn halted_count(conn: &Connection) -> Result<u64, ApiErr> {
     Ok(conn.query_row(
