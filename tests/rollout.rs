@@ -1184,6 +1184,34 @@ fn readme_example_policy_and_admin_commands() {
     let (code, out, _) = admin_cli(&url, &["admin", "rollouts", "show", "office"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("pool 1 has no rollout"), "{out}");
+    // `pools show` prints the policy in the form `set-policy` takes back.
+    let (code, shown, _) = admin_cli(&url, &["admin", "pools", "show", "office"]);
+    assert_eq!(code, 0);
+    let toml: String = shown
+        .split_once("policy (TOML, as `pools set-policy --file` takes it):\n")
+        .unwrap()
+        .1
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    std::fs::write(&file, &toml).unwrap();
+    let (code, out, err) = admin_cli(
+        &url,
+        &[
+            "admin",
+            "pools",
+            "set-policy",
+            "office",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{toml}\n{out}{err}");
+    assert_eq!(
+        coord.admin("GET", "/pools", None)[0]["policy"],
+        pool["policy"],
+        "{toml}"
+    );
 
     // A rollout to show: a builder in wave 3 sets revision 2.
     let pool_id = pool["id"].as_i64().unwrap();

@@ -840,9 +840,13 @@ async fn session(
                     }
                     ServerMsg::PolicyChanged { policy } => daemon.set_pool_policy(policy),
                     ServerMsg::RolloutChanged { .. } => {
-                        // Our own offer: which target we may have now, and our wave.
+                        // Our own offer: which target we may have now, and our wave. Every
+                        // endpoint of the pool asks at once: spread over up to a second (a
+                        // sync the coordinator starts fetches the offer itself first).
                         let (d, e) = (daemon.clone(), endpoint.clone());
+                        let spread = Duration::from_millis(random_u64() % OFFER_SPREAD_MS);
                         tokio::spawn(async move {
+                            tokio::time::sleep(spread).await;
                             if refresh_offer(&d, &e).await {
                                 d.maybe_auto_sync("rollout changed").await;
                             }
@@ -930,6 +934,9 @@ async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) 
         Err(e) => tracing::warn!(error = ?e, "cannot fetch the pool target's snapshot"),
     }
 }
+
+/// Longest wait before asking for the offer after `RolloutChanged` (see there).
+const OFFER_SPREAD_MS: u64 = 1000;
 
 /// Asks the coordinator which target this endpoint is offered (pools with rollout rings)
 /// and adopts it; `false` when the coordinator could not be asked.
