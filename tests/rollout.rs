@@ -451,6 +451,15 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
         )
         .await;
         set_target(&base, &builder.token, &s1, 0).await;
+        // Holds need rings.
+        let (status, v) = admin_async(
+            &base,
+            "POST",
+            &format!("/endpoints/{}/hold", builder.id),
+            Some(json!({"reason": "x", "until": pool.now().await + 60})),
+        )
+        .await;
+        assert_eq!((status, v["code"].as_str()), (409, Some("no_rings")), "{v}");
         pool.set_rings(json!({"rings": [
             {"name": "canary", "endpoints": ["c-*"], "soak_secs": 600},
             {"name": "early", "endpoints": ["e-*"], "soak_secs": 600},

@@ -619,6 +619,12 @@ impl AppState {
                     .query_row("SELECT pool_id, name FROM endpoints WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .map_err(|_| ApiErr::not_found(format!("no endpoint {id}")))?;
                 let policy = db::policy_of(tx, pool_id)?.unwrap_or_default();
+                if policy.rollout.rings.is_empty() {
+                    return Err(ApiErr::conflict(
+                        "no_rings",
+                        "holds work through rollouts, and this pool's policy has no rings: add [[rollout.rings]] to it (a single ring offers each new target to every machine at once)",
+                    ));
+                }
                 if set_by == "endpoint" && !policy.rollout.endpoint_holds {
                     return Err(ApiErr::forbidden(
                         "this pool does not let endpoints hold themselves: ask an admin (`pacpool admin hold`), or set rollout.endpoint_holds in the pool policy",
