@@ -526,6 +526,11 @@ fn failed_canary_halts_restart_keeps_it_resume_continues() {
                 "{o:#}"
             );
         }
+        let o = offer(&base, &canary[0].token).await;
+        assert_eq!(
+            o["rollout"]["message"],
+            "revision 2 is offered to this machine (wave 1), but its rollout is halted: automatic syncs wait for an admin"
+        );
         let not_canary: HashSet<i64> = early.iter().chain(&rest).map(|e| e.id).collect();
         assert!(
             pool.operations()

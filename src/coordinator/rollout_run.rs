@@ -150,6 +150,14 @@ pub(crate) fn position(
             rollout::date_utc(h.until),
             crate::display::clean(&h.reason)
         )
+    } else if offered == Some(newest)
+        && let Some(l) =
+            latest.filter(|l| matches!(l.state, RolloutState::Halted | RolloutState::Paused))
+    {
+        format!(
+            "revision {newest} is offered to this machine (wave {wave}), but its rollout is {}: automatic syncs wait for an admin",
+            db::enum_to_sql(&l.state)
+        )
     } else if offered == Some(newest) {
         match rollout::next_open(r, now) {
             Some(t) if t > now => {
