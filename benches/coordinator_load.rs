@@ -5,6 +5,10 @@
 //! runs another coordinator binary, e.g. a copy of an earlier build, for before/after
 //! comparisons; the settings this version added are then left out of its configuration)
 //!
+//! `--rollout N` runs only the rollout mode: N endpoints in a pool with three rings and a
+//! rollout under way; it prints how long one rollout step of the pool takes and how fast every
+//! endpoint fetches its offer (what the daemons do after `rollout_changed`).
+//!
 //! `--wal-minutes W` runs only the sustained-write mode: the 200 endpoints send new full
 //! 1,500-package states at concurrency 50 for W minutes, and every 5 s the program prints the
 //! reports accepted in those 5 s and the sizes of the database and its WAL file; at the end,
