@@ -967,12 +967,7 @@ async fn rollout_run(
     endpoints: &[RegisterResponse],
 ) {
     let small = |v: usize| {
-        Snapshot::new(
-            (0..20)
-                .map(|i| package(i, format!("{v}.{i}-1")))
-                .collect(),
-        )
-        .unwrap()
+        Snapshot::new((0..20).map(|i| package(i, format!("{v}.{i}-1"))).collect()).unwrap()
     };
     let (s1, s2) = (small(1), small(2));
     let body = |s: &Snapshot| -> Bytes {
@@ -1074,7 +1069,11 @@ async fn rollout_run(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..50 {
-        let (jobs, client, url) = (jobs.clone(), client.clone(), format!("{base}/endpoint/offer"));
+        let (jobs, client, url) = (
+            jobs.clone(),
+            client.clone(),
+            format!("{base}/endpoint/offer"),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
