@@ -5,6 +5,10 @@
 //! runs another coordinator binary, e.g. a copy of an earlier build, for before/after
 //! comparisons; the settings this version added are then left out of its configuration)
 //!
+//! `--rollout N` runs only the rollout mode: N endpoints in a pool with three rings and a
+//! rollout under way; it prints how long one rollout step of the pool takes and how fast every
+//! endpoint fetches its offer (what the daemons do after `rollout_changed`).
+//!
 //! `--wal-minutes W` runs only the sustained-write mode: the 200 endpoints send new full
 //! 1,500-package states at concurrency 50 for W minutes, and every 5 s the program prints the
 //! reports accepted in those 5 s and the sizes of the database and its WAL file; at the end,
@@ -46,14 +50,16 @@ use axum::body::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use pacpool::localdb::Reason;
 use pacpool::proto::{
-    EndpointMsg, PROTOCOL_VERSION, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest,
-    StateReport,
+    EndpointMsg, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest, StateReport,
 };
 use pacpool::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+// Simulated endpoints over the real protocol, shared with the tests.
+#[path = "../tests/support/sim.rs"]
+mod sim;
+use sim::{Ws, connect};
 
 const STATE_PACKAGES: usize = 1500;
 const INGEST_ENDPOINTS: usize = 200;
@@ -448,42 +454,6 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Connects, sends hello, waits for the welcome; `None` on any failure.
-async fn connect(url: &str, token: &str, acked: Option<SnapshotHash>) -> Option<Ws> {
-    let mut req = url.into_client_request().ok()?;
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().ok()?);
-    // Small buffers, as the daemon's link would need at this scale.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
-        .await
-        .ok()?;
-    let hello = EndpointMsg::Hello {
-        protocol: PROTOCOL_VERSION,
-        agent: "load".into(),
-        acked_state: acked,
-    };
-    ws.send(Message::text(serde_json::to_string(&hello).unwrap()))
-        .await
-        .ok()?;
-    while let Some(Ok(m)) = ws.next().await {
-        if let Message::Text(t) = m
-            && matches!(
-                serde_json::from_str::<ServerMsg>(&t),
-                Ok(ServerMsg::Welcome { .. })
-            )
-        {
-            return Some(ws);
-        }
-    }
-    None
-}
-
 /// What an endpoint task tells the main task.
 enum Note {
     /// A report was answered: latency, accepted.
@@ -551,6 +521,7 @@ async fn main() {
     let skip_ws = args.iter().any(|a| a == "--skip-ws");
     let full_rounds: usize = arg(&args, "--full-rounds", 1).clamp(1, 30);
     let wal_minutes: f64 = arg(&args, "--wal-minutes", 0.0f64).clamp(0.0, 60.0);
+    let rollout_endpoints: usize = arg(&args, "--rollout", 0usize).min(20_000);
     let nofile = raise_nofile();
 
     let dir = tempfile::tempdir().unwrap();
@@ -574,7 +545,8 @@ async fn main() {
             if std::env::var_os("PACPOOL_BENCH_COORDINATOR").is_some() {
                 ""
             } else {
-                "max_connections_per_ip = 1000000\nmax_connections = 1000000\nstorage_per_endpoint_mib_per_hour = 0\n"
+                "max_connections_per_ip = 1000000\nmax_connections = 1000000\nstorage_per_endpoint_mib_per_hour = 0\n\
+                 test_clock = true\nrollout_step_ms = 3600000\n"
             }
         ),
     )
@@ -642,6 +614,12 @@ async fn main() {
     println!(
         "pacpool coordinator load (loopback, coordinator in its own process, 2 cores shared with this client; open files limit {nofile})"
     );
+
+    if rollout_endpoints > 0 {
+        let endpoints = register(rollout_endpoints, "host-").await;
+        rollout_run(&client, &base, pool["id"].as_i64().unwrap(), &endpoints).await;
+        return;
+    }
 
     // 1. Full-state ingest over REST.
     let endpoints = register(INGEST_ENDPOINTS, "ep").await;
@@ -932,6 +910,159 @@ async fn main() {
     }
     drop(notes);
     storm_run(&mut server, &client, &base, &ws_url, kept).await;
+}
+
+/// `--rollout N`: N registered endpoints (not connected) in a pool with three rings (9
+/// canaries `host-?`, 990 `host-??`/`host-???`, the rest), a rollout under way: how long one
+/// rollout step of the pool takes (it runs every `rollout_step_ms` and after every result, in
+/// the writer), and how fast the whole pool fetches its offers (what every daemon does after
+/// `rollout_changed`). Needs a coordinator of this version (`test_clock`).
+async fn rollout_run(
+    client: &reqwest::Client,
+    base: &str,
+    pool_id: i64,
+    endpoints: &[RegisterResponse],
+) {
+    let small = |v: usize| {
+        Snapshot::new((0..20).map(|i| package(i, format!("{v}.{i}-1"))).collect()).unwrap()
+    };
+    let (s1, s2) = (small(1), small(2));
+    let body = |s: &Snapshot| -> Bytes {
+        serde_json::to_vec(&StateReport::Full {
+            snapshot: s.clone(),
+        })
+        .unwrap()
+        .into()
+    };
+    let jobs = endpoints
+        .iter()
+        .map(|e| (e.endpoint_token.clone(), body(&s1)))
+        .collect();
+    let seeded = ingest(client, &format!("{base}/endpoint/report"), jobs, 50).await;
+    assert_eq!(seeded.errors, 0);
+    let admin = |method: reqwest::Method, path: String, body: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .request(method, path)
+                .bearer_auth(ADMIN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{r:?}");
+            r.json::<serde_json::Value>().await.unwrap_or_default()
+        }
+    };
+    let setter = &endpoints[0];
+    let set = |s: Snapshot, expected: u64| {
+        let client = client.clone();
+        let token = setter.endpoint_token.clone();
+        let (report, target) = (
+            format!("{base}/endpoint/report"),
+            format!("{base}/endpoint/target"),
+        );
+        async move {
+            let r = client
+                .post(report)
+                .bearer_auth(&token)
+                .json(&StateReport::Full {
+                    snapshot: s.clone(),
+                })
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            let r = client
+                .post(target)
+                .bearer_auth(&token)
+                .json(&SetTargetRequest {
+                    expected_revision: expected,
+                    snapshot: s.hash(),
+                    manifest: None,
+                })
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{r:?}");
+        }
+    };
+    set(s1.clone(), 0).await;
+    admin(
+        reqwest::Method::PATCH,
+        format!("{base}/pools/{pool_id}"),
+        serde_json::json!({"policy": {"auto_sync": "apply", "rollout": {"rings": [
+            {"name": "canary", "endpoints": ["host-?"], "gate": {"min_success_percent": 50}},
+            {"name": "early", "endpoints": ["host-??", "host-???"], "max_concurrent": 50},
+            {"name": "rest"}
+        ]}}}),
+    )
+    .await;
+    set(s2, 1).await;
+    let mut steps = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        admin(
+            reqwest::Method::POST,
+            format!("{base}/clock"),
+            serde_json::json!({}),
+        )
+        .await;
+        steps.push(t.elapsed());
+    }
+    steps.sort();
+    let t = Instant::now();
+    let rollout = admin(
+        reqwest::Method::GET,
+        format!("{base}/pools/{pool_id}/rollout"),
+        serde_json::Value::Null,
+    )
+    .await;
+    let show = t.elapsed();
+    assert_eq!(rollout["rings_offered"], 1, "{rollout}");
+    // Every endpoint asks for its offer at once (concurrency 50).
+    let jobs: Vec<String> = endpoints.iter().map(|e| e.endpoint_token.clone()).collect();
+    let jobs = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (jobs, client, url) = (
+            jobs.clone(),
+            client.clone(),
+            format!("{base}/endpoint/offer"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let Some(token) = jobs.lock().unwrap().next() else {
+                    return lat;
+                };
+                let t = Instant::now();
+                let r = client.get(&url).bearer_auth(&token).send().await.unwrap();
+                assert!(r.status().is_success());
+                let _ = r.bytes().await;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let wall = start.elapsed();
+    lat.sort();
+    println!(
+        "rollout, {} endpoints in 3 rings: one step of the pool median {:.1} ms (min {:.1}, max {:.1}, 7 steps, including the HTTP round trip); \
+         `rollouts show` {:.1} ms; every endpoint's GET /endpoint/offer at concurrency 50: {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
+        endpoints.len(),
+        steps[3].as_secs_f64() * 1e3,
+        steps[0].as_secs_f64() * 1e3,
+        steps[6].as_secs_f64() * 1e3,
+        show.as_secs_f64() * 1e3,
+        lat.len() as f64 / wall.as_secs_f64(),
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+    );
 }
 
 fn print_with_recorded(stats: &Stats, label: &str) {

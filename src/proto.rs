@@ -67,6 +67,211 @@ pub struct PoolPolicy {
     /// Daily window for `apply`, `HH:MM-HH:MM` in UTC (may wrap past midnight); unset means
     /// any time.
     pub auto_sync_window: Option<String>,
+    /// Rings a new target goes through (none: every endpoint is offered it at once, as
+    /// before). Left out when empty, so a pool without rings looks as it did to older peers.
+    #[serde(skip_serializing_if = "RolloutPolicy::is_empty")]
+    pub rollout: RolloutPolicy,
+}
+
+/// How a new target reaches a pool: ordered rings, each offered it only after the one before
+/// soaked and passed its health gate (see `coordinator::rollout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutPolicy {
+    /// In order; an endpoint no ring names belongs to the last one.
+    pub rings: Vec<Ring>,
+    /// A slot (an automatic sync in progress) held by an endpoint that has no connection and
+    /// was not seen for this long is freed (its operation cancelled). Default 900.
+    pub slot_timeout_secs: u64,
+    /// Whether an endpoint may put itself on hold (its own user); admins always may.
+    pub endpoint_holds: bool,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        Self {
+            rings: Vec::new(),
+            slot_timeout_secs: 900,
+            endpoint_holds: false,
+        }
+    }
+}
+
+impl RolloutPolicy {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One ring (wave) of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ring {
+    pub name: String,
+    /// Endpoint names or globs (`canary-*`).
+    pub endpoints: Vec<String>,
+    /// Seconds after this ring was offered the target before the next ring may be.
+    pub soak_secs: u64,
+    pub gate: Gate,
+    /// When automatic syncs may start (none: any time).
+    pub windows: Vec<Window>,
+    /// IANA time zone of the windows (`Europe/Berlin`); default UTC.
+    pub timezone: Option<String>,
+    /// Most endpoints of this ring syncing automatically at once (none: no limit).
+    pub max_concurrent: Option<u32>,
+}
+
+/// A ring's health gate: the next ring is offered only when at least `min_success`
+/// endpoints and at least `min_success_percent` % of the ring's online endpoints completed a
+/// verified sync to the revision, and at most `max_failures` failed (more halts the rollout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gate {
+    pub min_success: u32,
+    /// Default 100.
+    pub min_success_percent: u8,
+    pub max_failures: u32,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            min_success: 0,
+            min_success_percent: 100,
+            max_failures: 0,
+        }
+    }
+}
+
+/// A weekly maintenance window: on `days` (`mon` … `sun`, empty = every day), from `from` to
+/// `to` (`HH:MM`, local time in the ring's time zone; may wrap past midnight into the next day).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    #[serde(default)]
+    pub days: Vec<String>,
+    pub from: String,
+    pub to: String,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Rings are offered as their gates pass.
+    Active,
+    /// An admin paused it: no ring is offered and no automatic sync starts until resumed.
+    Paused,
+    /// Failures passed a ring's gate (or an admin halted it): later rings are not offered
+    /// until an admin resumes (or reverts the target).
+    Halted,
+    /// A newer target (or a revert) replaced it; rings it offered keep that revision.
+    Superseded,
+}
+
+/// One ring of a rollout as the coordinator sees it now (computed from stored operations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    pub ring: String,
+    pub offered: bool,
+    pub offered_at: Option<i64>,
+    /// When its soak time ends (offered rings).
+    pub soak_until: Option<i64>,
+    pub endpoints: u64,
+    pub online: u64,
+    /// Verified syncs to the revision (completed, no package failure).
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Syncs pending or in progress.
+    pub syncing: u64,
+    /// Successes the gate needs now.
+    pub required: u64,
+    pub max_failures: u32,
+    pub gate_holds: bool,
+    /// The gate holds only because an admin resumed the rollout from a halt in this ring.
+    #[serde(default)]
+    pub waived: bool,
+}
+
+/// A pool's rollout of one target revision (`GET /api/v1/pools/{id}/rollout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub pool_id: i64,
+    pub revision: u64,
+    pub state: RolloutState,
+    /// Rings offered the revision so far (at least 1).
+    pub rings_offered: u32,
+    pub waves: Vec<Wave>,
+    /// Why it halted (failures, or an admin).
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An endpoint on hold: not offered new targets until `until` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub reason: String,
+    pub until: i64,
+    /// `admin` or `endpoint`.
+    pub set_by: String,
+    /// The revision it stays at while held.
+    pub revision: Option<u64>,
+}
+
+/// `POST /api/v1/endpoints/{id}/hold` (admin) or `/endpoint/hold` (the endpoint itself, when
+/// the pool allows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetHold {
+    pub reason: String,
+    /// Unix seconds; must be in the future.
+    pub until: i64,
+}
+
+/// Where one endpoint is in its pool's rollout, and what it may get when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutPosition {
+    /// The pool's newest target revision.
+    pub revision: u64,
+    /// The revision this endpoint is offered (its target), if any.
+    pub offered_revision: Option<u64>,
+    /// 1-based wave (ring) of this endpoint, of `waves`.
+    pub wave: u32,
+    pub waves: u32,
+    pub ring: String,
+    pub state: Option<RolloutState>,
+    /// When it may get the newest revision, when known (soak end, window start).
+    pub not_before: Option<i64>,
+    pub hold: Option<Hold>,
+    /// One line for people, e.g. "your machine gets revision 42 in wave 2, from Saturday
+    /// 02:00 UTC" or "on hold until 2026-12-20: waiting for the driver fix".
+    pub message: String,
+}
+
+/// `GET /api/v1/endpoint/offer`: the target this endpoint is offered and its rollout position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    pub target: Option<TargetInfo>,
+    pub rollout: Option<RolloutPosition>,
+}
+
+/// Test mode only (`test_clock = true`): `POST /api/v1/clock` sets or advances the
+/// coordinator's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockChange {
+    /// Unix seconds to set the clock to.
+    pub set: Option<i64>,
+    /// Seconds to move it forward.
+    pub advance: Option<i64>,
+}
+
+/// The coordinator's clock (`GET /api/v1/clock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockNow {
+    pub now: i64,
+    pub adjustable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +564,8 @@ pub enum EndpointState {
     Error,
     /// No heartbeat within the configured time.
     Offline,
+    /// Put on hold (by an admin or its user): not offered new targets until the hold ends.
+    Held,
     /// Never reported, or the pool has no target.
     Unknown,
 }
@@ -375,6 +582,10 @@ pub struct EndpointStatus {
     pub target_revision: Option<u64>,
     pub last_seen: Option<i64>,
     pub active_operation: Option<i64>,
+    /// In a pool with rollout rings: its wave and when it may get the newest target (older
+    /// coordinators send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPosition>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,6 +685,11 @@ pub struct Operation {
     /// (`None`: the endpoint's previous state). Older coordinators send nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_snapshot: Option<SnapshotHash>,
+    /// For `sync-to-latest` in a pool with rollout rings: the target revision this endpoint
+    /// was offered when the operation was created (the daemon fetches its offer first if it
+    /// has another). Older coordinators send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_revision: Option<u64>,
 }
 
 /// A page of a list; `next` is the cursor for the following page.
@@ -663,6 +879,11 @@ pub enum ServerMsg {
         /// the tray then leaves the count out of its "Set as latest" confirmation).
         #[serde(default)]
         pool_endpoints: Option<u64>,
+        /// In a pool with rollout rings: this endpoint's position (`target` is then the
+        /// revision it is offered, not necessarily the pool's newest). Older coordinators
+        /// send none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<RolloutPosition>,
     },
     ReportAck {
         ack: ReportAck,
@@ -680,6 +901,12 @@ pub enum ServerMsg {
     },
     PolicyChanged {
         policy: PoolPolicy,
+    },
+    /// A rollout moved (a ring offered, halted, paused, resumed) or a hold changed: an
+    /// endpoint asks `GET /endpoint/offer` for its own target and position (pools with rings
+    /// never get `TargetChanged` on endpoint sockets).
+    RolloutChanged {
+        rollout: Option<Rollout>,
     },
     /// For admin subscribers: an endpoint's computed status changed.
     EndpointStatusChanged {

@@ -48,6 +48,7 @@ async fn endpoint_socket(mut ws: WebSocket, seen: Arc<Seen>) {
         known_state: None,
         policy: None,
         pool_endpoints: Some(1),
+        rollout: None,
     };
     let text = serde_json::to_string(&welcome).unwrap();
     if ws.send(Message::Text(text.into())).await.is_err() {
@@ -67,6 +68,7 @@ async fn endpoint_socket(mut ws: WebSocket, seen: Arc<Seen>) {
                 created_at: 0,
                 updated_at: 0,
                 to_snapshot: None,
+                target_revision: None,
             },
         };
         let text = serde_json::to_string(&msg).unwrap();

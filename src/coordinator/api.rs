@@ -23,7 +23,7 @@ use sha2::Digest;
 
 use super::AppState;
 use super::auth::{Admin, Caller, EndpointAuth, new_token, token_hash};
-use super::db::{self, now};
+use super::db;
 use super::error::ApiErr;
 use super::hub::{Audience, Kick};
 use super::service::Actor;
@@ -241,6 +241,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/operations", get(list_operations))
         .route("/operations/{id}", get(get_operation))
         .route("/operations/{id}/cancel", post(cancel_operation))
+        .route("/pools/{id}/rollout", get(pool_rollout))
+        .route("/pools/{id}/rollouts", get(pool_rollouts))
+        .route("/pools/{id}/rollout/{action}", post(pool_rollout_action))
+        .route(
+            "/endpoints/{id}/hold",
+            post(admin_set_hold).delete(admin_clear_hold),
+        )
+        .route("/clock", get(get_clock).post(change_clock))
         // registration
         .route("/register", post(register))
         // endpoint
@@ -250,6 +258,11 @@ pub(crate) fn router(state: AppState) -> Router {
             get(endpoint_target).post(endpoint_set_target),
         )
         .route("/endpoint/status", get(endpoint_status))
+        .route("/endpoint/offer", get(endpoint_offer))
+        .route(
+            "/endpoint/hold",
+            post(endpoint_set_hold).delete(endpoint_clear_hold),
+        )
         .route("/endpoint/what-if", post(endpoint_what_if))
         .route(
             "/endpoint/operations",
@@ -397,11 +410,133 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    // From the database, not a counter: true after a restart too.
+    let halted = state
+        .db
+        .read(super::rollout_db::halted_count)
+        .await
+        .unwrap_or(0);
+    let rollouts = format!(
+        "# HELP pacpool_rollouts_halted Rollouts halted (failures over a ring's gate, or by an admin) and not resumed.\n\
+         # TYPE pacpool_rollouts_halted gauge\npacpool_rollouts_halted {halted}\n"
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render() + &state.pool_repo.metrics(),
+        state.metrics.render() + &rollouts + &state.pool_repo.metrics(),
     )
         .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollouts, holds and the test clock
+
+async fn pool_rollout(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Option<crate::proto::Rollout>> {
+    Ok(Json(state.rollout_show(id).await?))
+}
+
+async fn pool_rollouts(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Vec<crate::proto::Rollout>> {
+    Ok(Json(state.rollouts(id, 20).await?))
+}
+
+async fn pool_rollout_action(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath((id, action)): ApiPath<(i64, String)>,
+) -> ApiResult<Option<crate::proto::Rollout>> {
+    let action = match action.as_str() {
+        "pause" => "pause",
+        "resume" => "resume",
+        "halt" => "halt",
+        _ => {
+            return Err(ApiErr::not_found(
+                "no such rollout action: use pause, resume or halt",
+            ));
+        }
+    };
+    Ok(Json(state.rollout_action(id, action, peer(&ci)).await?))
+}
+
+async fn admin_set_hold(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<crate::proto::SetHold>,
+) -> ApiResult<crate::proto::Hold> {
+    Ok(Json(state.set_hold(id, req, "admin", peer(&ci)).await?))
+}
+
+async fn admin_clear_hold(
+    _: Admin,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiErr> {
+    state.clear_hold(id, "admin", peer(&ci)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn endpoint_offer(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+) -> ApiResult<crate::proto::Offer> {
+    Ok(Json(state.offer(ep.id, ep.pool_id).await?))
+}
+
+async fn endpoint_set_hold(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+    ApiJson(req): ApiJson<crate::proto::SetHold>,
+) -> ApiResult<crate::proto::Hold> {
+    Ok(Json(
+        state.set_hold(ep.id, req, "endpoint", peer(&ci)).await?,
+    ))
+}
+
+async fn endpoint_clear_hold(
+    ep: EndpointAuth,
+    State(state): State<AppState>,
+    ci: ConnectInfo<SocketAddr>,
+) -> Result<StatusCode, ApiErr> {
+    state.clear_hold(ep.id, "endpoint", peer(&ci)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_clock(_: Admin, State(state): State<AppState>) -> ApiResult<crate::proto::ClockNow> {
+    Ok(Json(crate::proto::ClockNow {
+        now: state.clock.now(),
+        adjustable: state.clock.adjustable(),
+    }))
+}
+
+/// Test mode only: sets or advances the clock, then runs a rollout step for every pool
+/// (`{}` only runs the steps: a test's way to wait for them).
+async fn change_clock(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<crate::proto::ClockChange>,
+) -> ApiResult<crate::proto::ClockNow> {
+    if !state.clock.change(req.set, req.advance) {
+        return Err(ApiErr::forbidden(
+            "this coordinator's clock cannot be changed: test_clock is off (it is for tests only)",
+        ));
+    }
+    // Answered after the rollout steps at the new time committed: a test may check at once.
+    state.rollout_step_all().await;
+    Ok(Json(crate::proto::ClockNow {
+        now: state.clock.now(),
+        adjustable: true,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,6 +584,8 @@ fn check_policy(policy: &PoolPolicy) -> Result<(), ApiErr> {
         .plan
         .compile()
         .map_err(|e| ApiErr::invalid(format!("{e}: fix the pattern")))?;
+    super::rollout::check(&policy.rollout)
+        .map_err(|e| ApiErr::invalid(format!("the rollout policy is invalid: {e}")))?;
     if let Some(w) = &policy.auto_sync_window {
         let valid = w.split_once('-').is_some_and(|(a, b)| hhmm(a) && hhmm(b));
         if !valid {
@@ -522,6 +659,7 @@ async fn create_pool(
     check_name("pool", &req.name)?;
     check_policy(&req.policy)?;
     let peer = peer(&ci);
+    let t = state.clock.now();
     let pool = state
         .db
         .write(move |tx| {
@@ -529,7 +667,7 @@ async fn create_pool(
                 serde_json::to_string(&req.policy).map_err(|e| ApiErr::internal(e.to_string()))?;
             tx.execute(
                 "INSERT INTO pools (name, policy, created_at) VALUES (?1, ?2, ?3)",
-                params![req.name, policy, now()],
+                params![req.name, policy, t],
             )
             .map_err(|e| name_taken(e, pool_name_taken(&req.name)))?;
             let id = tx.last_insert_rowid();
@@ -632,9 +770,15 @@ async fn update_pool(
         })
         .await?;
     if policy_changed && let Some(policy) = new_policy {
+        let rings = !policy.rollout.rings.is_empty();
         state
             .hub
             .publish(id, Audience::All, &ServerMsg::PolicyChanged { policy });
+        if rings {
+            // Ring membership may have changed: endpoints ask for their offer again.
+            state.rollout_poke();
+            state.rollout_changed(id).await;
+        }
         // Status depends on the policy.
         if state.hub.has_admins(id)
             && let Ok(all) = state.pool_statuses(id).await
@@ -703,7 +847,8 @@ async fn create_join_token(
     let token = new_token("ppj_")?;
     let hash = token_hash(&token);
     let peer = peer(&ci);
-    let expires_at = now() + ttl as i64;
+    let t = state.clock.now();
+    let expires_at = t + ttl as i64;
     let id = state
         .db
         .write(move |tx| {
@@ -713,7 +858,7 @@ async fn create_join_token(
             tx.execute(
                 "INSERT INTO join_tokens (pool_id, token_hash, expires_at, max_uses, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![pool_id, hash, expires_at, req.max_uses, now()],
+                params![pool_id, hash, expires_at, req.max_uses, t],
             )?;
             let id = tx.last_insert_rowid();
             db::audit(
@@ -905,6 +1050,10 @@ async fn update_endpoint(
                     format!("pool {new_pool} already has an endpoint named {name:?}: choose another name")
                 })
             })?;
+            if new_pool != old_pool {
+                // A hold keeps a revision of the old pool: it means nothing in the new one.
+                super::rollout_db::clear_hold(tx, id)?;
+            }
             db::audit(
                 tx,
                 "admin",
@@ -1173,6 +1322,7 @@ async fn register(
     let join_hash = token_hash(&req.join_token);
     let token = new_token("ppe_")?;
     let endpoint_hash = token_hash(&token);
+    let t = state.clock.now();
     let resp = state
         .db
         .write(move |tx| {
@@ -1188,7 +1338,7 @@ async fn register(
                     "unknown join token: ask the coordinator's admin for a join token of the pool",
                 ));
             };
-            if expires_at <= now() {
+            if expires_at <= t {
                 return Err(ApiErr::unauthorized("this join token has expired: ask the admin for a new one"));
             }
             if max_uses.is_some_and(|m| uses >= m) {
@@ -1213,7 +1363,7 @@ async fn register(
             }
             tx.execute(
                 "INSERT INTO endpoints (pool_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![pool_id, name, endpoint_hash, now()],
+                params![pool_id, name, endpoint_hash, t],
             )?;
             let id = tx.last_insert_rowid();
             let pool_name: String = tx.query_row("SELECT name FROM pools WHERE id = ?1", [pool_id], |r| r.get(0))?;
@@ -1262,13 +1412,8 @@ async fn endpoint_target(
     ep: EndpointAuth,
     State(state): State<AppState>,
 ) -> ApiResult<Option<TargetInfo>> {
-    let pool = ep.pool_id;
-    Ok(Json(
-        state
-            .db
-            .read(move |conn| db::current_target(conn, pool))
-            .await?,
-    ))
+    // The target this endpoint is offered (the pool's when it has no rings).
+    Ok(Json(state.offer(ep.id, ep.pool_id).await?.target))
 }
 
 async fn endpoint_set_target(

@@ -137,6 +137,35 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      CREATE INDEX endpoint_changes_endpoint ON endpoint_changes(endpoint_id, id);
      CREATE INDEX endpoint_changes_at ON endpoint_changes(at);",
+    // 6: rollouts (see `rollout_db`): one row per target revision set while the pool had
+    // rings; holds; and on operations, the revision a sync was offered (what rollout gates
+    // count) and whether the coordinator started it on its own (an automatic sync's slot).
+    "CREATE TABLE rollouts (
+        pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
+        revision INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        rings TEXT NOT NULL,
+        rings_offered INTEGER NOT NULL,
+        offered_at TEXT NOT NULL,
+        accepted TEXT NOT NULL,
+        overridden INTEGER,
+        reason TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (pool_id, revision)
+     ) STRICT;
+     CREATE TABLE holds (
+        endpoint_id INTEGER PRIMARY KEY REFERENCES endpoints(id) ON DELETE CASCADE,
+        reason TEXT NOT NULL,
+        until INTEGER NOT NULL,
+        revision INTEGER,
+        set_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     ) STRICT;
+     ALTER TABLE operations ADD COLUMN target_revision INTEGER;
+     ALTER TABLE operations ADD COLUMN auto INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX operations_target ON operations(pool_id, target_revision)
+        WHERE target_revision IS NOT NULL;",
 ];
 
 /// Longest chain of delta-stored snapshots: reading one applies at most this many deltas.
@@ -750,7 +779,7 @@ pub fn targets(conn: &Connection, pool_id: i64) -> Result<Vec<TargetInfo>, ApiEr
 }
 
 pub const OP_COLS: &str = "id, endpoint_id, pool_id, kind, state, progress, result, \
-     idempotency_key, created_at, updated_at, to_snapshot";
+     idempotency_key, created_at, updated_at, to_snapshot, target_revision";
 
 /// An `operations` row before its JSON and enum columns are parsed.
 pub struct OpRow {
@@ -765,6 +794,7 @@ pub struct OpRow {
     created_at: i64,
     updated_at: i64,
     to_snapshot: Option<String>,
+    target_revision: Option<i64>,
 }
 
 /// Reads the columns of [`OP_COLS`].
@@ -781,6 +811,7 @@ pub fn op_row(r: &Row<'_>) -> rusqlite::Result<OpRow> {
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
         to_snapshot: r.get(10)?,
+        target_revision: r.get(11)?,
     })
 }
 
@@ -803,6 +834,7 @@ pub fn finish_op(row: OpRow) -> Result<Operation, ApiErr> {
         created_at: row.created_at,
         updated_at: row.updated_at,
         to_snapshot: row.to_snapshot.as_deref().map(parse_hash).transpose()?,
+        target_revision: row.target_revision.map(|r| r as u64),
     })
 }
 

@@ -172,6 +172,16 @@ impl Hub {
             .is_some_and(|ch| ch.admin_count.load(Ordering::Relaxed) > 0)
     }
 
+    /// Endpoints with an open socket now.
+    pub fn connected(&self) -> std::collections::HashSet<i64> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// Whether any pool has an admin subscriber.
     pub fn any_admins(&self) -> bool {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());

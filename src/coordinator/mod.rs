@@ -20,6 +20,10 @@
 //! - `retention`: the periodic cleanup of old operations, audit entries, target revisions
 //!   and unreferenced snapshots.
 //! - `ws`: the endpoint socket and the admin subscription socket.
+//! - `clock`: the coordinator's one clock (settable by tests in test mode only).
+//! - `rollout` (rules: rings, windows, gates, texts), `rollout_db` (their SQL) and
+//!   `rollout_run` (the periodic step, offers, holds, admin actions): targets reaching a pool
+//!   in waves.
 //!
 //! The entry point is [`launch`]; the binary only parses flags, loads [`Settings`] and waits
 //! for a signal.
@@ -73,6 +77,7 @@
 
 mod api;
 mod auth;
+mod clock;
 mod connections;
 mod db;
 mod error;
@@ -80,6 +85,9 @@ mod hub;
 mod limits;
 pub mod pool_repo;
 mod retention;
+mod rollout;
+mod rollout_db;
+mod rollout_run;
 mod serve;
 mod service;
 pub mod settings;
@@ -134,6 +142,12 @@ pub(crate) struct Inner {
     pool_sizes: Mutex<HashMap<i64, (u64, std::time::Instant)>>,
     /// The pool repositories' package store.
     pool_repo: pool_repo::PackageStore,
+    /// Every time the coordinator stores or compares (settable in test mode only).
+    clock: clock::Clock,
+    /// Wakes the rollout task before its next tick.
+    rollout_wake: tokio::sync::Notify,
+    /// Held while rollout steps run (the task's and a clock change's never interleave).
+    rollout_running: tokio::sync::Mutex<()>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -422,6 +436,7 @@ pub async fn launch(
     );
     let storage_kib = f64::from(settings.storage_per_endpoint_mib_per_hour) * 1024.0;
     let storage_limiter = limits::RateLimiter::per_hour(storage_kib, storage_kib);
+    let test_clock = settings.test_clock;
     let state = AppState(Arc::new(Inner {
         settings,
         db,
@@ -439,11 +454,15 @@ pub async fn launch(
         storage_limiter,
         report_audits: Mutex::new(HashMap::new()),
         started_at: db::now(),
+        clock: clock::Clock::new(test_clock),
+        rollout_wake: tokio::sync::Notify::new(),
+        rollout_running: tokio::sync::Mutex::new(()),
         shutdown: stop_rx.clone(),
     }));
     tokio::spawn(state.clone().watch_offline());
     tokio::spawn(state.clone().run_retention());
     tokio::spawn(state.clone().run_checkpoints());
+    tokio::spawn(state.clone().run_rollouts());
     let limits = serve::Limits::from_settings(
         &state.settings,
         connection_budget(state.settings.max_connections),

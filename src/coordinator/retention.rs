@@ -14,7 +14,7 @@
 use rusqlite::{Connection, params};
 
 use super::AppState;
-use super::db::{self, now};
+use super::db;
 use super::error::ApiErr;
 use super::settings::Settings;
 use crate::snapshot::SnapshotHash;
@@ -75,6 +75,7 @@ fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiEr
                 WHERE t.pool_id = target_manifests.pool_id AND t.revision = target_manifests.revision)",
         )?
         .execute([])?;
+        super::rollout_db::drop_orphans(tx)?;
     }
     let mut stmt = tx.prepare_cached(
         "DELETE FROM snapshots WHERE hash IN (
@@ -136,7 +137,7 @@ impl AppState {
                 _ = tick.tick() => {}
                 _ = super::stopped(&mut shutdown) => return,
             }
-            match self.retention_once(now()).await {
+            match self.retention_once(self.clock.now()).await {
                 Ok(r) if r != Removed::default() => tracing::info!(
                     operations = r.operations,
                     audit = r.audit,

@@ -10,9 +10,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::AppState;
 use super::auth::EndpointAuth;
-use super::db::{self, enum_to_sql, now};
+use super::db::{self, enum_to_sql};
 use super::error::ApiErr;
 use super::hub::Audience;
+use super::rollout_db;
+use super::rollout_run::{self, StatusCtx};
 use super::snaptext::{self, SnapText};
 use crate::plan::{self, Counts, SyncStatus};
 use crate::proto::ChangeSource;
@@ -156,7 +158,7 @@ pub(crate) struct PolicyKey {
     fingerprint: u64,
 }
 
-fn compile_keyed(policy: &PoolPolicy) -> Result<PolicyKey, ApiErr> {
+pub(crate) fn compile_keyed(policy: &PoolPolicy) -> Result<PolicyKey, ApiErr> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(&policy.plan)
@@ -200,7 +202,7 @@ impl AppState {
         peer: Option<IpAddr>,
         detail: String,
     ) -> Result<(), ApiErr> {
-        let t = now();
+        let t = self.clock.now();
         let recent = self
             .report_audits
             .lock()
@@ -295,7 +297,7 @@ impl AppState {
 
     /// `plan::status` of two snapshots, cached: it depends only on the two hashes and the
     /// policy, and a target change otherwise recomputes it for every endpoint.
-    fn sync_status(
+    pub(crate) fn sync_status(
         &self,
         conn: &Connection,
         current: &SnapshotHash,
@@ -332,6 +334,7 @@ impl AppState {
         row: EndpointRow,
         target: Option<&TargetInfo>,
         policy: &PolicyKey,
+        rollout: Option<&StatusCtx>,
     ) -> Result<EndpointStatus, ApiErr> {
         let current = row.current.as_deref().map(db::parse_hash).transpose()?;
         let active = db::active_operation(conn, row.id)?;
@@ -344,7 +347,12 @@ impl AppState {
             sync = Some(s);
         }
         let offline_after = self.settings.offline_after_secs as i64;
-        let state = if row.last_seen.is_some_and(|t| now() - t > offline_after) {
+        let position = rollout.and_then(|c| c.position(row.id, &row.name));
+        let held = position.as_ref().is_some_and(|p| p.hold.is_some());
+        let state = if row
+            .last_seen
+            .is_some_and(|t| self.clock.now() - t > offline_after)
+        {
             EndpointState::Offline
         } else if active
             .as_ref()
@@ -359,6 +367,8 @@ impl AppState {
             match sync {
                 None => EndpointState::Unknown,
                 Some(SyncStatus::InSync) => EndpointState::InSync,
+                // On hold: behind on purpose.
+                Some(SyncStatus::Behind | SyncStatus::Diverged) if held => EndpointState::Held,
                 Some(SyncStatus::Behind) => EndpointState::Behind,
                 Some(SyncStatus::Ahead) => EndpointState::Ahead,
                 Some(SyncStatus::Diverged) => EndpointState::Diverged,
@@ -374,6 +384,7 @@ impl AppState {
             target_revision: target.map(|t| t.revision),
             last_seen: row.last_seen,
             active_operation: active.map(|o| o.id),
+            rollout: position,
         })
     }
 
@@ -390,7 +401,14 @@ impl AppState {
                     .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
                 let policy = db::policy_of(conn, row.pool_id)?.unwrap_or_default();
                 let target = db::current_target(conn, row.pool_id)?;
-                st.status_of(conn, row, target.as_ref(), &compile_keyed(&policy)?)
+                let ctx = StatusCtx::load(conn, row.pool_id, &policy, st.clock.now())?;
+                st.status_of(
+                    conn,
+                    row,
+                    target.as_ref(),
+                    &compile_keyed(&policy)?,
+                    ctx.as_ref(),
+                )
             })
             .await
     }
@@ -428,7 +446,7 @@ impl AppState {
                     package_count,
                     set_by_endpoint: Some(me),
                     set_by: String::new(),
-                    set_at: now(),
+                    set_at: st.clock.now(),
                     reverted_from: None,
                 };
                 let sql = format!(
@@ -441,8 +459,8 @@ impl AppState {
                 let mut endpoints = Vec::with_capacity(rows.len());
                 for row in rows {
                     let again = row.clone();
-                    let now = st.status_of(conn, row, target.as_ref(), &policy)?;
-                    let after = st.status_of(conn, again, Some(&candidate), &policy)?;
+                    let now = st.status_of(conn, row, target.as_ref(), &policy, None)?;
+                    let after = st.status_of(conn, again, Some(&candidate), &policy, None)?;
                     endpoints.push(crate::proto::WhatIfEndpoint {
                         id: now.id,
                         name: now.name,
@@ -464,9 +482,10 @@ impl AppState {
         let st = self.clone();
         self.db
             .read(move |conn| {
-                let policy = db::policy_of(conn, pool_id)?
+                let pool_policy = db::policy_of(conn, pool_id)?
                     .ok_or_else(|| ApiErr::not_found(format!("no pool {pool_id}")))?;
-                let policy = compile_keyed(&policy)?;
+                let policy = compile_keyed(&pool_policy)?;
+                let ctx = StatusCtx::load(conn, pool_id, &pool_policy, st.clock.now())?;
                 let target = db::current_target(conn, pool_id)?;
                 let sql =
                     format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE pool_id = ?1 ORDER BY id");
@@ -475,7 +494,7 @@ impl AppState {
                     .query_map([pool_id], endpoint_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 rows.into_iter()
-                    .map(|row| st.status_of(conn, row, target.as_ref(), &policy))
+                    .map(|row| st.status_of(conn, row, target.as_ref(), &policy, ctx.as_ref()))
                     .collect()
             })
             .await
@@ -593,13 +612,13 @@ impl AppState {
         // A late tick covers a wider window below, so skipped ticks lose nothing.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut shutdown = self.shutdown.clone();
-        let mut prev = now();
+        let mut prev = self.clock.now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = super::stopped(&mut shutdown) => return,
             }
-            let t = now();
+            let t = self.clock.now();
             // Offline means `now - last_seen > offline_after`: the endpoints that crossed
             // since the previous tick have `prev - offline_after <= last_seen < t - offline_after`.
             let (lo, hi) = (prev - offline_after, t - offline_after);
@@ -636,10 +655,12 @@ impl AppState {
         let pool_id = target.pool_id;
         let st = self.clone();
         let new_hash = target.snapshot;
-        let summary = self
+        let (summary, rings) = self
             .db
             .read(move |conn| {
-                let policy = compile(&db::policy_of(conn, pool_id)?.unwrap_or_default())?;
+                let pool_policy = db::policy_of(conn, pool_id)?.unwrap_or_default();
+                let rings = !pool_policy.rollout.rings.is_empty();
+                let policy = compile(&pool_policy)?;
                 let new = st
                     .load_snapshot(conn, &new_hash)?
                     .ok_or_else(|| ApiErr::internal("target snapshot vanished"))?;
@@ -648,13 +669,25 @@ impl AppState {
                     None => None,
                 }
                 .unwrap_or_default();
-                Ok(plan::status(&old, &new, &policy).1)
+                Ok((plan::status(&old, &new, &policy).1, rings))
             })
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot compute the target change summary");
-                Counts::default()
+                (Counts::default(), false)
             });
+        if rings {
+            // Endpoints learn their own offer (`RolloutChanged`, then `GET /endpoint/offer`):
+            // the new target is not theirs until their wave comes.
+            self.hub.publish(
+                pool_id,
+                Audience::Admins,
+                &ServerMsg::TargetChanged { target, summary },
+            );
+            self.rollout_poke();
+            self.rollout_changed(pool_id).await;
+            return;
+        }
         self.hub.publish(
             pool_id,
             Audience::All,
@@ -676,10 +709,11 @@ impl AppState {
     /// Marks the endpoint as seen now.
     pub(crate) async fn heartbeat(&self, ep: &EndpointAuth) -> Result<(), ApiErr> {
         let id = ep.id;
+        let t = self.clock.now();
         self.db
             .write(move |tx| {
                 tx.prepare_cached("UPDATE endpoints SET last_seen = ?1 WHERE id = ?2")?
-                    .execute(params![now(), id])?;
+                    .execute(params![t, id])?;
                 Ok(())
             })
             .await
@@ -847,7 +881,7 @@ impl AppState {
                 tx.prepare_cached(
                     "UPDATE endpoints SET current = ?1, last_seen = ?2 WHERE id = ?3",
                 )?
-                .execute(params![hash.to_hex(), now(), id])?;
+                .execute(params![hash.to_hex(), st.clock.now(), id])?;
                 if changed {
                     db::insert_state_change(
                         tx,
@@ -953,7 +987,12 @@ impl AppState {
                     "INSERT INTO targets (pool_id, revision, snapshot, set_by_endpoint, set_by, set_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
-                .execute(params![ep.pool_id, next as i64, req.snapshot.to_hex(), ep.id, ep.name, now()])?;
+                .execute(params![ep.pool_id, next as i64, req.snapshot.to_hex(), ep.id, ep.name, st.clock.now()])?;
+                let pool_policy = db::policy_of(tx, ep.pool_id)?.unwrap_or_default();
+                if !pool_policy.rollout.rings.is_empty() {
+                    let rings = pool_policy.rollout.rings.iter().map(|r| r.name.clone()).collect();
+                    rollout_db::start(tx, ep.pool_id, next, rings, st.clock.now())?;
+                }
                 db::audit(
                     tx,
                     &Actor::Endpoint(ep.id).to_string(),
@@ -987,6 +1026,7 @@ impl AppState {
         req: RevertTargetRequest,
         peer: Option<IpAddr>,
     ) -> Result<TargetInfo, ApiErr> {
+        let t = self.clock.now();
         let (info, previous) = self
             .db
             .write(move |tx| {
@@ -1016,7 +1056,7 @@ impl AppState {
                     "INSERT INTO targets (pool_id, revision, snapshot, set_by_endpoint, set_by, set_at, reverted_from)
                      VALUES (?1, ?2, ?3, NULL, 'admin', ?4, ?5)",
                 )?
-                .execute(params![pool_id, next as i64, old.snapshot.to_hex(), now(), req.to_revision as i64])?;
+                .execute(params![pool_id, next as i64, old.snapshot.to_hex(), t, req.to_revision as i64])?;
                 db::audit(
                     tx,
                     "admin",
@@ -1025,6 +1065,8 @@ impl AppState {
                     peer,
                     Some(format!("revision {next} = revision {}", req.to_revision)),
                 )?;
+                // A revert goes to every ring at once: it is how a bad rollout is undone.
+                rollout_db::supersede(tx, pool_id, t)?;
                 db::copy_manifest(tx, pool_id, req.to_revision, next)?;
                 let info = db::target_at(tx, pool_id, next)?
                     .ok_or_else(|| ApiErr::internal("new target vanished"))?;
@@ -1102,10 +1144,11 @@ impl AppState {
                         "the pool has no target yet: set one (set as latest) before syncing to it",
                     ));
                 }
+                let offered = rollout_run::offered_for_sync(tx, endpoint_id, pool_id, req.kind, st.clock.now())?;
                 if actor == Actor::Endpoint(endpoint_id) {
                     st.charge_storage(endpoint_id, 2 * ROW_COST_BYTES)?;
                 }
-                let t = now();
+                let t = st.clock.now();
                 tx.prepare_cached(
                     "INSERT INTO operations (endpoint_id, pool_id, kind, state, to_snapshot, idempotency_key, created_at, updated_at)
                      VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?6)",
@@ -1119,6 +1162,9 @@ impl AppState {
                     t
                 ])?;
                 let id = tx.last_insert_rowid();
+                if offered.is_some() {
+                    rollout_db::tag_operation(tx, id, offered, false)?;
+                }
                 db::audit(
                     tx,
                     &actor.to_string(),
@@ -1149,7 +1195,7 @@ impl AppState {
         Ok((op, created))
     }
 
-    async fn operation_updated(&self, op: &Operation) {
+    pub(crate) async fn operation_updated(&self, op: &Operation) {
         self.hub.publish(
             op.pool_id,
             Audience::Admins,
@@ -1208,9 +1254,9 @@ impl AppState {
                     "UPDATE operations SET state = ?1, progress = COALESCE(?2, progress),
                      result = COALESCE(?3, result), updated_at = ?4 WHERE id = ?5",
                 )?
-                .execute(params![enum_to_sql(&next), progress_json, result_json, now(), op_id])?;
+                .execute(params![enum_to_sql(&next), progress_json, result_json, st.clock.now(), op_id])?;
                 tx.prepare_cached("UPDATE endpoints SET last_seen = ?1 WHERE id = ?2")?
-                    .execute(params![now(), endpoint_id])?;
+                    .execute(params![st.clock.now(), endpoint_id])?;
                 if op.state != next {
                     db::audit(
                         tx,
@@ -1225,6 +1271,10 @@ impl AppState {
             })
             .await?;
         self.operation_updated(&op).await;
+        if op.state.is_terminal() {
+            // A result may pass or fail a rollout gate, and frees a slot.
+            self.rollout_poke();
+        }
         Ok(op)
     }
 
@@ -1287,6 +1337,7 @@ impl AppState {
         force: bool,
         peer: Option<IpAddr>,
     ) -> Result<Operation, ApiErr> {
+        let t = self.clock.now();
         let op = self
             .db
             .write(move |tx| {
@@ -1316,7 +1367,7 @@ impl AppState {
                     )?
                     .execute(params![
                         serde_json::to_string(&result).map_err(|e| ApiErr::internal(e.to_string()))?,
-                        now(),
+                        t,
                         op_id
                     ])?;
                 }

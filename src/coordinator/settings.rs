@@ -96,6 +96,16 @@ max_tls_handshakes_per_ip = 16
 # checkpoints (the WAL may then grow without bound under sustained writes).
 wal_checkpoint_mib = 64
 
+# Milliseconds between rollout steps (offering the next ring, halting on failures, freeing
+# slots, lifting holds, starting automatic syncs in pools with rings); results and admin
+# actions also trigger a step at once.
+rollout_step_ms = 5000
+
+# Tests only: lets any admin set or advance this coordinator's clock (POST /api/v1/clock), so
+# soak times and maintenance windows can be tested without waiting. Logs a warning at start.
+# Never turn it on for a real pool.
+test_clock = false
+
 # The client IP address (audit log, rate limit) is the socket's peer. Only when the peer is
 # one of these addresses (a reverse proxy) is the last address of X-Forwarded-For used.
 trusted_proxies = []
@@ -199,6 +209,10 @@ pub struct Settings {
     pub max_tls_handshakes_per_ip: usize,
     /// WAL size in MiB past which the writer checkpoints it completely; default 64, 0 = off.
     pub wal_checkpoint_mib: u64,
+    /// Milliseconds between rollout steps; default 5000.
+    pub rollout_step_ms: u64,
+    /// Tests only: the clock may be set through the admin API; default false.
+    pub test_clock: bool,
     /// Reverse proxies whose `X-Forwarded-For` is believed; default none.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Serve TLS with this certificate and key; default none (plain HTTP).
@@ -244,6 +258,8 @@ impl Default for Settings {
             max_connections_per_ip: 1024,
             max_tls_handshakes_per_ip: 16,
             wal_checkpoint_mib: 64,
+            rollout_step_ms: 5000,
+            test_clock: false,
             trusted_proxies: Vec::new(),
             tls: None,
             repo: Default::default(),

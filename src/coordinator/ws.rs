@@ -229,9 +229,12 @@ async fn run_endpoint(
             .get(&pool_id)
             .filter(|(_, at)| at.elapsed() < POOL_SIZE_TTL)
             .map(|(n, _)| *n);
+        let now = state.clock.now();
         let welcome = state
             .db
             .read(move |conn| {
+                // The target this endpoint is offered (the pool's, without rings).
+                let offer = super::rollout_run::offer_in(conn, id, pool_id, now)?;
                 let known: Option<String> =
                     conn.query_row("SELECT current FROM endpoints WHERE id = ?1", [id], |r| {
                         r.get(0)
@@ -240,7 +243,8 @@ async fn run_endpoint(
                     protocol: PROTOCOL_VERSION,
                     endpoint_id: id,
                     pool_id,
-                    target: db::current_target(conn, pool_id)?,
+                    target: offer.target,
+                    rollout: offer.rollout,
                     known_state: known.as_deref().map(db::parse_hash).transpose()?,
                     policy: db::policy_of(conn, pool_id)?,
                     pool_endpoints: match cached {

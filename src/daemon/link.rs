@@ -144,7 +144,9 @@ impl Endpoint {
         let status = resp.status();
         let body = read_capped(resp, MAX_RESPONSE).await?;
         if status.is_success() {
-            serde_json::from_slice(&body).map_err(|e| {
+            // `204 No Content` reads as JSON `null` (e.g. for `()`).
+            let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+            serde_json::from_slice(body).map_err(|e| {
                 CallError::Api(ApiError {
                     code: "bad_response".into(),
                     message: format!("the coordinator sent an unreadable answer: {e}"),
@@ -268,6 +270,10 @@ impl From<CallError> for ActionError {
             CallError::Api(a) if a.code == "revision_conflict" => {
                 ActionError::new(ErrorCode::Conflict, a.message)
             }
+            CallError::Api(a) if a.code == "forbidden" => ActionError::new(
+                ErrorCode::Refused,
+                format!("the coordinator refused: {}", a.message),
+            ),
             CallError::Api(a) => ActionError::new(
                 ErrorCode::Internal,
                 format!("the coordinator refused: {} ({})", a.message, a.code),
@@ -776,10 +782,11 @@ async fn session(
                     }
                 };
                 match msg {
-                    ServerMsg::Welcome { target, known_state, policy, pool_endpoints, .. } => {
+                    ServerMsg::Welcome { target, known_state, policy, pool_endpoints, rollout, .. } => {
                         welcomed = true;
                         known = known_state;
                         daemon.set_pool_endpoints(pool_endpoints);
+                        daemon.set_rollout(rollout);
                         if let Some(policy) = policy {
                             daemon.set_pool_policy(policy);
                         }
@@ -831,12 +838,26 @@ async fn session(
                     ServerMsg::OperationRequested { operation } => {
                         let d = daemon.clone();
                         let tx = results_tx.clone();
-                        tokio::spawn(async move { run_requested(d, operation, tx).await });
+                        let e = endpoint.clone();
+                        tokio::spawn(async move { run_requested(d, e, operation, tx).await });
                     }
                     ServerMsg::CancelRequested { .. } => {
                         let _ = daemon.cancel();
                     }
                     ServerMsg::PolicyChanged { policy } => daemon.set_pool_policy(policy),
+                    ServerMsg::RolloutChanged { .. } => {
+                        // Our own offer: which target we may have now, and our wave. Every
+                        // endpoint of the pool asks at once: spread over up to a second (a
+                        // sync the coordinator starts fetches the offer itself first).
+                        let (d, e) = (daemon.clone(), endpoint.clone());
+                        let spread = Duration::from_millis(random_u64() % OFFER_SPREAD_MS);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(spread).await;
+                            if refresh_offer(&d, &e).await {
+                                d.maybe_auto_sync("rollout changed").await;
+                            }
+                        });
+                    }
                     ServerMsg::Error { error } => {
                         let error = from_coordinator(error);
                         tracing::warn!(code = %error.code, message = %error.message, "the coordinator reported an error");
@@ -920,6 +941,47 @@ async fn adopt_target(daemon: &Daemon, endpoint: &Endpoint, target: TargetInfo) 
     }
 }
 
+/// Longest wait before asking for the offer after `RolloutChanged` (see there).
+const OFFER_SPREAD_MS: u64 = 1000;
+
+/// Asks the coordinator which target this endpoint is offered (pools with rollout rings)
+/// and adopts it; `false` when the coordinator could not be asked.
+async fn refresh_offer(daemon: &Daemon, endpoint: &Endpoint) -> bool {
+    let offer: crate::proto::Offer = match endpoint
+        .call(endpoint.http.get(endpoint.url("/endpoint/offer")))
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = ?e, "cannot ask the coordinator for this endpoint's offered target");
+            return false;
+        }
+    };
+    if let Some(t) = offer.target {
+        adopt_target(daemon, endpoint, t).await;
+    }
+    daemon.set_rollout(offer.rollout);
+    true
+}
+
+/// The machine's own user puts it on hold (`until` Unix seconds), when its pool allows;
+/// `None` lifts a hold it set. The status shows the result at once.
+pub async fn hold(daemon: &Daemon, hold: Option<(i64, String)>) -> Result<(), ActionError> {
+    let endpoint = endpoint_for(daemon)?;
+    let url = endpoint.url("/endpoint/hold");
+    match hold {
+        Some((until, reason)) => {
+            let body = crate::proto::SetHold { reason, until };
+            endpoint
+                .call::<crate::proto::Hold>(endpoint.http.post(url).json(&body))
+                .await?;
+        }
+        None => endpoint.call::<()>(endpoint.http.delete(url)).await?,
+    }
+    refresh_offer(daemon, &endpoint).await;
+    Ok(())
+}
+
 /// What a requested operation reports when the daemon stopped while running it.
 const INTERRUPTED: &str = "interrupted: pacpoold stopped (killed, crashed or the machine went down) while this operation ran; a pacman transaction already started was left to finish, and the state pacpoold reported after its restart is what pacman recorded: check the endpoint's status and request the operation again if it is still needed";
 
@@ -940,6 +1002,7 @@ fn interrupted_result() -> OperationResult {
 /// its result in the outbox. An operation already seen by this process is not run twice.
 async fn run_requested(
     daemon: Arc<Daemon>,
+    endpoint: Arc<Endpoint>,
     operation: crate::proto::Operation,
     tx: mpsc::UnboundedSender<EndpointMsg>,
 ) {
@@ -995,6 +1058,13 @@ async fn run_requested(
             progress,
         });
     };
+    // A sync offered a revision we do not have yet (the rollout moved while the message
+    // travelled): adopt it first, so the sync goes exactly where the coordinator counts it.
+    if let Some(wanted) = operation.target_revision
+        && daemon.target_info().map(|t| t.revision) != Some(wanted)
+    {
+        refresh_offer(&daemon, &endpoint).await;
+    }
     let to = operation.to_snapshot.map(|h| h.to_hex());
     let result = match operation.kind {
         OperationKind::SyncToLatest => daemon.sync(false, Some(id), progress).await,
@@ -1156,7 +1226,12 @@ async fn reconcile_operations(
                     operation = op.id,
                     "running a requested operation that did not reach us"
                 );
-                tokio::spawn(run_requested(daemon.clone(), op, tx.clone()));
+                tokio::spawn(run_requested(
+                    daemon.clone(),
+                    endpoint.clone(),
+                    op,
+                    tx.clone(),
+                ));
             }
             OperationState::InProgress if daemon.claim_requested(op.id) => {
                 tracing::warn!(

@@ -97,6 +97,11 @@ pub enum Request {
     Cancel,
     /// Authorized: pause or resume automatic syncs.
     PauseAutoSync { paused: bool },
+    /// Authorized: put this machine on hold in its pool's rollouts until `until` (Unix
+    /// seconds), when the pool lets endpoints hold themselves.
+    Hold { until: i64, reason: String },
+    /// Authorized: lift a hold this machine set.
+    Unhold,
 }
 
 fn default_limit() -> usize {
@@ -115,6 +120,8 @@ impl Request {
                 | Request::Revert { .. }
                 | Request::Cancel
                 | Request::PauseAutoSync { .. }
+                | Request::Hold { .. }
+                | Request::Unhold
         )
     }
 }
@@ -243,6 +250,11 @@ pub struct LocalStatus {
     /// with it: when it left the target and who moved it (older daemons send none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub off_target: Option<OffTarget>,
+    /// In a pool with rollout rings: this machine's wave and when it gets the newest target
+    /// (`message`: "your machine gets revision 42 in wave 2, from Saturday 02:00 UTC").
+    /// Older daemons send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::proto::RolloutPosition>,
 }
 
 /// Who moved an in-sync machine off its pool target, and when.
@@ -430,6 +442,7 @@ fn state_name(s: EndpointState) -> &'static str {
         EndpointState::Syncing => "syncing",
         EndpointState::Error => "in error",
         EndpointState::Offline => "offline",
+        EndpointState::Held => "on hold",
         EndpointState::Unknown => "unknown",
     }
 }

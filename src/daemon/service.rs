@@ -77,6 +77,8 @@ struct State {
     pool_name: Option<String>,
     /// Endpoints in the pool (from the coordinator's welcome; not persisted).
     pool_endpoints: Option<u64>,
+    /// This machine's place in its pool's rollout (pools with rings; not persisted).
+    rollout: Option<crate::proto::RolloutPosition>,
     /// What "revert to previous" would change, for (current, previous) snapshot hashes.
     revert_counts: Option<((SnapshotHash, SnapshotHash), Counts)>,
     /// Whether a sync from the current state to the target must refresh the sync databases
@@ -590,6 +592,17 @@ impl Daemon {
             .as_ref()
             .and_then(|p| self.revert_counts(&mut s, p.hash));
         let needs_refresh = counts.total() > 0 && self.refresh_needed(&mut s);
+        let rollout = s.rollout.clone();
+        // On hold while the pool moved on: behind on purpose.
+        if let Some(r) = &rollout
+            && r.hold.is_some()
+            && s.target
+                .as_ref()
+                .is_none_or(|(t, _)| t.revision < r.revision)
+            && !matches!(state, EndpointState::Syncing | EndpointState::Error)
+        {
+            state = EndpointState::Held;
+        }
         let auto_sync_window = s
             .pool_policy
             .as_ref()
@@ -623,6 +636,7 @@ impl Daemon {
                 .off_target
                 .clone()
                 .filter(|_| matches!(state, EndpointState::Ahead | EndpointState::Diverged)),
+            rollout,
         }
     }
 
@@ -1452,6 +1466,12 @@ impl Daemon {
         self.state().pool_endpoints = count;
     }
 
+    /// This machine's rollout position, as the coordinator computed it.
+    pub(crate) fn set_rollout(&self, position: Option<crate::proto::RolloutPosition>) {
+        self.state().rollout = position;
+        self.emit_status();
+    }
+
     pub(crate) fn set_pool_policy(&self, policy: PoolPolicy) {
         if let Ok(json) = serde_json::to_string(&policy) {
             let _ = self.store().set(keys::POOL_POLICY, &json);
@@ -1566,6 +1586,14 @@ impl Daemon {
     pub(crate) fn auto_sync_wanted(&self) -> bool {
         let s = self.state();
         if s.paused || self.auto_sync_mode_locked(&s) != AutoSyncMode::Apply {
+            return false;
+        }
+        // With rings the coordinator starts automatic syncs (as operations), inside the
+        // ring's windows and slots.
+        if s.pool_policy
+            .as_ref()
+            .is_some_and(|p| !p.rollout.rings.is_empty())
+        {
             return false;
         }
         match s

@@ -449,6 +449,16 @@ async fn dispatch(
             Ok(()) => Reply::Ok,
             Err(e) => e.into(),
         },
+        Request::Hold { until, reason } => {
+            match super::link::hold(daemon, Some((until, reason))).await {
+                Ok(()) => Reply::Ok,
+                Err(e) => e.into(),
+            }
+        }
+        Request::Unhold => match super::link::hold(daemon, None).await {
+            Ok(()) => Reply::Ok,
+            Err(e) => e.into(),
+        },
         Request::PauseAutoSync { paused } => match daemon.set_paused(paused) {
             Ok(()) => Reply::Ok,
             Err(e) => e.into(),

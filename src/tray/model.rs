@@ -126,7 +126,7 @@ fn icon_for(s: &LocalStatus) -> IconKind {
         (_, EndpointState::Error, _) => IconKind::Error,
         (_, _, LinkState::Offline) => IconKind::Offline,
         (_, EndpointState::InSync, _) => IconKind::InSync,
-        (_, EndpointState::Behind, _) => IconKind::Behind,
+        (_, EndpointState::Behind | EndpointState::Held, _) => IconKind::Behind,
         (_, EndpointState::Ahead, _) => IconKind::Ahead,
         (_, EndpointState::Diverged, _) => IconKind::Diverged,
         (_, EndpointState::Offline, _) => IconKind::Offline,
@@ -175,7 +175,12 @@ impl View {
         };
         let icon = icon_for(s);
         let pool = s.pool.as_deref().unwrap_or("no pool");
-        let mut status_line = format!("pacpool: {} — {pool}", state_words(icon));
+        let words = if s.state == EndpointState::Held && icon == IconKind::Behind {
+            "on hold"
+        } else {
+            state_words(icon)
+        };
+        let mut status_line = format!("pacpool: {words} — {pool}");
         if let Some(op) = &s.operation {
             status_line = format!("pacpool: {} running — {pool}", op.kind);
             if let Some(p) = &op.progress {
@@ -190,8 +195,16 @@ impl View {
             || "never synced".to_owned(),
             |t| format!("last sync {}", utc(t)),
         );
-        let detail_line = format!("{target_text}; {last_sync}");
+        // In a pool with rings: which wave, and when ("your machine gets revision 42 in
+        // wave 2, from Saturday 02:00 UTC"); a hold says until when and why.
+        let detail_line = match &s.rollout {
+            Some(r) => crate::display::clean(&r.message),
+            None => format!("{target_text}; {last_sync}"),
+        };
         let mut tooltip = vec![status_line.clone(), target_text.clone()];
+        if let Some(r) = &s.rollout {
+            tooltip.push(crate::display::clean(&r.message));
+        }
         tooltip.push(format!("pending: {}", s.pending()));
         tooltip.push(last_sync.clone());
         if let Some(e) = &s.last_error {
@@ -633,6 +646,7 @@ mod tests {
             needs_refresh: false,
             auto_sync_window: None,
             off_target: None,
+            rollout: None,
         })
     }
 
@@ -647,6 +661,50 @@ mod tests {
             set_at: 0,
             reverted_from: None,
         }
+    }
+
+    #[test]
+    fn rollout_wave_and_hold_texts() {
+        let position = |hold: Option<crate::proto::Hold>, message: &str| {
+            Some(crate::proto::RolloutPosition {
+                revision: 42,
+                offered_revision: Some(41),
+                wave: 2,
+                waves: 3,
+                ring: "early".into(),
+                state: Some(crate::proto::RolloutState::Active),
+                not_before: None,
+                hold,
+                message: message.into(),
+            })
+        };
+        let mut s = status(EndpointState::InSync, Some(41));
+        s.rollout = position(
+            None,
+            "your machine gets revision 42 in wave 2, from Saturday 2026-12-12 02:00 UTC",
+        );
+        let v = View::of(&Daemon::Up(s), None);
+        assert_eq!(
+            v.detail_line,
+            "your machine gets revision 42 in wave 2, from Saturday 2026-12-12 02:00 UTC"
+        );
+        assert!(v.tooltip.contains("in wave 2"), "{}", v.tooltip);
+        let mut s = status(EndpointState::Held, Some(41));
+        s.rollout = position(
+            Some(crate::proto::Hold {
+                reason: "waiting for the driver fix".into(),
+                until: 1_797_724_800,
+                set_by: "admin".into(),
+                revision: Some(41),
+            }),
+            "on hold until 2026-12-20: waiting for the driver fix",
+        );
+        let v = View::of(&Daemon::Up(s), None);
+        assert_eq!(v.status_line, "pacpool: on hold — lab");
+        assert_eq!(
+            v.detail_line,
+            "on hold until 2026-12-20: waiting for the driver fix"
+        );
     }
 
     #[test]

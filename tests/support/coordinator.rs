@@ -119,6 +119,27 @@ impl Coordinator {
     }
 }
 
+/// An admin request from async code (any method, JSON body or none): the HTTP status and the
+/// JSON answer (`null` if none).
+pub async fn admin_async(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = client
+        .request(method, format!("{base}/api/v1{path}"))
+        .bearer_auth(ADMIN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 impl Drop for Coordinator {
     fn drop(&mut self) {
         self.stop();

@@ -399,3 +399,4 @@ pub mod daemon;
 pub mod http;
 pub mod keyring;
 pub mod rng;
+pub mod sim;

@@ -99,6 +99,9 @@ enum AdminCommand {
     /// Syncs, set-as-latests and reverts on endpoints
     #[command(subcommand)]
     Operations(OperationsCmd),
+    /// A pool's rollout: which waves (rings) have the newest target, their health gates
+    #[command(subcommand)]
+    Rollouts(RolloutsCmd),
     /// The audit log of state-changing requests, newest first
     Audit {
         /// Entries per page (1 to 1000) [default: the coordinator's, 100]
@@ -179,6 +182,32 @@ enum EndpointsCmd {
         #[arg(long, value_name = "ID")]
         cursor: Option<i64>,
     },
+    /// Put an endpoint on hold: it is offered no newer target until the hold ends
+    Hold {
+        id: i64,
+        /// When the hold ends: a UTC date (2026-12-20), a UTC time (2026-12-20T08:00:00Z) or
+        /// Unix seconds
+        #[arg(long, value_name = "WHEN")]
+        until: String,
+        /// Why (shown on the machine: "on hold until 2026-12-20: REASON")
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift an endpoint's hold now
+    Unhold { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum RolloutsCmd {
+    /// The newest rollout: its state and every wave's gate, computed from stored results
+    Show { pool: String },
+    /// Stop offering further waves and starting automatic syncs until resumed
+    Pause { pool: String },
+    /// Continue a paused rollout; for a halted one, accept its failures so far and let the
+    /// next wave follow once the halted wave's soak time has passed
+    Resume { pool: String },
+    /// Halt it now (as failures over a gate would)
+    Halt { pool: String },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +261,7 @@ pub async fn run(args: &AdminArgs) -> Result<u8, Failure> {
         AdminCommand::Endpoints(cmd) => endpoints(&api, cmd).await,
         AdminCommand::Targets(cmd) => targets(&api, cmd).await,
         AdminCommand::Operations(cmd) => operations(&api, cmd).await,
+        AdminCommand::Rollouts(cmd) => rollouts(&api, cmd).await,
         AdminCommand::Audit { limit, cursor } => audit(&api, *limit, *cursor).await,
     }?;
     Ok(exit::SUCCESS)
@@ -937,7 +967,9 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 );
                 return Ok(());
             }
-            let mut t = Table::new(&[
+            // A pool with rollout rings also shows each endpoint's wave and offered revision.
+            let rings = list.iter().any(|e| e.rollout.is_some());
+            let mut head = vec![
                 ">ID",
                 "NAME",
                 "STATE",
@@ -945,9 +977,13 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 "LAST SEEN (UTC)",
                 ">TARGET",
                 ">ACTIVE OP",
-            ]);
+            ];
+            if rings {
+                head.extend([">WAVE", ">OFFERED"]);
+            }
+            let mut t = Table::new(&head);
             for e in &list {
-                t.row(vec![
+                let mut row = vec![
                     e.id.to_string(),
                     e.name.clone(),
                     word(&e.state),
@@ -957,7 +993,19 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                         .map_or_else(|| "-".into(), |r| format!("r{r}")),
                     e.active_operation
                         .map_or_else(|| "-".into(), |o| o.to_string()),
-                ]);
+                ];
+                if rings {
+                    let (wave, offered) = match &e.rollout {
+                        Some(r) => (
+                            format!("{}/{}", r.wave, r.waves),
+                            r.offered_revision
+                                .map_or_else(|| "-".into(), |o| format!("r{o}")),
+                        ),
+                        None => ("-".into(), "-".into()),
+                    };
+                    row.extend([wave, offered]);
+                }
+                t.row(row);
             }
             t.print();
         }
@@ -1016,6 +1064,38 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
         EndpointsCmd::History { id, limit, cursor } => {
             endpoint_history(api, *id, *limit, *cursor).await?
         }
+        EndpointsCmd::Hold { id, until, reason } => {
+            let body = pacpool::proto::SetHold {
+                reason: reason.clone(),
+                until: parse_until(until)?,
+            };
+            let v = api
+                .call(
+                    Method::POST,
+                    &format!("/endpoints/{id}/hold"),
+                    &[],
+                    Some(to_json(&body)),
+                )
+                .await?;
+            if !api.printed_json(&v) {
+                let h: pacpool::proto::Hold = typed(v, "hold")?;
+                pacpool::outln!(
+                    "endpoint {id} is on hold until {} UTC{}: {}",
+                    when(Some(h.until)),
+                    h.revision
+                        .map_or_else(String::new, |r| format!(" at revision {r}")),
+                    clean(&h.reason)
+                );
+            }
+        }
+        EndpointsCmd::Unhold { id } => {
+            let v = api
+                .call(Method::DELETE, &format!("/endpoints/{id}/hold"), &[], None)
+                .await?;
+            if !api.printed_json(&v) {
+                pacpool::outln!("endpoint {id} is no longer on hold");
+            }
+        }
         EndpointsCmd::Revoke { id } => {
             let v = api
                 .call(Method::POST, &format!("/endpoints/{id}/revoke"), &[], None)
@@ -1026,6 +1106,103 @@ async fn endpoints(api: &Api, cmd: &EndpointsCmd) -> Result<(), Failure> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `2026-12-20` (UTC midnight), `2026-12-20T08:00:00Z` or Unix seconds.
+pub fn parse_until(text: &str) -> Result<i64, Failure> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(secs);
+    }
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_second());
+    }
+    if let Ok(date) = text.parse::<jiff::civil::Date>()
+        && let Ok(z) = date.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+    {
+        return Ok(z.timestamp().as_second());
+    }
+    Err(failure(
+        exit::FAILURE,
+        format!(
+            "--until {text:?} is not a date: use 2026-12-20, 2026-12-20T08:00:00Z or Unix seconds"
+        ),
+    ))
+}
+
+fn print_rollout(r: &pacpool::proto::Rollout) {
+    pacpool::outln!(
+        "rollout of revision {}: {} ({} of {} waves offered)",
+        r.revision,
+        word(&r.state),
+        r.rings_offered,
+        r.waves.len()
+    );
+    if let Some(why) = &r.reason {
+        pacpool::outln!("reason: {}", clean(why));
+    }
+    let mut t = Table::new(&[
+        ">WAVE",
+        "RING",
+        "OFFERED (UTC)",
+        "SOAK UNTIL (UTC)",
+        ">ENDPOINTS",
+        ">ONLINE",
+        ">OK",
+        ">FAILED",
+        ">SYNCING",
+        ">NEEDS",
+        "GATE",
+    ]);
+    for (i, w) in r.waves.iter().enumerate() {
+        t.row(vec![
+            (i + 1).to_string(),
+            clean(&w.ring),
+            when(w.offered_at),
+            when(w.soak_until),
+            w.endpoints.to_string(),
+            w.online.to_string(),
+            w.succeeded.to_string(),
+            format!("{}/{}", w.failed, w.max_failures),
+            w.syncing.to_string(),
+            w.required.to_string(),
+            match (w.gate_holds, w.waived) {
+                (true, true) => "waived (resumed)",
+                (true, false) => "passes",
+                (false, _) => "not yet",
+            }
+            .to_owned(),
+        ]);
+    }
+    t.print();
+}
+
+async fn rollouts(api: &Api, cmd: &RolloutsCmd) -> Result<(), Failure> {
+    let (pool, action) = match cmd {
+        RolloutsCmd::Show { pool } => (pool, None),
+        RolloutsCmd::Pause { pool } => (pool, Some("pause")),
+        RolloutsCmd::Resume { pool } => (pool, Some("resume")),
+        RolloutsCmd::Halt { pool } => (pool, Some("halt")),
+    };
+    let id = api.pool_id(pool).await?;
+    let v = match action {
+        None => api.get(&format!("/pools/{id}/rollout")).await?,
+        Some(a) => {
+            api.call(Method::POST, &format!("/pools/{id}/rollout/{a}"), &[], None)
+                .await?
+        }
+    };
+    if api.printed_json(&v) {
+        return Ok(());
+    }
+    let r: Option<pacpool::proto::Rollout> = typed(v, "rollout")?;
+    match r {
+        Some(r) => print_rollout(&r),
+        None => pacpool::outln!(
+            "pool {id} has no rollout: one starts when a target is set while the pool policy has [[rollout.rings]]"
+        ),
     }
     Ok(())
 }
@@ -1105,6 +1282,9 @@ async fn show_endpoint(api: &Api, id: i64, diff: bool) -> Result<(), Failure> {
             ),
         ),
     ]);
+    if let Some(r) = &e.rollout {
+        print_fields(&[("rollout", clean(&r.message))]);
+    }
     if !diff {
         return Ok(());
     }

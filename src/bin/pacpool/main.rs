@@ -125,6 +125,18 @@ enum Command {
     PauseAutoSync,
     /// Resume automatic syncs
     ResumeAutoSync,
+    /// Keep this machine at its current target in its pool's rollouts until WHEN (when the
+    /// pool lets machines hold themselves; admins use `pacpool admin endpoints hold`)
+    Hold {
+        /// A UTC date (2026-12-20), a UTC time (2026-12-20T08:00:00Z) or Unix seconds
+        #[arg(long, value_name = "WHEN")]
+        until: String,
+        /// Why (shown in the status: "on hold until 2026-12-20: REASON")
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift a hold this machine set
+    Unhold,
     /// Tell pacpoold that pacman changed something (run by the pacman hook)
     Notify,
     /// Administer a coordinator: pools, join tokens, endpoints, targets, operations, audit
@@ -209,6 +221,19 @@ fn main() -> ExitCode {
                 other => other,
             },
         ),
+        Command::Hold {
+            ref until,
+            ref reason,
+        } => Some(admin::parse_until(until).and_then(|until| {
+            rt.block_on(remote::simple(
+                &socket,
+                Request::Hold {
+                    until,
+                    reason: reason.clone(),
+                },
+            ))
+        })),
+        Command::Unhold => Some(rt.block_on(remote::simple(&socket, Request::Unhold))),
         Command::Admin(ref args) => Some(rt.block_on(admin::run(args))),
         _ => None,
     };

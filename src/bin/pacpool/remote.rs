@@ -147,6 +147,7 @@ fn state_word(s: &LocalStatus) -> &'static str {
         (_, EndpointState::Ahead) => "ahead",
         (_, EndpointState::Diverged) => "diverged",
         (_, EndpointState::Offline) => "offline",
+        (_, EndpointState::Held) => "held",
         (_, EndpointState::Unknown) => "unknown",
     }
 }
@@ -182,6 +183,9 @@ fn tooltip(s: &LocalStatus) -> String {
             "target revision {} set by {}",
             t.revision, t.set_by
         ));
+    }
+    if let Some(r) = &s.rollout {
+        lines.push(r.message.clone());
     }
     lines.push(s.pending());
     if let Some(o) = &s.off_target {
@@ -236,6 +240,9 @@ fn print_status(s: &LocalStatus) {
             pacpool::words::packages(t.package_count)
         ),
         None => pacpool::outln!("target:      none yet"),
+    }
+    if let Some(r) = &s.rollout {
+        pacpool::outln!("rollout:     {}", clean(&r.message));
     }
     pacpool::outln!("pending:     {}", s.pending());
     print_kept(&s.kept);
