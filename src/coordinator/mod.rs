@@ -20,6 +20,9 @@
 //! - `retention`: the periodic cleanup of old operations, audit entries, target revisions
 //!   and unreferenced snapshots.
 //! - `ws`: the endpoint socket and the admin subscription socket.
+//! - `tokens`: join tokens and the pool list (used by the API and the dashboard).
+//! - `overview`: the dashboard's reads (package view, state history, diffs, audit filters).
+//! - `dashboard`: the web dashboard under `/dashboard/` (off unless `[dashboard] enabled`).
 //!
 //! The entry point is [`launch`]; the binary only parses flags, loads [`Settings`] and waits
 //! for a signal.
@@ -71,16 +74,19 @@
 mod api;
 mod auth;
 mod connections;
+mod dashboard;
 mod db;
 mod error;
 mod hub;
 mod limits;
+mod overview;
 pub mod pool_repo;
 mod retention;
 mod serve;
 mod service;
 pub mod settings;
 mod snaptext;
+mod tokens;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap};
@@ -92,7 +98,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 pub use error::CoordinatorError;
-pub use settings::{EXAMPLE_CONFIG, Secret, Settings, SettingsError, TlsSettings};
+pub use settings::{
+    DashboardSettings, EXAMPLE_CONFIG, Secret, Settings, SettingsError, TlsSettings,
+};
 
 use crate::snapshot::{Snapshot, SnapshotHash};
 
@@ -131,6 +139,8 @@ pub(crate) struct Inner {
     pool_sizes: Mutex<HashMap<i64, (u64, std::time::Instant)>>,
     /// The pool repositories' package store.
     pool_repo: pool_repo::PackageStore,
+    /// The dashboard's login sessions.
+    dashboard_sessions: dashboard::Sessions,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -430,6 +440,7 @@ pub async fn launch(
         statuses: Mutex::new(HashMap::new()),
         pool_sizes: Mutex::new(HashMap::new()),
         pool_repo,
+        dashboard_sessions: dashboard::Sessions::default(),
         token_limiter,
         anonymous_limiter,
         invalid_token_limiter,
