@@ -1,0 +1,576 @@
+//! The web dashboard in a real browser: Debian's headless Chromium driven over WebDriver
+//! (chromedriver, fantoccini), against a real coordinator with two real pacpoold endpoints
+//! on sandbox pacman roots, real pacman transactions underneath.
+//!
+//! One browser session walks the whole scenario: log in; the pools page counts right; A sets
+//! latest and B turns "behind" on the open pool page without a reload; a sync of every
+//! behind endpoint is requested from the page (its confirmation names one machine) and
+//! completes; the target is reverted from the targets page (the confirmation names the
+//! pool's machines) and a sync of one endpoint, requested from its page, completes; an
+//! endpoint named with markup is shown as text. Screenshots of each page go to
+//! `target/dashboard-shots/`.
+//!
+//! The refusals (dashboard off by default, a wrong token, a form without or with a foreign
+//! CSRF token, no session) are plain HTTP, in their own test.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use support::coordinator::{ADMIN, Coordinator};
+use support::daemon::{Daemon, write_config};
+use support::{PkgSpec, Sandbox, host_arch};
+
+/// How long the browser waits for something the scenario expects (a status change, a sync
+/// of a few real pacman transactions). Not a timing assertion: the page is polled until it
+/// shows the outcome, and only a stuck scenario reaches this.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+const MARKUP_NAME: &str = "<img src=x onerror=alert(1)><b>evil</b>";
+
+fn dashboard_on(db: &Path) -> Coordinator {
+    Coordinator::start_with(db, None, |s| s.dashboard.enabled = true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain HTTP: what must be refused.
+
+/// `k=v&...` with everything but unreserved characters percent-encoded.
+fn urlencoded(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_over_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+
+    // Off unless enabled.
+    let off = blocking({
+        let db = dir.path().join("off.db");
+        move || Coordinator::start(&db, None)
+    })
+    .await;
+    let r = http
+        .get(format!("{}/dashboard/", off.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the dashboard is off by default");
+    drop(off);
+
+    let db = dir.path().join("on.db");
+    let coord = std::sync::Arc::new(blocking(move || dashboard_on(&db)).await);
+    let base = coord.url();
+    let pool = blocking({
+        let c = coord.clone();
+        move || c.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})))
+    })
+    .await;
+    let pool_id = pool["id"].as_i64().unwrap();
+
+    // No session: pages redirect to the login form, forms are refused.
+    let r = http.get(format!("{base}/dashboard/")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/dashboard/login?next=")
+    );
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let r = http
+        .post(format!("{base}/dashboard/pools/{pool_id}/sync-behind"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&[("csrf", "x")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A wrong token.
+    let r = http
+        .post(format!("{base}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&[("token", "not-the-admin-token"), ("next", "/dashboard/")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+    assert!(r.text().await.unwrap().contains("Wrong token"));
+
+    // The right token gives a session cookie (HttpOnly, SameSite=Strict; not Secure over
+    // plain HTTP) and no open redirect.
+    let r = http
+        .post(format!("{base}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&[("token", ADMIN), ("next", "//evil.example/")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/dashboard/");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    // A logged-in page has a CSRF token in its forms.
+    let page = http
+        .get(format!("{base}/dashboard/pools/{pool_id}/tokens"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a CSRF field")
+        .to_owned();
+
+    // Missing and foreign CSRF tokens are refused and change nothing.
+    for form in [vec![("days", "7")], vec![("csrf", "0".repeat(64).leak() as &str), ("days", "7")]] {
+        let r = http
+            .post(format!("{base}/dashboard/pools/{pool_id}/tokens"))
+            .header("cookie", &session)
+            .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&form))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{form:?}");
+    }
+    let tokens = blocking({
+        let c = coord.clone();
+        move || c.admin("GET", &format!("/pools/{pool_id}/join-tokens"), None)
+    })
+    .await;
+    assert_eq!(tokens.as_array().unwrap().len(), 0, "{tokens}");
+
+    // With it, the same form works (through the same service as the API).
+    let r = http
+        .post(format!("{base}/dashboard/pools/{pool_id}/tokens"))
+        .header("cookie", &session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&[("csrf", csrf.as_str()), ("days", "7")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("ppj_"));
+
+    // Logged out: the session is gone.
+    let r = http
+        .post(format!("{base}/dashboard/logout"))
+        .header("cookie", &session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&[("csrf", csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = http
+        .get(format!("{base}/dashboard/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "the old cookie no longer works");
+    blocking(move || drop(coord)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The browser scenario.
+
+/// chromedriver on a free port, started and awaited (it prints a line when it listens).
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("started successfully") => break,
+                Some(_) => {}
+                None => panic!("chromedriver exited before it listened"),
+            }
+        }
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromium_binary() -> Option<PathBuf> {
+    ["/usr/lib/chromium/chromium", "/usr/bin/chromium"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+fn shots_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-shots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(shots_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+    match c
+        .wait()
+        .at_most(PATIENCE)
+        .every(Duration::from_millis(100))
+        .for_element(Locator::Css(css))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            let src = c.source().await.unwrap_or_default();
+            panic!("waiting for {css}: {e}\n--- page\n{src}");
+        }
+    }
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+fn publish_everywhere(boxes: &[&Sandbox], specs: &[(&str, &str)]) {
+    let built: Vec<PathBuf> = specs
+        .iter()
+        .map(|(n, v)| boxes[0].build_package(&PkgSpec::new(n, v).arch(&host_arch())))
+        .collect();
+    for sb in boxes {
+        sb.publish(&built);
+    }
+}
+
+/// Runs a blocking step (a CLI call, a daemon wait) off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    let root = rustix::process::geteuid().is_root();
+    let (Some(chromium), true, true) = (
+        chromium_binary(),
+        support::find_in_path("chromedriver").is_some(),
+        root,
+    ) else {
+        println!(
+            "SKIPPED dashboard_in_a_real_browser: needs root (pacman transactions) and Debian's \
+             chromium and chromium-driver (`bash tests/run.sh` installs them)"
+        );
+        return;
+    };
+    support::require_tools();
+
+    // Two machines: A has editor and shell, B only shell.
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    publish_everywhere(
+        &[&a, &b],
+        &[("editor", "1.0-1"), ("shell", "2.0-1"), ("tool", "1.0-1")],
+    );
+    a.pacman_ok(&["-Sy", "editor", "shell"]);
+    b.pacman_ok(&["-Sy", "shell"]);
+
+    let dbdir = tempfile::tempdir().unwrap();
+    let db = dbdir.path().join("coordinator.db");
+    let coord = std::sync::Arc::new(
+        blocking({
+            let db = db.clone();
+            move || dashboard_on(&db)
+        })
+        .await,
+    );
+    let base = coord.url();
+    let (pool_id, join) = blocking({
+        let c = coord.clone();
+        move || {
+            let pool = c.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+            let id = pool["id"].as_i64().unwrap();
+            let join = c.admin("POST", &format!("/pools/{id}/join-tokens"), None);
+            (id, join["token"].as_str().unwrap().to_owned())
+        }
+    })
+    .await;
+    let da = Daemon::start(&write_config(&a, "alice", Some((&base, &join))));
+    let db_ = Daemon::start(&write_config(&b, "bob", Some((&base, &join))));
+    let (da, db_) = blocking(move || {
+        da.wait_status("A connected", |s| s["link"] == "connected");
+        db_.wait_status("B connected", |s| s["link"] == "connected");
+        (da, db_)
+    })
+    .await;
+    let da = std::sync::Arc::new(da);
+    let db_ = std::sync::Arc::new(db_);
+    // An endpoint whose name is markup (the API refuses such names today; an older
+    // coordinator or a hand-edited database may hold one): written straight into the
+    // coordinator's SQLite file.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute(
+            "INSERT INTO endpoints (pool_id, name, created_at) VALUES (?1, ?2, 0)",
+            rusqlite::params![pool_id, MARKUP_NAME],
+        )
+        .unwrap();
+    }
+    let endpoints = blocking({
+        let c = coord.clone();
+        move || c.admin("GET", &format!("/pools/{pool_id}/endpoints"), None)
+    })
+    .await;
+    let id_of = |name: &str| {
+        endpoints
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (alice, bob, evil) = (id_of("alice"), id_of("bob"), id_of(MARKUP_NAME));
+
+    let driver = Driver::start();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,900", "--no-first-run"],
+        }),
+    );
+    let c = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session with headless Chromium");
+
+    // Log in (the pools page redirects to the form and back).
+    c.goto(&format!("{base}/dashboard/")).await.unwrap();
+    wait_for(&c, "input#token").await;
+    shot(&c, "login").await;
+    c.find(Locator::Css("input#token"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN)
+        .await
+        .unwrap();
+    click(&c, "main form button[type=submit]").await;
+
+    // Pools: three endpoints, none with a target yet, so all unknown.
+    let row = format!("#pool-{pool_id}");
+    wait_for(&c, &row).await;
+    assert_eq!(text(&c, &format!("{row} td[data-state=unknown]")).await, "3");
+    assert_eq!(text(&c, &format!("{row} td[data-state=behind]")).await, "0");
+    shot(&c, "pools").await;
+
+    // The pool page, live; a marker proves later changes arrive without a reload.
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}")).await.unwrap();
+    wait_for(&c, "#live-status").await;
+    c.wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath("//p[@id='live-status' and text()='live']"))
+        .await
+        .expect("the page subscribes to live updates");
+    c.execute("window.__sameDocument = true;", vec![]).await.unwrap();
+
+    // The markup name is text: no <img> in the table, the literal characters shown.
+    let evil_link = text(&c, &format!("#endpoint-{evil} th a")).await;
+    assert_eq!(evil_link, MARKUP_NAME);
+    assert!(
+        c.find_all(Locator::Css("#endpoints img, #endpoints b"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A sets latest: B turns behind on the open page.
+    {
+        let da = da.clone();
+        blocking(move || da.cli_code(&["set-latest", "--yes", "--json"], 0)).await;
+    }
+    wait_for(&c, &format!("#endpoint-{bob}[data-state=behind]")).await;
+    wait_for(&c, &format!("#endpoint-{alice}[data-state=in-sync]")).await;
+    assert_eq!(text(&c, "#counts a[data-state=behind] .n").await, "1");
+    assert_eq!(text(&c, "#target-revision").await, "1");
+    assert!(
+        text(&c, &format!("#endpoint-{bob}")).await.contains("1 install"),
+        "{}",
+        text(&c, &format!("#endpoint-{bob}")).await
+    );
+    let same = c.execute("return window.__sameDocument === true;", vec![]).await.unwrap();
+    assert_eq!(same, serde_json::json!(true), "updated without a reload");
+    shot(&c, "pool").await;
+
+    // Request a sync of every behind endpoint: the confirmation names one machine.
+    click(&c, &format!("a[href='/dashboard/pools/{pool_id}/sync-behind']")).await;
+    let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
+    assert!(confirm.contains("Ask 1 machine"), "{confirm}");
+    assert!(confirm.contains("bob"), "{confirm}");
+    shot(&c, "confirm-sync-behind").await;
+    click(&c, "#confirm-button").await;
+    assert_eq!(text(&c, "#requested").await, "Asked 1 machine to sync.");
+    // On B's page the operation shows up and completes; B is then in sync.
+    c.goto(&format!("{base}/dashboard/endpoints/{bob}")).await.unwrap();
+    wait_for(&c, "#operations-table tr[data-state=completed]").await;
+    wait_for(&c, "#endpoint-state[data-state=in-sync]").await;
+    assert!(b.pacman_ok(&["-Q", "editor"]).contains("1.0-1"));
+    wait_for(&c, "#last-change").await;
+    c.wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath("//dd[@id='last-change' and contains(., 'by pacpool, operation #')]"))
+        .await
+        .expect("the last change is attributed to the operation");
+
+    // A adds a package and sets latest again (revision 2); then the target is reverted to
+    // revision 1 from the targets page.
+    a.pacman_ok(&["-S", "tool"]);
+    {
+        let da = da.clone();
+        blocking(move || {
+            da.cli_code(&["notify"], 0);
+            da.cli_code(&["set-latest", "--yes", "--json"], 0)
+        })
+        .await;
+    }
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}/targets")).await.unwrap();
+    wait_for(&c, "#revision-2").await;
+    assert!(text(&c, "#revision-2").await.contains("1 install"));
+    shot(&c, "targets").await;
+    click(&c, &format!("a[href='/dashboard/pools/{pool_id}/revert?to=1']")).await;
+    let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
+    assert!(confirm.contains("affects the pool's 3 machines"), "{confirm}");
+    assert_eq!(text(&c, "#affected").await, "3");
+    shot(&c, "confirm-revert").await;
+    click(&c, "#confirm-button").await;
+    // Back on the pool page: revision 3 (= revision 1); alice and bob are ahead (tool).
+    wait_for(&c, "#target-revision").await;
+    assert_eq!(text(&c, "#target-revision").await, "3");
+    wait_for(&c, &format!("#endpoint-{alice}[data-state=ahead]")).await;
+
+    // Request a sync of alice alone from her page: it removes tool and completes, live.
+    c.goto(&format!("{base}/dashboard/endpoints/{alice}")).await.unwrap();
+    click(&c, &format!("a[href='/dashboard/endpoints/{alice}/sync']")).await;
+    let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
+    assert!(confirm.contains("(1 machine)") && confirm.contains("1 removal"), "{confirm}");
+    click(&c, "#confirm-button").await;
+    wait_for(&c, "#operations-table tr").await;
+    wait_for(&c, "#operations-table tr[data-state=completed]").await;
+    wait_for(&c, "#endpoint-state[data-state=in-sync]").await;
+    assert!(!a.pacman(&["-Q", "tool"]).status.success(), "tool was removed");
+    // The state history compares the last two states.
+    click(&c, "#history ~ form button[type=submit]").await;
+    wait_for(&c, "#compare").await;
+    let diff = text(&c, "pre.diff").await;
+    assert!(diff.contains("remove    tool 1.0-1") || diff.contains("install   tool 1.0-1"), "{diff}");
+    shot(&c, "endpoint").await;
+
+    // Package view: one click answers who runs a version.
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}/packages")).await.unwrap();
+    wait_for(&c, "#packages").await;
+    shot(&c, "packages").await;
+    click(&c, &format!("a[href='/dashboard/pools/{pool_id}/packages/editor?version=1.0-1']")).await;
+    let machines = wait_for(&c, "#machines").await.text().await.unwrap();
+    assert!(machines.contains("alice") && machines.contains("bob"), "{machines}");
+
+    // Audit log, filtered by action.
+    c.goto(&format!("{base}/dashboard/audit?action=target.revert")).await.unwrap();
+    let audit = wait_for(&c, "#audit").await.text().await.unwrap();
+    assert!(audit.contains("target.revert") && !audit.contains("target.set"), "{audit}");
+    shot(&c, "audit").await;
+
+    // Join tokens: created from the page, shown once.
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}/tokens")).await.unwrap();
+    click(&c, "form.filters button[type=submit]").await;
+    let secret = wait_for(&c, "#token-secret").await.text().await.unwrap();
+    assert!(secret.starts_with("ppj_"), "{secret}");
+    shot(&c, "tokens").await;
+    c.refresh().await.unwrap();
+    wait_for(&c, "#tokens").await;
+    assert!(!c.source().await.unwrap().contains(&secret), "the secret is shown once only");
+
+    // Log out.
+    click(&c, "header form button[type=submit]").await;
+    wait_for(&c, "input#token").await;
+    c.close().await.unwrap();
+    drop(driver);
+    blocking(move || drop((da, db_, coord))).await;
+}
