@@ -122,7 +122,10 @@ async fn refusals_over_plain_http() {
     let r = http
         .post(format!("{base}/dashboard/login"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(urlencoded(&[("token", "not-the-admin-token"), ("next", "/dashboard/")]))
+        .body(urlencoded(&[
+            ("token", "not-the-admin-token"),
+            ("next", "/dashboard/"),
+        ]))
         .send()
         .await
         .unwrap();
@@ -166,12 +169,15 @@ async fn refusals_over_plain_http() {
         .to_owned();
 
     // Missing and foreign CSRF tokens are refused and change nothing.
-    for form in [vec![("days", "7")], vec![("csrf", "0".repeat(64).leak() as &str), ("days", "7")]] {
+    for form in [
+        vec![("days", "7")],
+        vec![("csrf", "0".repeat(64).leak() as &str), ("days", "7")],
+    ] {
         let r = http
             .post(format!("{base}/dashboard/pools/{pool_id}/tokens"))
             .header("cookie", &session)
             .header("content-type", "application/x-www-form-urlencoded")
-        .body(urlencoded(&form))
+            .body(urlencoded(&form))
             .send()
             .await
             .unwrap();
@@ -295,7 +301,12 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
 }
 
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn click(c: &Client, css: &str) {
@@ -438,19 +449,26 @@ async fn dashboard_in_a_real_browser() {
     // Pools: three endpoints, none with a target yet, so all unknown.
     let row = format!("#pool-{pool_id}");
     wait_for(&c, &row).await;
-    assert_eq!(text(&c, &format!("{row} td[data-state=unknown]")).await, "3");
+    assert_eq!(
+        text(&c, &format!("{row} td[data-state=unknown]")).await,
+        "3"
+    );
     assert_eq!(text(&c, &format!("{row} td[data-state=behind]")).await, "0");
     shot(&c, "pools").await;
 
     // The pool page, live; a marker proves later changes arrive without a reload.
-    c.goto(&format!("{base}/dashboard/pools/{pool_id}")).await.unwrap();
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}"))
+        .await
+        .unwrap();
     wait_for(&c, "#live-status").await;
     c.wait()
         .at_most(PATIENCE)
         .for_element(Locator::XPath("//p[@id='live-status' and text()='live']"))
         .await
         .expect("the page subscribes to live updates");
-    c.execute("window.__sameDocument = true;", vec![]).await.unwrap();
+    c.execute("window.__sameDocument = true;", vec![])
+        .await
+        .unwrap();
 
     // The markup name is text: no <img> in the table, the literal characters shown.
     let evil_link = text(&c, &format!("#endpoint-{evil} th a")).await;
@@ -472,16 +490,25 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(text(&c, "#counts a[data-state=behind] .n").await, "1");
     assert_eq!(text(&c, "#target-revision").await, "1");
     assert!(
-        text(&c, &format!("#endpoint-{bob}")).await.contains("1 install"),
+        text(&c, &format!("#endpoint-{bob}"))
+            .await
+            .contains("1 install"),
         "{}",
         text(&c, &format!("#endpoint-{bob}")).await
     );
-    let same = c.execute("return window.__sameDocument === true;", vec![]).await.unwrap();
+    let same = c
+        .execute("return window.__sameDocument === true;", vec![])
+        .await
+        .unwrap();
     assert_eq!(same, serde_json::json!(true), "updated without a reload");
     shot(&c, "pool").await;
 
     // Request a sync of every behind endpoint: the confirmation names one machine.
-    click(&c, &format!("a[href='/dashboard/pools/{pool_id}/sync-behind']")).await;
+    click(
+        &c,
+        &format!("a[href='/dashboard/pools/{pool_id}/sync-behind']"),
+    )
+    .await;
     let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
     assert!(confirm.contains("Ask 1 machine"), "{confirm}");
     assert!(confirm.contains("bob"), "{confirm}");
@@ -489,14 +516,18 @@ async fn dashboard_in_a_real_browser() {
     click(&c, "#confirm-button").await;
     assert_eq!(text(&c, "#requested").await, "Asked 1 machine to sync.");
     // On B's page the operation shows up and completes; B is then in sync.
-    c.goto(&format!("{base}/dashboard/endpoints/{bob}")).await.unwrap();
+    c.goto(&format!("{base}/dashboard/endpoints/{bob}"))
+        .await
+        .unwrap();
     wait_for(&c, "#operations-table tr[data-state=completed]").await;
     wait_for(&c, "#endpoint-state[data-state=in-sync]").await;
     assert!(b.pacman_ok(&["-Q", "editor"]).contains("1.0-1"));
     wait_for(&c, "#last-change").await;
     c.wait()
         .at_most(PATIENCE)
-        .for_element(Locator::XPath("//dd[@id='last-change' and contains(., 'by pacpool, operation #')]"))
+        .for_element(Locator::XPath(
+            "//dd[@id='last-change' and contains(., 'by pacpool, operation #')]",
+        ))
         .await
         .expect("the last change is attributed to the operation");
 
@@ -511,13 +542,22 @@ async fn dashboard_in_a_real_browser() {
         })
         .await;
     }
-    c.goto(&format!("{base}/dashboard/pools/{pool_id}/targets")).await.unwrap();
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}/targets"))
+        .await
+        .unwrap();
     wait_for(&c, "#revision-2").await;
     assert!(text(&c, "#revision-2").await.contains("1 install"));
     shot(&c, "targets").await;
-    click(&c, &format!("a[href='/dashboard/pools/{pool_id}/revert?to=1']")).await;
+    click(
+        &c,
+        &format!("a[href='/dashboard/pools/{pool_id}/revert?to=1']"),
+    )
+    .await;
     let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
-    assert!(confirm.contains("affects the pool's 3 machines"), "{confirm}");
+    assert!(
+        confirm.contains("affects the pool's 3 machines"),
+        "{confirm}"
+    );
     assert_eq!(text(&c, "#affected").await, "3");
     shot(&c, "confirm-revert").await;
     click(&c, "#confirm-button").await;
@@ -527,45 +567,75 @@ async fn dashboard_in_a_real_browser() {
     wait_for(&c, &format!("#endpoint-{alice}[data-state=ahead]")).await;
 
     // Request a sync of alice alone from her page: it removes tool and completes, live.
-    c.goto(&format!("{base}/dashboard/endpoints/{alice}")).await.unwrap();
+    c.goto(&format!("{base}/dashboard/endpoints/{alice}"))
+        .await
+        .unwrap();
     click(&c, &format!("a[href='/dashboard/endpoints/{alice}/sync']")).await;
     let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
-    assert!(confirm.contains("(1 machine)") && confirm.contains("1 removal"), "{confirm}");
+    assert!(
+        confirm.contains("(1 machine)") && confirm.contains("1 removal"),
+        "{confirm}"
+    );
     click(&c, "#confirm-button").await;
     wait_for(&c, "#operations-table tr").await;
     wait_for(&c, "#operations-table tr[data-state=completed]").await;
     wait_for(&c, "#endpoint-state[data-state=in-sync]").await;
-    assert!(!a.pacman(&["-Q", "tool"]).status.success(), "tool was removed");
+    assert!(
+        !a.pacman(&["-Q", "tool"]).status.success(),
+        "tool was removed"
+    );
     // The state history compares the last two states.
     click(&c, "#history ~ form button[type=submit]").await;
     wait_for(&c, "#compare").await;
     let diff = text(&c, "pre.diff").await;
-    assert!(diff.contains("remove    tool 1.0-1") || diff.contains("install   tool 1.0-1"), "{diff}");
+    assert!(
+        diff.contains("remove    tool 1.0-1") || diff.contains("install   tool 1.0-1"),
+        "{diff}"
+    );
     shot(&c, "endpoint").await;
 
     // Package view: one click answers who runs a version.
-    c.goto(&format!("{base}/dashboard/pools/{pool_id}/packages")).await.unwrap();
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}/packages"))
+        .await
+        .unwrap();
     wait_for(&c, "#packages").await;
     shot(&c, "packages").await;
-    click(&c, &format!("a[href='/dashboard/pools/{pool_id}/packages/editor?version=1.0-1']")).await;
+    click(
+        &c,
+        &format!("a[href='/dashboard/pools/{pool_id}/packages/editor?version=1.0-1']"),
+    )
+    .await;
     let machines = wait_for(&c, "#machines").await.text().await.unwrap();
-    assert!(machines.contains("alice") && machines.contains("bob"), "{machines}");
+    assert!(
+        machines.contains("alice") && machines.contains("bob"),
+        "{machines}"
+    );
 
     // Audit log, filtered by action.
-    c.goto(&format!("{base}/dashboard/audit?action=target.revert")).await.unwrap();
+    c.goto(&format!("{base}/dashboard/audit?action=target.revert"))
+        .await
+        .unwrap();
     let audit = wait_for(&c, "#audit").await.text().await.unwrap();
-    assert!(audit.contains("target.revert") && !audit.contains("target.set"), "{audit}");
+    assert!(
+        audit.contains("target.revert") && !audit.contains("target.set"),
+        "{audit}"
+    );
     shot(&c, "audit").await;
 
     // Join tokens: created from the page, shown once.
-    c.goto(&format!("{base}/dashboard/pools/{pool_id}/tokens")).await.unwrap();
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}/tokens"))
+        .await
+        .unwrap();
     click(&c, "form.filters button[type=submit]").await;
     let secret = wait_for(&c, "#token-secret").await.text().await.unwrap();
     assert!(secret.starts_with("ppj_"), "{secret}");
     shot(&c, "tokens").await;
     c.refresh().await.unwrap();
     wait_for(&c, "#tokens").await;
-    assert!(!c.source().await.unwrap().contains(&secret), "the secret is shown once only");
+    assert!(
+        !c.source().await.unwrap().contains(&secret),
+        "the secret is shown once only"
+    );
 
     // Log out.
     click(&c, "header form button[type=submit]").await;
