@@ -202,6 +202,17 @@ async fn refusals_over_plain_http() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("ppj_"));
 
+    // An open event stream ends when the coordinator shuts down (it would hold graceful
+    // shutdown up otherwise): checked at the end.
+    let events = http
+        .get(format!("{base}/dashboard/pools/{pool_id}/events"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+
     // Logged out: the session is gone.
     let r = http
         .post(format!("{base}/dashboard/logout"))
@@ -220,6 +231,8 @@ async fn refusals_over_plain_http() {
         .unwrap();
     assert_eq!(r.status(), 303, "the old cookie no longer works");
     blocking(move || drop(coord)).await;
+    let rest = events.bytes().await;
+    assert!(rest.is_ok(), "the stream ended cleanly: {rest:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -509,7 +522,10 @@ async fn dashboard_in_a_real_browser() {
         &format!("a[href='/dashboard/pools/{pool_id}/sync-behind']"),
     )
     .await;
-    let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
+    let confirm = {
+        wait_for(&c, "#confirm").await;
+        text(&c, "#confirm").await
+    };
     assert!(confirm.contains("Ask 1 machine"), "{confirm}");
     assert!(confirm.contains("bob"), "{confirm}");
     shot(&c, "confirm-sync-behind").await;
@@ -553,7 +569,10 @@ async fn dashboard_in_a_real_browser() {
         &format!("a[href='/dashboard/pools/{pool_id}/revert?to=1']"),
     )
     .await;
-    let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
+    let confirm = {
+        wait_for(&c, "#confirm").await;
+        text(&c, "#confirm").await
+    };
     assert!(
         confirm.contains("affects the pool's 3 machines"),
         "{confirm}"
@@ -571,15 +590,44 @@ async fn dashboard_in_a_real_browser() {
         .await
         .unwrap();
     click(&c, &format!("a[href='/dashboard/endpoints/{alice}/sync']")).await;
-    let confirm = wait_for(&c, "#confirm").await.text().await.unwrap();
+    let confirm = {
+        wait_for(&c, "#confirm").await;
+        text(&c, "#confirm").await
+    };
     assert!(
         confirm.contains("(1 machine)") && confirm.contains("1 removal"),
         "{confirm}"
     );
     click(&c, "#confirm-button").await;
-    wait_for(&c, "#operations-table tr").await;
+    // Record every state the operation's row is shown in, from the page as first rendered
+    // (right after the request) through each live refresh.
+    wait_for(&c, "#operations-table").await;
+    c.execute(
+        "window.__seen = [];
+         const note = () => document.querySelectorAll('#operations-table tr[data-state]')
+             .forEach(r => { const s = r.id + ' ' + r.dataset.state;
+                             if (!window.__seen.includes(s)) window.__seen.push(s); });
+         note();
+         new MutationObserver(note).observe(document.getElementById('live'),
+             { childList: true, subtree: true });",
+        vec![],
+    )
+    .await
+    .unwrap();
     wait_for(&c, "#operations-table tr[data-state=completed]").await;
     wait_for(&c, "#endpoint-state[data-state=in-sync]").await;
+    let seen = c.execute("return window.__seen;", vec![]).await.unwrap();
+    let seen: Vec<String> = serde_json::from_value(seen).unwrap();
+    let op_rows: Vec<&String> = seen
+        .iter()
+        .filter(|s| s.starts_with("operation-"))
+        .collect();
+    assert!(
+        op_rows.len() >= 2
+            && (op_rows[0].ends_with(" pending") || op_rows[0].ends_with(" in_progress"))
+            && op_rows.last().unwrap().ends_with(" completed"),
+        "the operation is seen before it completes and then completed, live: {seen:?}"
+    );
     assert!(
         !a.pacman(&["-Q", "tool"]).status.success(),
         "tool was removed"
@@ -605,7 +653,10 @@ async fn dashboard_in_a_real_browser() {
         &format!("a[href='/dashboard/pools/{pool_id}/packages/editor?version=1.0-1']"),
     )
     .await;
-    let machines = wait_for(&c, "#machines").await.text().await.unwrap();
+    let machines = {
+        wait_for(&c, "#machines").await;
+        text(&c, "#machines").await
+    };
     assert!(
         machines.contains("alice") && machines.contains("bob"),
         "{machines}"
@@ -615,7 +666,10 @@ async fn dashboard_in_a_real_browser() {
     c.goto(&format!("{base}/dashboard/audit?action=target.revert"))
         .await
         .unwrap();
-    let audit = wait_for(&c, "#audit").await.text().await.unwrap();
+    let audit = {
+        wait_for(&c, "#audit").await;
+        text(&c, "#audit").await
+    };
     assert!(
         audit.contains("target.revert") && !audit.contains("target.set"),
         "{audit}"
@@ -627,7 +681,10 @@ async fn dashboard_in_a_real_browser() {
         .await
         .unwrap();
     click(&c, "form.filters button[type=submit]").await;
-    let secret = wait_for(&c, "#token-secret").await.text().await.unwrap();
+    let secret = {
+        wait_for(&c, "#token-secret").await;
+        text(&c, "#token-secret").await
+    };
     assert!(secret.starts_with("ppj_"), "{secret}");
     shot(&c, "tokens").await;
     c.refresh().await.unwrap();
