@@ -313,13 +313,19 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
     }
 }
 
+/// The rendered text of the first element matching `css`, read in one step (live parts are
+/// replaced while the page is open, so a found element may be gone a moment later).
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
+    let v = c
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+            vec![serde_json::json!(css)],
+        )
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+        .unwrap();
+    v.as_str()
+        .unwrap_or_else(|| panic!("no element {css}"))
+        .to_owned()
 }
 
 async fn click(c: &Client, css: &str) {
