@@ -27,7 +27,7 @@ pub(super) async fn events(
     _: Session,
     State(state): State<AppState>,
     Path(pool_id): Path<i64>,
-) -> Result<Response, Response> {
+) -> Result<Response, super::views::Refused> {
     // A pool that does not exist is a 404, not an endless quiet stream.
     super::load_pool(&state, pool_id).await?;
     let (rx, guard) = state.hub.subscribe_admin(pool_id);
@@ -38,12 +38,7 @@ pub(super) async fn events(
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Ok(_) | Err(RecvError::Lagged(_)) => {
-                        loop {
-                            match rx.try_recv() {
-                                Ok(_) | Err(TryRecvError::Lagged(_)) => continue,
-                                Err(_) => break,
-                            }
-                        }
+                        while let Ok(_) | Err(TryRecvError::Lagged(_)) = rx.try_recv() {}
                         let ev = Event::default().event("change").data("pool");
                         Some((Ok::<_, Infallible>(ev), (rx, guard, shutdown)))
                     }

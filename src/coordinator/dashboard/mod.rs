@@ -26,11 +26,10 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::db::{AuditFilter, now};
-use super::error::ApiErr;
 use super::service::Actor;
 use crate::proto::{CreateJoinToken, CreateOperation, EndpointState, OperationKind, Pool};
 use session::Session;
-use views::{AuditQuery, PoolQuery, PoolRows};
+use views::{AuditQuery, PoolQuery, PoolRows, Refused};
 
 pub use session::Sessions;
 
@@ -108,12 +107,7 @@ async fn headers(mut resp: Response) -> Response {
     resp
 }
 
-/// A service error as a page with its status and message.
-fn failed(e: ApiErr) -> Response {
-    views::error_page(e.status, &e.message)
-}
-
-type Page = Result<Response, Response>;
+type Page = Result<Response, Refused>;
 
 async fn script() -> Response {
     (
@@ -192,7 +186,7 @@ async fn login(
     let ttl = state.settings.dashboard.session_secs;
     let (id, _) = match state.dashboard_sessions.create(ttl) {
         Ok(s) => s,
-        Err(e) => return failed(e),
+        Err(e) => return Refused::from(e).into_response(),
     };
     let cookie = session::set_cookie(Some(&id), ttl, state.settings.tls.is_some());
     ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
@@ -219,7 +213,7 @@ async fn logout(s: Session, State(state): State<AppState>, Form(f): Form<CsrfFor
 // Pools and a pool
 
 async fn pools(s: Session, State(state): State<AppState>) -> Page {
-    let pools = state.pools().await.map_err(failed)?;
+    let pools = state.pools().await?;
     let mut rows = Vec::with_capacity(pools.len());
     for p in pools {
         let statuses = state.pool_statuses(p.id).await.unwrap_or_default();
@@ -228,12 +222,12 @@ async fn pools(s: Session, State(state): State<AppState>) -> Page {
     Ok(views::pools_page(&s, &rows))
 }
 
-async fn load_pool(state: &AppState, id: i64) -> Result<Pool, Response> {
-    let pools = state.pools().await.map_err(failed)?;
+async fn load_pool(state: &AppState, id: i64) -> Result<Pool, Refused> {
+    let pools = state.pools().await?;
     pools
         .into_iter()
         .find(|p| p.id == id)
-        .ok_or_else(|| views::error_page(StatusCode::NOT_FOUND, &format!("No pool {id}.")))
+        .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, format!("No pool {id}.")))
 }
 
 async fn pool(
@@ -243,7 +237,7 @@ async fn pool(
     Query(q): Query<PoolQuery>,
 ) -> Page {
     let pool = load_pool(&state, id).await?;
-    let statuses = state.pool_statuses(id).await.map_err(failed)?;
+    let statuses = state.pool_statuses(id).await?;
     let counts = views::count_states(&statuses);
     let needle = q.q.as_deref().unwrap_or("").to_lowercase();
     let wanted_state = q.state.as_deref().filter(|s| !s.is_empty());
@@ -277,8 +271,7 @@ async fn pool(
         .collect();
     let ops = state
         .operations_by_id(shown.iter().filter_map(|e| e.active_operation).collect())
-        .await
-        .map_err(failed)?;
+        .await?;
     let rows = shown
         .iter()
         .map(|e| (*e, ops.iter().find(|o| o.endpoint_id == e.id)))
@@ -323,7 +316,7 @@ async fn packages(
     Query(q): Query<PackagesQuery>,
 ) -> Page {
     let pool = load_pool(&state, id).await?;
-    let m = state.package_matrix(id).await.map_err(failed)?;
+    let m = state.package_matrix(id).await?;
     Ok(views::packages_page(
         &s,
         &pool,
@@ -349,15 +342,14 @@ async fn machines(
     let pool = load_pool(&state, id).await?;
     let version = if q.absent == Some(1) { None } else { q.version };
     let Some(version) = version.map(Some).or(q.absent.map(|_| None)) else {
-        return Err(views::error_page(
+        return Err(Refused::new(
             StatusCode::BAD_REQUEST,
             "Say which version (?version=) or ?absent=1.",
         ));
     };
     let list = state
         .machines_running(id, name.clone(), version.clone())
-        .await
-        .map_err(failed)?;
+        .await?;
     Ok(views::machines_page(
         &s,
         &pool,
@@ -384,7 +376,7 @@ async fn endpoint(
     Path(id): Path<i64>,
     Query(q): Query<EndpointQuery>,
 ) -> Page {
-    let d = state.endpoint_detail(id).await.map_err(failed)?;
+    let d = state.endpoint_detail(id).await?;
     if q.fragment == Some(1) {
         return Ok(views::endpoint_live(&d, now()).into_response());
     }
@@ -392,18 +384,18 @@ async fn endpoint(
     if let (Some(from), Some(to)) = (&q.from, &q.to) {
         let parse = |h: &str| {
             h.parse::<crate::snapshot::SnapshotHash>()
-                .map_err(|e| views::error_page(StatusCode::BAD_REQUEST, &format!("Bad state: {e}")))
+                .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, format!("Bad state: {e}")))
         };
         let (a, b) = (parse(from)?, parse(to)?);
         // Only states of this endpoint's history.
         if !d.history.iter().any(|h| h.snapshot == a) || !d.history.iter().any(|h| h.snapshot == b)
         {
-            return Err(views::error_page(
+            return Err(Refused::new(
                 StatusCode::NOT_FOUND,
                 "Compare two states of this endpoint's history.",
             ));
         }
-        let diff = state.state_diff(a, b).await.map_err(failed)?;
+        let diff = state.state_diff(a, b).await?;
         compare = Some((a.short(), b.short(), diff));
     }
     let fragment = format!("/dashboard/endpoints/{id}?fragment=1");
@@ -419,7 +411,7 @@ async fn endpoint(
 }
 
 async fn sync_one_confirm(s: Session, State(state): State<AppState>, Path(id): Path<i64>) -> Page {
-    let status = state.endpoint_status(id).await.map_err(failed)?;
+    let status = state.endpoint_status(id).await?;
     let pool = load_pool(&state, status.pool_id).await?;
     Ok(views::confirm_page(
         &s,
@@ -447,8 +439,7 @@ async fn sync_one(
     };
     state
         .create_operation(Actor::Admin, id, req, Some(peer.ip()))
-        .await
-        .map_err(failed)?;
+        .await?;
     Ok(Redirect::to(&format!("/dashboard/endpoints/{id}#operations")).into_response())
 }
 
@@ -457,10 +448,7 @@ async fn sync_one(
 
 async fn targets(s: Session, State(state): State<AppState>, Path(id): Path<i64>) -> Page {
     let pool = load_pool(&state, id).await?;
-    let history = state
-        .target_history(id, TARGET_ROWS)
-        .await
-        .map_err(failed)?;
+    let history = state.target_history(id, TARGET_ROWS).await?;
     Ok(views::targets_page(&s, &pool, &history))
 }
 
@@ -476,15 +464,12 @@ async fn revert_confirm(
     Query(q): Query<RevertQuery>,
 ) -> Page {
     let pool = load_pool(&state, id).await?;
-    let statuses = state
-        .pool_statuses_against(id, Some(q.to))
-        .await
-        .map_err(failed)?;
-    let history = state.target_history(id, usize::MAX).await.map_err(failed)?;
+    let statuses = state.pool_statuses_against(id, Some(q.to)).await?;
+    let history = state.target_history(id, usize::MAX).await?;
     let Some((to, _)) = history.iter().find(|(t, _)| t.revision == q.to) else {
-        return Err(views::error_page(
+        return Err(Refused::new(
             StatusCode::NOT_FOUND,
-            &format!("Pool {} has no target revision {}.", pool.name, q.to),
+            format!("Pool {} has no target revision {}.", pool.name, q.to),
         ));
     };
     let expected = pool.target.as_ref().map_or(0, |t| t.revision);
@@ -523,10 +508,7 @@ async fn revert(
         to_revision: f.to,
         expected_revision: f.expected,
     };
-    state
-        .revert_target(id, req, Some(peer.ip()))
-        .await
-        .map_err(failed)?;
+    state.revert_target(id, req, Some(peer.ip())).await?;
     Ok(Redirect::to(&format!("/dashboard/pools/{id}")).into_response())
 }
 
@@ -536,7 +518,7 @@ async fn sync_behind_confirm(
     Path(id): Path<i64>,
 ) -> Page {
     let pool = load_pool(&state, id).await?;
-    let statuses = state.pool_statuses(id).await.map_err(failed)?;
+    let statuses = state.pool_statuses(id).await?;
     let behind: Vec<_> = statuses
         .iter()
         .filter(|e| e.state == EndpointState::Behind)
@@ -564,10 +546,7 @@ async fn sync_behind(
     Form(f): Form<CsrfForm>,
 ) -> Page {
     s.check_csrf(&f.csrf)?;
-    let (created, refused) = state
-        .request_sync_behind(id, Some(peer.ip()))
-        .await
-        .map_err(failed)?;
+    let (created, refused) = state.request_sync_behind(id, Some(peer.ip())).await?;
     Ok(views::message_page(
         &s,
         "Sync requested",
@@ -587,7 +566,7 @@ async fn sync_behind(
 
 async fn tokens(s: Session, State(state): State<AppState>, Path(id): Path<i64>) -> Page {
     let pool = load_pool(&state, id).await?;
-    let list = state.join_tokens(id).await.map_err(failed)?;
+    let list = state.join_tokens(id).await?;
     Ok(views::tokens_page(&s, &pool, &list, None, now()))
 }
 
@@ -609,13 +588,13 @@ async fn create_token(
     Form(f): Form<TokenForm>,
 ) -> Page {
     s.check_csrf(&f.csrf)?;
-    let number = |v: &Option<String>, what: &str| -> Result<Option<u64>, Response> {
+    let number = |v: &Option<String>, what: &str| -> Result<Option<u64>, Refused> {
         match v.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
             None => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
-                views::error_page(
+                Refused::new(
                     StatusCode::BAD_REQUEST,
-                    &format!("{what} must be a whole number."),
+                    format!("{what} must be a whole number."),
                 )
             }),
         }
@@ -626,11 +605,8 @@ async fn create_token(
         max_uses: number(&f.max_uses, "Uses")?.map(|n| n.min(u64::from(u32::MAX)) as u32),
     };
     let pool = load_pool(&state, id).await?;
-    let created = state
-        .create_join_token(id, req, Some(peer.ip()))
-        .await
-        .map_err(failed)?;
-    let list = state.join_tokens(id).await.map_err(failed)?;
+    let created = state.create_join_token(id, req, Some(peer.ip())).await?;
+    let list = state.join_tokens(id).await?;
     Ok(views::tokens_page(&s, &pool, &list, Some(&created), now()))
 }
 
@@ -642,10 +618,7 @@ async fn revoke_token(
     Form(f): Form<CsrfForm>,
 ) -> Page {
     s.check_csrf(&f.csrf)?;
-    let pool = state
-        .revoke_join_token(id, Some(peer.ip()))
-        .await
-        .map_err(failed)?;
+    let pool = state.revoke_join_token(id, Some(peer.ip())).await?;
     Ok(Redirect::to(&format!("/dashboard/pools/{pool}/tokens")).into_response())
 }
 
@@ -672,7 +645,7 @@ fn day_start(s: &str) -> Option<i64> {
 }
 
 async fn audit(s: Session, State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Page {
-    let pools = state.pool_names().await.map_err(failed)?;
+    let pools = state.pool_names().await?;
     let nonempty = |v: &Option<String>| {
         v.as_deref()
             .map(str::trim)
@@ -700,10 +673,7 @@ async fn audit(s: Session, State(state): State<AppState>, Query(q): Query<AuditQ
         since,
         until,
     };
-    let entries = state
-        .audit_page(filter, q.before, AUDIT_ROWS)
-        .await
-        .map_err(failed)?;
+    let entries = state.audit_page(filter, q.before, AUDIT_ROWS).await?;
     let next = (entries.len() as i64 == AUDIT_ROWS)
         .then(|| entries.last().map(|e| e.id))
         .flatten();

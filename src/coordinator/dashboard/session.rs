@@ -119,13 +119,13 @@ pub struct Session {
 
 impl Session {
     /// Checks the CSRF token a form sent back: `403` unless it is this session's.
-    pub fn check_csrf(&self, sent: &str) -> Result<(), Response> {
+    pub fn check_csrf(&self, sent: &str) -> Result<(), super::views::Refused> {
         // Both are 64 hex digits; comparing their hashes keeps the time independent of where
         // they differ.
         if !sent.is_empty() && key(sent) == key(&self.csrf) {
             Ok(())
         } else {
-            Err(super::views::error_page(
+            Err(super::views::Refused::new(
                 StatusCode::FORBIDDEN,
                 "This form was refused: its CSRF token is missing or is not this session's. Reload the page and submit it again.",
             ))

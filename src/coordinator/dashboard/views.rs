@@ -84,6 +84,34 @@ pub fn page(title: &str, session: &Session, body: Markup) -> Response {
     layout(title, Some(session), body).into_response()
 }
 
+/// A refused or failed request: its status and what to do, answered as a page.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<super::super::error::ApiErr> for Refused {
+    fn from(e: super::super::error::ApiErr) -> Self {
+        Self::new(e.status, e.message)
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error_page(self.status, &self.message)
+    }
+}
+
 pub fn error_page(status: StatusCode, message: &str) -> Response {
     let body = html! {
         h1 { "Error " (status.as_u16()) }
