@@ -235,6 +235,72 @@ async fn refusals_over_plain_http() {
     assert!(rest.is_ok(), "the stream ended cleanly: {rest:?}");
 }
 
+/// Under TLS the session cookie is also `Secure`, and the dashboard is served on the same
+/// listener as the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_cookie_under_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let coord = blocking({
+        let d = dir.path().to_owned();
+        move || {
+            Coordinator::start_with(&d.join("c.db"), None, |s| {
+                s.dashboard.enabled = true;
+                s.tls = Some(pacpool::coordinator::TlsSettings {
+                    cert: d.join("cert.pem"),
+                    key: d.join("key.pem"),
+                });
+            })
+        }
+    })
+    .await;
+    let tls = pacpool::tls::client_config(Some(&dir.path().join("ca.pem"))).unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", coord.addr.port());
+    let r = http
+        .post(format!("{base}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&[("token", ADMIN)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let page = http
+        .get(format!("{base}/dashboard/"))
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<h1>Pools</h1>"));
+    blocking(move || drop(coord)).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The browser scenario.
 
