@@ -766,6 +766,27 @@ async fn dashboard_in_a_real_browser() {
         "the secret is shown once only"
     );
 
+    // A phone's width: the page itself does not scroll sideways (wide tables scroll inside
+    // their own box).
+    c.set_window_size(390, 844).await.unwrap();
+    c.goto(&format!("{base}/dashboard/pools/{pool_id}"))
+        .await
+        .unwrap();
+    wait_for(&c, "#endpoints").await;
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fits,
+        serde_json::json!(true),
+        "no sideways scrolling at 390 px"
+    );
+    shot(&c, "pool-phone").await;
+
     // Log out.
     click(&c, "header form button[type=submit]").await;
     wait_for(&c, "input#token").await;
