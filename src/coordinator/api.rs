@@ -530,8 +530,7 @@ async fn get_pool(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Pool> {
-    let pool = state.db.read(move |conn| db::pool(conn, id)).await?;
-    pool.map(Json).ok_or_else(|| no_pool(id))
+    Ok(Json(state.pool(id).await?))
 }
 
 async fn update_pool(

@@ -346,6 +346,17 @@ impl AppState {
             .await
     }
 
+    /// One target revision of a pool.
+    pub(crate) async fn target(&self, pool_id: i64, revision: u64) -> Result<TargetInfo, ApiErr> {
+        self.db
+            .read(move |conn| {
+                db::target_at(conn, pool_id, revision)?.ok_or_else(|| {
+                    ApiErr::not_found(format!("pool {pool_id} has no target revision {revision}"))
+                })
+            })
+            .await
+    }
+
     /// A keyset page of the audit log with filters (see [`db::audit_filtered`]).
     pub(crate) async fn audit_page(
         &self,

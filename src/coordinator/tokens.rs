@@ -34,6 +34,13 @@ impl AppState {
             .await
     }
 
+    /// One pool.
+    pub(crate) async fn pool(&self, id: i64) -> Result<Pool, ApiErr> {
+        self.db
+            .read(move |conn| db::pool(conn, id)?.ok_or_else(|| no_pool(id)))
+            .await
+    }
+
     /// A new join token for `pool_id`; the secret is in the answer only.
     pub(crate) async fn create_join_token(
         &self,

@@ -223,11 +223,7 @@ async fn pools(s: Session, State(state): State<AppState>) -> Page {
 }
 
 async fn load_pool(state: &AppState, id: i64) -> Result<Pool, Refused> {
-    let pools = state.pools().await?;
-    pools
-        .into_iter()
-        .find(|p| p.id == id)
-        .ok_or_else(|| Refused::new(StatusCode::NOT_FOUND, format!("No pool {id}.")))
+    Ok(state.pool(id).await?)
 }
 
 async fn pool(
@@ -340,12 +336,15 @@ async fn machines(
     Query(q): Query<MachinesQuery>,
 ) -> Page {
     let pool = load_pool(&state, id).await?;
-    let version = if q.absent == Some(1) { None } else { q.version };
-    let Some(version) = version.map(Some).or(q.absent.map(|_| None)) else {
-        return Err(Refused::new(
-            StatusCode::BAD_REQUEST,
-            "Say which version (?version=) or ?absent=1.",
-        ));
+    let version = match (q.absent, q.version) {
+        (Some(1), _) => None,
+        (_, Some(v)) => Some(v),
+        _ => {
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                "Say which version (?version=) or ?absent=1.",
+            ));
+        }
     };
     let list = state
         .machines_running(id, name.clone(), version.clone())
@@ -465,18 +464,12 @@ async fn revert_confirm(
 ) -> Page {
     let pool = load_pool(&state, id).await?;
     let statuses = state.pool_statuses_against(id, Some(q.to)).await?;
-    let history = state.target_history(id, usize::MAX).await?;
-    let Some((to, _)) = history.iter().find(|(t, _)| t.revision == q.to) else {
-        return Err(Refused::new(
-            StatusCode::NOT_FOUND,
-            format!("Pool {} has no target revision {}.", pool.name, q.to),
-        ));
-    };
+    let to = state.target(id, q.to).await?;
     let expected = pool.target.as_ref().map_or(0, |t| t.revision);
     Ok(views::confirm_page(
         &s,
         &format!("Revert the target of {}", pool.name),
-        views::revert_text(&pool, to, statuses.len(), &views::count_states(&statuses)),
+        views::revert_text(&pool, &to, statuses.len(), &views::count_states(&statuses)),
         &format!("/dashboard/pools/{id}/revert"),
         &[("to", q.to.to_string()), ("expected", expected.to_string())],
         &format!(
