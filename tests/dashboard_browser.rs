@@ -6,12 +6,15 @@
 //! latest and B turns "behind" on the open pool page without a reload; a sync of every
 //! behind endpoint is requested from the page (its confirmation names one machine) and
 //! completes; the target is reverted from the targets page (the confirmation names the
-//! pool's machines) and a sync of one endpoint, requested from its page, completes; an
-//! endpoint named with markup is shown as text. Screenshots of each page go to
-//! `target/dashboard-shots/`.
+//! pool's machines) and a sync of one endpoint, requested from its page, is seen in progress
+//! (the test holds pacman's lock, as another pacman would, until the page shows it) and then
+//! completed; an endpoint named with markup is shown as text; the package view answers who
+//! runs a version; the audit log filters; a join token is shown once; the pool page fits a
+//! phone's width. Screenshots of each page go to `target/dashboard-shots/`.
 //!
 //! The refusals (dashboard off by default, a wrong token, a form without or with a foreign
-//! CSRF token, no session) are plain HTTP, in their own test.
+//! CSRF token, no session) are plain HTTP, in their own test, and so is the `Secure` cookie
+//! under TLS.
 
 mod support;
 
@@ -463,7 +466,16 @@ async fn dashboard_in_a_real_browser() {
         }
     })
     .await;
-    let da = Daemon::start(&write_config(&a, "alice", Some((&base, &join))));
+    // Alice waits up to two minutes for pacman's lock (the test holds it to watch her sync
+    // in progress).
+    let a_config = write_config(&a, "alice", Some((&base, &join)));
+    let text_a = std::fs::read_to_string(&a_config).unwrap();
+    std::fs::write(
+        &a_config,
+        text_a.replace("lock_wait = 1\n", "lock_wait = 120\n"),
+    )
+    .unwrap();
+    let da = Daemon::start(&a_config);
     let db_ = Daemon::start(&write_config(&b, "bob", Some((&base, &join))));
     let (da, db_) = blocking(move || {
         da.wait_status("A connected", |s| s["link"] == "connected");
@@ -570,7 +582,19 @@ async fn dashboard_in_a_real_browser() {
         let da = da.clone();
         blocking(move || da.cli_code(&["set-latest", "--yes", "--json"], 0)).await;
     }
-    wait_for(&c, &format!("#endpoint-{bob}[data-state=behind]")).await;
+    let since = std::time::Instant::now();
+    c.wait()
+        .at_most(PATIENCE)
+        .every(Duration::from_millis(10))
+        .for_element(Locator::Css(&format!("#endpoint-{bob}[data-state=behind]")))
+        .await
+        .expect("B turns behind on the open page");
+    // A figure for BENCHMARKS.md, not an assertion (the coordinator has the new target
+    // before the CLI returns).
+    eprintln!(
+        "dashboard: B shown behind {} ms after set-latest returned",
+        since.elapsed().as_millis()
+    );
     wait_for(&c, &format!("#endpoint-{alice}[data-state=in-sync]")).await;
     assert_eq!(text(&c, "#counts a[data-state=behind] .n").await, "1");
     assert_eq!(text(&c, "#target-revision").await, "1");
@@ -670,36 +694,18 @@ async fn dashboard_in_a_real_browser() {
         confirm.contains("(1 machine)") && confirm.contains("1 removal"),
         "{confirm}"
     );
+    // Pacman's lock is held (as another pacman would): the sync starts, waits, and the page
+    // shows it in progress; then the lock goes and the page shows it completed.
+    std::fs::write(a.lock_file(), "").unwrap();
     click(&c, "#confirm-button").await;
-    // Record every state the operation's row is shown in, from the page as first rendered
-    // (right after the request) through each live refresh.
-    wait_for(&c, "#operations-table").await;
-    c.execute(
-        "window.__seen = [];
-         const note = () => document.querySelectorAll('#operations-table tr[data-state]')
-             .forEach(r => { const s = r.id + ' ' + r.dataset.state;
-                             if (!window.__seen.includes(s)) window.__seen.push(s); });
-         note();
-         new MutationObserver(note).observe(document.getElementById('live'),
-             { childList: true, subtree: true });",
-        vec![],
-    )
-    .await
-    .unwrap();
+    wait_for(&c, "#operations-table tr[data-state=in_progress] progress").await;
+    wait_for(&c, "#endpoint-state[data-state=syncing]").await;
+    let row = text(&c, "#operations-table tr[data-state=in_progress]").await;
+    assert!(row.contains("sync-to-latest"), "{row}");
+    shot(&c, "endpoint-syncing").await;
+    std::fs::remove_file(a.lock_file()).unwrap();
     wait_for(&c, "#operations-table tr[data-state=completed]").await;
     wait_for(&c, "#endpoint-state[data-state=in-sync]").await;
-    let seen = c.execute("return window.__seen;", vec![]).await.unwrap();
-    let seen: Vec<String> = serde_json::from_value(seen).unwrap();
-    let op_rows: Vec<&String> = seen
-        .iter()
-        .filter(|s| s.starts_with("operation-"))
-        .collect();
-    assert!(
-        op_rows.len() >= 2
-            && (op_rows[0].ends_with(" pending") || op_rows[0].ends_with(" in_progress"))
-            && op_rows.last().unwrap().ends_with(" completed"),
-        "the operation is seen before it completes and then completed, live: {seen:?}"
-    );
     assert!(
         !a.pacman(&["-Q", "tool"]).status.success(),
         "tool was removed"
