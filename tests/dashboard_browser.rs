@@ -238,6 +238,130 @@ async fn refusals_over_plain_http() {
     assert!(rest.is_ok(), "the stream ended cleanly: {rest:?}");
 }
 
+/// What an endpoint sends (progress text, a result message, per-package failures) is shown
+/// on its page as text, with each failed package and its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_strings_are_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let coord = std::sync::Arc::new(blocking(move || dashboard_on(&db)).await);
+    let base = coord.url();
+    let api = format!("{base}/api/v1");
+    let http = client();
+    let admin = |path: &str, body: serde_json::Value| {
+        let c = coord.clone();
+        let path = path.to_owned();
+        blocking(move || c.admin("POST", &path, Some(body)))
+    };
+    let pool = admin("/pools", serde_json::json!({"name": "lab"})).await;
+    let pool_id = pool["id"].as_i64().unwrap();
+    let join = admin(
+        &format!("/pools/{pool_id}/join-tokens"),
+        serde_json::json!({}),
+    )
+    .await;
+    let reg: serde_json::Value = http
+        .post(format!("{api}/register"))
+        .json(&serde_json::json!({"join_token": join["token"], "name": "host1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, token) = (
+        reg["endpoint_id"].as_i64().unwrap(),
+        reg["endpoint_token"].as_str().unwrap().to_owned(),
+    );
+    let op = admin(
+        &format!("/endpoints/{id}/operations"),
+        serde_json::json!({"kind": "revert"}),
+    )
+    .await;
+    let op_id = op["id"].as_i64().unwrap();
+    let hostile = "<script>alert(1)</script>";
+    let r = http
+        .post(format!("{api}/endpoint/operations/{op_id}/progress"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"stage": "installing", "percent": 40, "current": hostile}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    let r = http
+        .post(format!("{base}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&[("token", ADMIN)]))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = |path: String| {
+        let (http, cookie) = (http.clone(), cookie.clone());
+        async move {
+            let r = http
+                .get(path)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    // In progress, on the pool page and the endpoint page.
+    for html in [
+        page(format!("{base}/dashboard/pools/{pool_id}")).await,
+        page(format!("{base}/dashboard/endpoints/{id}")).await,
+    ] {
+        assert!(html.contains("installing"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains(hostile), "{html}");
+    }
+
+    let r = http
+        .post(format!("{api}/endpoint/operations/{op_id}/result"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "state": "failed",
+            "message": format!("sync failed: {hostile}"),
+            "failures": [
+                {"name": "editor", "reason": "version-unavailable: no repository has 1.1-1"},
+                {"name": "shell", "reason": format!("pacman said {hostile}")},
+            ],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let html = page(format!("{base}/dashboard/endpoints/{id}")).await;
+    assert!(!html.contains(hostile), "{html}");
+    assert!(html.contains("sync failed: &lt;script&gt;"), "{html}");
+    assert!(
+        html.contains("<strong>editor</strong>: version-unavailable: no repository has 1.1-1"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<strong>shell</strong>: pacman said &lt;script&gt;"),
+        "{html}"
+    );
+    assert!(
+        html.contains("data-state=\"error\""),
+        "the endpoint is in error: {html}"
+    );
+    blocking(move || drop(coord)).await;
+}
+
 /// Under TLS the session cookie is also `Secure`, and the dashboard is served on the same
 /// listener as the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,9 @@
 //! Admin subscription socket: `GET /pools/{id}/ws` (all pool events plus
 //! `EndpointStatusChanged` / `OperationUpdated`). Unauthenticated: `GET /health/live`,
 //! `GET /health/ready`, `GET /metrics` (Prometheus text).
+//!
+//! With `[dashboard] enabled`, the web dashboard's HTML pages are under `/dashboard/` (see
+//! [`dashboard`]; a session cookie from the admin token, not a bearer token).
 
 mod api;
 mod auth;
