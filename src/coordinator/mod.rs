@@ -72,7 +72,7 @@
 //! `GET /health/ready`, `GET /metrics` (Prometheus text).
 //!
 //! With `[dashboard] enabled`, the web dashboard's HTML pages are under `/dashboard/` (see
-//! [`dashboard`]; a session cookie from the admin token, not a bearer token).
+//! `dashboard`; a session cookie from the admin token, not a bearer token).
 
 mod api;
 mod auth;
