@@ -750,6 +750,7 @@ async fn dashboard_in_a_real_browser() {
     assert!(confirm.contains("bob"), "{confirm}");
     shot(&c, "confirm-sync-behind").await;
     click(&c, "#confirm-button").await;
+    wait_for(&c, "#requested").await;
     assert_eq!(text(&c, "#requested").await, "Asked 1 machine to sync.");
     // On B's page the operation shows up and completes; B is then in sync.
     c.goto(&format!("{base}/dashboard/endpoints/{bob}"))
@@ -841,6 +842,14 @@ async fn dashboard_in_a_real_browser() {
     assert!(
         diff.contains("remove    tool 1.0-1") || diff.contains("install   tool 1.0-1"),
         "{diff}"
+    );
+    // Why each state came: pacpool's operation, pacman on the machine, the first report.
+    let history = text(&c, "#history ~ form table").await;
+    assert!(
+        history.contains("operation #")
+            && history.contains("changed on the machine")
+            && history.contains("first report"),
+        "{history}"
     );
     shot(&c, "endpoint").await;
 

@@ -133,7 +133,8 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL,
         snapshot TEXT NOT NULL REFERENCES snapshots(hash),
         package_count INTEGER NOT NULL,
-        operation_id INTEGER
+        operation_id INTEGER,
+        first INTEGER NOT NULL DEFAULT 0
      ) STRICT;
      CREATE INDEX endpoint_states_endpoint ON endpoint_states(endpoint_id, id);
      CREATE INDEX endpoint_states_snapshot ON endpoint_states(snapshot);
@@ -978,15 +979,16 @@ pub fn audit_filtered(
 /// rows are dropped as new ones come, so the history never grows past this.
 pub const STATE_HISTORY: i64 = 50;
 
-/// Records an endpoint's new state in its history, with the operation that explains it: one
-/// of its operations running now or finished within the last two minutes (the daemon reports
-/// the state an operation left just before or after its result). None: the state changed on
-/// the machine itself (pacman run by hand, or another tool).
+/// Records an endpoint's new state in its history, with what explains it: its first report
+/// (`first`), or one of its operations running now or finished within the last two minutes
+/// (the daemon reports the state an operation left just before or after its result), or
+/// neither: the state changed on the machine itself (pacman run by hand, or another tool).
 pub fn record_state(
     tx: &Connection,
     endpoint: i64,
     hash: &SnapshotHash,
     packages: i64,
+    first: bool,
 ) -> Result<(), ApiErr> {
     let t = now();
     let operation: Option<i64> = tx
@@ -998,10 +1000,10 @@ pub fn record_state(
         .query_row(params![endpoint, t - 120], |r| r.get(0))
         .optional()?;
     tx.prepare_cached(
-        "INSERT INTO endpoint_states (endpoint_id, at, snapshot, package_count, operation_id)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO endpoint_states (endpoint_id, at, snapshot, package_count, operation_id, first)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![endpoint, t, hash.to_hex(), packages, operation])?;
+    .execute(params![endpoint, t, hash.to_hex(), packages, operation, first])?;
     tx.prepare_cached(
         "DELETE FROM endpoint_states WHERE endpoint_id = ?1 AND id <= (
             SELECT id FROM endpoint_states WHERE endpoint_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",

@@ -45,8 +45,18 @@ pub(crate) struct StateEntry {
     pub at: i64,
     pub snapshot: SnapshotHash,
     pub packages: u64,
-    /// The operation that explains the change; `None`: changed on the machine itself.
-    pub operation: Option<(i64, String)>,
+    pub cause: Cause,
+}
+
+/// Why an endpoint's state changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The endpoint's first report to the coordinator.
+    FirstReport,
+    /// A pacpool operation (id, kind).
+    Operation(i64, String),
+    /// Changed on the machine itself (pacman by hand, another tool).
+    Machine,
 }
 
 /// What a sync (or a move between two states) would do, as `pacpool preview` words it.
@@ -261,7 +271,7 @@ impl AppState {
                 };
                 let history = conn
                     .prepare_cached(
-                        "SELECT h.at, h.snapshot, h.package_count, h.operation_id, o.kind
+                        "SELECT h.at, h.snapshot, h.package_count, h.operation_id, o.kind, h.first
                          FROM endpoint_states h LEFT JOIN operations o ON o.id = h.operation_id
                          WHERE h.endpoint_id = ?1 ORDER BY h.id DESC",
                     )?
@@ -272,16 +282,25 @@ impl AppState {
                             r.get::<_, i64>(2)?,
                             r.get::<_, Option<i64>>(3)?,
                             r.get::<_, Option<String>>(4)?,
+                            r.get::<_, bool>(5)?,
                         ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?
                     .into_iter()
-                    .map(|(at, hash, n, op, kind)| {
+                    .map(|(at, hash, n, op, kind, first)| {
+                        let cause = match (first, op) {
+                            (true, _) => Cause::FirstReport,
+                            // The operation row may be gone (retention): its id stays.
+                            (false, Some(o)) => {
+                                Cause::Operation(o, kind.unwrap_or_else(|| "operation".into()))
+                            }
+                            (false, None) => Cause::Machine,
+                        };
                         Ok(StateEntry {
                             at,
                             snapshot: db::parse_hash(&hash)?,
                             packages: n as u64,
-                            operation: op.map(|o| (o, kind.unwrap_or_else(|| "removed".into()))),
+                            cause,
                         })
                     })
                     .collect::<Result<Vec<_>, ApiErr>>()?;

@@ -852,7 +852,7 @@ impl AppState {
                 )?
                 .execute(params![hash.to_hex(), now(), id])?;
                 if changed {
-                    db::record_state(tx, id, &hash, stored.packages as i64)?;
+                    db::record_state(tx, id, &hash, stored.packages as i64, known.is_none())?;
                     st.audit_report(
                         tx,
                         id,

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
 use super::super::db::enum_to_sql;
-use super::super::overview::{Diff, EndpointDetail, PackageMatrix};
+use super::super::overview::{Cause, Diff, EndpointDetail, PackageMatrix};
 use super::session::{Session, url_encode};
 use crate::display::utc;
 use crate::proto::{
@@ -463,9 +463,10 @@ pub fn endpoint_live(d: &EndpointDetail, now: i64) -> Markup {
                     None => "no state recorded yet",
                     Some(h) => {
                         (time(h.at)) ": "
-                        @match &h.operation {
-                            Some((id, kind)) => { "by pacpool, operation #" (id) " (" (kind) ")" }
-                            None => "changed on the machine itself (pacman, not a pacpool operation)",
+                        @match &h.cause {
+                            Cause::Operation(id, kind) => { "by pacpool, operation #" (id) " (" (kind) ")" }
+                            Cause::Machine => "changed on the machine itself (pacman, not a pacpool operation)",
+                            Cause::FirstReport => "its first report to the coordinator",
                         }
                     }
                 }
@@ -517,9 +518,10 @@ pub fn endpoint_page(
                                     td { (time(h.at)) }
                                     td { code { (h.snapshot.short()) } }
                                     td.num { (h.packages) }
-                                    td { @match &h.operation {
-                                        Some((id, kind)) => { "operation #" (id) " (" (kind) ")" },
-                                        None => "changed on the machine",
+                                    td { @match &h.cause {
+                                        Cause::Operation(id, kind) => { "operation #" (id) " (" (kind) ")" },
+                                        Cause::Machine => "changed on the machine",
+                                        Cause::FirstReport => "first report",
                                     } }
                                 }
                             }
