@@ -72,6 +72,12 @@
     schedule();
   };
   events.onerror = function () {
+    if (events.readyState === EventSource.CLOSED) {
+      // Refused rather than dropped (the session ended: the answer was the login page):
+      // reloading shows why.
+      window.location.reload();
+      return;
+    }
     say('reconnecting…');
   };
 })();
