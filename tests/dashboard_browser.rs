@@ -5,7 +5,8 @@
 //! One browser session walks the whole scenario: log in; the pools page counts right; A sets
 //! latest and B turns "behind" on the open pool page without a reload; a sync of every
 //! behind endpoint is requested from the page (its confirmation names one machine) and
-//! completes; the target is reverted from the targets page (the confirmation names the
+//! completes; a new revision shows on the open pools page (counts and revision, without a
+//! reload); the target is reverted from the targets page (the confirmation names the
 //! pool's machines) and a sync of one endpoint, requested from its page, is seen in progress
 //! (the test holds pacman's lock, as another pacman would, until the page shows it) and then
 //! completed; an endpoint named with markup is shown as text; the package view answers who
@@ -768,8 +769,19 @@ async fn dashboard_in_a_real_browser() {
         .await
         .expect("the last change is attributed to the operation");
 
-    // A adds a package and sets latest again (revision 2); then the target is reverted to
+    // A adds a package and sets latest again (revision 2), watched on the pools page: the
+    // counts and the revision change without a reload. Then the target is reverted to
     // revision 1 from the targets page.
+    c.goto(&format!("{base}/dashboard/")).await.unwrap();
+    c.wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath("//p[@id='live-status' and text()='live']"))
+        .await
+        .expect("the pools page subscribes to live updates");
+    assert_eq!(text(&c, &format!("{row} .revision")).await, "1");
+    c.execute("window.__sameDocument = true;", vec![])
+        .await
+        .unwrap();
     a.pacman_ok(&["-S", "tool"]);
     {
         let da = da.clone();
@@ -779,6 +791,25 @@ async fn dashboard_in_a_real_browser() {
         })
         .await;
     }
+    c.wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath(&format!(
+            "//tr[@id='pool-{pool_id}']//span[@class='revision' and text()='2']"
+        )))
+        .await
+        .expect("the new revision shows on the pools page");
+    c.wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath(&format!(
+            "//tr[@id='pool-{pool_id}']/td[@data-state='behind' and text()='1']"
+        )))
+        .await
+        .expect("bob counted behind on the pools page");
+    let same = c
+        .execute("return window.__sameDocument === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, serde_json::json!(true), "updated without a reload");
     c.goto(&format!("{base}/dashboard/pools/{pool_id}/targets"))
         .await
         .unwrap();

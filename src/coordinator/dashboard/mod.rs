@@ -60,7 +60,8 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .route("/dashboard/static/dashboard.js", get(script))
         .route("/dashboard/static/dashboard.css", get(style))
         .route("/dashboard/pools/{id}", get(pool))
-        .route("/dashboard/pools/{id}/events", get(live::events))
+        .route("/dashboard/events", get(live::all_events))
+        .route("/dashboard/pools/{id}/events", get(live::pool_events))
         .route("/dashboard/pools/{id}/packages", get(packages))
         .route("/dashboard/pools/{id}/packages/{name}", get(machines))
         .route("/dashboard/pools/{id}/targets", get(targets))
@@ -212,12 +213,22 @@ async fn logout(s: Session, State(state): State<AppState>, Form(f): Form<CsrfFor
 // ---------------------------------------------------------------------------------------------
 // Pools and a pool
 
-async fn pools(s: Session, State(state): State<AppState>) -> Page {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct FragmentQuery {
+    fragment: Option<u8>,
+}
+
+async fn pools(s: Session, State(state): State<AppState>, Query(q): Query<FragmentQuery>) -> Page {
     let pools = state.pools().await?;
     let mut rows = Vec::with_capacity(pools.len());
     for p in pools {
+        // A pool deleted meanwhile has no statuses: counted empty.
         let statuses = state.pool_statuses(p.id).await.unwrap_or_default();
         rows.push((p, views::count_states(&statuses)));
+    }
+    if q.fragment == Some(1) {
+        return Ok(views::pools_table(&rows).into_response());
     }
     Ok(views::pools_page(&s, &rows))
 }

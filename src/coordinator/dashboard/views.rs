@@ -144,45 +144,55 @@ fn state_badge(s: EndpointState) -> Markup {
     html! { span class={ "state state-" (label) } { (label) } }
 }
 
+/// The pools table (also served alone for live refreshes).
+pub fn pools_table(pools: &[(Pool, Vec<(EndpointState, u64)>)]) -> Markup {
+    html! {
+        @if pools.is_empty() {
+            p { "No pool yet: create one with " code { "pacpool admin pool create NAME" } "." }
+        } @else {
+            div.scroll {
+                table #pools {
+                    thead { tr {
+                        th scope="col" { "Pool" }
+                        th scope="col" { "Endpoints" }
+                        @for s in STATES { th scope="col" { (state_label(s)) } }
+                        th scope="col" { "Target" }
+                        th scope="col" { "Set by" }
+                        th scope="col" { "Set at" }
+                    } }
+                    tbody {
+                        @for (p, counts) in pools {
+                            tr id={ "pool-" (p.id) } {
+                                th scope="row" { a href={ "/dashboard/pools/" (p.id) } { (p.name) } }
+                                td.num { (p.endpoint_count) }
+                                @for (s, n) in counts {
+                                    td.num data-state=(state_label(*s)) { (n) }
+                                }
+                                @if let Some(t) = &p.target {
+                                    td { a href={ "/dashboard/pools/" (p.id) "/targets" } { "revision " span.revision { (t.revision) } } }
+                                    td { (t.set_by) }
+                                    td { (time(t.set_at)) }
+                                } @else {
+                                    td colspan="3" { "no target yet" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub fn pools_page(session: &Session, pools: &[(Pool, Vec<(EndpointState, u64)>)]) -> Response {
     page(
         "Pools",
         session,
         html! {
             h1 { "Pools" }
-            @if pools.is_empty() {
-                p { "No pool yet: create one with " code { "pacpool admin pool create NAME" } "." }
-            } @else {
-                div.scroll {
-                    table #pools {
-                        thead { tr {
-                            th scope="col" { "Pool" }
-                            th scope="col" { "Endpoints" }
-                            @for s in STATES { th scope="col" { (state_label(s)) } }
-                            th scope="col" { "Target" }
-                            th scope="col" { "Set by" }
-                            th scope="col" { "Set at" }
-                        } }
-                        tbody {
-                            @for (p, counts) in pools {
-                                tr id={ "pool-" (p.id) } {
-                                    th scope="row" { a href={ "/dashboard/pools/" (p.id) } { (p.name) } }
-                                    td.num { (p.endpoint_count) }
-                                    @for (s, n) in counts {
-                                        td.num data-state=(state_label(*s)) { (n) }
-                                    }
-                                    @if let Some(t) = &p.target {
-                                        td { a href={ "/dashboard/pools/" (p.id) "/targets" } { "revision " (t.revision) } }
-                                        td { (t.set_by) }
-                                        td { (time(t.set_at)) }
-                                    } @else {
-                                        td colspan="3" { "no target yet" }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+            p.live-status #live-status aria-live="polite" { "static (JavaScript off: reload to update)" }
+            section #live data-events="/dashboard/events" data-fragment="/dashboard/?fragment=1" {
+                (pools_table(pools))
             }
         },
     )
