@@ -660,13 +660,18 @@ async fn dashboard_in_a_real_browser() {
     c.goto(&format!("{base}/dashboard/")).await.unwrap();
     wait_for(&c, "input#token").await;
     shot(&c, "login").await;
-    c.find(Locator::Css("input#token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN)
+    // By keyboard: the token field has the focus; Enter submits.
+    let focused = c
+        .execute("return document.activeElement.id;", vec![])
         .await
         .unwrap();
-    click(&c, "main form button[type=submit]").await;
+    assert_eq!(focused, serde_json::json!("token"));
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&format!("{ADMIN}\u{E007}"))
+        .await
+        .unwrap();
 
     // Pools: three endpoints, none with a target yet, so all unknown.
     let row = format!("#pool-{pool_id}");
@@ -899,6 +904,7 @@ async fn dashboard_in_a_real_browser() {
         wait_for(&c, "#machines").await;
         text(&c, "#machines").await
     };
+    shot(&c, "package-machines").await;
     assert!(
         machines.contains("alice") && machines.contains("bob"),
         "{machines}"
