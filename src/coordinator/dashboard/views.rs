@@ -730,7 +730,8 @@ pub fn tokens_page(
                 div.created #created-token role="status" {
                     p { "Join token " (t.id) " created. It is shown " strong { "this once" } ": copy it now." }
                     pre { code #token-secret { (t.token) } }
-                    p { "On a machine: " code { "pacpoold register --coordinator URL --join-token TOKEN" } " (see the README)." }
+                    p { "On a machine, set it as " code { "join_token" } " (with " code { "coordinator_url" } ") in "
+                        code { "/etc/pacpool/pacpoold.toml" } ", then " code { "systemctl enable --now pacpoold" } "." }
                 }
             }
             form.filters method="post" action={ "/dashboard/pools/" (pool.id) "/tokens" } {
@@ -902,9 +903,13 @@ pub fn revert_text(
             "It becomes a new revision"
             @if let Some(t) = &pool.target { " " (t.revision + 1) }
             "." }
-        p { "This affects the pool's " strong #affected { (total) } " machines: against that revision, "
-            (not_in_sync) " would not be in sync:"
-            @for (s, n) in counts { @if *n > 0 { " " (state_label(*s)) " " (n) ";" } }
-            " machines with auto-sync follow it, others when asked." }
+        @let breakdown: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{n} {}", state_label(*s)))
+            .collect();
+        p { "This affects the pool's " strong #affected { (total) } " machines. Against that revision "
+            (not_in_sync) " would not be in sync (" (breakdown.join(", ")) "). "
+            "Machines with auto-sync follow it, others when asked to sync." }
     }
 }
