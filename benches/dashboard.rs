@@ -441,7 +441,7 @@ async fn main() {
         .await;
         measure(
             &http,
-            "audit log, one actor and a day",
+            "audit log, one actor and a week",
             &format!(
                 "{base}/dashboard/audit?actor=endpoint%3A42&since=2023-11-14&until=2023-11-20"
             ),

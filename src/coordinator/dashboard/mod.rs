@@ -7,7 +7,7 @@
 //! SQL and no rule of their own.
 //!
 //! - `session`: login sessions and CSRF.
-//! - `views`: the pages.
+//! - `views`: the pages (`views/endpoint.rs`, `packages.rs`, `admin.rs` for the larger ones).
 //! - `live`: the server-sent events stream of a pool.
 
 mod live;
