@@ -14,8 +14,9 @@
 //! phone's width. Screenshots of each page go to `target/dashboard-shots/`.
 //!
 //! The refusals (dashboard off by default, a wrong token, a form without or with a foreign
-//! CSRF token, no session) are plain HTTP, in their own test, and so is the `Secure` cookie
-//! under TLS.
+//! CSRF token, no session) are plain HTTP, in their own test, and so are the `Secure`
+//! cookie under TLS, the pool table's pages, filters and sorting (120 endpoints), and what an
+//! endpoint sends (progress, result message, failures) shown as text.
 
 mod support;
 
@@ -360,6 +361,103 @@ async fn endpoint_strings_are_text() {
         html.contains("data-state=\"error\""),
         "the endpoint is in error: {html}"
     );
+    blocking(move || drop(coord)).await;
+}
+
+/// The pool page's table: 100 rows a page, filtered by name and status, sorted both ways;
+/// links keep the other settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_table_pages_filters_and_sorts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let coord = std::sync::Arc::new(blocking(move || dashboard_on(&db)).await);
+    let base = coord.url();
+    let http = client();
+    let (pool_id, join) = blocking({
+        let c = coord.clone();
+        move || {
+            let pool = c.admin("POST", "/pools", Some(serde_json::json!({"name": "lab"})));
+            let id = pool["id"].as_i64().unwrap();
+            let join = c.admin("POST", &format!("/pools/{id}/join-tokens"), None);
+            (id, join["token"].as_str().unwrap().to_owned())
+        }
+    })
+    .await;
+    for i in 0..120 {
+        let r = http
+            .post(format!("{base}/api/v1/register"))
+            .json(&serde_json::json!({"join_token": join, "name": format!("host-{i:03}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = http
+        .post(format!("{base}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(urlencoded(&[("token", ADMIN)]))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // The endpoint names of a page, in order.
+    let rows = |query: &str| {
+        let (http, cookie) = (http.clone(), cookie.clone());
+        let url = format!("{base}/dashboard/pools/{pool_id}{query}");
+        async move {
+            let html = http
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let names: Vec<String> = html
+                .split("<tr id=\"endpoint-")
+                .skip(1)
+                .map(|r| {
+                    let a = r.split("\">host-").nth(1).unwrap();
+                    format!("host-{}", &a[..3])
+                })
+                .collect();
+            (names, html)
+        }
+    };
+    let (page1, html) = rows("").await;
+    assert_eq!(page1.len(), 100);
+    assert_eq!(
+        (page1[0].as_str(), page1[99].as_str()),
+        ("host-000", "host-099")
+    );
+    assert!(html.contains("120 endpoints match. Page 1 of 2."), "{html}");
+    assert!(
+        html.contains("href=\"/dashboard/pools/1?page=2\""),
+        "{html}"
+    );
+    let (page2, _) = rows("?page=2").await;
+    assert_eq!(page2.len(), 20);
+    assert_eq!(page2[0], "host-100");
+    let (desc, html) = rows("?sort=name&desc=1").await;
+    assert_eq!(desc[0], "host-119");
+    assert!(
+        html.contains("href=\"/dashboard/pools/1?sort=name&amp;desc=1&amp;page=2\""),
+        "the next page keeps the order: {html}"
+    );
+    let (some, html) = rows("?q=HOST-01").await;
+    assert_eq!(some.len(), 10, "name filter, case-insensitive");
+    assert!(html.contains("10 endpoints match. Page 1 of 1."));
+    let (unknown, _) = rows("?state=unknown&q=host-11").await;
+    assert_eq!(unknown.len(), 10, "all unknown (no target yet)");
+    let (none, html) = rows("?state=behind").await;
+    assert!(none.is_empty() && html.contains("No endpoint matches."));
     blocking(move || drop(coord)).await;
 }
 
