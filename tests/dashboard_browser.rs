@@ -15,7 +15,8 @@
 //!
 //! The refusals (dashboard off by default, a wrong token, a form without or with a foreign
 //! CSRF token, no session) are plain HTTP, in their own test, and so are the `Secure`
-//! cookie under TLS, the pool table's pages, filters and sorting (120 endpoints), and what an
+//! cookie under TLS, the pool table's pages, filters and sorting (120 endpoints) and the audit
+//! log's pages and filters, and what an
 //! endpoint sends (progress, result message, failures) shown as text.
 
 mod support;
@@ -458,6 +459,43 @@ async fn pool_table_pages_filters_and_sorts() {
     assert_eq!(unknown.len(), 10, "all unknown (no target yet)");
     let (none, html) = rows("?state=behind").await;
     assert!(none.is_empty() && html.contains("No endpoint matches."));
+
+    // The audit log pages by id: 122 entries (pool, join token, 120 registrations).
+    let audit = |query: String| {
+        let (http, cookie) = (http.clone(), cookie.clone());
+        let url = format!("{base}/dashboard/audit{query}");
+        async move {
+            let html = http
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let entries = html.matches("<td>endpoint.register</td>").count()
+                + html.matches("<td>pool.create</td>").count()
+                + html.matches("<td>join_token.create</td>").count();
+            let older = html
+                .split("rel=\"next\" href=\"")
+                .nth(1)
+                .map(|h| h.split('"').next().unwrap().replace("&amp;", "&"));
+            (entries, older)
+        }
+    };
+    let (first, older) = audit(String::new()).await;
+    assert_eq!(first, 100);
+    let older = older.expect("a link to older entries");
+    let (rest, none) = audit(older.trim_start_matches("/dashboard/audit").to_owned()).await;
+    assert_eq!((rest, none), (22, None));
+    let (registrations, _) = audit("?actor=registration&action=endpoint.register".into()).await;
+    assert_eq!(registrations, 100, "filtered, first page");
+    let (pool_rows, _) = audit(format!("?pool={pool_id}")).await;
+    assert_eq!(
+        pool_rows, 2,
+        "the pool's own entries: pool.create and join_token.create"
+    );
     blocking(move || drop(coord)).await;
 }
 
