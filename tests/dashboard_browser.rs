@@ -218,6 +218,18 @@ async fn refusals_over_plain_http() {
         .unwrap();
     assert_eq!(events.status(), 200);
     assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let metrics = http
+        .get(format!("{base}/api/v1/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\npacpool_dashboard_streams 1\n"),
+        "{metrics}"
+    );
 
     // Logged out: the session is gone.
     let r = http

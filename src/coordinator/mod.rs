@@ -177,6 +177,8 @@ pub(crate) struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     ws_endpoints: AtomicI64,
     ws_admins: AtomicI64,
+    /// Open dashboard event streams (`/dashboard/…/events`).
+    dashboard_streams: AtomicI64,
     reports_accepted: AtomicU64,
     /// Accepted reports by pool id, for `GET /stats`.
     reports_by_pool: Mutex<HashMap<i64, u64>>,
@@ -222,6 +224,12 @@ impl Metrics {
                 "gauge",
                 "Connected admin subscription WebSockets.",
                 self.ws_admins.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "pacpool_dashboard_streams",
+                "gauge",
+                "Open dashboard event streams (live pages).",
+                self.dashboard_streams.load(Ordering::Relaxed) as u64,
             ),
             (
                 "pacpool_reports_accepted_total",

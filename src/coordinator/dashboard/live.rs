@@ -10,6 +10,7 @@
 //! `GET /dashboard/events` does the same for every pool at once (the pools page).
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -44,12 +45,38 @@ fn changes(
     })
 }
 
+/// Counts an open stream in `pacpool_dashboard_streams` while alive.
+struct Counted(AppState);
+
+impl Counted {
+    fn new(state: &AppState) -> Self {
+        state
+            .metrics
+            .dashboard_streams
+            .fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .dashboard_streams
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// `changes` as server-sent events, ending at shutdown.
 fn sse(state: &AppState, changes: impl Stream<Item = ()> + Send + 'static) -> Response {
     let mut shutdown = state.shutdown.clone();
     let stop = async move { super::super::stopped(&mut shutdown).await };
+    let counted = Counted::new(state);
     let events = changes
-        .map(|()| Ok::<_, Infallible>(Event::default().event("change").data("pool")))
+        .map(move |()| {
+            let _alive = &counted;
+            Ok::<_, Infallible>(Event::default().event("change").data("pool"))
+        })
         .take_until(Box::pin(stop));
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
