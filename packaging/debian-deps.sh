@@ -1,13 +1,14 @@
 # Sourced by tests/run.sh and packaging/demo.sh: makes sure the system tools pacpool's tests
 # and demo drive are installed (Debian 12), and that cargo is on PATH.
 #
-# ensure_tools [--with-tray] [--with-network] [--with-bench]: installs pacman, repo-add, vercmp, bsdtar,
-# makepkg and zstd from Debian's packages when any is missing (needs root; otherwise says
+# ensure_tools [--with-tray] [--with-network] [--with-bench] [--with-snapper] [--with-browser]: installs pacman,
+# repo-add, vercmp, bsdtar, makepkg and zstd from Debian's packages when any is missing (needs root; otherwise says
 # what to run); with --with-tray also the GTK build dependencies and the headless desktop the
 # tray tests use; with --with-network the network tools of the fault tests (the demo needs
 # neither); with --with-bench nginx, the baseline of benches/pool_repo.rs; with --with-snapper
 # snapper and btrfs-progs (tests/preflight_real_pacman.rs takes snapper snapshots on a
-# loop-mounted btrfs image).
+# loop-mounted btrfs image); with --with-browser headless Chromium and chromedriver, driven
+# over WebDriver by tests/dashboard_browser.rs.
 
 have() {
 	local c
@@ -22,13 +23,14 @@ die() {
 }
 
 ensure_tools() {
-	local apt_packages=() tray=0 network=0 bench=0 snapper=0 arg
+	local apt_packages=() tray=0 network=0 bench=0 snapper=0 browser=0 arg
 	for arg in "$@"; do
 		case $arg in
 		--with-tray) tray=1 ;;
 		--with-network) network=1 ;;
 		--with-bench) bench=1 ;;
 		--with-snapper) snapper=1 ;;
+		--with-browser) browser=1 ;;
 		*) die "ensure_tools: unknown option $arg" ;;
 		esac
 	done
@@ -75,6 +77,11 @@ ensure_tools() {
 	# it and lets snapper (without its D-Bus daemon) take the pre/post pair there.
 	if ((snapper)) && ! have snapper mkfs.btrfs; then
 		apt_packages+=(snapper btrfs-progs)
+	fi
+	# tests/dashboard_browser.rs: Debian's Chromium (about 100 MB installed) and its
+	# WebDriver server, driven headless.
+	if ((browser)) && ! have chromium chromedriver; then
+		apt_packages+=(chromium chromium-driver)
 	fi
 	# -------------------------------------------------------------------------------------
 	if ((${#apt_packages[@]} > 0)); then

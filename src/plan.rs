@@ -192,6 +192,21 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action as one line, as `pacpool preview` and the dashboard show it:
+    /// `upgrade   foo 1.0-1 -> 1.1-1`.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Install { name, version, .. } => format!("install   {name} {version}"),
+            Action::Upgrade { name, from, to, .. } => format!("upgrade   {name} {from} -> {to}"),
+            Action::Downgrade { name, from, to, .. } => {
+                format!("downgrade {name} {from} -> {to}")
+            }
+            Action::Remove { name, version } => format!("remove    {name} {version}"),
+            Action::MarkDependency { name } => format!("mark      {name} as a dependency"),
+            Action::MarkExplicit { name } => format!("mark      {name} as explicitly installed"),
+        }
+    }
+
     pub fn name(&self) -> &PkgName {
         match self {
             Action::Install { name, .. }

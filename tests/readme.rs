@@ -1,6 +1,7 @@
 //! The README's examples, run so that they cannot drift from the program: the policy example
 //! (as a pool policy through `pacpool admin` and as `pacpoold.toml`'s `[policy]`), the admin
-//! commands, and the demo's "try" lines (the same commands the demo prints, checked against the script).
+//! commands, the demo's "try" lines (the same commands the demo prints, checked against the script)
+//! and the dashboard's configuration.
 
 mod support;
 
@@ -184,4 +185,13 @@ fn the_demo_prints_the_try_lines_the_readme_shows() {
             assert_eq!(code, 0, "pacpool {sub}: {err}");
         }
     }
+}
+
+#[test]
+fn the_dashboard_example_is_a_valid_coordinator_configuration() {
+    let block = block_after(&readme(), "#### The web dashboard", "toml");
+    let settings =
+        pacpool::coordinator::Settings::from_toml(&block, Path::new("coordinator.toml")).unwrap();
+    assert!(settings.dashboard.enabled);
+    assert_eq!(settings.dashboard.session_secs, 43_200);
 }

@@ -293,9 +293,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics));
     let body_limit = state.settings.body_limit;
-    Router::new()
-        .nest(crate::proto::API_PREFIX, api)
-        .fallback(not_found)
+    let mut app = Router::new().nest(crate::proto::API_PREFIX, api);
+    if state.settings.dashboard.enabled {
+        app = app.merge(super::dashboard::router(state.clone()));
+    }
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), limit))
@@ -310,11 +312,13 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     // Sockets live long; repository transfers are bounded by size, not time.
-    let response = if route.ends_with("/ws") || route.contains("/repo/") {
-        next.run(req).await
-    } else {
-        let limit = Duration::from_secs(state.settings.request_timeout_secs.max(1));
-        match tokio::time::timeout(limit, next.run(req)).await {
+    // The dashboard's event streams live as long as the page.
+    let response =
+        if route.ends_with("/ws") || route.contains("/repo/") || route.ends_with("/events") {
+            next.run(req).await
+        } else {
+            let limit = Duration::from_secs(state.settings.request_timeout_secs.max(1));
+            match tokio::time::timeout(limit, next.run(req)).await {
             Ok(r) => r,
             Err(_) => ApiErr::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -323,7 +327,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             )
             .into_response(),
         }
-    };
+        };
     state.metrics.request(&route, response.status().as_u16());
     response
 }
@@ -621,32 +625,7 @@ fn pool_name_taken(name: &str) -> impl FnOnce() -> String + '_ {
     move || format!("a pool named {name:?} already exists: choose another name")
 }
 
-fn load_pool(conn: &rusqlite::Connection, id: i64) -> Result<Option<Pool>, ApiErr> {
-    let row: Option<(String, String, i64)> = conn
-        .prepare_cached("SELECT name, policy, created_at FROM pools WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    let Some((name, policy, created_at)) = row else {
-        return Ok(None);
-    };
-    let policy = serde_json::from_str(&policy).map_err(|e| {
-        tracing::error!(pool = id, error = %e, "stored pool policy is unreadable");
-        ApiErr::internal("a stored pool policy is unreadable: see the coordinator log")
-    })?;
-    let endpoint_count: i64 = conn
-        .prepare_cached("SELECT count(*) FROM endpoints WHERE pool_id = ?1")?
-        .query_row([id], |r| r.get(0))?;
-    Ok(Some(Pool {
-        id,
-        name,
-        policy,
-        target: db::current_target(conn, id)?,
-        endpoint_count: endpoint_count as u64,
-        created_at,
-    }))
-}
-
-fn no_pool(id: i64) -> ApiErr {
+pub(crate) fn no_pool(id: i64) -> ApiErr {
     ApiErr::not_found(format!("no pool {id}: list pools with GET /api/v1/pools"))
 }
 
@@ -679,28 +658,14 @@ async fn create_pool(
                 peer,
                 Some(req.name.clone()),
             )?;
-            load_pool(tx, id)?.ok_or_else(|| ApiErr::internal("new pool vanished"))
+            db::pool(tx, id)?.ok_or_else(|| ApiErr::internal("new pool vanished"))
         })
         .await?;
     Ok((StatusCode::CREATED, Json(pool)))
 }
 
 async fn list_pools(_: Admin, State(state): State<AppState>) -> ApiResult<Vec<Pool>> {
-    let pools = state
-        .db
-        .read(|conn| {
-            let ids = conn
-                .prepare_cached("SELECT id FROM pools ORDER BY id")?
-                .query_map([], |r| r.get::<_, i64>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.extend(load_pool(conn, id)?);
-            }
-            Ok(out)
-        })
-        .await?;
-    Ok(Json(pools))
+    Ok(Json(state.pools().await?))
 }
 
 async fn get_pool(
@@ -708,8 +673,7 @@ async fn get_pool(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Pool> {
-    let pool = state.db.read(move |conn| load_pool(conn, id)).await?;
-    pool.map(Json).ok_or_else(|| no_pool(id))
+    Ok(Json(state.pool(id).await?))
 }
 
 async fn update_pool(
@@ -730,7 +694,7 @@ async fn update_pool(
     let (pool, policy_changed) = state
         .db
         .write(move |tx| {
-            let old = load_pool(tx, id)?.ok_or_else(|| no_pool(id))?;
+            let old = db::pool(tx, id)?.ok_or_else(|| no_pool(id))?;
             if let Some(name) = &req.name {
                 tx.execute(
                     "UPDATE pools SET name = ?1 WHERE id = ?2",
@@ -764,7 +728,7 @@ async fn update_pool(
                 Some(what.join(" ")),
             )?;
             Ok((
-                load_pool(tx, id)?.ok_or_else(|| no_pool(id))?,
+                db::pool(tx, id)?.ok_or_else(|| no_pool(id))?,
                 policy_changed,
             ))
         })
@@ -805,7 +769,7 @@ async fn delete_pool(
     state
         .db
         .write(move |tx| {
-            let pool = load_pool(tx, id)?.ok_or_else(|| no_pool(id))?;
+            let pool = db::pool(tx, id)?.ok_or_else(|| no_pool(id))?;
             if pool.endpoint_count > 0 {
                 return Err(ApiErr::conflict(
                     "pool_not_empty",
@@ -823,9 +787,6 @@ async fn delete_pool(
     Ok(StatusCode::NO_CONTENT)
 }
 
-const DEFAULT_JOIN_TTL: u64 = 7 * 24 * 3600;
-const MAX_JOIN_TTL: u64 = 366 * 24 * 3600;
-
 async fn create_join_token(
     _: Admin,
     State(state): State<AppState>,
@@ -833,55 +794,8 @@ async fn create_join_token(
     ApiPath(pool_id): ApiPath<i64>,
     ApiJson(req): ApiJson<CreateJoinToken>,
 ) -> Result<(StatusCode, Json<JoinToken>), ApiErr> {
-    let ttl = req.expires_in.unwrap_or(DEFAULT_JOIN_TTL);
-    if ttl == 0 || ttl > MAX_JOIN_TTL {
-        return Err(ApiErr::invalid(format!(
-            "expires_in must be 1 to {MAX_JOIN_TTL} seconds"
-        )));
-    }
-    if req.max_uses == Some(0) {
-        return Err(ApiErr::invalid(
-            "max_uses must be at least 1 (or absent for unlimited)",
-        ));
-    }
-    let token = new_token("ppj_")?;
-    let hash = token_hash(&token);
-    let peer = peer(&ci);
-    let t = state.clock.now();
-    let expires_at = t + ttl as i64;
-    let id = state
-        .db
-        .write(move |tx| {
-            if db::policy_of(tx, pool_id)?.is_none() {
-                return Err(no_pool(pool_id));
-            }
-            tx.execute(
-                "INSERT INTO join_tokens (pool_id, token_hash, expires_at, max_uses, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![pool_id, hash, expires_at, req.max_uses, t],
-            )?;
-            let id = tx.last_insert_rowid();
-            db::audit(
-                tx,
-                "admin",
-                "join_token.create",
-                Some(format!("pool:{pool_id}")),
-                peer,
-                Some(format!("join token {id}")),
-            )?;
-            Ok(id)
-        })
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(JoinToken {
-            id,
-            pool_id,
-            token,
-            expires_at,
-            max_uses: req.max_uses,
-        }),
-    ))
+    let token = state.create_join_token(pool_id, req, peer(&ci)).await?;
+    Ok((StatusCode::CREATED, Json(token)))
 }
 
 async fn list_join_tokens(
@@ -889,30 +803,7 @@ async fn list_join_tokens(
     State(state): State<AppState>,
     ApiPath(pool_id): ApiPath<i64>,
 ) -> ApiResult<Vec<JoinTokenInfo>> {
-    let tokens = state
-        .db
-        .read(move |conn| {
-            if db::policy_of(conn, pool_id)?.is_none() {
-                return Err(no_pool(pool_id));
-            }
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, pool_id, created_at, expires_at, max_uses, uses FROM join_tokens
-                 WHERE pool_id = ?1 ORDER BY id",
-            )?;
-            let rows = stmt.query_map([pool_id], |r| {
-                Ok(JoinTokenInfo {
-                    id: r.get(0)?,
-                    pool_id: r.get(1)?,
-                    created_at: r.get(2)?,
-                    expires_at: r.get(3)?,
-                    max_uses: r.get(4)?,
-                    uses: r.get::<_, i64>(5)? as u64,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await?;
-    Ok(Json(tokens))
+    Ok(Json(state.join_tokens(pool_id).await?))
 }
 
 /// Revokes a join token: registration with it fails from now on; endpoints that registered
@@ -923,32 +814,7 @@ async fn revoke_join_token(
     ci: ConnectInfo<SocketAddr>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiErr> {
-    let peer = peer(&ci);
-    state
-        .db
-        .write(move |tx| {
-            let pool_id: i64 = tx
-                .query_row("SELECT pool_id FROM join_tokens WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .ok_or_else(|| {
-                    ApiErr::not_found(format!(
-                        "no join token {id}: list them with GET /api/v1/pools/{{id}}/join-tokens"
-                    ))
-                })?;
-            tx.execute("DELETE FROM join_tokens WHERE id = ?1", [id])?;
-            db::audit(
-                tx,
-                "admin",
-                "join_token.revoke",
-                Some(format!("pool:{pool_id}")),
-                peer,
-                Some(format!("join token {id}")),
-            )?;
-            Ok(())
-        })
-        .await?;
+    state.revoke_join_token(id, peer(&ci)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1227,40 +1093,6 @@ async fn endpoint_changes(
     Ok(Json(Page { items, next }))
 }
 
-async fn operations_page(
-    state: &AppState,
-    endpoint: Option<i64>,
-    pool: Option<i64>,
-    cursor: Option<i64>,
-    limit: i64,
-) -> Result<Page<Operation>, ApiErr> {
-    let items = state
-        .db
-        .read(move |conn| {
-            let sql = format!(
-                "SELECT {} FROM operations
-                 WHERE id < ?1 AND (?2 IS NULL OR endpoint_id = ?2) AND (?3 IS NULL OR pool_id = ?3)
-                 ORDER BY id DESC LIMIT ?4",
-                db::OP_COLS
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt
-                .query_map(
-                    params![cursor.unwrap_or(i64::MAX), endpoint, pool, limit],
-                    db::op_row,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows.into_iter()
-                .map(db::finish_op)
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().map(|o| o.id))
-        .flatten();
-    Ok(Page { items, next })
-}
-
 async fn list_operations(
     _: Admin,
     State(state): State<AppState>,
@@ -1268,7 +1100,9 @@ async fn list_operations(
 ) -> ApiResult<Page<Operation>> {
     let limit = page_limit(&q)?;
     Ok(Json(
-        operations_page(&state, q.endpoint, q.pool, q.cursor, limit).await?,
+        state
+            .operations_page(q.endpoint, q.pool, q.cursor, limit)
+            .await?,
     ))
 }
 
@@ -1468,7 +1302,9 @@ async fn endpoint_operations(
 ) -> ApiResult<Page<Operation>> {
     let limit = page_limit(&q)?;
     Ok(Json(
-        operations_page(&state, Some(ep.id), None, q.cursor, limit).await?,
+        state
+            .operations_page(Some(ep.id), None, q.cursor, limit)
+            .await?,
     ))
 }
 

@@ -166,6 +166,23 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE operations ADD COLUMN auto INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX operations_target ON operations(pool_id, target_revision)
         WHERE target_revision IS NOT NULL;",
+    // 7 (dashboard): each endpoint's recent states, with the operation that was running
+    // when the state was reported (NULL: changed on the machine itself), and indexes for the
+    // audit log's filters (keyset pages by id within an actor, an action or a subject).
+    "CREATE TABLE endpoint_states (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        endpoint_id INTEGER NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+        at INTEGER NOT NULL,
+        snapshot TEXT NOT NULL REFERENCES snapshots(hash),
+        package_count INTEGER NOT NULL,
+        operation_id INTEGER,
+        first INTEGER NOT NULL DEFAULT 0
+     ) STRICT;
+     CREATE INDEX endpoint_states_endpoint ON endpoint_states(endpoint_id, id);
+     CREATE INDEX endpoint_states_snapshot ON endpoint_states(snapshot);
+     CREATE INDEX audit_actor ON audit(actor, id);
+     CREATE INDEX audit_action ON audit(action, id);
+     CREATE INDEX audit_subject ON audit(subject, id);",
 ];
 
 /// Longest chain of delta-stored snapshots: reading one applies at most this many deltas.
@@ -971,6 +988,131 @@ pub fn audit_page(
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A pool with its policy, current target and endpoint count.
+pub fn pool(conn: &Connection, id: i64) -> Result<Option<crate::proto::Pool>, ApiErr> {
+    let row: Option<(String, String, i64)> = conn
+        .prepare_cached("SELECT name, policy, created_at FROM pools WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((name, policy, created_at)) = row else {
+        return Ok(None);
+    };
+    let policy = serde_json::from_str(&policy).map_err(|e| {
+        tracing::error!(pool = id, error = %e, "stored pool policy is unreadable");
+        ApiErr::internal("a stored pool policy is unreadable: see the coordinator log")
+    })?;
+    let endpoint_count: i64 = conn
+        .prepare_cached("SELECT count(*) FROM endpoints WHERE pool_id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    Ok(Some(crate::proto::Pool {
+        id,
+        name,
+        policy,
+        target: current_target(conn, id)?,
+        endpoint_count: endpoint_count as u64,
+        created_at,
+    }))
+}
+
+/// What the audit log's filters ask for; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub subject: Option<String>,
+    /// Unix seconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix seconds, exclusive.
+    pub until: Option<i64>,
+}
+
+/// A keyset page of the audit log, newest first, below id `cursor`: each filter given adds
+/// its condition (so SQLite uses the `audit_actor` / `audit_action` / `audit_subject` index
+/// for it), and the page never counts or skips rows, so any page of a million-row log costs
+/// about as much as the first.
+pub fn audit_filtered(
+    conn: &Connection,
+    f: &AuditFilter,
+    cursor: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AuditEntry>, ApiErr> {
+    let mut sql = String::from(
+        "SELECT id, at, actor, action, subject, peer, detail FROM audit WHERE id < ?1",
+    );
+    let mut args: Vec<rusqlite::types::Value> = vec![cursor.unwrap_or(i64::MAX).into()];
+    let mut add = |cond: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+    };
+    if let Some(a) = &f.actor {
+        add("actor =", a.clone().into());
+    }
+    if let Some(a) = &f.action {
+        add("action =", a.clone().into());
+    }
+    if let Some(a) = &f.subject {
+        add("subject =", a.clone().into());
+    }
+    if let Some(t) = f.since {
+        add("at >=", t.into());
+    }
+    if let Some(t) = f.until {
+        add("at <", t.into());
+    }
+    args.push(limit.into());
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            subject: r.get(4)?,
+            peer: r.get(5)?,
+            detail: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// States kept per endpoint in `endpoint_states` (the dashboard's state history); older
+/// rows are dropped as new ones come, so the history never grows past this.
+pub const STATE_HISTORY: i64 = 50;
+
+/// Records an endpoint's new state in its history, with what explains it: its first report
+/// (`first`), or one of its operations running now or finished within the last two minutes
+/// (the daemon reports the state an operation left just before or after its result), or
+/// neither: the state changed on the machine itself (pacman run by hand, or another tool).
+pub fn record_state(
+    tx: &Connection,
+    endpoint: i64,
+    hash: &SnapshotHash,
+    packages: i64,
+    first: bool,
+) -> Result<(), ApiErr> {
+    let t = now();
+    let operation: Option<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM operations WHERE endpoint_id = ?1
+               AND (state = 'in_progress' OR (state IN ('completed', 'failed') AND updated_at >= ?2))
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![endpoint, t - 120], |r| r.get(0))
+        .optional()?;
+    tx.prepare_cached(
+        "INSERT INTO endpoint_states (endpoint_id, at, snapshot, package_count, operation_id, first)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![endpoint, t, hash.to_hex(), packages, operation, first])?;
+    tx.prepare_cached(
+        "DELETE FROM endpoint_states WHERE endpoint_id = ?1 AND id <= (
+            SELECT id FROM endpoint_states WHERE endpoint_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![endpoint, STATE_HISTORY])?;
+    Ok(())
 }
 
 /// Stores `manifest` (already validated) as revision `revision`'s of pool `pool_id`.

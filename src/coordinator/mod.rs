@@ -24,6 +24,9 @@
 //! - `rollout` (rules: rings, windows, gates, texts), `rollout_db` (their SQL) and
 //!   `rollout_run` (the periodic step, offers, holds, admin actions): targets reaching a pool
 //!   in waves.
+//! - `tokens`: join tokens and the pool list (used by the API and the dashboard).
+//! - `overview`: the dashboard's reads (package view, state history, diffs, audit filters).
+//! - `dashboard`: the web dashboard under `/dashboard/` (off unless `[dashboard] enabled`).
 //!
 //! The entry point is [`launch`]; the binary only parses flags, loads [`Settings`] and waits
 //! for a signal.
@@ -74,15 +77,20 @@
 //! Admin subscription socket: `GET /pools/{id}/ws` (all pool events plus
 //! `EndpointStatusChanged` / `OperationUpdated`). Unauthenticated: `GET /health/live`,
 //! `GET /health/ready`, `GET /metrics` (Prometheus text).
+//!
+//! With `[dashboard] enabled`, the web dashboard's HTML pages are under `/dashboard/` (see
+//! `dashboard`; a session cookie from the admin token, not a bearer token).
 
 mod api;
 mod auth;
 mod clock;
 mod connections;
+mod dashboard;
 mod db;
 mod error;
 mod hub;
 mod limits;
+mod overview;
 pub mod pool_repo;
 mod retention;
 mod rollout;
@@ -92,6 +100,7 @@ mod serve;
 mod service;
 pub mod settings;
 mod snaptext;
+mod tokens;
 mod ws;
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,7 +112,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 pub use error::CoordinatorError;
-pub use settings::{EXAMPLE_CONFIG, Secret, Settings, SettingsError, TlsSettings};
+pub use settings::{
+    DashboardSettings, EXAMPLE_CONFIG, Secret, Settings, SettingsError, TlsSettings,
+};
 
 use crate::snapshot::{Snapshot, SnapshotHash};
 
@@ -148,6 +159,8 @@ pub(crate) struct Inner {
     rollout_wake: tokio::sync::Notify,
     /// Held while rollout steps run (the task's and a clock change's never interleave).
     rollout_running: tokio::sync::Mutex<()>,
+    /// The dashboard's login sessions.
+    dashboard_sessions: dashboard::Sessions,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -181,6 +194,8 @@ pub(crate) struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     ws_endpoints: AtomicI64,
     ws_admins: AtomicI64,
+    /// Open dashboard event streams (`/dashboard/…/events`).
+    dashboard_streams: AtomicI64,
     reports_accepted: AtomicU64,
     /// Accepted reports by pool id, for `GET /stats`.
     reports_by_pool: Mutex<HashMap<i64, u64>>,
@@ -226,6 +241,12 @@ impl Metrics {
                 "gauge",
                 "Connected admin subscription WebSockets.",
                 self.ws_admins.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "pacpool_dashboard_streams",
+                "gauge",
+                "Open dashboard event streams (live pages).",
+                self.dashboard_streams.load(Ordering::Relaxed) as u64,
             ),
             (
                 "pacpool_reports_accepted_total",
@@ -448,6 +469,7 @@ pub async fn launch(
         statuses: Mutex::new(HashMap::new()),
         pool_sizes: Mutex::new(HashMap::new()),
         pool_repo,
+        dashboard_sessions: dashboard::Sessions::default(),
         token_limiter,
         anonymous_limiter,
         invalid_token_limiter,

@@ -83,6 +83,7 @@ fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiEr
             WHERE NOT EXISTS (SELECT 1 FROM targets t WHERE t.snapshot = s.hash)
               AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.current = s.hash)
               AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.to_snapshot = s.hash)
+              AND NOT EXISTS (SELECT 1 FROM endpoint_states h WHERE h.snapshot = s.hash)
               AND NOT EXISTS (SELECT 1 FROM snapshots d WHERE d.base = s.hash)
             LIMIT ?1)
          RETURNING hash",

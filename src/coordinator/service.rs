@@ -479,6 +479,16 @@ impl AppState {
 
     /// Computed status of every endpoint in a pool, by id.
     pub(crate) async fn pool_statuses(&self, pool_id: i64) -> Result<Vec<EndpointStatus>, ApiErr> {
+        self.pool_statuses_against(pool_id, None).await
+    }
+
+    /// Computed status of every endpoint in a pool, by id, against the pool's target or,
+    /// with `revision`, against that target revision (what reverting to it would show).
+    pub(crate) async fn pool_statuses_against(
+        &self,
+        pool_id: i64,
+        revision: Option<u64>,
+    ) -> Result<Vec<EndpointStatus>, ApiErr> {
         let st = self.clone();
         self.db
             .read(move |conn| {
@@ -486,7 +496,12 @@ impl AppState {
                     .ok_or_else(|| ApiErr::not_found(format!("no pool {pool_id}")))?;
                 let policy = compile_keyed(&pool_policy)?;
                 let ctx = StatusCtx::load(conn, pool_id, &pool_policy, st.clock.now())?;
-                let target = db::current_target(conn, pool_id)?;
+                let target = match revision {
+                    None => db::current_target(conn, pool_id)?,
+                    Some(r) => Some(db::target_at(conn, pool_id, r)?.ok_or_else(|| {
+                        ApiErr::not_found(format!("pool {pool_id} has no target revision {r}"))
+                    })?),
+                };
                 let sql =
                     format!("SELECT {ENDPOINT_COLS} FROM endpoints WHERE pool_id = ?1 ORDER BY id");
                 let mut stmt = conn.prepare_cached(&sql)?;
@@ -890,6 +905,7 @@ impl AppState {
                         stored.packages as u64,
                         source_json.as_deref(),
                     )?;
+                    db::record_state(tx, id, &hash, stored.packages as i64, known.is_none())?;
                     st.audit_report(
                         tx,
                         id,
@@ -1193,6 +1209,72 @@ impl AppState {
             self.operation_updated(&op).await;
         }
         Ok((op, created))
+    }
+
+    /// Admin: asks every endpoint of the pool that is `behind` its target to sync (one
+    /// [`Self::create_operation`] each). Returns the operations created and the endpoints
+    /// refused (an operation already active, or gone), with the reason.
+    pub(crate) async fn request_sync_behind(
+        &self,
+        pool_id: i64,
+        peer: Option<IpAddr>,
+    ) -> Result<(Vec<Operation>, Vec<(EndpointStatus, ApiErr)>), ApiErr> {
+        let mut created = Vec::new();
+        let mut refused = Vec::new();
+        for status in self.pool_statuses(pool_id).await? {
+            if status.state != EndpointState::Behind {
+                continue;
+            }
+            let req = CreateOperation {
+                kind: OperationKind::SyncToLatest,
+                to_snapshot: None,
+                idempotency_key: None,
+            };
+            match self
+                .create_operation(Actor::Admin, status.id, req, peer)
+                .await
+            {
+                Ok((op, _)) => created.push(op),
+                Err(e) => refused.push((status, e)),
+            }
+        }
+        Ok((created, refused))
+    }
+
+    /// A page of operations, newest first (`cursor`: below this id), of one endpoint and/or
+    /// one pool.
+    pub(crate) async fn operations_page(
+        &self,
+        endpoint: Option<i64>,
+        pool: Option<i64>,
+        cursor: Option<i64>,
+        limit: i64,
+    ) -> Result<crate::proto::Page<Operation>, ApiErr> {
+        let items = self
+            .db
+            .read(move |conn| {
+                let sql = format!(
+                    "SELECT {} FROM operations
+                     WHERE id < ?1 AND (?2 IS NULL OR endpoint_id = ?2) AND (?3 IS NULL OR pool_id = ?3)
+                     ORDER BY id DESC LIMIT ?4",
+                    db::OP_COLS
+                );
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt
+                    .query_map(
+                        params![cursor.unwrap_or(i64::MAX), endpoint, pool, limit],
+                        db::op_row,
+                    )?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                rows.into_iter()
+                    .map(db::finish_op)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        let next = (items.len() as i64 == limit)
+            .then(|| items.last().map(|o| o.id))
+            .flatten();
+        Ok(crate::proto::Page { items, next })
     }
 
     pub(crate) async fn operation_updated(&self, op: &Operation) {

@@ -128,6 +128,14 @@ max_file_size = 4294967296
 # them only as a pacman Server; uploads always need an endpoint token.
 anonymous_pools = []
 
+# The web dashboard at /dashboard/ on this listener (and its TLS): pools, endpoints, package
+# versions, targets, the audit log and join tokens, live. Off unless enabled. Log in with the
+# admin token; the browser then holds a session cookie (HttpOnly, SameSite=Strict, Secure
+# under TLS) that ends after session_secs, at logout or when the coordinator restarts.
+[dashboard]
+enabled = false
+session_secs = 43200
+
 # TLS: serve https:// and wss:// on `listen` instead of plain HTTP. Both are PEM files: the
 # certificate chain (server certificate first, then intermediates) and its private key
 # (PKCS#8, RSA or EC), readable by the coordinator's user. Read once at start; restart the
@@ -219,6 +227,27 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// `[repo]`: the pool repositories' package store and upstreams.
     pub repo: super::pool_repo::RepoSettings,
+    /// `[dashboard]`: the web dashboard.
+    pub dashboard: DashboardSettings,
+}
+
+/// `[dashboard]`: the web dashboard served under `/dashboard/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// Serve it; default false.
+    pub enabled: bool,
+    /// Seconds a login session lasts; default 43200 (12 hours).
+    pub session_secs: u64,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            session_secs: 12 * 3600,
+        }
+    }
 }
 
 /// `[tls]`: the coordinator's certificate chain and private key, both PEM files.
@@ -263,6 +292,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             tls: None,
             repo: Default::default(),
+            dashboard: DashboardSettings::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use pacpool::daemon::protocol::{
     ErrorCode, LinkState, LocalStatus, Outcome, Preview, Reply, Request,
 };
 use pacpool::display::clean;
-use pacpool::plan::{Action, Conflict, Counts, Skipped};
+use pacpool::plan::{Conflict, Counts, Skipped};
 use pacpool::proto::{EndpointState, Progress};
 
 /// Exit codes, documented in the README.
@@ -293,7 +293,7 @@ fn refreshable(c: &Conflict) -> bool {
 pub fn print_preview(p: &Preview) {
     pacpool::outln!("{}", p.summary());
     for a in &p.actions {
-        pacpool::outln!("  {}", describe(a));
+        pacpool::outln!("  {}", a.describe());
     }
     let missing: Vec<String> = p
         .conflicts
@@ -331,17 +331,6 @@ pub fn print_preview(p: &Preview) {
             pacpool::words::plural(n.removals, "exceeds", "exceed"),
             n.cap
         );
-    }
-}
-
-fn describe(a: &Action) -> String {
-    match a {
-        Action::Install { name, version, .. } => format!("install   {name} {version}"),
-        Action::Upgrade { name, from, to, .. } => format!("upgrade   {name} {from} -> {to}"),
-        Action::Downgrade { name, from, to, .. } => format!("downgrade {name} {from} -> {to}"),
-        Action::Remove { name, version } => format!("remove    {name} {version}"),
-        Action::MarkDependency { name } => format!("mark      {name} as a dependency"),
-        Action::MarkExplicit { name } => format!("mark      {name} as explicitly installed"),
     }
 }
 
