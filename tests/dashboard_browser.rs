@@ -994,6 +994,14 @@ async fn dashboard_in_a_real_browser() {
     c.goto(&format!("{base}/dashboard/endpoints/{alice}"))
         .await
         .unwrap();
+    // Her last change was made with pacman by hand, and her pacpoold said so (drift
+    // attribution): the page shows the command line.
+    wait_for(&c, "#reported-change").await;
+    let said = text(&c, "#reported-change").await;
+    assert!(
+        said.contains("pacman: '") && said.contains("-S tool"),
+        "{said}"
+    );
     click(&c, &format!("a[href='/dashboard/endpoints/{alice}/sync']")).await;
     let confirm = {
         wait_for(&c, "#confirm").await;

@@ -928,8 +928,17 @@ pub(crate) fn insert_state_change(
         package_count as i64,
         source
     ])?;
+    // Bounded per endpoint whatever its report rate; retention also drops old rows.
+    conn.prepare_cached(
+        "DELETE FROM endpoint_changes WHERE endpoint_id = ?1 AND id <= (
+            SELECT id FROM endpoint_changes WHERE endpoint_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![endpoint, STATE_CHANGES_KEPT])?;
     Ok(())
 }
+
+/// State changes kept per endpoint in `endpoint_changes` (drift attribution history).
+pub const STATE_CHANGES_KEPT: i64 = 1000;
 
 /// Endpoint `endpoint`'s recorded state changes, newest first, before `cursor` (an id).
 pub(crate) fn state_changes(
@@ -1175,6 +1184,36 @@ mod tests {
                 .collect(),
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn state_change_history_is_bounded_per_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("c.db")).unwrap();
+        let hash = state(0).hash();
+        let (kept, other) = db
+            .write(move |tx| {
+                tx.execute_batch(
+                    "INSERT INTO pools (id, name, policy, created_at) VALUES (1, 'p', '{}', 0);
+                     INSERT INTO endpoints (id, pool_id, name, token_hash, created_at)
+                       VALUES (1, 1, 'a', 'h1', 0), (2, 1, 'b', 'h2', 0);",
+                )?;
+                insert_state_change(tx, 2, &hash, 50, None)?;
+                for _ in 0..STATE_CHANGES_KEPT + 25 {
+                    insert_state_change(tx, 1, &hash, 50, Some("{\"kind\":\"unknown\"}"))?;
+                }
+                let count = |e: i64| -> rusqlite::Result<i64> {
+                    tx.query_row(
+                        "SELECT count(*) FROM endpoint_changes WHERE endpoint_id = ?1",
+                        [e],
+                        |r| r.get(0),
+                    )
+                };
+                Ok((count(1)?, count(2)?))
+            })
+            .await
+            .unwrap();
+        assert_eq!((kept, other), (STATE_CHANGES_KEPT, 1));
     }
 
     #[tokio::test]

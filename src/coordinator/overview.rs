@@ -78,6 +78,9 @@ pub(crate) struct EndpointDetail {
     /// Against the target, with the pool's policy.
     pub diff: Option<Diff>,
     pub history: Vec<StateEntry>,
+    /// The newest state change as the endpoint itself explained it (drift attribution: a
+    /// pacpool operation, or pacman run on the machine with its command line).
+    pub reported: Option<crate::proto::StateChange>,
     pub operations: Vec<Operation>,
 }
 
@@ -257,7 +260,7 @@ impl AppState {
         let st = self.clone();
         let pool_id = status.pool_id;
         let current = status.current;
-        let (pool_name, target, diff, history) = self
+        let (pool_name, target, diff, history, reported) = self
             .db
             .read(move |conn| {
                 let pool = db::pool(conn, pool_id)?.ok_or_else(|| no_pool(pool_id))?;
@@ -304,7 +307,8 @@ impl AppState {
                         })
                     })
                     .collect::<Result<Vec<_>, ApiErr>>()?;
-                Ok((pool.name, pool.target, diff, history))
+                let reported = db::state_changes(conn, id, None, 1)?.into_iter().next();
+                Ok((pool.name, pool.target, diff, history, reported))
             })
             .await?;
         Ok(EndpointDetail {
@@ -313,6 +317,7 @@ impl AppState {
             target,
             diff,
             history,
+            reported,
             operations,
         })
     }

@@ -78,6 +78,18 @@ pub fn endpoint_live(d: &EndpointDetail, now: i64) -> Markup {
                     }
                 }
             }
+            dt { "Machine says" } dd #reported-change {
+                @match &d.reported {
+                    None => "nothing yet (no change reported, or an older pacpoold)",
+                    Some(c) => {
+                        (time(c.at)) ": "
+                        @match &c.source {
+                            Some(source) => (source.to_string()),
+                            None => "no source given",
+                        }
+                    }
+                }
+            }
         }
         h2 #diff { "Difference from the target" }
         @match &d.diff {
