@@ -461,6 +461,16 @@ fn rest_rows(w: &World) -> Vec<Row> {
         row("key k1 replayed for a sync", M::POST, "/endpoint/operations", a(), Body::Json(json!({"kind": "sync-to-latest", "idempotency_key": "k1"})), 409, "idempotency_key_reused"),
         row("key k1 replayed with another to_snapshot", M::POST, "/endpoint/operations", a(), Body::Json(json!({"kind": "revert", "idempotency_key": "k1", "to_snapshot": w.b_state.hash()})), 409, "idempotency_key_reused"),
         row("idempotency key of 129 bytes", M::POST, "/endpoint/operations", a(), Body::Json(json!({"kind": "revert", "idempotency_key": "k".repeat(129)})), 400, "invalid_request"),
+        // Rollouts (issue #14): the clock outside test mode, actions and holds.
+        row("admin moves the clock (test_clock off)", M::POST, "/clock", admin(), Body::Json(json!({"advance": 86_400})), 403, "forbidden"),
+        row("endpoint moves the clock", M::POST, "/clock", a(), Body::Json(json!({"advance": 86_400})), 403, "forbidden"),
+        row("unknown rollout action", M::POST, format!("/pools/{p1}/rollout/explode"), admin(), Body::None, 404, "not_found"),
+        row("pause without a rollout", M::POST, format!("/pools/{p1}/rollout/pause"), admin(), Body::None, 409, "no_rollout"),
+        row("endpoint halts its pool's rollout", M::POST, format!("/pools/{p1}/rollout/halt"), a(), Body::None, 403, "forbidden"),
+        row("hold with a 501-byte reason", M::POST, format!("/endpoints/{}/hold", w.a.0), admin(), Body::Json(json!({"reason": "r".repeat(501), "until": 4_000_000_000_i64})), 400, "invalid_request"),
+        row("hold ending in the past", M::POST, format!("/endpoints/{}/hold", w.a.0), admin(), Body::Json(json!({"reason": "x", "until": 1})), 400, "invalid_request"),
+        row("A holds B (admin route)", M::POST, format!("/endpoints/{}/hold", w.b.0), a(), Body::Json(json!({"reason": "x", "until": 4_000_000_000_i64})), 403, "forbidden"),
+        row("A holds itself in a pool without rings", M::POST, "/endpoint/hold", a(), Body::Json(json!({"reason": "x", "until": 4_000_000_000_i64})), 409, "no_rings"),
     ];
     // Names and versions crafted as pacman options, paths, shell words and control bytes.
     let hostile_names = [
