@@ -39,7 +39,10 @@
 
 #[path = "support/coordinator.rs"]
 mod coordinator_proc;
+#[path = "support/states.rs"]
+mod states;
 use coordinator_proc::CoordinatorProc;
+use states::package;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -52,7 +55,7 @@ use pacpool::localdb::Reason;
 use pacpool::proto::{
     EndpointMsg, RegisterResponse, ReportAck, ServerMsg, SetTargetRequest, StateReport,
 };
-use pacpool::snapshot::{Delta, PackageState, Snapshot, SnapshotHash};
+use pacpool::snapshot::{Delta, Snapshot, SnapshotHash};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -74,20 +77,6 @@ const RECORDED: &[(&str, f64, f64)] = &[
     ("full 1,500-pkg states, c=50", 576.0, 142.9),
     ("one-package deltas, c=50", 2688.0, 43.8),
 ];
-
-fn package(i: usize, version: String) -> PackageState {
-    PackageState {
-        name: format!("package-{i:04}").parse().unwrap(),
-        version: version.parse().unwrap(),
-        arch: "x86_64".parse().unwrap(),
-        reason: if i % 4 == 0 {
-            Reason::Explicit
-        } else {
-            Reason::Dependency
-        },
-        repo: Some("extra".parse().unwrap()),
-    }
-}
 
 fn state(seed: usize, round: usize) -> Snapshot {
     Snapshot::new(
@@ -139,7 +128,7 @@ impl Base {
 
     /// The hash of the base with package `i` at `version`.
     fn hash_with(&self, i: usize, version: &str) -> SnapshotHash {
-        let p = package(i, version.to_owned());
+        let p = package(i, version);
         let mut text = String::with_capacity(STATE_PACKAGES * 48);
         text.push_str(&self.header);
         for (j, l) in self.lines.iter().enumerate() {

@@ -20,13 +20,16 @@
 //! Goals (issue #13): pool page < 100 ms, package view < 300 ms, status change to the
 //! browser < 1 s. Figures: BENCHMARKS.md.
 
+#[path = "support/states.rs"]
+mod states;
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pacpool::coordinator::{Secret, Settings, launch};
-use pacpool::localdb::Reason;
 use pacpool::proto::{RegisterResponse, SetTargetRequest, StateReport};
-use pacpool::snapshot::{PackageState, Snapshot};
+use pacpool::snapshot::Snapshot;
+use states::package;
 
 const PACKAGES: usize = 1500;
 const ADMIN: &str = "dashboard-bench-admin-token-0123456789";
@@ -52,17 +55,7 @@ fn state(k: usize, round: usize) -> Snapshot {
                 } else {
                     format!("1.{i}-1")
                 };
-                PackageState {
-                    name: format!("package-{i:04}").parse().unwrap(),
-                    version: version.parse().unwrap(),
-                    arch: "x86_64".parse().unwrap(),
-                    reason: if i % 4 == 0 {
-                        Reason::Explicit
-                    } else {
-                        Reason::Dependency
-                    },
-                    repo: Some("extra".parse().unwrap()),
-                }
+                package(i, version)
             })
             .collect(),
     )

@@ -15,15 +15,17 @@
 
 #[path = "support/coordinator.rs"]
 mod coordinator_proc;
+#[path = "support/states.rs"]
+mod states;
 use coordinator_proc::CoordinatorProc;
+use states::package;
 
 use std::path::Path;
 
 use std::time::{Duration, Instant};
 
-use pacpool::localdb::Reason;
 use pacpool::proto::{RegisterResponse, StateReport};
-use pacpool::snapshot::{PackageState, Snapshot};
+use pacpool::snapshot::Snapshot;
 
 const ADMIN: &str = "tls-bench-admin-token-0123456789abcdef";
 const PACKAGES: usize = 1500;
@@ -32,22 +34,12 @@ const CONNECTIONS: usize = 100;
 fn state(round: usize) -> Snapshot {
     Snapshot::new(
         (0..PACKAGES)
-            .map(|i| PackageState {
-                name: format!("package-{i:04}").parse().unwrap(),
-                version: if i == round % PACKAGES {
-                    format!("9.{round}-1")
+            .map(|i| {
+                if i == round % PACKAGES {
+                    package(i, format!("9.{round}-1"))
                 } else {
-                    format!("1.{i}-1")
+                    package(i, format!("1.{i}-1"))
                 }
-                .parse()
-                .unwrap(),
-                arch: "x86_64".parse().unwrap(),
-                reason: if i % 4 == 0 {
-                    Reason::Explicit
-                } else {
-                    Reason::Dependency
-                },
-                repo: Some("extra".parse().unwrap()),
             })
             .collect(),
     )
