@@ -37,6 +37,8 @@
 //! Python server this design came from ingests about 25 full states per second, p99
 //! 1.2–1.4 s at concurrency 10, and 4% errors ("database is locked") at concurrency 50.
 
+#[path = "support/api.rs"]
+mod api;
 #[path = "support/coordinator.rs"]
 mod coordinator_proc;
 #[path = "support/states.rs"]
@@ -547,27 +549,7 @@ async fn main() {
         .build()
         .unwrap();
     wait_ready(&client, &base).await;
-    let pool: serde_json::Value = client
-        .post(format!("{base}/pools"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"name": "load"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let join: serde_json::Value = client
-        .post(format!("{base}/pools/{}/join-tokens", pool["id"]))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let join = join["token"].as_str().unwrap().to_owned();
+    let (pool_id, join) = api::pool_with_join_token(&client, &base, ADMIN, "load").await;
 
     let register = |n: usize, prefix: &'static str| {
         let (client, base, join) = (client.clone(), base.clone(), join.clone());
@@ -581,15 +563,7 @@ async fn main() {
                     i += 1;
                     let name = format!("{prefix}{i}");
                     batch.push(tokio::spawn(async move {
-                        client
-                            .post(format!("{base}/register"))
-                            .json(&serde_json::json!({"join_token": join, "name": name}))
-                            .send()
-                            .await
-                            .unwrap()
-                            .json::<RegisterResponse>()
-                            .await
-                            .unwrap()
+                        api::register(&client, &base, &join, &name).await
                     }));
                 }
                 for b in batch {
@@ -606,7 +580,7 @@ async fn main() {
 
     if rollout_endpoints > 0 {
         let endpoints = register(rollout_endpoints, "host-").await;
-        rollout_run(&client, &base, pool["id"].as_i64().unwrap(), &endpoints).await;
+        rollout_run(&client, &base, pool_id, &endpoints).await;
         return;
     }
 

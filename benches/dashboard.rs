@@ -20,6 +20,8 @@
 //! Goals (issue #13): pool page < 100 ms, package view < 300 ms, status change to the
 //! browser < 1 s. Figures: BENCHMARKS.md.
 
+#[path = "support/api.rs"]
+mod api;
 #[path = "support/states.rs"]
 mod states;
 
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pacpool::coordinator::{Secret, Settings, launch};
-use pacpool::proto::{RegisterResponse, SetTargetRequest, StateReport};
+use pacpool::proto::{SetTargetRequest, StateReport};
 use pacpool::snapshot::Snapshot;
 use states::package;
 
@@ -138,28 +140,7 @@ async fn main() {
 
     // Seed: a pool, a join token, N endpoints each reporting one of S states.
     let t0 = Instant::now();
-    let pool: serde_json::Value = http
-        .post(format!("{api}/pools"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"name": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pool_id = pool["id"].as_i64().unwrap();
-    let join: serde_json::Value = http
-        .post(format!("{api}/pools/{pool_id}/join-tokens"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let join = join["token"].as_str().unwrap().to_owned();
+    let (pool_id, join) = api::pool_with_join_token(&http, &api, ADMIN, "bench").await;
     let bodies: Vec<axum::body::Bytes> = (0..states)
         .map(|k| {
             serde_json::to_vec(&StateReport::Full {
@@ -175,15 +156,7 @@ async fn main() {
             let (http, api, join, bodies) =
                 (http.clone(), api.clone(), join.clone(), bodies.clone());
             async move {
-                let r: RegisterResponse = http
-                    .post(format!("{api}/register"))
-                    .json(&serde_json::json!({"join_token": join, "name": format!("host-{i:05}")}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let r = api::register(&http, &api, &join, &format!("host-{i:05}")).await;
                 let resp = http
                     .post(format!("{api}/endpoint/report"))
                     .bearer_auth(&r.endpoint_token)

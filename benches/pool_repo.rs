@@ -12,6 +12,8 @@
 //! 0.8× nginx), then the coordinator's peak RSS. Both servers share the machine's two cores
 //! with the client, so the figures include scheduling noise.
 
+#[path = "support/api.rs"]
+mod api;
 #[path = "support/coordinator.rs"]
 mod coordinator_proc;
 use coordinator_proc::CoordinatorProc;
@@ -22,7 +24,7 @@ use std::time::Instant;
 
 use pacpool::localdb::Reason;
 use pacpool::manifest::{Manifest, ManifestEntry};
-use pacpool::proto::{RegisterResponse, SetTargetRequest, StateReport};
+use pacpool::proto::{SetTargetRequest, StateReport};
 use pacpool::snapshot::{PackageState, Snapshot};
 
 const ADMIN: &str = "repo-bench-admin-token-0123456789abcdef";
@@ -185,38 +187,8 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (token, pool_id) = rt.block_on(async {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let post = |path: &str, body: serde_json::Value, token: &str| {
-            http.post(format!("{base}{path}"))
-                .bearer_auth(token)
-                .json(&body)
-        };
-        let pool: serde_json::Value = post("/pools", serde_json::json!({"name": "bench"}), ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let join: serde_json::Value = post(
-            &format!("/pools/{}/join-tokens", pool["id"]),
-            serde_json::json!({}),
-            ADMIN,
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        let reg: RegisterResponse = http
-            .post(format!("{base}/register"))
-            .json(&serde_json::json!({"join_token": join["token"], "name": "bench"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, join) = api::pool_with_join_token(&http, &base, ADMIN, "bench").await;
+        let reg = api::register(&http, &base, &join, "bench").await;
         let t = &reg.endpoint_token;
         let r = http
             .post(format!("{base}/endpoint/report"))

@@ -13,6 +13,8 @@
 //! The plain run is the baseline; the program prints the TLS figures next to it with the
 //! ratio. Both processes share the machine's cores, so the figures include scheduling noise.
 
+#[path = "support/api.rs"]
+mod api;
 #[path = "support/coordinator.rs"]
 mod coordinator_proc;
 #[path = "support/states.rs"]
@@ -24,7 +26,7 @@ use std::path::Path;
 
 use std::time::{Duration, Instant};
 
-use pacpool::proto::{RegisterResponse, StateReport};
+use pacpool::proto::StateReport;
 use pacpool::snapshot::Snapshot;
 
 const ADMIN: &str = "tls-bench-admin-token-0123456789abcdef";
@@ -100,35 +102,8 @@ async fn measure(
     bodies: &[Vec<u8>],
 ) -> Figures {
     let http = client(tls);
-    let pool: serde_json::Value = http
-        .post(format!("{}/pools", server.base))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"name": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let join: serde_json::Value = http
-        .post(format!("{}/pools/{}/join-tokens", server.base, pool["id"]))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let reg: RegisterResponse = http
-        .post(format!("{}/register", server.base))
-        .json(&serde_json::json!({"join_token": join["token"], "name": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, join) = api::pool_with_join_token(&http, &server.base, ADMIN, "bench").await;
+    let reg = api::register(&http, &server.base, &join, "bench").await;
     let url = format!("{}/endpoint/report", server.base);
     let mut report = Vec::with_capacity(bodies.len());
     for body in bodies {
