@@ -1,14 +1,16 @@
 # Sourced by tests/run.sh and packaging/demo.sh: makes sure the system tools pacpool's tests
 # and demo drive are installed (Debian 12), and that cargo is on PATH.
 #
-# ensure_tools [--with-tray] [--with-network] [--with-bench] [--with-snapper] [--with-browser]: installs pacman,
-# repo-add, vercmp, bsdtar, makepkg and zstd from Debian's packages when any is missing (needs root; otherwise says
-# what to run); with --with-tray also the GTK build dependencies and the headless desktop the
-# tray tests use; with --with-network the network tools of the fault tests (the demo needs
-# neither); with --with-bench nginx, the baseline of benches/pool_repo.rs; with --with-snapper
-# snapper and btrfs-progs (tests/preflight_real_pacman.rs takes snapper snapshots on a
-# loop-mounted btrfs image); with --with-browser headless Chromium and chromedriver, driven
-# over WebDriver by tests/dashboard_browser.rs.
+# ensure_tools [--with-tray] [--with-network] [--with-bench] [--with-snapper] [--with-browser]
+# [--with-postgres]: installs pacman, repo-add, vercmp, bsdtar, makepkg and zstd from Debian's
+# packages when any is missing (needs root; otherwise says what to run); with --with-tray
+# also the GTK build dependencies and the headless desktop the tray tests use; with
+# --with-network the network tools of the fault tests (the demo needs neither); with
+# --with-bench nginx, the baseline of benches/pool_repo.rs; with --with-snapper snapper and
+# btrfs-progs (tests/preflight_real_pacman.rs takes snapper snapshots on a loop-mounted btrfs
+# image); with --with-browser headless Chromium and chromedriver, driven over WebDriver by
+# tests/dashboard_browser.rs; with --with-postgres the PostgreSQL server (Debian 12: 15), of
+# which the tests start throwaway clusters (tests/support/pg.rs).
 
 have() {
 	local c
@@ -22,8 +24,24 @@ die() {
 	exit 1
 }
 
+# Debian's postgresql postinst creates a `main` cluster and starts it; the tests never use it
+# (each starts its own), so the one the install just made is stopped and left to start by
+# hand only (start.conf `manual`). pg_ctlcluster goes through systemctl where systemd runs;
+# with no init system (containers) the cluster may not be running, hence `|| true`.
+stop_new_postgres_clusters() {
+	local conf version
+	for conf in /etc/postgresql/*/main/start.conf; do
+		[[ -f $conf ]] || continue
+		version=${conf#/etc/postgresql/}
+		version=${version%%/*}
+		printf '==> Stopping the PostgreSQL %s main cluster the install started (tests start their own)\n' "$version"
+		pg_ctlcluster "$version" main stop 2>/dev/null || true
+		echo manual >"$conf"
+	done
+}
+
 ensure_tools() {
-	local apt_packages=() tray=0 network=0 bench=0 snapper=0 browser=0 arg
+	local apt_packages=() tray=0 network=0 bench=0 snapper=0 browser=0 postgres=0 new_postgres=0 arg
 	for arg in "$@"; do
 		case $arg in
 		--with-tray) tray=1 ;;
@@ -31,6 +49,7 @@ ensure_tools() {
 		--with-bench) bench=1 ;;
 		--with-snapper) snapper=1 ;;
 		--with-browser) browser=1 ;;
+		--with-postgres) postgres=1 ;;
 		*) die "ensure_tools: unknown option $arg" ;;
 		esac
 	done
@@ -83,6 +102,12 @@ ensure_tools() {
 	if ((browser)) && ! have chromium chromedriver; then
 		apt_packages+=(chromium chromium-driver)
 	fi
+	# tests/support/pg.rs: initdb and pg_ctl from /usr/lib/postgresql/*/bin start a throwaway
+	# cluster per test in a temporary directory (psql comes with the server's client package).
+	if ((postgres)) && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+		apt_packages+=(postgresql)
+		new_postgres=1
+	fi
 	# -------------------------------------------------------------------------------------
 	if ((${#apt_packages[@]} > 0)); then
 		if [[ $(id -u) -ne 0 ]]; then
@@ -96,6 +121,10 @@ or run this script as root, which does that."
 		apt-get update
 		apt-get install -y --no-install-recommends "${apt_packages[@]}"
 		have pacman repo-add vercmp bsdtar makepkg zstd || die "pacman, repo-add, vercmp, bsdtar, makepkg or zstd is still missing after apt-get install"
+		if ((new_postgres)); then
+			compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || die "initdb is still missing after apt-get install postgresql"
+			stop_new_postgres_clusters
+		fi
 	fi
 	# rustup installs into ~/.cargo/bin, which a fresh root shell may not have on PATH.
 	if ! have cargo && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then

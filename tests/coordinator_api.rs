@@ -1,6 +1,12 @@
 //! The coordinator end to end: the real server on 127.0.0.1:0 (bound before launch, so no
 //! waiting for it to start), real HTTP (reqwest) and WebSocket (tokio-tungstenite) clients.
 //! Timeouts below only turn a hang into a failure; nothing asserts on timing.
+//!
+//! One suite, two databases: every test runs on SQLite (`sqlite::name`) and on a real
+//! PostgreSQL started for it (`postgres::name`, see `support/pg.rs`).
+
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::path::Path;
 use std::time::Duration;
@@ -34,21 +40,100 @@ struct Server {
     handle: JoinHandle<Result<(), CoordinatorError>>,
 }
 
-async fn start(dir: &Path) -> Server {
-    start_with(dir, |_| {}).await
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-async fn start_with(dir: &Path, adjust: impl FnOnce(&mut Settings)) -> Server {
+/// A test's database: a SQLite file in a temporary directory, or a database in a
+/// PostgreSQL cluster of its own.
+struct TestDb {
+    dir: tempfile::TempDir,
+    pg: Option<pg::PgCluster>,
+    url: Option<String>,
+}
+
+impl TestDb {
+    fn new(b: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match b {
+            Backend::Sqlite => Self {
+                dir,
+                pg: None,
+                url: None,
+            },
+            Backend::Postgres => {
+                let pg = pg::PgCluster::start().unwrap_or_else(|why| {
+                    panic!("PostgreSQL is needed for the postgres:: tests: {why}")
+                });
+                let url = pg.database("pacpool");
+                Self {
+                    dir,
+                    pg: Some(pg),
+                    url: Some(url),
+                }
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What `Settings::database` gets.
+    fn database(&self) -> std::path::PathBuf {
+        match &self.url {
+            Some(u) => u.into(),
+            None => self.dir.path().join("coordinator.db"),
+        }
+    }
+
+    /// One integer from SQL that both databases accept, read beside the coordinator.
+    fn sql_i64(&self, sql: &str) -> i64 {
+        match &self.pg {
+            Some(pg) => pg.psql("pacpool", sql).parse().unwrap(),
+            None => {
+                let db = rusqlite::Connection::open(self.database()).unwrap();
+                db.busy_timeout(HANG).unwrap();
+                db.query_row(sql, [], |r| r.get(0)).unwrap()
+            }
+        }
+    }
+
+    /// Runs SQL that both databases accept, beside the coordinator.
+    fn sql_exec(&self, sql: &str) {
+        match &self.pg {
+            Some(pg) => {
+                pg.psql("pacpool", sql);
+            }
+            None => {
+                let db = rusqlite::Connection::open(self.database()).unwrap();
+                db.busy_timeout(HANG).unwrap();
+                db.execute_batch(sql).unwrap();
+            }
+        }
+    }
+}
+
+async fn start(db: &TestDb) -> Server {
+    start_with(db, |_| {}).await
+}
+
+async fn start_with(db: &TestDb, adjust: impl FnOnce(&mut Settings)) -> Server {
+    let dir = db.path();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut settings = Settings {
-        database: dir.join("coordinator.db"),
+        database: db.database(),
         admin_token_file: dir.join("admin-token"),
         admin_token: Some(Secret(ADMIN.into())),
         body_limit: 1024 * 1024,
         ws_message_limit: 1024 * 1024,
         ..Settings::default()
     };
+    settings.repo.dir = Some(dir.join("packages"));
     adjust(&mut settings);
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(launch(settings, listener, async {
@@ -243,10 +328,9 @@ async fn endpoint_ws(server: &Server, token: &str) -> (Ws, ServerMsg) {
     (ws, welcome)
 }
 
-#[tokio::test]
-async fn registration_and_auth_matrix() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn registration_and_auth_matrix(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
 
     // No token, a wrong token, a wrong admin token: 401 with an ApiError.
     let (st, v) = s.call(Method::GET, "/pools", None, None).await;
@@ -395,10 +479,9 @@ async fn registration_and_auth_matrix() {
     s.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn set_as_latest_race_has_one_winner() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn set_as_latest_race_has_one_winner(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "race", 2).await;
     let (a, b) = (&eps[0], &eps[1]);
     let sa = snap(&[("bash", "5.2-1")]);
@@ -490,10 +573,9 @@ async fn set_as_latest_race_has_one_winner() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn delta_reports_and_recovery() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn delta_reports_and_recovery(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (_, eps) = pool_with(&s, "deltas", 1).await;
     let t = &eps[0].endpoint_token;
     let a = snap(&[("bash", "5.2-1"), ("zlib", "1.3-1")]);
@@ -560,10 +642,9 @@ async fn delta_reports_and_recovery() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn operations_are_idempotent_and_one_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn operations_are_idempotent_and_one_at_a_time(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "ops", 1).await;
     let t = &eps[0].endpoint_token;
     s.report_full(t, &snap(&[("bash", "5.2-1")])).await;
@@ -715,10 +796,9 @@ async fn operations_are_idempotent_and_one_at_a_time() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn status_is_computed_against_the_target() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn status_is_computed_against_the_target(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "status", 5).await;
     let target = snap(&[("bash", "5.2-1"), ("zlib", "1.3-1")]);
     let states = [
@@ -766,11 +846,7 @@ async fn status_is_computed_against_the_target() {
     assert!(all.iter().all(|e| e.target_revision == Some(1)));
     assert_eq!(all[4].current, None);
     // Snapshots are stored once per hash: four distinct states, the target among them.
-    let db = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
-    let rows: i64 = db
-        .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(rows, 4);
+    assert_eq!(db.sql_i64("SELECT count(*) FROM snapshots"), 4);
     // The endpoint sees the same about itself.
     assert_eq!(s.status(&eps[1].endpoint_token).await, all[1]);
     // Its target and the target snapshot are readable by every endpoint of the pool.
@@ -796,10 +872,9 @@ async fn status_is_computed_against_the_target() {
 
 /// Set-latest's what-if: every other endpoint's status with the asker's reported state as
 /// the target, equal to what the coordinator reports once that state is the target.
-#[tokio::test]
-async fn what_if_statuses_are_the_ones_reported_afterwards() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn what_if_statuses_are_the_ones_reported_afterwards(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "what-if", 4).await;
     let newest = snap(&[("bash", "5.2-1"), ("zlib", "1.3-1")]);
     let older = snap(&[("bash", "5.1-1"), ("zlib", "1.3-1")]);
@@ -873,10 +948,9 @@ async fn what_if_statuses_are_the_ones_reported_afterwards() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn websocket_flow_and_target_push() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn websocket_flow_and_target_push(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "ws", 2).await;
     let (a, b) = (&eps[0], &eps[1]);
     let old = snap(&[("bash", "5.1-1")]);
@@ -1065,10 +1139,9 @@ async fn websocket_flow_and_target_push() {
     tokio::join!(stop, closed);
 }
 
-#[tokio::test]
-async fn malformed_and_oversized_input_is_refused_and_not_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn malformed_and_oversized_input_is_refused_and_not_stored(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "bad", 1).await;
     let t = &eps[0].endpoint_token;
     let url = format!("{}/endpoint/report", s.base);
@@ -1219,10 +1292,9 @@ async fn malformed_and_oversized_input_is_refused_and_not_stored() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn restart_keeps_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn restart_keeps_everything(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "keep", 1).await;
     let t = eps[0].endpoint_token.clone();
     let state = snap(&[("bash", "5.2-1")]);
@@ -1235,7 +1307,7 @@ async fn restart_keeps_everything() {
     .await;
     s.shutdown().await;
 
-    let s = start(dir.path()).await;
+    let s = start(&db).await;
     let p: Pool = s
         .ok(Method::GET, &format!("/pools/{}", pool.id), ADMIN, None)
         .await;
@@ -1260,10 +1332,9 @@ async fn restart_keeps_everything() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn offline_detection_uses_last_seen() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn offline_detection_uses_last_seen(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "offline", 2).await;
     let state = snap(&[("bash", "5.2-1")]);
     for ep in &eps {
@@ -1276,13 +1347,10 @@ async fn offline_detection_uses_last_seen() {
     )
     .await;
     // Age endpoint 1's last contact past the 90 s default, as if it had been silent.
-    let db = rusqlite::Connection::open(dir.path().join("coordinator.db")).unwrap();
-    db.busy_timeout(HANG).unwrap();
-    db.execute(
-        "UPDATE endpoints SET last_seen = last_seen - 1000 WHERE id = ?1",
-        [eps[1].endpoint_id],
-    )
-    .unwrap();
+    db.sql_exec(&format!(
+        "UPDATE endpoints SET last_seen = last_seen - 1000 WHERE id = {}",
+        eps[1].endpoint_id
+    ));
     let all: Vec<EndpointStatus> = s
         .ok(
             Method::GET,
@@ -1304,10 +1372,9 @@ async fn offline_detection_uses_last_seen() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn endpoints_are_renamed_moved_and_removed() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn endpoints_are_renamed_moved_and_removed(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (a_pool, eps) = pool_with(&s, "a", 2).await;
     let b_pool = s.pool("b").await;
     let ep = &eps[0];
@@ -1383,10 +1450,9 @@ async fn endpoints_are_renamed_moved_and_removed() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn oversized_websocket_message_ends_the_socket_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn oversized_websocket_message_ends_the_socket_only(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (_, eps) = pool_with(&s, "big", 1).await;
     let t = &eps[0].endpoint_token;
     let (mut ws, _) = endpoint_ws(&s, t).await;
@@ -1409,10 +1475,9 @@ fn big_state(seed: usize) -> Snapshot {
     snap(&refs)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_full_reports_never_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn concurrent_full_reports_never_fail(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "load", 60).await;
     let bodies: Vec<Value> = (0..eps.len())
         .map(|i| {
@@ -1455,10 +1520,9 @@ async fn concurrent_full_reports_never_fail() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn silent_sockets_are_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start_with(dir.path(), |s| s.offline_after_secs = 1).await;
+async fn silent_sockets_are_closed(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start_with(&db, |s| s.offline_after_secs = 1).await;
     let (_, eps) = pool_with(&s, "quiet", 1).await;
     let (mut ws, _) = endpoint_ws(&s, &eps[0].endpoint_token).await;
     // No heartbeat: the server closes the socket (policy violation) after the offline time.
@@ -1469,10 +1533,9 @@ async fn silent_sockets_are_closed() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn admins_are_told_when_an_endpoint_goes_offline() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start_with(dir.path(), |s| s.offline_after_secs = 1).await;
+async fn admins_are_told_when_an_endpoint_goes_offline(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start_with(&db, |s| s.offline_after_secs = 1).await;
     let (pool, eps) = pool_with(&s, "watch", 1).await;
     let mut admin = ws_connect(&s, &format!("/pools/{}/ws", pool.id), ADMIN).await;
     s.report_full(&eps[0].endpoint_token, &snap(&[("bash", "5.2-1")]))
@@ -1489,10 +1552,9 @@ async fn admins_are_told_when_an_endpoint_goes_offline() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn join_tokens_are_listed_without_secrets_and_revoked() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn join_tokens_are_listed_without_secrets_and_revoked(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "joins", 1).await;
     let other = s.pool("other").await;
     let keep = s.join_token(pool.id).await;
@@ -1597,10 +1659,9 @@ async fn join_tokens_are_listed_without_secrets_and_revoked() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn stats_count_pools_endpoints_operations_and_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn stats_count_pools_endpoints_operations_and_snapshots(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (pool, eps) = pool_with(&s, "stats", 3).await;
     let (empty, _) = pool_with(&s, "empty", 0).await;
     let (t0, t1) = (&eps[0].endpoint_token, &eps[1].endpoint_token);
@@ -1683,10 +1744,9 @@ async fn stats_count_pools_endpoints_operations_and_snapshots() {
     s.shutdown().await;
 }
 
-#[tokio::test]
-async fn requests_are_rate_limited_per_token_and_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start_with(dir.path(), |st| {
+async fn requests_are_rate_limited_per_token_and_address(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start_with(&db, |st| {
         // One request a minute refilled: nothing refills while the test runs.
         st.rate_limit_per_minute = 1;
         st.rate_limit_burst = 3;
@@ -1746,8 +1806,8 @@ async fn requests_are_rate_limited_per_token_and_address() {
 
     // Behind a trusted proxy, each forwarded client has its own bucket and is audited as
     // itself.
-    let dir = tempfile::tempdir().unwrap();
-    let s = start_with(dir.path(), |st| {
+    let db = TestDb::new(b);
+    let s = start_with(&db, |st| {
         st.anonymous_rate_limit_per_minute = 1;
         st.anonymous_rate_limit_burst = 1;
         st.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
@@ -1798,10 +1858,9 @@ async fn requests_are_rate_limited_per_token_and_address() {
 /// Where a state came from, as endpoints say it: kept per change (REST and WebSocket
 /// reports), bounded and escaped when hostile, listed newest first at
 /// `GET /endpoints/{id}/changes` (admin only; 404 for an unknown endpoint).
-#[tokio::test]
-async fn state_changes_keep_their_source_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = start(dir.path()).await;
+async fn state_changes_keep_their_source_bounded(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
     let (_pool, eps) = pool_with(&s, "drift", 1).await;
     let ep = &eps[0];
     let first = snap(&[("bash", "5.2-1")]);
@@ -1923,3 +1982,47 @@ async fn state_changes_keep_their_source_bounded() {
     assert_eq!(status, 404, "{v}");
     s.shutdown().await;
 }
+
+/// Runs one test on a runtime of its own (4 workers: some tests race requests).
+fn run<F: std::future::Future<Output = ()>>(b: Backend, test: impl FnOnce(Backend) -> F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test(b))
+}
+
+/// Every test above, once per database.
+macro_rules! on_both {
+    ($($t:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $t() { super::run(super::Backend::Sqlite, super::$t) } )*
+        }
+        mod postgres {
+            $( #[test] fn $t() { super::run(super::Backend::Postgres, super::$t) } )*
+        }
+    };
+}
+
+on_both!(
+    registration_and_auth_matrix,
+    set_as_latest_race_has_one_winner,
+    delta_reports_and_recovery,
+    operations_are_idempotent_and_one_at_a_time,
+    status_is_computed_against_the_target,
+    what_if_statuses_are_the_ones_reported_afterwards,
+    websocket_flow_and_target_push,
+    malformed_and_oversized_input_is_refused_and_not_stored,
+    restart_keeps_everything,
+    offline_detection_uses_last_seen,
+    endpoints_are_renamed_moved_and_removed,
+    oversized_websocket_message_ends_the_socket_only,
+    concurrent_full_reports_never_fail,
+    silent_sockets_are_closed,
+    admins_are_told_when_an_endpoint_goes_offline,
+    join_tokens_are_listed_without_secrets_and_revoked,
+    stats_count_pools_endpoints_operations_and_snapshots,
+    requests_are_rate_limited_per_token_and_address,
+    state_changes_keep_their_source_bounded,
+);

@@ -13,7 +13,7 @@ step() { printf '\n==> %s\n' "$*"; }
 source packaging/debian-deps.sh
 
 step "Checking system packages"
-ensure_tools --with-tray --with-network --with-bench --with-snapper --with-browser
+ensure_tools --with-tray --with-network --with-bench --with-snapper --with-browser --with-postgres
 if [[ $(id -u) -ne 0 ]]; then
 	echo "warning: not root: the tests that run real pacman transactions will fail" >&2
 fi

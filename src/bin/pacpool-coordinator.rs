@@ -33,7 +33,8 @@ enum Command {
         /// Address to listen on (overrides the file and PACPOOL_COORDINATOR_LISTEN).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
-        /// SQLite database file (overrides the file and PACPOOL_COORDINATOR_DATABASE).
+        /// SQLite database file or PostgreSQL URL (overrides the file and
+        /// PACPOOL_COORDINATOR_DATABASE).
         #[arg(long, value_name = "FILE")]
         database: Option<PathBuf>,
         /// Where the admin token is kept, written on first start (overrides the file and

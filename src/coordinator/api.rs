@@ -6,6 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::sql::{OptionalExtension, params};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State,
@@ -16,7 +17,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use rusqlite::{OptionalExtension, params};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::Digest;
@@ -612,10 +612,8 @@ fn hhmm(s: &str) -> bool {
 }
 
 /// A UNIQUE violation becomes `409 name_taken` with `message`; other errors stay.
-fn name_taken(e: rusqlite::Error, message: impl FnOnce() -> String) -> ApiErr {
-    if let rusqlite::Error::SqliteFailure(f, _) = &e
-        && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-    {
+fn name_taken(e: super::sql::Error, message: impl FnOnce() -> String) -> ApiErr {
+    if e.is_unique_violation() {
         return ApiErr::conflict("name_taken", message());
     }
     e.into()
@@ -644,12 +642,13 @@ async fn create_pool(
         .write(move |tx| {
             let policy =
                 serde_json::to_string(&req.policy).map_err(|e| ApiErr::internal(e.to_string()))?;
-            tx.execute(
-                "INSERT INTO pools (name, policy, created_at) VALUES (?1, ?2, ?3)",
-                params![req.name, policy, t],
-            )
-            .map_err(|e| name_taken(e, pool_name_taken(&req.name)))?;
-            let id = tx.last_insert_rowid();
+            let id: i64 = tx
+                .query_row(
+                    "INSERT INTO pools (name, policy, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+                    params![req.name, policy, t],
+                    |r| r.get(0),
+                )
+                .map_err(|e| name_taken(e, pool_name_taken(&req.name)))?;
             db::audit(
                 tx,
                 "admin",
@@ -1195,11 +1194,12 @@ async fn register(
                 let base: String = req.name.chars().take(64 - suffix.len()).collect();
                 name = format!("{base}{suffix}");
             }
-            tx.execute(
-                "INSERT INTO endpoints (pool_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+            let id: i64 = tx.query_row(
+                "INSERT INTO endpoints (pool_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+                 RETURNING id",
                 params![pool_id, name, endpoint_hash, t],
+                |r| r.get(0),
             )?;
-            let id = tx.last_insert_rowid();
             let pool_name: String = tx.query_row("SELECT name FROM pools WHERE id = ?1", [pool_id], |r| r.get(0))?;
             db::audit(
                 tx,
@@ -1211,7 +1211,7 @@ async fn register(
             )?;
             Ok(RegisterResponse {
                 endpoint_id: id,
-                endpoint_token: token,
+                endpoint_token: token.clone(),
                 name,
                 pool_id,
                 pool_name,

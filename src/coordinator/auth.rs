@@ -4,10 +4,10 @@
 //! join, `ppe_` endpoint). Only SHA-256 hashes are stored; a presented token is checked by
 //! hashing it and looking the hash up, so no stored secret can be replayed.
 
+use super::sql::OptionalExtension;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use rusqlite::OptionalExtension;
 use sha2::{Digest, Sha256};
 
 use super::AppState;

@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::OpenFlags;
+
+use super::sql::{self, Connection, OptionalExtension, Row, params};
 
 use super::error::{ApiErr, CoordinatorError};
 use super::snaptext::SnapText;
@@ -37,7 +39,7 @@ use crate::proto::{AuditEntry, Operation, OperationKind, OperationState, PoolPol
 use crate::snapshot::SnapshotHash;
 
 /// Each entry upgrades the schema by one version; never edit a released entry.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the initial schema.
     "CREATE TABLE pools (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -205,8 +207,21 @@ type Job = Box<dyn FnOnce(&Connection) -> Option<Deliver> + Send>;
 #[cfg(test)]
 pub const DEFAULT_WAL_LIMIT: u64 = 64 << 20;
 
+/// The coordinator's database: SQLite (this module) or PostgreSQL (`db_pg`), with one way to
+/// run a unit of work on either ([`Db::write`], [`Db::read`]).
 #[derive(Clone)]
 pub struct Db {
+    engine: Engine,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Sqlite(SqliteDb),
+    Postgres(super::db_pg::PgDb),
+}
+
+#[derive(Clone)]
+struct SqliteDb {
     path: Arc<PathBuf>,
     writer: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -214,15 +229,18 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("path", &self.path).finish()
+        match &self.engine {
+            Engine::Sqlite(s) => f.debug_struct("Db").field("sqlite", &s.path).finish(),
+            Engine::Postgres(p) => f.debug_struct("Db").field("postgres", p).finish(),
+        }
     }
 }
 
-fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
+fn open_conn(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
+    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -234,11 +252,33 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The schema version this build writes (the same for both databases: see `pg_schema`).
+#[cfg(test)]
+pub(crate) const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
 impl Db {
     /// Opens (creating if needed) the database and brings its schema up to date.
     #[cfg(test)]
     pub fn open(path: &Path) -> Result<Self, CoordinatorError> {
         Self::open_with(path, DEFAULT_WAL_LIMIT)
+    }
+
+    /// Opens the PostgreSQL database at `url` (see `db_pg`).
+    pub async fn open_postgres(
+        url: &str,
+        opts: &super::db_pg::PgOptions,
+    ) -> Result<Self, CoordinatorError> {
+        Ok(Self {
+            engine: Engine::Postgres(super::db_pg::PgDb::open(url, opts).await?),
+        })
+    }
+
+    /// The PostgreSQL database, for what only replicas need (the bus between them).
+    pub(crate) fn postgres(&self) -> Option<&super::db_pg::PgDb> {
+        match &self.engine {
+            Engine::Postgres(p) => Some(p),
+            Engine::Sqlite(_) => None,
+        }
     }
 
     /// [`Db::open`], with the WAL kept near `wal_limit` bytes (0: no limit; see the module
@@ -297,26 +337,38 @@ impl Db {
         let (writer, jobs) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("pacpool-db-writer".into())
-            .spawn(move || run_writer(conn, jobs, wal))
+            .spawn(move || run_writer(Connection::Sqlite(conn), jobs, wal))
             .map_err(|e| CoordinatorError::Database {
                 path: path.to_owned(),
                 detail: format!("cannot start the writer thread: {e}"),
             })?;
         Ok(Self {
-            path: Arc::new(path.to_owned()),
-            writer,
-            readers: Arc::new(Mutex::new(Vec::new())),
+            engine: Engine::Sqlite(SqliteDb {
+                path: Arc::new(path.to_owned()),
+                writer,
+                readers: Arc::new(Mutex::new(Vec::new())),
+            }),
         })
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection (shared with
-    /// other changes queued at the same time: see the module documentation); its changes are
-    /// committed when `f` returns `Ok` and rolled back otherwise. Returns after the commit.
+    /// Runs `f` as one atomic unit of work and returns after it committed; its changes are
+    /// rolled back when `f` returns `Err`.
+    ///
+    /// SQLite: in a `BEGIN IMMEDIATE` transaction on the writer connection (shared with other
+    /// changes queued at the same time: see the module documentation), so `f` never runs
+    /// concurrently with another change. PostgreSQL: in a `SERIALIZABLE` transaction; when
+    /// the database reports that it conflicted with a concurrent one, `f` runs again (so it
+    /// must not have effects outside the database), and the outcome is the same as if every
+    /// change had run one at a time, as on SQLite.
     pub async fn write<T, F>(&self, f: F) -> Result<T, ApiErr>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
+        F: FnMut(&Connection) -> Result<T, ApiErr> + Send + 'static,
     {
+        let s = match &self.engine {
+            Engine::Sqlite(s) => s,
+            Engine::Postgres(p) => return p.write(f).await,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, ApiErr>>();
         let job: Job = Box::new(move |conn: &Connection| -> Option<Deliver> {
             match in_savepoint(conn, f) {
@@ -333,7 +385,7 @@ impl Db {
                 }
             }
         });
-        self.writer
+        s.writer
             .send(job)
             .map_err(|_| ApiErr::internal("the database writer has stopped: see the log"))?;
         rx.await.map_err(|_| {
@@ -344,26 +396,37 @@ impl Db {
     /// Copies committed WAL frames into the database file (PASSIVE: never waits for, or
     /// blocks, the writer or readers). The writer connection does not checkpoint itself, so
     /// the copying and its fsync stay off the write path; `launch` calls this periodically.
+    /// Nothing to do on PostgreSQL.
     pub async fn checkpoint(&self) -> Result<(), ApiErr> {
-        self.read_plain(|conn| {
+        let Engine::Sqlite(s) = &self.engine else {
+            return Ok(());
+        };
+        s.read_plain(|conn| {
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
             Ok(())
         })
         .await
     }
 
-    /// Runs `f` in a read transaction on a reader connection, so all its statements see
-    /// one consistent state.
+    /// Runs `f` in a read transaction, so all its statements see one consistent state
+    /// (PostgreSQL: `REPEATABLE READ`, read only).
     pub async fn read<T, F>(&self, f: F) -> Result<T, ApiErr>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
     {
-        // One read transaction: every statement in `f` sees the same committed state.
-        self.read_plain(move |conn| in_transaction(conn, "BEGIN", f))
-            .await
+        match &self.engine {
+            // One read transaction: every statement in `f` sees the same committed state.
+            Engine::Sqlite(s) => {
+                s.read_plain(move |conn| in_transaction(conn, "BEGIN", f))
+                    .await
+            }
+            Engine::Postgres(p) => p.read(f).await,
+        }
     }
+}
 
+impl SqliteDb {
     /// Runs `f` on a reader connection, outside any transaction.
     async fn read_plain<T, F>(&self, f: F) -> Result<T, ApiErr>
     where
@@ -376,17 +439,25 @@ impl Db {
             let idle = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let conn = match idle {
                 Some(c) => c,
-                None => open_conn(&path)?,
+                None => Connection::Sqlite(open_conn(&path)?),
             };
             let out = f(&conn);
             let mut idle = readers.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_READERS && conn.is_autocommit() {
+            if idle.len() < MAX_IDLE_READERS && raw(&conn).is_autocommit() {
                 idle.push(conn);
             }
             out
         })
         .await
         .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
+    }
+}
+
+/// The SQLite connection under a [`Connection`] of the SQLite engine.
+fn raw(conn: &Connection) -> &rusqlite::Connection {
+    match conn {
+        Connection::Sqlite(c) => c,
+        Connection::Postgres(_) => unreachable!("the SQLite engine only holds SQLite connections"),
     }
 }
 
@@ -407,7 +478,7 @@ impl WalLimit {
     /// After a commit: a `RESTART` checkpoint when the WAL file is past the limit. A
     /// checkpoint that could not finish (a reader stayed past `busy_timeout`) is retried
     /// after the next commit.
-    fn check(&self, conn: &Connection) {
+    fn check(&self, conn: &rusqlite::Connection) {
         if self.limit == 0 {
             return;
         }
@@ -444,9 +515,16 @@ impl WalLimit {
     }
 }
 
+/// Runs one statement without parameters through the statement cache.
+fn exec_raw(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([]))?;
+    Ok(())
+}
+
 /// The writer thread: takes queued changes in batches into one transaction each, until
 /// every [`Db`] handle is gone.
-fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
+fn run_writer(wrapped: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
+    let conn = raw(&wrapped);
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut pending: Vec<Deliver> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = jobs.recv() {
@@ -457,10 +535,7 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
                 Err(_) => break,
             }
         }
-        let begun = conn
-            .prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut s| s.execute([]));
-        if let Err(e) = begun {
+        if let Err(e) = exec_raw(conn, "BEGIN IMMEDIATE") {
             let e = ApiErr::from(e);
             // Nothing ran: answer every change with the error (each delivers only on `Ok`,
             // so run none and drop them; their callers see a failed change).
@@ -469,7 +544,7 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
             continue;
         }
         for job in batch.drain(..) {
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&conn)));
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&wrapped)));
             match ran {
                 Ok(Some(deliver)) => pending.push(deliver),
                 Ok(None) => {}
@@ -477,7 +552,7 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
                     // Its savepoint is still open: undo the change alone.
                     tracing::error!("a database change panicked; it was rolled back");
                     if !conn.is_autocommit() {
-                        rollback_savepoint(&conn);
+                        rollback_savepoint(conn);
                     }
                 }
             }
@@ -488,10 +563,7 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
                 for d in pending.drain(..) {
                     d(Some(&e));
                 }
-                if let Err(e) = conn
-                    .prepare_cached("BEGIN IMMEDIATE")
-                    .and_then(|mut s| s.execute([]))
-                {
+                if let Err(e) = exec_raw(conn, "BEGIN IMMEDIATE") {
                     // The rest of the batch is dropped unrun: their callers get an error
                     // (a change never runs outside a transaction).
                     tracing::error!(error = %e, "cannot begin a write transaction");
@@ -504,17 +576,12 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
         if conn.is_autocommit() {
             continue;
         }
-        let committed = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]));
-        let failure = match committed {
-            Ok(_) => None,
+        let failure = match exec_raw(conn, "COMMIT") {
+            Ok(()) => None,
             Err(e) => {
                 let e = ApiErr::from(e);
                 if !conn.is_autocommit()
-                    && let Err(e) = conn
-                        .prepare_cached("ROLLBACK")
-                        .and_then(|mut s| s.execute([]))
+                    && let Err(e) = exec_raw(conn, "ROLLBACK")
                 {
                     tracing::error!(error = %e, "cannot roll back a coordinator database transaction");
                 }
@@ -524,18 +591,19 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Job>, wal: WalLimit) {
         for d in pending.drain(..) {
             d(failure.as_ref());
         }
-        wal.check(&conn);
+        wal.check(conn);
     }
 }
 
 /// Runs `f` inside a savepoint of the current transaction: released when `f` returns `Ok`,
 /// rolled back (alone) otherwise.
 fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, ApiErr>,
+    wrapped: &Connection,
+    mut f: impl FnMut(&Connection) -> Result<T, ApiErr>,
 ) -> Result<T, ApiErr> {
-    conn.prepare_cached("SAVEPOINT change")?.execute([])?;
-    let out = f(conn);
+    let conn = raw(wrapped);
+    exec_raw(conn, "SAVEPOINT change")?;
+    let out = f(wrapped);
     if conn.is_autocommit() {
         // SQLite already rolled the whole transaction back.
         return out.and(Err(ApiErr::internal(
@@ -543,7 +611,7 @@ fn in_savepoint<T>(
         )));
     }
     let out = out.and_then(|v| {
-        conn.prepare_cached("RELEASE change")?.execute([])?;
+        exec_raw(conn, "RELEASE change")?;
         Ok(v)
     });
     if out.is_err() && !conn.is_autocommit() {
@@ -553,11 +621,9 @@ fn in_savepoint<T>(
 }
 
 /// Undoes the innermost open `change` savepoint.
-fn rollback_savepoint(conn: &Connection) {
-    if let Err(e) = conn
-        .prepare_cached("ROLLBACK TO change")
-        .and_then(|mut s| s.execute([]))
-        .and_then(|_| conn.prepare_cached("RELEASE change")?.execute([]))
+fn rollback_savepoint(conn: &rusqlite::Connection) {
+    if let Err(e) =
+        exec_raw(conn, "ROLLBACK TO change").and_then(|()| exec_raw(conn, "RELEASE change"))
     {
         tracing::error!(error = %e, "cannot roll back a database change");
     }
@@ -566,20 +632,18 @@ fn rollback_savepoint(conn: &Connection) {
 /// Runs `f` between `begin` and `COMMIT` (`ROLLBACK` when `f` or the commit fails), with
 /// the statements cached rather than parsed per transaction.
 fn in_transaction<T>(
-    conn: &Connection,
+    wrapped: &Connection,
     begin: &str,
     f: impl FnOnce(&Connection) -> Result<T, ApiErr>,
 ) -> Result<T, ApiErr> {
-    conn.prepare_cached(begin)?.execute([])?;
-    let out = f(conn).and_then(|v| {
-        conn.prepare_cached("COMMIT")?.execute([])?;
+    let conn = raw(wrapped);
+    exec_raw(conn, begin)?;
+    let out = f(wrapped).and_then(|v| {
+        exec_raw(conn, "COMMIT")?;
         Ok(v)
     });
     if out.is_err() && !conn.is_autocommit() {
-        if let Err(e) = conn
-            .prepare_cached("ROLLBACK")
-            .and_then(|mut s| s.execute([]))
-        {
+        if let Err(e) = exec_raw(conn, "ROLLBACK") {
             tracing::error!(error = %e, "cannot roll back a coordinator database transaction");
         }
     }
@@ -587,8 +651,8 @@ fn in_transaction<T>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Row helpers shared by the service functions. All take a plain `&Connection` (a
-// `Transaction` derefs to one).
+// Row helpers shared by the service functions. All take a [`Connection`] inside the
+// caller's unit of work, and run on both databases.
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -643,8 +707,8 @@ pub fn put_snapshot(
             .optional()?;
         if let Some(depth) = depth.filter(|d| *d < MAX_DELTA_DEPTH) {
             conn.prepare_cached(
-                "INSERT OR IGNORE INTO snapshots (hash, body, package_count, created_at, base, delta, depth)
-                 VALUES (?1, '', ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO snapshots (hash, body, package_count, created_at, base, delta, depth)
+                 VALUES (?1, '', ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 snap.hash.to_hex(),
@@ -658,8 +722,8 @@ pub fn put_snapshot(
         }
     }
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO snapshots (hash, body, package_count, created_at)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO snapshots (hash, body, package_count, created_at)
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
     )?
     .execute(params![
         snap.hash.to_hex(),
@@ -724,7 +788,7 @@ const TARGET_COLS: &str = "t.pool_id, t.revision, t.snapshot, s.package_count, t
 
 type TargetRow = (i64, i64, String, i64, Option<i64>, String, i64, Option<i64>);
 
-fn target_row(r: &Row<'_>) -> rusqlite::Result<TargetRow> {
+fn target_row(r: &Row<'_>) -> sql::Result<TargetRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -815,7 +879,7 @@ pub struct OpRow {
 }
 
 /// Reads the columns of [`OP_COLS`].
-pub fn op_row(r: &Row<'_>) -> rusqlite::Result<OpRow> {
+pub fn op_row(r: &Row<'_>) -> sql::Result<OpRow> {
     Ok(OpRow {
         id: r.get(0)?,
         endpoint_id: r.get(1)?,
@@ -893,7 +957,8 @@ pub fn last_finished_state(
     s.map(|s| enum_from_sql(&s)).transpose()
 }
 
-/// Appends an audit entry (in the caller's transaction, so it commits with the change).
+/// Appends an audit entry (in the caller's transaction, so it commits with the change);
+/// returns its id.
 pub fn audit(
     conn: &Connection,
     actor: &str,
@@ -901,12 +966,16 @@ pub fn audit(
     subject: Option<String>,
     peer: Option<std::net::IpAddr>,
     detail: Option<String>,
-) -> Result<(), ApiErr> {
-    conn.prepare_cached(
-        "INSERT INTO audit (at, actor, action, subject, peer, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![now(), actor, action, subject, peer.map(|p| p.to_string()), detail])?;
-    Ok(())
+) -> Result<i64, ApiErr> {
+    Ok(conn
+        .prepare_cached(
+            "INSERT INTO audit (at, actor, action, subject, peer, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             RETURNING id",
+        )?
+        .query_row(
+            params![now(), actor, action, subject, peer.map(|p| p.to_string()), detail],
+            |r| r.get(0),
+        )?)
 }
 
 /// Records that endpoint `endpoint` moved to `state`, with its `source` (JSON, bounded).
@@ -996,7 +1065,7 @@ pub fn audit_page(
             detail: r.get(6)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<sql::Result<_>>()?)
 }
 
 /// A pool with its policy, current target and endpoint count.
@@ -1050,30 +1119,30 @@ pub fn audit_filtered(
     let mut sql = String::from(
         "SELECT id, at, actor, action, subject, peer, detail FROM audit WHERE id < ?1",
     );
-    let mut args: Vec<rusqlite::types::Value> = vec![cursor.unwrap_or(i64::MAX).into()];
-    let mut add = |cond: &str, v: rusqlite::types::Value| {
+    let mut args: Vec<sql::Value<'static>> = vec![sql::Value::Int(cursor.unwrap_or(i64::MAX))];
+    let mut add = |cond: &str, v: sql::Value<'static>| {
         args.push(v);
         sql.push_str(&format!(" AND {cond} ?{}", args.len()));
     };
     if let Some(a) = &f.actor {
-        add("actor =", a.clone().into());
+        add("actor =", sql::Value::Text(a.clone().into()));
     }
     if let Some(a) = &f.action {
-        add("action =", a.clone().into());
+        add("action =", sql::Value::Text(a.clone().into()));
     }
     if let Some(a) = &f.subject {
-        add("subject =", a.clone().into());
+        add("subject =", sql::Value::Text(a.clone().into()));
     }
     if let Some(t) = f.since {
-        add("at >=", t.into());
+        add("at >=", sql::Value::Int(t));
     }
     if let Some(t) = f.until {
-        add("at <", t.into());
+        add("at <", sql::Value::Int(t));
     }
-    args.push(limit.into());
+    args.push(sql::Value::Int(limit));
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+    let rows = stmt.query_map(sql::params_from_iter(args), |r| {
         Ok(AuditEntry {
             id: r.get(0)?,
             at: r.get(1)?,
@@ -1084,7 +1153,7 @@ pub fn audit_filtered(
             detail: r.get(6)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<sql::Result<_>>()?)
 }
 
 /// States kept per endpoint in `endpoint_states` (the dashboard's state history); older
@@ -1130,24 +1199,21 @@ pub(crate) fn put_manifest(
     pool_id: i64,
     revision: u64,
     gzipped_json: &[u8],
-) -> rusqlite::Result<()> {
+) -> sql::Result<()> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO target_manifests (pool_id, revision, body) VALUES (?1, ?2, ?3)",
+        "INSERT INTO target_manifests (pool_id, revision, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (pool_id, revision) DO UPDATE SET body = excluded.body",
     )?
     .execute(params![pool_id, revision as i64, gzipped_json])?;
     Ok(())
 }
 
 /// Copies revision `from`'s manifest (if any) to revision `to` of the same pool.
-pub(crate) fn copy_manifest(
-    tx: &Connection,
-    pool_id: i64,
-    from: u64,
-    to: u64,
-) -> rusqlite::Result<()> {
+pub(crate) fn copy_manifest(tx: &Connection, pool_id: i64, from: u64, to: u64) -> sql::Result<()> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO target_manifests (pool_id, revision, body)
-         SELECT pool_id, ?3, body FROM target_manifests WHERE pool_id = ?1 AND revision = ?2",
+        "INSERT INTO target_manifests (pool_id, revision, body)
+         SELECT pool_id, ?3, body FROM target_manifests WHERE pool_id = ?1 AND revision = ?2
+         ON CONFLICT (pool_id, revision) DO UPDATE SET body = excluded.body",
     )?
     .execute(params![pool_id, from as i64, to as i64])?;
     Ok(())
@@ -1158,7 +1224,7 @@ pub(crate) fn manifest_body(
     conn: &Connection,
     pool_id: i64,
     revision: u64,
-) -> rusqlite::Result<Option<Vec<u8>>> {
+) -> sql::Result<Option<Vec<u8>>> {
     conn.prepare_cached("SELECT body FROM target_manifests WHERE pool_id = ?1 AND revision = ?2")?
         .query_row(params![pool_id, revision as i64], |r| r.get(0))
         .optional()
@@ -1202,7 +1268,7 @@ mod tests {
                 for _ in 0..STATE_CHANGES_KEPT + 25 {
                     insert_state_change(tx, 1, &hash, 50, Some("{\"kind\":\"unknown\"}"))?;
                 }
-                let count = |e: i64| -> rusqlite::Result<i64> {
+                let count = |e: i64| -> sql::Result<i64> {
                     tx.query_row(
                         "SELECT count(*) FROM endpoint_changes WHERE endpoint_id = ?1",
                         [e],
@@ -1304,7 +1370,7 @@ mod tests {
         assert_eq!(ok, 160);
         // Every acknowledged change is visible to a new connection (committed), and no
         // refused one is.
-        let conn = Connection::open(&path).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
         let subjects: Vec<i64> = conn
             .prepare("SELECT CAST(subject AS INTEGER) FROM audit WHERE action = 'group'")
             .unwrap()
@@ -1393,7 +1459,7 @@ mod tests {
         let path = dir.path().join("sub/c.db");
         drop(Db::open(&path).unwrap());
         drop(Db::open(&path).unwrap());
-        let conn = Connection::open(&path).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
         let v: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();

@@ -14,6 +14,8 @@ use crate::proto::ApiError;
 pub enum CoordinatorError {
     #[error("coordinator database {path}: {detail}")]
     Database { path: PathBuf, detail: String },
+    #[error("coordinator database {url}: {detail}")]
+    PostgresDatabase { url: String, detail: String },
     #[error(
         "coordinator database {path} has schema version {found}, newer than this pacpool-coordinator ({supported}): upgrade pacpool-coordinator"
     )]
@@ -132,6 +134,52 @@ impl From<rusqlite::Error> for ApiErr {
             }
             _ => {
                 tracing::error!(error = %e, "database error");
+                Self::internal("database error on the coordinator: see its log")
+            }
+        }
+    }
+}
+
+impl From<super::sql::Error> for ApiErr {
+    fn from(e: super::sql::Error) -> Self {
+        use super::sql::Error;
+        match e {
+            Error::Sqlite(e) => e.into(),
+            Error::Postgres(e) => e.into(),
+            other => {
+                tracing::error!(error = %other, "database error");
+                Self::internal("database error on the coordinator: see its log")
+            }
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiErr {
+    fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        let code = e.code().cloned();
+        let unavailable =
+            |message: &str| Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        match code {
+            Some(c)
+                if c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || c == SqlState::T_R_DEADLOCK_DETECTED
+                    || c == SqlState::LOCK_NOT_AVAILABLE
+                    || c == SqlState::QUERY_CANCELED =>
+            {
+                tracing::warn!(error = %e, "database busy");
+                unavailable("the coordinator database is busy: retry in a moment")
+            }
+            Some(c) if c == SqlState::DISK_FULL => {
+                tracing::error!(error = %e, "database disk full");
+                unavailable("the coordinator database's disk is full: tell its administrator")
+            }
+            None if e.is_closed() || e.as_db_error().is_none() => {
+                tracing::warn!(error = %e, "database connection failed");
+                unavailable("the coordinator cannot reach its database: retry in a moment")
+            }
+            _ => {
+                tracing::error!(error = %e, code = ?e.code(), "database error");
                 Self::internal("database error on the coordinator: see its log")
             }
         }

@@ -72,7 +72,8 @@ impl Kick {
     }
 }
 
-type Registry = Arc<Mutex<HashMap<i64, Vec<(u64, watch::Sender<Option<Kick>>)>>>>;
+/// Open sockets by endpoint: (socket id, the pool it joined, its kick signal).
+type Registry = Arc<Mutex<HashMap<i64, Vec<(u64, i64, watch::Sender<Option<Kick>>)>>>>;
 
 /// One open endpoint socket's registration: [`Hub::kick`] sets its value; dropping it
 /// unregisters the socket.
@@ -87,7 +88,7 @@ impl Drop for EndpointSocket {
     fn drop(&mut self) {
         let mut map = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = map.get_mut(&self.endpoint) {
-            list.retain(|(id, _)| *id != self.id);
+            list.retain(|(id, _, _)| *id != self.id);
             if list.is_empty() {
                 map.remove(&self.endpoint);
             }
@@ -129,6 +130,9 @@ pub struct Hub {
     /// Open endpoint sockets by endpoint id.
     sockets: Registry,
     next_socket: std::sync::atomic::AtomicU64,
+    /// The other replicas (PostgreSQL), once started: what is published or kicked here is
+    /// also sent to them.
+    bus: std::sync::OnceLock<Arc<super::cluster::Bus>>,
 }
 
 /// Counts an admin subscriber while alive.
@@ -208,21 +212,56 @@ impl Hub {
         }
     }
 
+    /// Sends `msg` to this replica's subscribers of the pool, and to the other replicas'.
     pub fn publish(&self, pool_id: i64, to: Audience, msg: &ServerMsg) {
         match serde_json::to_string(msg) {
-            Ok(json) => self.send(
-                pool_id,
-                Event {
-                    to,
-                    kind: EventKind::Msg(json.into()),
-                },
-            ),
+            Ok(json) => {
+                if let Some(bus) = self.bus.get() {
+                    bus.send(super::cluster::ClusterEvent::Publish {
+                        pool: pool_id,
+                        to: to.into(),
+                        msg: json.clone(),
+                    });
+                }
+                self.deliver(pool_id, to, json);
+            }
             Err(e) => tracing::error!(error = %e, "cannot serialize a server message"),
         }
     }
 
-    /// Registers an endpoint socket as soon as it opens (see the module documentation).
-    pub fn register_endpoint(&self, endpoint: i64) -> EndpointSocket {
+    /// Sends an already serialized message to this replica's subscribers only (one that
+    /// another replica published).
+    pub fn deliver(&self, pool_id: i64, to: Audience, json: String) {
+        self.send(
+            pool_id,
+            Event {
+                to,
+                kind: EventKind::Msg(json.into()),
+            },
+        );
+    }
+
+    /// Connects this hub to the other replicas (once).
+    pub fn attach_bus(&self, bus: Arc<super::cluster::Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// The bus to the other replicas, if any.
+    pub fn bus(&self) -> Option<&Arc<super::cluster::Bus>> {
+        self.bus.get()
+    }
+
+    /// Every endpoint with a socket open here, with the pool the socket joined.
+    pub fn registered(&self) -> Vec<(i64, Option<i64>)> {
+        let map = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(e, list)| (*e, list.first().map(|(_, pool, _)| *pool)))
+            .collect()
+    }
+
+    /// Registers an endpoint socket (of pool `pool`) as soon as it opens (see the module
+    /// documentation).
+    pub fn register_endpoint(&self, endpoint: i64, pool: i64) -> EndpointSocket {
         let (tx, kicked) = watch::channel(None);
         let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
         self.sockets
@@ -230,7 +269,7 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .entry(endpoint)
             .or_default()
-            .push((id, tx));
+            .push((id, pool, tx));
         EndpointSocket {
             kicked,
             endpoint,
@@ -242,9 +281,20 @@ impl Hub {
     /// Closes every open socket of `endpoint` (called after the change committed); returns
     /// how many were told.
     pub fn kick(&self, endpoint: i64, why: Kick) -> usize {
+        if let Some(bus) = self.bus.get() {
+            bus.send(super::cluster::ClusterEvent::Kick {
+                endpoint,
+                why: why.into(),
+            });
+        }
+        self.deliver_kick(endpoint, why)
+    }
+
+    /// [`Hub::kick`] on this replica only (another replica's kick).
+    pub fn deliver_kick(&self, endpoint: i64, why: Kick) -> usize {
         let map = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.get(&endpoint).map(Vec::as_slice).unwrap_or_default();
-        for (_, tx) in list {
+        for (_, _, tx) in list {
             tx.send_replace(Some(why));
         }
         list.len()
@@ -286,9 +336,9 @@ mod tests {
     #[test]
     fn kicks_reach_every_registered_socket_of_the_endpoint_only() {
         let hub = Hub::default();
-        let a1 = hub.register_endpoint(1);
-        let a2 = hub.register_endpoint(1);
-        let b = hub.register_endpoint(2);
+        let a1 = hub.register_endpoint(1, 1);
+        let a2 = hub.register_endpoint(1, 1);
+        let b = hub.register_endpoint(2, 1);
         assert_eq!(hub.kick(1, Kick::Moved), 2);
         assert_eq!(*a1.kicked.borrow(), Some(Kick::Moved));
         assert_eq!(*a2.kicked.borrow(), Some(Kick::Moved));

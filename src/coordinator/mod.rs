@@ -84,13 +84,16 @@
 mod api;
 mod auth;
 mod clock;
+mod cluster;
 mod connections;
 mod dashboard;
 mod db;
+mod db_pg;
 mod error;
 mod hub;
 mod limits;
 mod overview;
+mod pg_schema;
 pub mod pool_repo;
 mod retention;
 mod rollout;
@@ -100,6 +103,7 @@ mod serve;
 mod service;
 pub mod settings;
 mod snaptext;
+pub(crate) mod sql;
 mod tokens;
 mod ws;
 
@@ -165,8 +169,25 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// An endpoint joined, moved or left: the cached pool sizes are stale.
+    /// An endpoint joined, moved or left: the cached pool sizes are stale, here and on the
+    /// other replicas.
     pub(crate) fn pool_membership_changed(&self) {
+        if let Some(bus) = self.hub.bus() {
+            bus.send(cluster::ClusterEvent::Membership);
+        }
+        self.forget_pool_sizes();
+    }
+
+    /// Whether this replica runs the periodic `job` now (always, on SQLite: one process).
+    pub(crate) async fn leads(&self, job: cluster::Job) -> bool {
+        match self.hub.bus() {
+            Some(bus) => bus.leads(job).await,
+            None => true,
+        }
+    }
+
+    /// Drops the cached pool sizes (see [`Inner::pool_membership_changed`]).
+    pub(crate) fn forget_pool_sizes(&self) {
         self.pool_sizes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -357,6 +378,33 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Resolves the admin token hash from the settings, creating a token file when needed.
+/// What several replicas on one PostgreSQL database must share, checked before start: one
+/// admin token (a generated one would differ per replica) and one package directory (the
+/// default sits beside a SQLite file, which a URL is not).
+fn check_replica_settings(settings: &Settings) -> Result<(), CoordinatorError> {
+    let shown = db_pg::redact(&settings.database.to_string_lossy());
+    let fail = |detail: &str| CoordinatorError::PostgresDatabase {
+        url: shown.clone(),
+        detail: detail.to_owned(),
+    };
+    if settings.admin_token.is_none()
+        && settings.admin_token_sha256.is_none()
+        && !settings.admin_token_file.exists()
+    {
+        return Err(fail(
+            "with PostgreSQL every replica needs the same admin token: set admin_token_sha256, or \
+             write the token to admin_token_file on each replica (not generated per replica)",
+        ));
+    }
+    if settings.repo.dir.is_none() {
+        return Err(fail(
+            "with PostgreSQL set [repo] dir to a directory every replica reaches (shared storage) \
+             for the pool repository's files",
+        ));
+    }
+    Ok(())
+}
+
 fn admin_hash(settings: &Settings) -> Result<[u8; 32], CoordinatorError> {
     if let Some(Secret(token)) = &settings.admin_token {
         return Ok(Sha256::digest(token.as_bytes()).into());
@@ -437,12 +485,33 @@ pub async fn launch(
         Some(t) => Some(crate::tls::server_config(&t.cert, &t.key)?),
         None => None,
     };
+    let postgres = settings
+        .database
+        .to_str()
+        .filter(|d| db_pg::is_postgres_url(d))
+        .map(str::to_owned);
+    if postgres.is_some() {
+        check_replica_settings(&settings)?;
+    }
     let admin_hash = admin_hash(&settings)?;
-    let db_path = settings.database.clone();
-    let wal_limit = settings.wal_checkpoint_mib.saturating_mul(1 << 20);
-    let db = tokio::task::spawn_blocking(move || db::Db::open_with(&db_path, wal_limit))
-        .await
-        .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))??;
+    let replica = cluster::ReplicaId::new();
+    let db = match &postgres {
+        Some(url) => {
+            let opts = db_pg::PgOptions {
+                pool_size: settings.database_pool_size,
+                ca_file: settings.database_ca_file.clone(),
+                application_name: format!("pacpool-coordinator {replica}"),
+            };
+            db::Db::open_postgres(url, &opts).await?
+        }
+        None => {
+            let db_path = settings.database.clone();
+            let wal_limit = settings.wal_checkpoint_mib.saturating_mul(1 << 20);
+            tokio::task::spawn_blocking(move || db::Db::open_with(&db_path, wal_limit))
+                .await
+                .map_err(|e| CoordinatorError::Serve(std::io::Error::other(e)))??
+        }
+    };
     let pool_repo = pool_repo::PackageStore::open(&settings.repo, &settings.database)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let token_limiter =
@@ -481,6 +550,16 @@ pub async fn launch(
         rollout_running: tokio::sync::Mutex::new(()),
         shutdown: stop_rx.clone(),
     }));
+    if let Some(pg) = state.db.postgres() {
+        let bus = cluster::start(&state, pg, replica).await.map_err(|e| {
+            CoordinatorError::PostgresDatabase {
+                url: format!("{pg:?}"),
+                detail: format!("cannot listen for the other replicas' events: {e}"),
+            }
+        })?;
+        state.hub.attach_bus(bus);
+        tracing::info!(%replica, "coordinator replica on PostgreSQL");
+    }
     tokio::spawn(state.clone().watch_offline());
     tokio::spawn(state.clone().run_retention());
     tokio::spawn(state.clone().run_checkpoints());

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use rusqlite::params;
+use super::sql::params;
 
 use super::AppState;
 use super::api::no_pool;
@@ -117,7 +117,7 @@ fn compiled(policy: &PoolPolicy) -> Result<plan::CompiledPolicy, ApiErr> {
 impl AppState {
     fn snapshot_of(
         &self,
-        conn: &rusqlite::Connection,
+        conn: &super::sql::Connection,
         hash: &SnapshotHash,
     ) -> Result<Arc<Snapshot>, ApiErr> {
         self.load_snapshot(conn, hash)?
@@ -141,7 +141,7 @@ impl AppState {
                     .query_map([pool_id], |r| {
                         Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)? as u64))
                     })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<super::sql::Result<Vec<_>>>()?;
                 let target = db::current_target(conn, pool_id)?;
                 let mut out = PackageMatrix {
                     target_revision: target.as_ref().map(|t| t.revision),
@@ -227,7 +227,7 @@ impl AppState {
                             r.get::<_, String>(2)?,
                         ))
                     })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<super::sql::Result<Vec<_>>>()?;
                 let mut verdicts: HashMap<String, bool> = HashMap::new();
                 let mut out = Vec::new();
                 for (id, ep, current) in rows {
@@ -288,7 +288,7 @@ impl AppState {
                             r.get::<_, bool>(5)?,
                         ))
                     })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?
+                    .collect::<super::sql::Result<Vec<_>>>()?
                     .into_iter()
                     .map(|(at, hash, n, op, kind, first)| {
                         let cause = match (first, op) {
@@ -413,7 +413,7 @@ impl AppState {
                 let rows = conn
                     .prepare_cached("SELECT id, name FROM pools ORDER BY id")?
                     .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<BTreeMap<i64, String>>>()?;
+                    .collect::<super::sql::Result<BTreeMap<i64, String>>>()?;
                 Ok(rows)
             })
             .await

@@ -486,7 +486,7 @@ async fn is_anonymous(state: &AppState, pool_id: i64) -> Result<bool, ApiErr> {
     let name: Option<String> = state
         .db
         .read(move |conn| {
-            use rusqlite::OptionalExtension as _;
+            use super::sql::OptionalExtension as _;
             Ok(conn
                 .prepare_cached("SELECT name FROM pools WHERE id = ?1")?
                 .query_row([pool_id], |r| r.get(0))

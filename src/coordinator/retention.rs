@@ -11,7 +11,7 @@
 //! Work is done in small batches, each its own write transaction, so reports are never held
 //! behind one long cleanup.
 
-use rusqlite::{Connection, params};
+use super::sql::{Connection, params};
 
 use super::AppState;
 use super::db;
@@ -62,8 +62,8 @@ fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiEr
         // Keeps revisions newer than (newest - max_target_history): at least the current one.
         out.targets = tx
             .prepare_cached(
-                "DELETE FROM targets WHERE rowid IN (
-                    SELECT t.rowid FROM targets t
+                "DELETE FROM targets WHERE (pool_id, revision) IN (
+                    SELECT t.pool_id, t.revision FROM targets t
                     WHERE t.revision <= (SELECT max(revision) FROM targets m WHERE m.pool_id = t.pool_id) - ?1
                     LIMIT ?2)",
             )?
@@ -90,7 +90,7 @@ fn batch(tx: &Connection, settings: &Settings, at: i64) -> Result<Removed, ApiEr
     )?;
     let hashes = stmt
         .query_map([BATCH], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::coordinator::sql::Result<Vec<_>>>()?;
     for h in hashes {
         out.snapshots.push(db::parse_hash(&h)?);
     }
@@ -137,6 +137,9 @@ impl AppState {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = super::stopped(&mut shutdown) => return,
+            }
+            if !self.leads(super::cluster::Job::Retention).await {
+                continue;
             }
             match self.retention_once(self.clock.now()).await {
                 Ok(r) if r != Removed::default() => tracing::info!(
@@ -246,7 +249,7 @@ mod tests {
             .read(|conn| {
                 let mut stmt = conn.prepare("SELECT hash FROM snapshots ORDER BY hash")?;
                 let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                Ok(rows.collect::<crate::coordinator::sql::Result<Vec<_>>>()?)
             })
             .await
             .unwrap();
@@ -259,7 +262,7 @@ mod tests {
                     .prepare("SELECT pool_id, revision FROM targets ORDER BY pool_id, revision")?;
                 let revs = stmt
                     .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<crate::coordinator::sql::Result<Vec<_>>>()?;
                 Ok((
                     revs,
                     count(conn, "SELECT count(*) FROM operations WHERE id IN (2, 3)"),

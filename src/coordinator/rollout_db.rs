@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Connection, Dialect, OptionalExtension, params};
 
 use super::db::{enum_from_sql, enum_to_sql};
 use super::error::ApiErr;
@@ -61,7 +61,7 @@ type RawRow = (
     i64,
 );
 
-fn raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+fn raw(r: &super::sql::Row<'_>) -> super::sql::Result<RawRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -110,7 +110,7 @@ pub fn list(conn: &Connection, pool_id: i64, limit: u32) -> Result<Vec<RolloutRo
         format!("SELECT {COLS} FROM rollouts WHERE pool_id = ?1 ORDER BY revision DESC LIMIT ?2");
     conn.prepare_cached(&sql)?
         .query_map(params![pool_id, limit], raw)?
-        .collect::<rusqlite::Result<Vec<_>>>()?
+        .collect::<super::sql::Result<Vec<_>>>()?
         .into_iter()
         .map(finish)
         .collect()
@@ -239,7 +239,7 @@ impl Offers {
                     r.get::<_, Option<i64>>(3)?,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::sql::Result<Vec<_>>>()?;
         let mut targets = Vec::with_capacity(rows.len());
         let mut set_by = HashMap::new();
         for (rev, snap, offered, by) in rows {
@@ -269,7 +269,7 @@ impl Offers {
                     },
                 ))
             })?
-            .collect::<rusqlite::Result<HashMap<_, _>>>()?;
+            .collect::<super::sql::Result<HashMap<_, _>>>()?;
         Ok(Some(Self {
             matcher,
             targets,
@@ -376,7 +376,7 @@ pub fn outcomes(
                 r.get::<_, Option<String>>(2)?,
             ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<super::sql::Result<Vec<_>>>()?;
     let mut out = HashMap::new();
     for (endpoint, state, result) in rows {
         let outcome = match state.as_str() {
@@ -416,12 +416,20 @@ pub fn attempted(conn: &Connection, endpoint_id: i64, revision: u64) -> Result<b
 /// Syncs pending or in progress among `endpoints` (a ring): its slots in use.
 pub fn slots_used(conn: &Connection, endpoints: &[i64]) -> Result<u64, ApiErr> {
     let ids = json(&endpoints)?;
-    Ok(conn
-        .prepare_cached(
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => {
             "SELECT count(*) FROM operations
              WHERE state IN ('pending', 'in_progress') AND kind = 'sync-to-latest'
-               AND endpoint_id IN (SELECT value FROM json_each(?1))",
-        )?
+               AND endpoint_id IN (SELECT value FROM json_each(?1))"
+        }
+        Dialect::Postgres => {
+            "SELECT count(*) FROM operations
+             WHERE state IN ('pending', 'in_progress') AND kind = 'sync-to-latest'
+               AND endpoint_id IN (SELECT value::bigint FROM json_array_elements_text(?1::text::json))"
+        }
+    };
+    Ok(conn
+        .prepare_cached(sql)?
         .query_row([ids], |r| r.get::<_, i64>(0))? as u64)
 }
 
@@ -438,7 +446,7 @@ pub fn running_auto(
              WHERE o.pool_id = ?1 AND o.auto = 1 AND o.state IN ('pending', 'in_progress')",
         )?
         .query_map([pool_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?)
+        .collect::<super::sql::Result<Vec<_>>>()?)
 }
 
 /// Marks the operation's offered revision and whether the coordinator started it.

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use rusqlite::{Connection, params};
+use super::sql::{Connection, params};
 
 use super::AppState;
 use super::db;
@@ -45,7 +45,7 @@ fn endpoints(conn: &Connection, pool_id: i64) -> Result<Vec<Ep>, ApiErr> {
                 last_seen: r.get(3)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?)
+        .collect::<super::sql::Result<Vec<_>>>()?)
 }
 
 /// The waves of `row` computed from stored operations.
@@ -254,7 +254,7 @@ impl AppState {
                     let rows = conn
                         .prepare_cached("SELECT id, policy FROM pools ORDER BY id")?
                         .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                        .collect::<super::sql::Result<Vec<_>>>()?;
                     Ok(rows)
                 })
                 .await;
@@ -429,12 +429,12 @@ impl AppState {
                     {
                         continue;
                     }
-                    tx.prepare_cached(
-                        "INSERT INTO operations (endpoint_id, pool_id, kind, state, created_at, updated_at, target_revision, auto)
-                         VALUES (?1, ?2, 'sync-to-latest', 'pending', ?3, ?3, ?4, 1)",
-                    )?
-                    .execute(params![ep.id, pool_id, now, rev as i64])?;
-                    let id = tx.last_insert_rowid();
+                    let id: i64 = tx
+                        .prepare_cached(
+                            "INSERT INTO operations (endpoint_id, pool_id, kind, state, created_at, updated_at, target_revision, auto)
+                             VALUES (?1, ?2, 'sync-to-latest', 'pending', ?3, ?3, ?4, 1) RETURNING id",
+                        )?
+                        .query_row(params![ep.id, pool_id, now, rev as i64], |r| r.get(0))?;
                     db::audit(
                         tx, "rollout", "operation.create", Some(format!("operation:{id}")), None,
                         Some(format!("automatic sync-to-latest (revision {rev}) on endpoint:{}", ep.id)),

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Connection, OptionalExtension, params};
 
 use super::AppState;
 use super::auth::EndpointAuth;
@@ -135,7 +135,7 @@ struct EndpointRow {
 
 const ENDPOINT_COLS: &str = "id, name, pool_id, current, last_seen";
 
-fn endpoint_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointRow> {
+fn endpoint_row(r: &super::sql::Row<'_>) -> super::sql::Result<EndpointRow> {
     Ok(EndpointRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -231,7 +231,7 @@ impl AppState {
                 return Ok(());
             }
         }
-        db::audit(
+        let row = db::audit(
             tx,
             &Actor::Endpoint(endpoint).to_string(),
             "endpoint.report",
@@ -239,7 +239,6 @@ impl AppState {
             peer,
             Some(detail),
         )?;
-        let row = tx.last_insert_rowid();
         self.report_audits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -455,7 +454,7 @@ impl AppState {
                 let rows = conn
                     .prepare_cached(&sql)?
                     .query_map(params![pool_id, me], endpoint_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<super::sql::Result<Vec<_>>>()?;
                 let mut endpoints = Vec::with_capacity(rows.len());
                 for row in rows {
                     let again = row.clone();
@@ -507,7 +506,7 @@ impl AppState {
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let rows = stmt
                     .query_map([pool_id], endpoint_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<super::sql::Result<Vec<_>>>()?;
                 rows.into_iter()
                     .map(|row| st.status_of(conn, row, target.as_ref(), &policy, ctx.as_ref()))
                     .collect()
@@ -530,13 +529,13 @@ impl AppState {
                     let pools = conn
                         .prepare_cached("SELECT id, name FROM pools ORDER BY id")?
                         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                        .collect::<super::sql::Result<Vec<_>>>()?;
                     let ops = conn
                     .prepare_cached(
                         "SELECT pool_id, state, count(*) FROM operations GROUP BY pool_id, state",
                     )?
                     .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<super::sql::Result<Vec<_>>>()?;
                     let targets = conn
                         .prepare_cached(
                             "SELECT pool_id, count(*), max(revision) FROM targets GROUP BY pool_id",
@@ -544,7 +543,7 @@ impl AppState {
                         .query_map([], |r| {
                             Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
                         })?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                        .collect::<super::sql::Result<Vec<_>>>()?;
                     let snaps = conn.query_row(
                         "SELECT count(*), coalesce(sum(length(body) + coalesce(length(delta), 0)), 0) FROM snapshots",
                         [],
@@ -638,7 +637,10 @@ impl AppState {
             // since the previous tick have `prev - offline_after <= last_seen < t - offline_after`.
             let (lo, hi) = (prev - offline_after, t - offline_after);
             prev = t;
-            if hi <= lo || !self.hub.any_admins() {
+            // One replica tells every replica's admins (through the bus); on SQLite only
+            // when someone listens.
+            let listened = self.hub.bus().is_some() || self.hub.any_admins();
+            if hi <= lo || !listened || !self.leads(super::cluster::Job::Offline).await {
                 continue;
             }
             let crossed = self
@@ -649,7 +651,7 @@ impl AppState {
                     )?;
                     let rows = stmt
                         .query_map(params![lo, hi], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                        .collect::<super::sql::Result<Vec<_>>>()?;
                     Ok(rows)
                 })
                 .await;
@@ -1165,19 +1167,19 @@ impl AppState {
                     st.charge_storage(endpoint_id, 2 * ROW_COST_BYTES)?;
                 }
                 let t = st.clock.now();
-                tx.prepare_cached(
+                let id: i64 = tx
+                    .prepare_cached(
                     "INSERT INTO operations (endpoint_id, pool_id, kind, state, to_snapshot, idempotency_key, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?6)",
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?6) RETURNING id",
                 )?
-                .execute(params![
+                .query_row(params![
                     endpoint_id,
                     pool_id,
                     enum_to_sql(&req.kind),
                     req.to_snapshot.map(|h| h.to_hex()),
                     req.idempotency_key,
                     t
-                ])?;
-                let id = tx.last_insert_rowid();
+                ], |r| r.get(0))?;
                 if offered.is_some() {
                     rollout_db::tag_operation(tx, id, offered, false)?;
                 }
@@ -1255,7 +1257,8 @@ impl AppState {
             .read(move |conn| {
                 let sql = format!(
                     "SELECT {} FROM operations
-                     WHERE id < ?1 AND (?2 IS NULL OR endpoint_id = ?2) AND (?3 IS NULL OR pool_id = ?3)
+                     WHERE id < ?1 AND (CAST(?2 AS BIGINT) IS NULL OR endpoint_id = ?2)
+                       AND (CAST(?3 AS BIGINT) IS NULL OR pool_id = ?3)
                      ORDER BY id DESC LIMIT ?4",
                     db::OP_COLS
                 );
@@ -1265,7 +1268,7 @@ impl AppState {
                         params![cursor.unwrap_or(i64::MAX), endpoint, pool, limit],
                         db::op_row,
                     )?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<super::sql::Result<Vec<_>>>()?;
                 rows.into_iter()
                     .map(db::finish_op)
                     .collect::<Result<Vec<_>, _>>()

@@ -15,8 +15,19 @@ pub const EXAMPLE_CONFIG: &str = r#"# pacpool-coordinator configuration (TOML). 
 # use "0.0.0.0:7300" for a network, with [tls] below (tokens are bearer secrets).
 listen = "127.0.0.1:7300"
 
-# The SQLite database (created on first start, WAL mode).
+# The database: a SQLite file (created on first start, WAL mode), or a PostgreSQL URL for
+# several coordinator replicas on one database, e.g.
+#   database = "postgres://pacpool:PASSWORD@db.example.net/pacpool?sslmode=require"
+#   database = "postgresql:///pacpool?host=/run/postgresql&user=pacpool"   (Unix socket)
+# With PostgreSQL, give every replica the same admin_token_sha256 (or admin token file) and a
+# [repo] dir they all reach. Environment: PACPOOL_COORDINATOR_DATABASE; flag: --database.
 database = "/var/lib/pacpool-coordinator/coordinator.db"
+
+# PostgreSQL only: connections each replica keeps to the database.
+database_pool_size = 16
+
+# PostgreSQL only: a CA certificate (PEM) trusted besides the system's for sslmode=require.
+# database_ca_file = "/etc/pacpool/db-ca.pem"
 
 # File holding the admin token. If it does not exist on start, a random token is generated
 # and written there (mode 0600); give it to `pacpool admin` as the bearer token.
@@ -161,8 +172,13 @@ impl fmt::Debug for Secret {
 pub struct Settings {
     /// Default `127.0.0.1:7300`.
     pub listen: SocketAddr,
-    /// Default `/var/lib/pacpool-coordinator/coordinator.db`.
+    /// Default `/var/lib/pacpool-coordinator/coordinator.db`; a `postgres://` URL selects
+    /// PostgreSQL.
     pub database: PathBuf,
+    /// PostgreSQL: connections per replica. Default 16.
+    pub database_pool_size: usize,
+    /// PostgreSQL: a CA certificate trusted besides the system's.
+    pub database_ca_file: Option<PathBuf>,
     /// Default `/var/lib/pacpool-coordinator/admin-token`; created (0600) when missing.
     pub admin_token_file: PathBuf,
     /// Hex SHA-256 of the admin token; when set, `admin_token_file` is ignored.
@@ -263,6 +279,8 @@ impl Default for Settings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
             database: PathBuf::from("/var/lib/pacpool-coordinator/coordinator.db"),
+            database_pool_size: 16,
+            database_ca_file: None,
             admin_token_file: PathBuf::from("/var/lib/pacpool-coordinator/admin-token"),
             admin_token_sha256: None,
             admin_token: None,

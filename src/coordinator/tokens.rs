@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, params};
 
 use super::AppState;
 use super::api::no_pool;
@@ -24,7 +24,7 @@ impl AppState {
                 let ids = conn
                     .prepare_cached("SELECT id FROM pools ORDER BY id")?
                     .query_map([], |r| r.get::<_, i64>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<super::sql::Result<Vec<_>>>()?;
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
                     out.extend(db::pool(conn, id)?);
@@ -69,12 +69,12 @@ impl AppState {
                 if db::policy_of(tx, pool_id)?.is_none() {
                     return Err(no_pool(pool_id));
                 }
-                tx.execute(
+                let id: i64 = tx.query_row(
                     "INSERT INTO join_tokens (pool_id, token_hash, expires_at, max_uses, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                     VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
                     params![pool_id, hash, expires_at, max_uses, now()],
+                    |r| r.get(0),
                 )?;
-                let id = tx.last_insert_rowid();
                 db::audit(
                     tx,
                     "admin",
@@ -116,7 +116,7 @@ impl AppState {
                         uses: r.get::<_, i64>(5)? as u64,
                     })
                 })?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                Ok(rows.collect::<super::sql::Result<Vec<_>>>()?)
             })
             .await
     }

@@ -142,7 +142,7 @@ async fn run_endpoint(
     // Registered first, then the token is checked again: a revocation, removal or move that
     // committed after the upgrade's check is either seen by this check or kicks this
     // registration.
-    let registration = state.hub.register_endpoint(ep.id);
+    let registration = state.hub.register_endpoint(ep.id, ep.pool_id);
     let mut kicked = registration.kicked.clone();
     let ep = match auth::endpoint_by_token(&state, &token).await {
         Ok(Some(now)) if now.id == ep.id => now,

@@ -1,0 +1,390 @@
+//! The coordinator on PostgreSQL: a connection pool (deadpool-postgres over tokio-postgres),
+//! the numbered schema of `pg_schema`, and units of work that behave like SQLite's.
+//!
+//! Architecture Invariant: a unit of work ([`PgDb::write`]) runs in a `SERIALIZABLE`
+//! transaction. Any number of coordinator replicas may run the same rule at once (two
+//! endpoints setting the target through two replicas); PostgreSQL then aborts all but one
+//! with a serialization failure, and the loser's closure runs again on the new state, where
+//! the rule answers as it would have on SQLite's one writer (409 for the race's loser). So
+//! the rules need no locking of their own, on either database. A unit retried
+//! [`MAX_ATTEMPTS`] times is answered 503 "busy: retry".
+//!
+//! Closures are synchronous (they are SQLite's too); each unit runs on a blocking thread
+//! and waits for its statements (`sql::PgSession`).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+
+use super::error::{ApiErr, CoordinatorError};
+use super::sql::{Connection, PgSession};
+
+/// Times a unit of work runs before a conflicting one is answered 503.
+const MAX_ATTEMPTS: u32 = 30;
+
+/// A random key for this schema's migration lock (`pg_advisory_xact_lock`).
+const MIGRATION_LOCK: i64 = 0x7061_6370_6f6f_6c01;
+
+/// How to connect, beyond the URL.
+#[derive(Clone, Debug, Default)]
+pub struct PgOptions {
+    /// Connections per replica (0: the default, 16).
+    pub pool_size: usize,
+    /// A CA certificate (PEM) trusted besides the system's, for `sslmode=require`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// What `pg_stat_activity` shows for this replica's connections.
+    pub application_name: String,
+}
+
+/// The database of a replica.
+#[derive(Clone)]
+pub struct PgDb {
+    pool: Pool,
+    config: Arc<tokio_postgres::Config>,
+    tls: Tls,
+    /// The URL without its password, for messages.
+    shown: Arc<str>,
+}
+
+impl std::fmt::Debug for PgDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// TLS to the database (`sslmode=require`, or `prefer`), or none.
+#[derive(Clone)]
+pub(crate) enum Tls {
+    None,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// `url` without its password (`postgres://user:secret@host/db` → `postgres://user:***@host/db`).
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Whether a `database` setting names PostgreSQL rather than a SQLite file.
+pub fn is_postgres_url(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
+impl PgDb {
+    /// Connects, checks the server, and brings the schema up to date (one replica at a time).
+    pub async fn open(url: &str, opts: &PgOptions) -> Result<Self, CoordinatorError> {
+        let shown: Arc<str> = redact(url).into();
+        let fail = |detail: String| CoordinatorError::PostgresDatabase {
+            url: shown.to_string(),
+            detail,
+        };
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            fail(format!(
+                "not a valid PostgreSQL URL ({e}): write postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+            ))
+        })?;
+        if !opts.application_name.is_empty() && config.get_application_name().is_none() {
+            config.application_name(&opts.application_name);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => Tls::None,
+            _ => {
+                let client = crate::tls::client_config(opts.ca_file.as_deref())
+                    .map_err(|e| fail(e.to_string()))?;
+                Tls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (*client).clone(),
+                ))
+            }
+        };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Tls::None => {
+                Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config)
+            }
+            Tls::Rustls(t) => Manager::from_config(config.clone(), t.clone(), manager_config),
+        };
+        let size = if opts.pool_size == 0 {
+            16
+        } else {
+            opts.pool_size
+        };
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| fail(format!("cannot build the connection pool: {e}")))?;
+        let db = Self {
+            pool,
+            config: Arc::new(config),
+            tls,
+            shown: shown.clone(),
+        };
+        db.migrate().await.map_err(fail)?;
+        Ok(db)
+    }
+
+    /// A new connection outside the pool (the bus listener), with its I/O task spawned.
+    pub(crate) async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        self.connect_with(|_| {}).await
+    }
+
+    /// [`PgDb::connect`], handing every asynchronous message (notifications) to `on_message`.
+    pub(crate) async fn connect_with(
+        &self,
+        on_message: impl FnMut(tokio_postgres::AsyncMessage) + Send + 'static,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        match &self.tls {
+            Tls::None => {
+                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
+                spawn_connection(conn, on_message);
+                Ok(client)
+            }
+            Tls::Rustls(t) => {
+                let (client, conn) = self.config.connect(t.clone()).await?;
+                spawn_connection(conn, on_message);
+                Ok(client)
+            }
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), String> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let version: i32 = client
+            .query_one("SHOW server_version_num", &[])
+            .await
+            .ok()
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(0);
+        if version < 120_000 {
+            return Err(format!(
+                "the server is PostgreSQL {}: pacpool needs 12 or newer",
+                version / 10_000
+            ));
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| format!("cannot start the schema migration: {e}"))?;
+        let step = |e: tokio_postgres::Error| format!("schema migration failed: {e}");
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(step)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS pacpool_schema (version BIGINT NOT NULL)")
+            .await
+            .map_err(step)?;
+        let found: i64 = match tx
+            .query_opt("SELECT version FROM pacpool_schema", &[])
+            .await
+            .map_err(step)?
+        {
+            Some(r) => r.get(0),
+            None => {
+                tx.execute("INSERT INTO pacpool_schema (version) VALUES (0)", &[])
+                    .await
+                    .map_err(step)?;
+                0
+            }
+        };
+        let supported = super::pg_schema::PG_MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(format!(
+                "the database has schema version {found}, newer than this pacpool-coordinator ({supported}): upgrade pacpool-coordinator"
+            ));
+        }
+        for (i, sql) in super::pg_schema::PG_MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(found as usize)
+        {
+            tx.batch_execute(sql).await.map_err(step)?;
+            tx.execute("UPDATE pacpool_schema SET version = $1", &[&(i as i64 + 1)])
+                .await
+                .map_err(step)?;
+            tracing::info!(database = %self.shown, version = i + 1, "migrated coordinator database");
+        }
+        tx.commit().await.map_err(step)?;
+        Ok(())
+    }
+
+    /// Takes a pooled connection for a unit of work on a blocking thread.
+    fn session(&self, handle: &tokio::runtime::Handle) -> Result<Connection, ApiErr> {
+        let client = handle.block_on(self.pool.get()).map_err(|e| {
+            tracing::warn!(error = %e, database = %self.shown, "no database connection");
+            ApiErr::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the coordinator cannot reach its database: retry in a moment",
+            )
+        })?;
+        Ok(Connection::Postgres(PgSession {
+            client,
+            handle: handle.clone(),
+            retry: std::cell::Cell::new(false),
+        }))
+    }
+
+    /// See `Db::write`.
+    pub async fn write<T, F>(&self, mut f: F) -> Result<T, ApiErr>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T, ApiErr> + Send + 'static,
+    {
+        let db = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let conn = db.session(&handle)?;
+            let Connection::Postgres(s) = &conn else {
+                unreachable!()
+            };
+            for attempt in 1..=MAX_ATTEMPTS {
+                s.retry.set(false);
+                s.batch("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+                let out = f(&conn);
+                let retry = match out {
+                    Ok(v) => match s.batch("COMMIT") {
+                        Ok(()) => return Ok(v),
+                        Err(e) if e.is_retryable() => true,
+                        Err(e) => return Err(e.into()),
+                    },
+                    Err(e) => {
+                        let retry = s.retry.get();
+                        if let Err(r) = s.batch("ROLLBACK") {
+                            tracing::warn!(error = %r, "cannot roll back a database transaction");
+                        }
+                        if !retry {
+                            return Err(e);
+                        }
+                        true
+                    }
+                };
+                debug_assert!(retry);
+                // Conflicting units back off for a short, growing, random time so that
+                // they do not collide again in step.
+                let jitter = u64::from(rand_u16()) % (attempt as u64 * 4 + 1);
+                std::thread::sleep(Duration::from_millis(jitter));
+            }
+            tracing::warn!(
+                attempts = MAX_ATTEMPTS,
+                "a database change kept conflicting"
+            );
+            Err(ApiErr::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the coordinator database is busy: retry in a moment",
+            ))
+        })
+        .await
+        .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
+    }
+
+    /// See `Db::read`.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, ApiErr>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
+    {
+        let db = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let conn = db.session(&handle)?;
+            let Connection::Postgres(s) = &conn else {
+                unreachable!()
+            };
+            s.batch("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+            let out = f(&conn);
+            let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            if let Err(e) = s.batch(end) {
+                if out.is_ok() {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "cannot end a read transaction");
+            }
+            out
+        })
+        .await
+        .map_err(|e| ApiErr::internal(format!("database task failed: {e}")))?
+    }
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    u16::from_le_bytes(b)
+}
+
+fn spawn_connection<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    mut on_message: impl FnMut(tokio_postgres::AsyncMessage) + Send + 'static,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(m)) => on_message(m),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "database connection ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact("postgres://pacpool:s3cret@db.lan:5432/pacpool?sslmode=require"),
+            "postgres://pacpool:***@db.lan:5432/pacpool?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgresql:///pacpool?host=/run/postgresql"),
+            "postgresql:///pacpool?host=/run/postgresql"
+        );
+        assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
+        assert!(is_postgres_url("postgresql://x") && !is_postgres_url("/var/lib/x.db"));
+    }
+
+    #[test]
+    fn both_schemas_have_the_same_versions() {
+        assert_eq!(
+            super::super::pg_schema::PG_MIGRATIONS.len(),
+            super::super::db::SCHEMA_VERSION
+        );
+    }
+}
