@@ -2026,3 +2026,246 @@ on_both!(
     requests_are_rate_limited_per_token_and_address,
     state_changes_keep_their_source_bounded,
 );
+
+// ---------------------------------------------------------------------------------------------
+// Several replicas on one PostgreSQL database (PostgreSQL only: SQLite is one process).
+
+/// The next message on `ws` that `want` accepts (others are skipped); panics on a close.
+async fn ws_until(ws: &mut Ws, mut want: impl FnMut(&ServerMsg) -> bool) -> ServerMsg {
+    loop {
+        match ws_next(ws).await {
+            Ok(m) if want(&m) => return m,
+            Ok(_) => continue,
+            Err(frame) => panic!("the socket closed while waiting: {frame:?}"),
+        }
+    }
+}
+
+/// What one replica's endpoint socket sees of changes made through the others: a target set
+/// through B, a policy change too large for NOTIFY (read back from `bus_events`) through C,
+/// an operation requested through C, a revoke through B (its socket on A closes with 4001),
+/// and a registration through B (a hello on A counts it).
+async fn changes_reach_endpoints_on_every_replica(b: Backend) {
+    let db = TestDb::new(b);
+    let (ra, rb, rc) = (start(&db).await, start(&db).await, start(&db).await);
+    let (pool, eps) = pool_with(&rb, "replicas", 3).await;
+    let state = snap(&[("bash", "5.2-1")]);
+    for e in &eps {
+        rc.report_full(&e.endpoint_token, &state).await;
+    }
+    let (mut on_a, welcome) = endpoint_ws(&ra, &eps[0].endpoint_token).await;
+    let ServerMsg::Welcome { pool_endpoints, .. } = welcome else {
+        unreachable!()
+    };
+    assert_eq!(pool_endpoints, Some(3));
+    let (mut on_c, _) = endpoint_ws(&rc, &eps[1].endpoint_token).await;
+
+    let t0 = std::time::Instant::now();
+    let (st, v) = rb
+        .post(
+            "/endpoint/target",
+            &eps[2].endpoint_token,
+            json!({ "expected_revision": 0, "snapshot": state.hash() }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    for ws in [&mut on_a, &mut on_c] {
+        let m = ws_until(ws, |m| matches!(m, ServerMsg::TargetChanged { .. })).await;
+        let ServerMsg::TargetChanged { target, .. } = m else {
+            unreachable!()
+        };
+        assert_eq!((target.revision, target.snapshot), (1, state.hash()));
+    }
+    eprintln!(
+        "a target set through replica B reached sockets on A and C after {:?}",
+        t0.elapsed()
+    );
+
+    // 120 patterns of 100 bytes: about 12 KB of JSON, past NOTIFY's 8,000-byte limit.
+    let ignore: Vec<String> = (0..120)
+        .map(|i| format!("{i:03}-{}", "x".repeat(96)))
+        .collect();
+    let (st, v) = rc
+        .call(
+            Method::PATCH,
+            &format!("/pools/{}", pool.id),
+            Some(ADMIN),
+            Some(json!({ "policy": { "plan": { "ignore": ignore } } })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let m = ws_until(&mut on_a, |m| matches!(m, ServerMsg::PolicyChanged { .. })).await;
+    let ServerMsg::PolicyChanged { policy } = m else {
+        unreachable!()
+    };
+    assert_eq!(policy.plan.ignore, ignore);
+    assert!(
+        db.sql_i64("SELECT count(*) FROM bus_events") >= 1,
+        "the large event went through bus_events"
+    );
+
+    let op: Operation = rc
+        .ok(
+            Method::POST,
+            &format!("/endpoints/{}/operations", eps[0].endpoint_id),
+            ADMIN,
+            Some(json!({ "kind": "sync-to-latest", "idempotency_key": "k1" })),
+        )
+        .await;
+    let m = ws_until(&mut on_a, |m| {
+        matches!(m, ServerMsg::OperationRequested { .. })
+    })
+    .await;
+    let ServerMsg::OperationRequested { operation } = m else {
+        unreachable!()
+    };
+    assert_eq!(operation.id, op.id);
+
+    // A registration through B: a new hello on A counts 4 endpoints at once.
+    let join = rb.join_token(pool.id).await;
+    rb.register(&join, "host3").await;
+    let (_again, welcome) = endpoint_ws(&ra, &eps[1].endpoint_token).await;
+    let ServerMsg::Welcome { pool_endpoints, .. } = welcome else {
+        unreachable!()
+    };
+    assert_eq!(pool_endpoints, Some(4));
+
+    let (st, v) = rb
+        .call(
+            Method::POST,
+            &format!("/endpoints/{}/revoke", eps[0].endpoint_id),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert!(st.is_success(), "{st} {v}");
+    let closed = loop {
+        match ws_next(&mut on_a).await {
+            Ok(_) => continue,
+            Err(frame) => break frame,
+        }
+    };
+    assert_eq!(
+        closed.map(|f| u16::from(f.code)),
+        Some(4001),
+        "the revoked endpoint's socket on another replica is closed as revoked"
+    );
+    for s in [ra, rb, rc] {
+        s.shutdown().await;
+    }
+}
+
+/// Two endpoints on two replicas set the target at the same revision, 12 times: each time
+/// exactly one wins and the other gets 409 with the winner; the history has each revision
+/// once.
+async fn set_latest_race_across_replicas_has_one_winner(b: Backend) {
+    let db = TestDb::new(b);
+    let (ra, rb) = (start(&db).await, start(&db).await);
+    let (pool, eps) = pool_with(&ra, "race", 2).await;
+    let (x, y) = (&eps[0], &eps[1]);
+    let sx = snap(&[("bash", "5.2-1")]);
+    let sy = snap(&[("bash", "5.1-1")]);
+    ra.report_full(&x.endpoint_token, &sx).await;
+    rb.report_full(&y.endpoint_token, &sy).await;
+    const ROUNDS: u64 = 12;
+    for round in 0..ROUNDS {
+        let (rx, ry) = tokio::join!(
+            ra.post(
+                "/endpoint/target",
+                &x.endpoint_token,
+                json!({ "expected_revision": round, "snapshot": sx.hash() }),
+            ),
+            rb.post(
+                "/endpoint/target",
+                &y.endpoint_token,
+                json!({ "expected_revision": round, "snapshot": sy.hash() }),
+            )
+        );
+        let (win, lose) = if rx.0 == StatusCode::OK {
+            (rx, ry)
+        } else {
+            (ry, rx)
+        };
+        assert_eq!(win.0, StatusCode::OK, "round {round}: {win:?} {lose:?}");
+        assert_eq!(lose.0, StatusCode::CONFLICT, "round {round}: {lose:?}");
+        let e = err(&lose.1);
+        assert_eq!(e.code, "revision_conflict");
+        let current: TargetInfo = serde_json::from_value(e.detail.unwrap()).unwrap();
+        let won: TargetInfo = serde_json::from_value(win.1).unwrap();
+        assert_eq!((won.revision, current), (round + 1, won));
+    }
+    let history: Vec<TargetInfo> = rb
+        .ok(
+            Method::GET,
+            &format!("/pools/{}/targets", pool.id),
+            ADMIN,
+            None,
+        )
+        .await;
+    let mut revisions: Vec<u64> = history.iter().map(|t| t.revision).collect();
+    revisions.sort();
+    assert_eq!(revisions, (1..=ROUNDS).collect::<Vec<_>>());
+    ra.shutdown().await;
+    rb.shutdown().await;
+}
+
+/// Offline detection runs on one replica (an advisory lock), and every replica's admins
+/// hear of it once.
+async fn one_replica_tells_every_admin_once_that_an_endpoint_went_offline(b: Backend) {
+    let db = TestDb::new(b);
+    let quick = |s: &mut Settings| s.offline_after_secs = 1;
+    let (ra, rb) = (start_with(&db, quick).await, start_with(&db, quick).await);
+    let (pool, eps) = pool_with(&ra, "watch", 1).await;
+    let mut admin_a = ws_connect(&ra, &format!("/pools/{}/ws", pool.id), ADMIN).await;
+    let mut admin_b = ws_connect(&rb, &format!("/pools/{}/ws", pool.id), ADMIN).await;
+    ra.report_full(&eps[0].endpoint_token, &snap(&[("bash", "5.2-1")]))
+        .await;
+    let offline = |m: &ServerMsg| matches!(m, ServerMsg::EndpointStatusChanged { status } if status.state == EndpointState::Offline);
+    for ws in [&mut admin_a, &mut admin_b] {
+        ws_until(ws, offline).await;
+    }
+    // Three more offline periods: neither socket hears it a second time.
+    let more = async {
+        let (mut a, mut b) = (0, 0);
+        loop {
+            tokio::select! {
+                m = ws_next(&mut admin_a) => if m.as_ref().is_ok_and(offline) { a += 1 },
+                m = ws_next(&mut admin_b) => if m.as_ref().is_ok_and(offline) { b += 1 },
+            }
+            if a + b > 0 {
+                return (a, b);
+            }
+        }
+    };
+    let repeated = tokio::time::timeout(Duration::from_secs(3), more).await;
+    assert!(
+        repeated.is_err(),
+        "an offline event came twice: {repeated:?}"
+    );
+    ra.shutdown().await;
+    rb.shutdown().await;
+}
+
+mod replicas {
+    #[test]
+    fn changes_reach_endpoints_on_every_replica() {
+        super::run(
+            super::Backend::Postgres,
+            super::changes_reach_endpoints_on_every_replica,
+        )
+    }
+    #[test]
+    fn set_latest_race_across_replicas_has_one_winner() {
+        super::run(
+            super::Backend::Postgres,
+            super::set_latest_race_across_replicas_has_one_winner,
+        )
+    }
+    #[test]
+    fn one_replica_tells_every_admin_once_that_an_endpoint_went_offline() {
+        super::run(
+            super::Backend::Postgres,
+            super::one_replica_tells_every_admin_once_that_an_endpoint_went_offline,
+        )
+    }
+}
