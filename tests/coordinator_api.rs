@@ -2269,3 +2269,250 @@ mod replicas {
         )
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// SQLite → PostgreSQL with `pacpool-coordinator migrate`.
+
+fn migrate_cli(from: &Path, to: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"))
+        .arg("migrate")
+        .arg("--from")
+        .arg(format!("sqlite:{}", from.display()))
+        .arg("--to")
+        .arg(to)
+        .output()
+        .unwrap()
+}
+
+/// A populated SQLite coordinator moves to PostgreSQL, checked table by table, and its
+/// endpoints carry on there without registering again.
+#[test]
+fn migrate_moves_a_sqlite_coordinator_to_postgres() {
+    run(Backend::Postgres, |_| async {
+        let sqlite = TestDb::new(Backend::Sqlite);
+        let pg = TestDb::new(Backend::Postgres);
+        let s = start(&sqlite).await;
+        let (pool, eps) = pool_with(&s, "moving", 4).await;
+        let (other, _) = pool_with(&s, "other", 1).await;
+        let limited: JoinToken = s
+            .ok(
+                Method::POST,
+                &format!("/pools/{}/join-tokens", other.id),
+                ADMIN,
+                Some(json!({ "max_uses": 3 })),
+            )
+            .await;
+        s.register(&limited.token, "limited").await;
+        // Full states, then a chain of deltas (stored as deltas against their bases).
+        let mut states = Vec::new();
+        for (i, e) in eps.iter().enumerate() {
+            let mut st = snap(&[("bash", "5.2-1"), ("zlib", "1.3-1")]);
+            s.report_full(&e.endpoint_token, &st).await;
+            for round in 0..=i {
+                let next = snap(&[("bash", &format!("5.2-{}", round + 2)), ("zlib", "1.3-1")]);
+                let ack: ReportAck = s
+                    .ok(
+                        Method::POST,
+                        "/endpoint/report",
+                        &e.endpoint_token,
+                        Some(
+                            serde_json::to_value(StateReport::Delta {
+                                delta: st.diff(&next),
+                            })
+                            .unwrap(),
+                        ),
+                    )
+                    .await;
+                assert_eq!(ack, ReportAck::Accepted { state: next.hash() });
+                st = next;
+            }
+            states.push(st);
+        }
+        // Two targets and a revert; operations pending, in progress and finished.
+        for (rev, e) in [(0u64, 0usize), (1, 1)] {
+            let (st, v) = s
+                .post(
+                    "/endpoint/target",
+                    &eps[e].endpoint_token,
+                    json!({ "expected_revision": rev, "snapshot": states[e].hash() }),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+        }
+        let _: TargetInfo = s
+            .ok(
+                Method::POST,
+                &format!("/pools/{}/target/revert", pool.id),
+                ADMIN,
+                Some(json!({ "to_revision": 1, "expected_revision": 2 })),
+            )
+            .await;
+        let mut ops = Vec::new();
+        for (i, e) in eps.iter().take(3).enumerate() {
+            let op: Operation = s
+                .ok(
+                    Method::POST,
+                    &format!("/endpoints/{}/operations", e.endpoint_id),
+                    ADMIN,
+                    Some(
+                        json!({ "kind": "sync-to-latest", "idempotency_key": format!("key-{i}") }),
+                    ),
+                )
+                .await;
+            ops.push(op);
+        }
+        let (st, v) = s
+            .call(
+                Method::POST,
+                &format!("/endpoints/{}/revoke", eps[3].endpoint_id),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert!(st.is_success(), "{st} {v}");
+        let before: Vec<EndpointStatus> = s
+            .ok(
+                Method::GET,
+                &format!("/pools/{}/endpoints", pool.id),
+                ADMIN,
+                None,
+            )
+            .await;
+        s.shutdown().await;
+
+        let file = sqlite.database();
+        let url = pg.url.clone().unwrap();
+        let out = migrate_cli(&file, &url);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for table in [
+            "pools",
+            "snapshots",
+            "endpoints",
+            "targets",
+            "operations",
+            "audit",
+        ] {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with(table) && l.contains("sha256")),
+                "{table} is not in the check:\n{stdout}"
+            );
+        }
+        assert!(
+            db_count(&pg, "SELECT count(*) FROM snapshots WHERE base IS NOT NULL") > 0,
+            "delta-stored snapshots were copied as deltas"
+        );
+
+        // The same endpoints, tokens and statuses on PostgreSQL.
+        let s = start(&pg).await;
+        let after: Vec<EndpointStatus> = s
+            .ok(
+                Method::GET,
+                &format!("/pools/{}/endpoints", pool.id),
+                ADMIN,
+                None,
+            )
+            .await;
+        assert_eq!(
+            after
+                .iter()
+                .map(|e| (e.id, e.current, e.state))
+                .collect::<Vec<_>>(),
+            before
+                .iter()
+                .map(|e| (e.id, e.current, e.state))
+                .collect::<Vec<_>>()
+        );
+        let e0 = &eps[0];
+        let (_ws, welcome) = endpoint_ws(&s, &e0.endpoint_token).await;
+        let ServerMsg::Welcome { known_state, .. } = welcome else {
+            unreachable!()
+        };
+        assert_eq!(known_state, Some(states[0].hash()));
+        // A delta against the known state is accepted: its base came across.
+        let next = snap(&[("bash", "9.9-1"), ("zlib", "1.3-1")]);
+        let ack: ReportAck = s
+            .ok(
+                Method::POST,
+                "/endpoint/report",
+                &e0.endpoint_token,
+                Some(
+                    serde_json::to_value(StateReport::Delta {
+                        delta: states[0].diff(&next),
+                    })
+                    .unwrap(),
+                ),
+            )
+            .await;
+        assert_eq!(ack, ReportAck::Accepted { state: next.hash() });
+        // The revoked endpoint stays revoked.
+        let (st, _) = s.get("/endpoint/status", &eps[3].endpoint_token).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        // Idempotency keys still name their operations.
+        let again: Operation = s
+            .ok(
+                Method::POST,
+                &format!("/endpoints/{}/operations", eps[1].endpoint_id),
+                ADMIN,
+                Some(json!({ "kind": "sync-to-latest", "idempotency_key": "key-1" })),
+            )
+            .await;
+        assert_eq!(again.id, ops[1].id);
+        // Target history with the revert, and the join token's uses.
+        let history: Vec<TargetInfo> = s
+            .ok(
+                Method::GET,
+                &format!("/pools/{}/targets", pool.id),
+                ADMIN,
+                None,
+            )
+            .await;
+        assert_eq!(
+            history
+                .iter()
+                .map(|t| (t.revision, t.reverted_from))
+                .collect::<Vec<_>>(),
+            [(3, Some(1)), (2, None), (1, None)]
+        );
+        let tokens: Vec<JoinTokenInfo> = s
+            .ok(
+                Method::GET,
+                &format!("/pools/{}/join-tokens", other.id),
+                ADMIN,
+                None,
+            )
+            .await;
+        assert!(
+            tokens.iter().any(|t| t.max_uses == Some(3) && t.uses == 1),
+            "{tokens:?}"
+        );
+        // New rows get new ids past the copied ones.
+        let join = s.join_token(pool.id).await;
+        let newcomer = s.register(&join, "newcomer").await;
+        let highest = eps.iter().map(|e| e.endpoint_id).max().unwrap();
+        assert!(
+            newcomer.endpoint_id > highest + 1,
+            "{} vs {highest}",
+            newcomer.endpoint_id
+        );
+        s.shutdown().await;
+
+        // Into a database that is no longer empty: refused, nothing changed.
+        let endpoints = db_count(&pg, "SELECT count(*) FROM endpoints");
+        let out = migrate_cli(&file, &url);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not empty"), "{stderr}");
+        assert_eq!(db_count(&pg, "SELECT count(*) FROM endpoints"), endpoints);
+    })
+}
+
+fn db_count(db: &TestDb, sql: &str) -> i64 {
+    db.sql_i64(sql)
+}

@@ -52,6 +52,19 @@ enum Command {
     },
     /// Print a commented example configuration with every default.
     DefaultConfig,
+    /// Copy a stopped coordinator's SQLite database into an empty PostgreSQL database (for
+    /// several replicas), then check every table's rows and hash on both sides.
+    Migrate {
+        /// The SQLite database: `sqlite:/var/lib/pacpool-coordinator/coordinator.db`.
+        #[arg(long, value_name = "sqlite:PATH")]
+        from: String,
+        /// The PostgreSQL database: `postgres://USER:PASSWORD@HOST/DATABASE`.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// A CA certificate (PEM) trusted besides the system's for `sslmode=require`.
+        #[arg(long, value_name = "FILE")]
+        database_ca_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +85,27 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::DefaultConfig => {
             pacpool::out!("{EXAMPLE_CONFIG}");
+            Ok(())
+        }
+        Command::Migrate {
+            from,
+            to,
+            database_ca_file,
+        } => {
+            let path = coordinator::sqlite_path(&from)?;
+            let checks = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(coordinator::migrate(&path, &to, database_ca_file))?;
+            for c in &checks {
+                pacpool::outln!("{:<18} {:>9} rows  sha256 {}", c.table, c.rows, c.sha256);
+            }
+            pacpool::outln!(
+                "migrated {} into PostgreSQL: every table has the same rows and hash on both sides; \
+                 point every replica's `database` at the URL",
+                path.display()
+            );
             Ok(())
         }
         Command::Serve {

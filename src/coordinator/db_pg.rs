@@ -236,6 +236,13 @@ impl PgDb {
     }
 
     /// Takes a pooled connection for a unit of work on a blocking thread.
+    pub(crate) fn blocking_session(
+        &self,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<Connection, ApiErr> {
+        self.session(handle)
+    }
+
     fn session(&self, handle: &tokio::runtime::Handle) -> Result<Connection, ApiErr> {
         let client = handle.block_on(self.pool.get()).map_err(|e| {
             tracing::warn!(error = %e, database = %self.shown, "no database connection");

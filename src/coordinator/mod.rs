@@ -89,6 +89,7 @@ mod connections;
 mod dashboard;
 mod db;
 mod db_pg;
+mod migrate;
 mod error;
 mod hub;
 mod limits;
@@ -116,6 +117,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 pub use error::CoordinatorError;
+pub use migrate::{MigrateError, TableCheck, migrate, sqlite_path};
 pub use settings::{
     DashboardSettings, EXAMPLE_CONFIG, Secret, Settings, SettingsError, TlsSettings,
 };
