@@ -84,6 +84,7 @@
 mod api;
 mod auth;
 mod clock;
+mod blob;
 mod cluster;
 mod connections;
 mod dashboard;

@@ -38,15 +38,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-use tower::ServiceExt;
 
+use super::blob::{BlobStore, DirBlobStore};
 use super::error::ApiErr;
 use super::{AppState, db};
 use crate::manifest::{Manifest, ManifestEntry};
-
-/// Bytes read from a package file per body frame when serving it.
-const SERVE_CHUNK: usize = 1 << 20;
 
 /// `[repo]` in the coordinator's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,10 +88,13 @@ pub(crate) struct RepoCounters {
 
 /// The content-addressed package store.
 pub(crate) struct PackageStore {
-    dir: PathBuf,
+    /// Where the bytes are (see `blob`).
+    blobs: Arc<dyn BlobStore>,
     quota: u64,
     max_file_size: u64,
     used: AtomicU64,
+    /// The part of `used` that transfers in progress reserved.
+    reserved: AtomicU64,
     upstream: Vec<String>,
     archive_url: Option<String>,
     client: reqwest::Client,
@@ -132,15 +131,14 @@ impl PackageStore {
             dir: dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        let blobs = DirBlobStore::open(&dir).map_err(io)?;
+        // What the directory holds now (a part file is a transfer in progress, perhaps on
+        // another replica: `clean_parts` removes only old ones, at each retention run).
         let mut used = 0;
-        for e in std::fs::read_dir(&dir).map_err(io)? {
+        for e in std::fs::read_dir(blobs.dir()).map_err(io)? {
             let e = e.map_err(io)?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if is_digest(&name) {
+            if is_digest(&e.file_name().to_string_lossy()) {
                 used += e.metadata().map_err(io)?.len();
-            } else if name.ends_with(".part") {
-                let _ = std::fs::remove_file(e.path());
             }
         }
         let tls = crate::tls::client_config(None).map_err(|e| {
@@ -156,10 +154,11 @@ impl PackageStore {
             .build()
             .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         Ok(Self {
-            dir,
+            blobs: Arc::new(blobs),
             quota: settings.quota_bytes,
             max_file_size: settings.max_file_size,
             used: AtomicU64::new(used),
+            reserved: AtomicU64::new(0),
             upstream: settings
                 .upstream
                 .iter()
@@ -178,10 +177,6 @@ impl PackageStore {
 
     pub fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
-    }
-
-    fn path_of(&self, sha: &str) -> PathBuf {
-        self.dir.join(sha)
     }
 
     fn lock_for(&self, sha: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -217,7 +212,9 @@ impl PackageStore {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|total| *total <= self.quota)
             })
-            .map(|_| ())
+            .map(|_| {
+                self.reserved.fetch_add(bytes, Ordering::AcqRel);
+            })
             .map_err(|used| {
                 ApiErr::new(
                     StatusCode::INSUFFICIENT_STORAGE,
@@ -258,17 +255,27 @@ impl PackageStore {
             )));
         }
         self.reserve(limit)?;
-        static NEXT_PART: AtomicU64 = AtomicU64::new(0);
-        let part = self.dir.join(format!(
-            "{sha}.{}.part",
-            NEXT_PART.fetch_add(1, Ordering::Relaxed)
-        ));
-        let io =
-            |e: std::io::Error| ApiErr::internal(format!("cannot write {}: {e}", part.display()));
+        let io = |e: std::io::Error| {
+            ApiErr::internal(format!("cannot store {sha} in the pool repository: {e}"))
+        };
         let deadline = Duration::from_secs(120) + Duration::from_secs(limit / (16 * 1024));
         let mut written = 0u64;
+        // Whatever happens below, the reservation ends with this transfer.
+        struct Settle<'a>(&'a AtomicU64, u64);
+        impl Drop for Settle<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(self.1, Ordering::AcqRel);
+            }
+        }
+        let _settle = Settle(&self.reserved, limit);
+        let mut out = match self.blobs.begin(sha).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.release(limit);
+                return Err(io(e));
+            }
+        };
         let result = async {
-            let mut out = tokio::fs::File::create(&part).await.map_err(io)?;
             let mut hasher = Sha256::new();
             let receive = async {
                 while let Some(chunk) = chunks.next().await {
@@ -283,7 +290,7 @@ impl PackageStore {
                         )));
                     }
                     hasher.update(chunk);
-                    out.write_all(chunk).await.map_err(io)?;
+                    out.write(chunk).await.map_err(io)?;
                 }
                 Ok(())
             };
@@ -309,55 +316,56 @@ impl PackageStore {
                     "the file's SHA-256 is {got}, the manifest states {sha}: nothing was stored"
                 )));
             }
-            out.sync_all().await.map_err(io)?;
-            // Only the move into place is serialized: the first complete copy wins.
-            let lock = self.lock_for(sha);
-            let _held = lock.lock().await;
-            if tokio::fs::metadata(self.path_of(sha)).await.is_ok() {
-                return Ok(false);
-            }
-            tokio::fs::rename(&part, self.path_of(sha)).await.map_err(io)?;
-            Ok(true)
+            Ok(())
         }
         .await;
-        match result {
+        if let Err(e) = result {
+            out.abort().await;
+            self.release(limit);
+            return Err(e);
+        }
+        // Only the move into place is serialized: the first complete copy wins.
+        let lock = self.lock_for(sha);
+        let _held = lock.lock().await;
+        match out.commit().await {
             Ok(true) => {
                 self.release(limit - written);
                 Ok(())
             }
             Ok(false) => {
-                let _ = tokio::fs::remove_file(&part).await;
                 self.release(limit);
                 Ok(())
             }
             Err(e) => {
-                let _ = tokio::fs::remove_file(&part).await;
                 self.release(limit);
-                Err(e)
+                Err(io(e))
             }
         }
     }
 
-    /// The stored file for `entry`, fetched from upstream first when missing (once, however
-    /// many ask at the same time).
-    async fn get_or_fetch(&self, entry: &ManifestEntry, filename: &str) -> Result<PathBuf, ApiErr> {
+    /// The digest of `entry`'s file, stored (fetched from upstream first when missing: once,
+    /// however many ask at the same time).
+    async fn get_or_fetch<'e>(
+        &self,
+        entry: &'e ManifestEntry,
+        filename: &str,
+    ) -> Result<&'e str, ApiErr> {
         let sha = entry.sha256.as_deref().filter(|s| is_digest(s)).ok_or_else(|| {
             ApiErr::not_found(format!(
                 "{filename}: the target's manifest records no SHA-256 for it, so the pool repository cannot serve it"
             ))
         })?;
-        let path = self.path_of(sha);
-        if tokio::fs::metadata(&path).await.is_ok() {
+        if self.blobs.contains(sha).await {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(path);
+            return Ok(sha);
         }
         // One upstream fetch per file at a time (a lock of its own: `ingest` takes the file's
         // lock for the move into place).
         let lock = self.lock_for(&format!("fetch {sha}"));
         let _held = lock.lock().await;
-        if tokio::fs::metadata(&path).await.is_ok() {
+        if self.blobs.contains(sha).await {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(path);
+            return Ok(sha);
         }
         let mut tried = Vec::new();
         for url in self.upstream_urls(entry, filename) {
@@ -384,7 +392,7 @@ impl PackageStore {
                         url,
                         "pool repository: fetched from upstream"
                     );
-                    return Ok(path);
+                    return Ok(sha);
                 }
                 Err(e) if e.status == StatusCode::INSUFFICIENT_STORAGE => return Err(e),
                 Err(e) => tried.push(format!("{url}: {}", e.message)),
@@ -400,6 +408,16 @@ impl PackageStore {
                 tried.join("; ")
             )
         }))
+    }
+
+    /// Counts what the store holds again (on a replica that does not collect garbage, so
+    /// that files other replicas stored or removed count here too).
+    pub async fn recount(&self) {
+        if let Ok(stored) = self.blobs.list().await {
+            let held: u64 = stored.iter().map(|b| b.size).sum();
+            let reserved = self.reserved.load(Ordering::Relaxed);
+            self.used.store(held + reserved, Ordering::Relaxed);
+        }
     }
 
     /// Deletes stored files that no retained revision's manifest refers to.
@@ -419,23 +437,35 @@ impl PackageStore {
             }
         }
         let mut freed = 0;
-        let mut rd = tokio::fs::read_dir(&self.dir)
+        let _ = self.blobs.clean_parts().await;
+        let stored = self
+            .blobs
+            .list()
             .await
-            .map_err(|e| ApiErr::internal(e.to_string()))?;
-        while let Ok(Some(e)) = rd.next_entry().await {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if is_digest(&name) && !keep.contains(&name) {
-                let lock = self.lock_for(&name);
-                let _held = lock.lock().await;
-                if let Ok(m) = e.metadata().await
-                    && tokio::fs::remove_file(e.path()).await.is_ok()
-                {
-                    freed += m.len();
-                    self.used
-                        .fetch_sub(m.len().min(self.used_bytes()), Ordering::Relaxed);
-                }
+            .map_err(|e| ApiErr::internal(format!("cannot list the pool repository: {e}")))?;
+        let now = std::time::SystemTime::now();
+        let mut kept = 0;
+        for b in stored {
+            // A young file may belong to a revision set after the manifests were read above
+            // (on this replica or another): it waits for a later run.
+            let young = now
+                .duration_since(b.modified)
+                .is_ok_and(|age| age < super::blob::GC_GRACE)
+                || b.modified > now;
+            if keep.contains(&b.sha) || young {
+                kept += b.size;
+                continue;
+            }
+            let lock = self.lock_for(&b.sha);
+            let _held = lock.lock().await;
+            if let Ok(n) = self.blobs.remove(&b.sha).await {
+                freed += n;
             }
         }
+        // Recounted from what is stored (other replicas may have stored or removed files),
+        // plus what transfers in progress here reserved.
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        self.used.store(kept + reserved, Ordering::Relaxed);
         self.manifests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -672,13 +702,8 @@ async fn get_file_inner(
             "{file} is not a package file of revision {revision}"
         ))
     })?;
-    let path = state.pool_repo.get_or_fetch(entry, &file).await?;
-    // 1 MiB reads instead of 64 KiB: fewer, larger frames through hyper (see BENCHMARKS.md).
-    let resp = tower_http::services::ServeFile::new(&path)
-        .with_buf_chunk_size(SERVE_CHUNK)
-        .oneshot(req)
-        .await
-        .map_err(|e| ApiErr::internal(format!("cannot serve {file}: {e}")))?;
+    let sha = state.pool_repo.get_or_fetch(entry, &file).await?;
+    let resp = state.pool_repo.blobs.serve(sha, req).await?;
     if resp.status() == StatusCode::OK {
         let len = resp
             .headers()
@@ -728,7 +753,7 @@ async fn put_file_inner(
         .filter(|s| is_digest(s))
         .ok_or_else(|| ApiErr::invalid(format!("the manifest records no SHA-256 for {file}")))?;
     let store = &state.pool_repo;
-    if tokio::fs::metadata(store.path_of(&sha)).await.is_ok() {
+    if store.blobs.contains(&sha).await {
         return Ok(StatusCode::OK.into_response());
     }
     // No lock while the body arrives (see `ingest`): a slow upload holds up nobody.
@@ -756,7 +781,7 @@ pub(crate) async fn missing(
         let (Some(file), Some(sha)) = (&e.filename, &e.sha256) else {
             continue;
         };
-        if tokio::fs::metadata(store.path_of(sha)).await.is_ok() {
+        if store.blobs.contains(sha).await {
             continue;
         }
         if store.upstream_urls(e, file).is_empty() {

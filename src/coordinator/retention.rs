@@ -139,6 +139,7 @@ impl AppState {
                 _ = super::stopped(&mut shutdown) => return,
             }
             if !self.leads(super::cluster::Job::Retention).await {
+                self.pool_repo.recount().await;
                 continue;
             }
             match self.retention_once(self.clock.now()).await {
