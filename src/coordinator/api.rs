@@ -6,7 +6,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::sql::{OptionalExtension, params};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State,
@@ -22,8 +21,7 @@ use serde::de::DeserializeOwned;
 use sha2::Digest;
 
 use super::AppState;
-use super::auth::{Admin, Caller, EndpointAuth, new_token, token_hash};
-use super::db;
+use super::auth::{Admin, Caller, EndpointAuth};
 use super::error::ApiErr;
 use super::hub::{Audience, Kick};
 use super::service::Actor;
@@ -403,11 +401,7 @@ async fn live() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiErr> {
     state
-        .db
-        .read(|conn| {
-            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
-            Ok(())
-        })
+        .ping_database()
         .await
         .map_err(|e| ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.message))?;
     Ok(Json(serde_json::json!({ "status": "ok" })))
@@ -415,11 +409,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 
 async fn metrics(State(state): State<AppState>) -> Response {
     // From the database, not a counter: true after a restart too.
-    let halted = state
-        .db
-        .read(super::rollout_db::halted_count)
-        .await
-        .unwrap_or(0);
+    let halted = state.halted_rollouts().await.unwrap_or(0);
     let rollouts = format!(
         "# HELP pacpool_rollouts_halted Rollouts halted (failures over a ring's gate, or by an admin) and not resumed.\n\
          # TYPE pacpool_rollouts_halted gauge\npacpool_rollouts_halted {halted}\n"
@@ -611,18 +601,6 @@ fn hhmm(s: &str) -> bool {
         && m.parse::<u8>().is_ok_and(|m| m < 60)
 }
 
-/// A UNIQUE violation becomes `409 name_taken` with `message`; other errors stay.
-fn name_taken(e: super::sql::Error, message: impl FnOnce() -> String) -> ApiErr {
-    if e.is_unique_violation() {
-        return ApiErr::conflict("name_taken", message());
-    }
-    e.into()
-}
-
-fn pool_name_taken(name: &str) -> impl FnOnce() -> String + '_ {
-    move || format!("a pool named {name:?} already exists: choose another name")
-}
-
 pub(crate) fn no_pool(id: i64) -> ApiErr {
     ApiErr::not_found(format!("no pool {id}: list pools with GET /api/v1/pools"))
 }
@@ -635,31 +613,7 @@ async fn create_pool(
 ) -> Result<(StatusCode, Json<Pool>), ApiErr> {
     check_name("pool", &req.name)?;
     check_policy(&req.policy)?;
-    let peer = peer(&ci);
-    let t = state.clock.now();
-    let pool = state
-        .db
-        .write(move |tx| {
-            let policy =
-                serde_json::to_string(&req.policy).map_err(|e| ApiErr::internal(e.to_string()))?;
-            let id: i64 = tx
-                .query_row(
-                    "INSERT INTO pools (name, policy, created_at) VALUES (?1, ?2, ?3) RETURNING id",
-                    params![req.name, policy, t],
-                    |r| r.get(0),
-                )
-                .map_err(|e| name_taken(e, pool_name_taken(&req.name)))?;
-            db::audit(
-                tx,
-                "admin",
-                "pool.create",
-                Some(format!("pool:{id}")),
-                peer,
-                Some(req.name.clone()),
-            )?;
-            db::pool(tx, id)?.ok_or_else(|| ApiErr::internal("new pool vanished"))
-        })
-        .await?;
+    let pool = state.create_pool(req, peer(&ci)).await?;
     Ok((StatusCode::CREATED, Json(pool)))
 }
 
@@ -688,51 +642,8 @@ async fn update_pool(
     if let Some(policy) = &req.policy {
         check_policy(policy)?;
     }
-    let peer = peer(&ci);
-    let new_policy = req.policy.clone();
-    let (pool, policy_changed) = state
-        .db
-        .write(move |tx| {
-            let old = db::pool(tx, id)?.ok_or_else(|| no_pool(id))?;
-            if let Some(name) = &req.name {
-                tx.execute(
-                    "UPDATE pools SET name = ?1 WHERE id = ?2",
-                    params![name, id],
-                )
-                .map_err(|e| name_taken(e, pool_name_taken(name)))?;
-            }
-            let mut policy_changed = false;
-            if let Some(policy) = &req.policy {
-                policy_changed = *policy != old.policy;
-                let text =
-                    serde_json::to_string(policy).map_err(|e| ApiErr::internal(e.to_string()))?;
-                tx.execute(
-                    "UPDATE pools SET policy = ?1 WHERE id = ?2",
-                    params![text, id],
-                )?;
-            }
-            let mut what = Vec::new();
-            if let Some(name) = &req.name {
-                what.push(format!("name={name}"));
-            }
-            if policy_changed {
-                what.push("policy".to_owned());
-            }
-            db::audit(
-                tx,
-                "admin",
-                "pool.update",
-                Some(format!("pool:{id}")),
-                peer,
-                Some(what.join(" ")),
-            )?;
-            Ok((
-                db::pool(tx, id)?.ok_or_else(|| no_pool(id))?,
-                policy_changed,
-            ))
-        })
-        .await?;
-    if policy_changed && let Some(policy) = new_policy {
+    let (pool, changed_policy) = state.update_pool(id, req, peer(&ci)).await?;
+    if let Some(policy) = changed_policy {
         let rings = !policy.rollout.rings.is_empty();
         state
             .hub
@@ -764,25 +675,7 @@ async fn delete_pool(
     ci: ConnectInfo<SocketAddr>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiErr> {
-    let peer = peer(&ci);
-    state
-        .db
-        .write(move |tx| {
-            let pool = db::pool(tx, id)?.ok_or_else(|| no_pool(id))?;
-            if pool.endpoint_count > 0 {
-                return Err(ApiErr::conflict(
-                    "pool_not_empty",
-                    format!(
-                        "pool {id} still has {} endpoints: remove them first (DELETE /api/v1/endpoints/{{id}})",
-                        pool.endpoint_count
-                    ),
-                ));
-            }
-            tx.execute("DELETE FROM pools WHERE id = ?1", [id])?;
-            db::audit(tx, "admin", "pool.delete", Some(format!("pool:{id}")), peer, Some(pool.name))?;
-            Ok(())
-        })
-        .await?;
+    state.delete_pool(id, peer(&ci)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -834,16 +727,7 @@ async fn pool_targets(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Vec<TargetInfo>> {
-    let targets = state
-        .db
-        .read(move |conn| {
-            if db::policy_of(conn, id)?.is_none() {
-                return Err(no_pool(id));
-            }
-            db::targets(conn, id)
-        })
-        .await?;
-    Ok(Json(targets))
+    Ok(Json(state.pool_targets(id).await?))
 }
 
 async fn revert_target(
@@ -877,66 +761,14 @@ async fn update_endpoint(
     if let Some(name) = &req.name {
         check_name("endpoint", name)?;
     }
-    let peer = peer(&ci);
-    let (old_pool, new_pool) = state
-        .db
-        .write(move |tx| {
-            let (old_pool, old_name): (i64, String) = tx
-                .query_row(
-                    "SELECT pool_id, name FROM endpoints WHERE id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?
-                .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
-            let new_pool = req.pool_id.unwrap_or(old_pool);
-            let name = req.name.clone().unwrap_or(old_name);
-            if new_pool != old_pool {
-                if db::policy_of(tx, new_pool)?.is_none() {
-                    return Err(no_pool(new_pool));
-                }
-                if let Some(active) = db::active_operation(tx, id)? {
-                    return Err(ApiErr::conflict(
-                        "operation_active",
-                        format!(
-                            "endpoint {id} has operation {} active: wait for it or cancel it before moving the endpoint",
-                            active.id
-                        ),
-                    )
-                    .with_detail(&active));
-                }
-            }
-            tx.execute(
-                "UPDATE endpoints SET pool_id = ?1, name = ?2 WHERE id = ?3",
-                params![new_pool, name, id],
-            )
-            .map_err(|e| {
-                name_taken(e, || {
-                    format!("pool {new_pool} already has an endpoint named {name:?}: choose another name")
-                })
-            })?;
-            if new_pool != old_pool {
-                // A hold keeps a revision of the old pool: it means nothing in the new one.
-                super::rollout_db::clear_hold(tx, id)?;
-            }
-            db::audit(
-                tx,
-                "admin",
-                "endpoint.update",
-                Some(format!("endpoint:{id}")),
-                peer,
-                Some(format!("name={name} pool:{old_pool} -> pool:{new_pool}")),
-            )?;
-            Ok((old_pool, new_pool))
-        })
-        .await?;
-    if old_pool != new_pool {
+    let change = state.update_endpoint(id, req, peer(&ci)).await?;
+    if change.moved() {
         state.pool_membership_changed();
         // Its sockets act for the old pool: close them; reconnecting gives the new Welcome.
         state.hub.kick(id, Kick::Moved);
     }
     let status = state.endpoint_status(id).await?;
-    state.status_changed(new_pool, id).await;
+    state.status_changed(change.new_pool, id).await;
     Ok(Json(status))
 }
 
@@ -946,30 +778,7 @@ async fn delete_endpoint(
     ci: ConnectInfo<SocketAddr>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiErr> {
-    let peer = peer(&ci);
-    state
-        .db
-        .write(move |tx| {
-            let row: (i64, String) = tx
-                .query_row(
-                    "SELECT pool_id, name FROM endpoints WHERE id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?
-                .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
-            tx.execute("DELETE FROM endpoints WHERE id = ?1", [id])?;
-            db::audit(
-                tx,
-                "admin",
-                "endpoint.delete",
-                Some(format!("endpoint:{id}")),
-                peer,
-                Some(row.1),
-            )?;
-            Ok(())
-        })
-        .await?;
+    state.delete_endpoint(id, peer(&ci)).await?;
     state.pool_membership_changed();
     state.hub.kick(id, Kick::Removed);
     Ok(StatusCode::NO_CONTENT)
@@ -981,27 +790,7 @@ async fn revoke_endpoint(
     ci: ConnectInfo<SocketAddr>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiErr> {
-    let peer = peer(&ci);
-    state
-        .db
-        .write(move |tx| {
-            tx.query_row("SELECT pool_id FROM endpoints WHERE id = ?1", [id], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .ok_or_else(|| ApiErr::not_found(format!("no endpoint {id}")))?;
-            tx.execute("UPDATE endpoints SET token_hash = NULL WHERE id = ?1", [id])?;
-            db::audit(
-                tx,
-                "admin",
-                "endpoint.revoke",
-                Some(format!("endpoint:{id}")),
-                peer,
-                None,
-            )?;
-            Ok(())
-        })
-        .await?;
+    state.revoke_endpoint(id, peer(&ci)).await?;
     state.hub.kick(id, Kick::Revoked);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1055,10 +844,7 @@ async fn list_audit(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Page<AuditEntry>> {
     let limit = page_limit(&q)?;
-    let items = state
-        .db
-        .read(move |conn| db::audit_page(conn, q.cursor, limit))
-        .await?;
+    let items = state.audit_entries(q.cursor, limit).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|e| e.id))
         .flatten();
@@ -1073,19 +859,7 @@ async fn endpoint_changes(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Page<crate::proto::StateChange>> {
     let limit = page_limit(&q)?;
-    let items = state
-        .db
-        .read(move |conn| {
-            let exists: Option<i64> = conn
-                .prepare_cached("SELECT id FROM endpoints WHERE id = ?1")?
-                .query_row([id], |r| r.get(0))
-                .optional()?;
-            if exists.is_none() {
-                return Err(ApiErr::not_found(format!("no endpoint {id}")));
-            }
-            db::state_changes(conn, id, q.cursor, limit)
-        })
-        .await?;
+    let items = state.endpoint_changes(id, q.cursor, limit).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|e| e.id))
         .flatten();
@@ -1110,19 +884,7 @@ async fn get_operation(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Operation> {
-    let op = state
-        .db
-        .read(move |conn| db::operation(conn, id))
-        .await?
-        .ok_or_else(|| ApiErr::not_found(format!("no operation {id}")))?;
-    if let Caller::Endpoint(ep) = caller
-        && ep.id != op.endpoint_id
-    {
-        return Err(ApiErr::forbidden(format!(
-            "operation {id} belongs to another endpoint"
-        )));
-    }
-    Ok(Json(op))
+    Ok(Json(state.operation_for(&caller, id).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1151,73 +913,7 @@ async fn register(
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiErr> {
     check_name("endpoint", &req.name)?;
-    let peer = peer(&ci);
-    let join_hash = token_hash(&req.join_token);
-    let token = new_token("ppe_")?;
-    let endpoint_hash = token_hash(&token);
-    let t = state.clock.now();
-    let resp = state
-        .db
-        .write(move |tx| {
-            let row: Option<(i64, i64, i64, Option<i64>, i64)> = tx
-                .query_row(
-                    "SELECT id, pool_id, expires_at, max_uses, uses FROM join_tokens WHERE token_hash = ?1",
-                    [&join_hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?;
-            let Some((jt_id, pool_id, expires_at, max_uses, uses)) = row else {
-                return Err(ApiErr::unauthorized(
-                    "unknown join token: ask the coordinator's admin for a join token of the pool",
-                ));
-            };
-            if expires_at <= t {
-                return Err(ApiErr::unauthorized("this join token has expired: ask the admin for a new one"));
-            }
-            if max_uses.is_some_and(|m| uses >= m) {
-                return Err(ApiErr::unauthorized("this join token is used up: ask the admin for a new one"));
-            }
-            tx.execute("UPDATE join_tokens SET uses = uses + 1 WHERE id = ?1", [jt_id])?;
-            // A new endpoint every time: the name is made unique, never matched to an
-            // existing endpoint.
-            let mut name = req.name.clone();
-            let mut n = 1;
-            loop {
-                let taken: bool = tx
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM endpoints WHERE pool_id = ?1 AND name = ?2)")?
-                    .query_row(params![pool_id, name], |r| r.get(0))?;
-                if !taken {
-                    break;
-                }
-                n += 1;
-                let suffix = format!("-{n}");
-                let base: String = req.name.chars().take(64 - suffix.len()).collect();
-                name = format!("{base}{suffix}");
-            }
-            let id: i64 = tx.query_row(
-                "INSERT INTO endpoints (pool_id, name, token_hash, created_at) VALUES (?1, ?2, ?3, ?4)
-                 RETURNING id",
-                params![pool_id, name, endpoint_hash, t],
-                |r| r.get(0),
-            )?;
-            let pool_name: String = tx.query_row("SELECT name FROM pools WHERE id = ?1", [pool_id], |r| r.get(0))?;
-            db::audit(
-                tx,
-                &Actor::Registration.to_string(),
-                "endpoint.register",
-                Some(format!("endpoint:{id}")),
-                peer,
-                Some(format!("{name} in pool:{pool_id} with join token {jt_id}")),
-            )?;
-            Ok(RegisterResponse {
-                endpoint_id: id,
-                endpoint_token: token.clone(),
-                name,
-                pool_id,
-                pool_name,
-            })
-        })
-        .await?;
+    let resp = state.register(req, peer(&ci)).await?;
     state.pool_membership_changed();
     Ok((StatusCode::CREATED, Json(resp)))
 }
@@ -1335,24 +1031,7 @@ async fn get_manifest(
     State(state): State<AppState>,
     ApiPath((pool_id, revision)): ApiPath<(i64, u64)>,
 ) -> ApiResult<crate::manifest::Manifest> {
-    if let Caller::Endpoint(ep) = &caller
-        && ep.pool_id != pool_id
-    {
-        return Err(ApiErr::not_found(format!(
-            "pool {pool_id} is not this endpoint's pool"
-        )));
-    }
-    let body = state
-        .db
-        .read(move |conn| {
-            db::manifest_body(conn, pool_id, revision)?.ok_or_else(|| {
-                ApiErr::not_found(format!(
-                    "pool {pool_id} has no manifest for revision {revision}"
-                ))
-            })
-        })
-        .await?;
-    Ok(Json(super::service::decode_manifest(&body)?))
+    Ok(Json(state.manifest_for(&caller, pool_id, revision).await?))
 }
 
 /// The canonical text form of a snapshot ([`crate::snapshot::Snapshot::encode`]). An
@@ -1366,31 +1045,13 @@ async fn get_snapshot(
     let hash: SnapshotHash = hash
         .parse()
         .map_err(|e: crate::snapshot::SnapshotError| ApiErr::invalid(e.to_string()))?;
-    let body = state
-        .db
-        .read(move |conn| {
-            if let Caller::Endpoint(ep) = &caller {
-                let allowed: bool = conn.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM endpoints WHERE id = ?1 AND current = ?2)
-                         OR EXISTS (SELECT 1 FROM targets WHERE pool_id = ?3 AND snapshot = ?2)",
-                    params![ep.id, hash.to_hex(), ep.pool_id],
-                    |r| r.get(0),
-                )?;
-                if !allowed {
-                    return Err(ApiErr::not_found(format!(
-                        "snapshot {hash} is neither this endpoint's state nor a target of its pool"
-                    )));
-                }
-            }
-            db::snapshot_body(conn, &hash)?
-                .ok_or_else(|| ApiErr::not_found(format!("no snapshot {hash}")))
-        })
-        .await?;
+    let body = state.snapshot_for(caller, hash).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::auth::{new_token, token_hash};
     use super::*;
 
     #[test]

@@ -4,7 +4,6 @@
 //! join, `ppe_` endpoint). Only SHA-256 hashes are stored; a presented token is checked by
 //! hashing it and looking the hash up, so no stored secret can be replayed.
 
-use super::sql::OptionalExtension;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -66,22 +65,7 @@ pub async fn endpoint_by_token(
     state: &AppState,
     token: &str,
 ) -> Result<Option<EndpointAuth>, ApiErr> {
-    let hash = token_hash(token);
-    state
-        .db
-        .read(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT id, pool_id, name FROM endpoints WHERE token_hash = ?1")?
-                .query_row([hash], |r| {
-                    Ok(EndpointAuth {
-                        id: r.get(0)?,
-                        pool_id: r.get(1)?,
-                        name: r.get(2)?,
-                    })
-                })
-                .optional()?)
-        })
-        .await
+    state.endpoint_by_token(token).await
 }
 
 /// Who a bearer token belongs to: the admin, an endpoint, or nobody (`None`).

@@ -249,7 +249,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, [sha.clone()], "no part file is left behind");
+        assert_eq!(names, vec![sha.clone()], "no part file is left behind");
         let listed = b.list().await.unwrap();
         assert_eq!((listed.len(), listed[0].size), (1, 10));
         assert_eq!(a.remove(&sha).await.unwrap(), 10);

@@ -81,19 +81,20 @@
 //! With `[dashboard] enabled`, the web dashboard's HTML pages are under `/dashboard/` (see
 //! `dashboard`; a session cookie from the admin token, not a bearer token).
 
+mod admin;
 mod api;
 mod auth;
-mod clock;
 mod blob;
+mod clock;
 mod cluster;
 mod connections;
 mod dashboard;
 mod db;
 mod db_pg;
-mod migrate;
 mod error;
 mod hub;
 mod limits;
+mod migrate;
 mod overview;
 mod pg_schema;
 pub mod pool_repo;

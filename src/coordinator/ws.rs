@@ -31,7 +31,6 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::api::ApiPath;
 use super::auth::{self, Admin, EndpointAuth};
-use super::db;
 use super::error::ApiErr;
 use super::hub::{AdminGuard, Event, EventKind, Kick};
 use super::limits;
@@ -229,38 +228,7 @@ async fn run_endpoint(
             .get(&pool_id)
             .filter(|(_, at)| at.elapsed() < POOL_SIZE_TTL)
             .map(|(n, _)| *n);
-        let now = state.clock.now();
-        let welcome = state
-            .db
-            .read(move |conn| {
-                // The target this endpoint is offered (the pool's, without rings).
-                let offer = super::rollout_run::offer_in(conn, id, pool_id, now)?;
-                let known: Option<String> =
-                    conn.query_row("SELECT current FROM endpoints WHERE id = ?1", [id], |r| {
-                        r.get(0)
-                    })?;
-                Ok(ServerMsg::Welcome {
-                    protocol: PROTOCOL_VERSION,
-                    endpoint_id: id,
-                    pool_id,
-                    target: offer.target,
-                    rollout: offer.rollout,
-                    known_state: known.as_deref().map(db::parse_hash).transpose()?,
-                    policy: db::policy_of(conn, pool_id)?,
-                    pool_endpoints: match cached {
-                        Some(n) => Some(n),
-                        None => Some(
-                            conn.query_row(
-                                "SELECT COUNT(*) FROM endpoints WHERE pool_id = ?1",
-                                [pool_id],
-                                |r| r.get::<_, i64>(0),
-                            )?
-                            .unsigned_abs(),
-                        ),
-                    },
-                })
-            })
-            .await?;
+        let welcome = state.welcome(id, pool_id, cached).await?;
         if let (
             None,
             ServerMsg::Welcome {
@@ -463,11 +431,7 @@ pub(crate) async fn admin_socket(
     up: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiErr> {
     let up = upgrade(up, state.settings.ws_message_limit)?;
-    let exists = state
-        .db
-        .read(move |conn| Ok(db::policy_of(conn, pool_id)?.is_some()))
-        .await?;
-    if !exists {
+    if !state.pool_exists(pool_id).await? {
         return Err(ApiErr::not_found(format!("no pool {pool_id}")));
     }
     // Subscribe before answering, so every event after the upgrade response is delivered.
