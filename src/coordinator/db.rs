@@ -393,6 +393,23 @@ impl Db {
         })?
     }
 
+    /// [`Db::write`] for a unit that touches only endpoint `endpoint`'s own rows (its state
+    /// reports, its heartbeats) and whose rules concern only them. The same on SQLite; on
+    /// PostgreSQL it runs `READ COMMITTED` after locking the endpoint's row, so one
+    /// endpoint's units still run one at a time while different endpoints' never conflict
+    /// (under `SERIALIZABLE`, PostgreSQL's page-level predicate locks made concurrent reports
+    /// of different endpoints abort each other).
+    pub async fn write_endpoint<T, F>(&self, endpoint: i64, f: F) -> Result<T, ApiErr>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T, ApiErr> + Send + 'static,
+    {
+        match &self.engine {
+            Engine::Postgres(p) => p.write_endpoint(endpoint, f).await,
+            Engine::Sqlite(_) => self.write(f).await,
+        }
+    }
+
     /// Copies committed WAL frames into the database file (PASSIVE: never waits for, or
     /// blocks, the writer or readers). The writer connection does not checkpoint itself, so
     /// the copying and its fsync stay off the write path; `launch` calls this periodically.

@@ -19,13 +19,24 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
 use super::error::{ApiErr, CoordinatorError};
-use super::sql::{Connection, PgSession};
+use super::sql::{Connection, OptionalExtension, PgSession};
 
 /// Times a unit of work runs before a conflicting one is answered 503.
 const MAX_ATTEMPTS: u32 = 30;
 
 /// A random key for this schema's migration lock (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x7061_6370_6f6f_6c01;
+
+/// How a unit of work is isolated from concurrent ones.
+#[derive(Clone, Copy, Debug)]
+enum Isolation {
+    /// As if units ran one at a time (any rule, any rows).
+    Serializable,
+    /// The unit touches only this endpoint's own rows (its reports, its heartbeats): its
+    /// row is locked first, so the endpoint's units run one at a time, and other endpoints'
+    /// never conflict with it.
+    EndpointRow(i64),
+}
 
 /// How to connect, beyond the URL.
 #[derive(Clone, Debug, Default)]
@@ -260,7 +271,24 @@ impl PgDb {
     }
 
     /// See `Db::write`.
-    pub async fn write<T, F>(&self, mut f: F) -> Result<T, ApiErr>
+    pub async fn write<T, F>(&self, f: F) -> Result<T, ApiErr>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T, ApiErr> + Send + 'static,
+    {
+        self.unit(Isolation::Serializable, f).await
+    }
+
+    /// See `Db::write_endpoint`.
+    pub async fn write_endpoint<T, F>(&self, endpoint: i64, f: F) -> Result<T, ApiErr>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection) -> Result<T, ApiErr> + Send + 'static,
+    {
+        self.unit(Isolation::EndpointRow(endpoint), f).await
+    }
+
+    async fn unit<T, F>(&self, isolation: Isolation, mut f: F) -> Result<T, ApiErr>
     where
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T, ApiErr> + Send + 'static,
@@ -274,8 +302,24 @@ impl PgDb {
             };
             for attempt in 1..=MAX_ATTEMPTS {
                 s.retry.set(false);
-                s.batch("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
-                let out = f(&conn);
+                let out = match isolation {
+                    Isolation::Serializable => {
+                        s.batch("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+                        f(&conn)
+                    }
+                    Isolation::EndpointRow(id) => {
+                        s.batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+                        // Missing row: the closure's own read says "removed".
+                        conn.query_row(
+                            "SELECT 1 FROM endpoints WHERE id = ?1 FOR UPDATE",
+                            [id],
+                            |_| Ok(()),
+                        )
+                        .optional()
+                        .map_err(ApiErr::from)
+                        .and_then(|_| f(&conn))
+                    }
+                };
                 let retry = match out {
                     Ok(v) => match s.batch("COMMIT") {
                         Ok(()) => return Ok(v),

@@ -728,7 +728,7 @@ impl AppState {
         let id = ep.id;
         let t = self.clock.now();
         self.db
-            .write(move |tx| {
+            .write_endpoint(id, move |tx| {
                 tx.prepare_cached("UPDATE endpoints SET last_seen = ?1 WHERE id = ?2")?
                     .execute(params![t, id])?;
                 Ok(())
@@ -868,9 +868,10 @@ impl AppState {
         let hash = new.hash;
         let stored = new.clone();
         let st = self.clone();
+        // Only this endpoint's rows and its rule (the base must be its current state).
         let outcome = self
             .db
-            .write(move |tx| {
+            .write_endpoint(id, move |tx| {
                 let known: Option<String> = tx
                     .prepare_cached("SELECT current FROM endpoints WHERE id = ?1")?
                     .query_row([id], |r| r.get(0))
@@ -1209,6 +1210,18 @@ impl AppState {
                 );
             }
             self.operation_updated(&op).await;
+        } else if op.state == OperationState::Pending && actor != Actor::Endpoint(endpoint_id) {
+            // A retried request (same idempotency key) for an operation still pending: the
+            // first announcement may never have reached the endpoint (the replica that
+            // stored it died between its commit and telling the others, or the socket was
+            // down). Announced again; the daemon runs an operation id once.
+            self.hub.publish(
+                op.pool_id,
+                Audience::Endpoint(endpoint_id),
+                &ServerMsg::OperationRequested {
+                    operation: op.clone(),
+                },
+            );
         }
         Ok((op, created))
     }

@@ -71,11 +71,16 @@ impl Error {
     }
 }
 
+/// Serialization failures and deadlocks, and a foreign key that a concurrent unit's delete
+/// broke (retention removing a snapshot a `READ COMMITTED` report was about to point to: run
+/// again, the report stores the snapshot anew).
 pub(crate) fn is_pg_retryable(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     matches!(
         e.code(),
-        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+            || *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::FOREIGN_KEY_VIOLATION
     )
 }
 
