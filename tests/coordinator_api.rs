@@ -2124,11 +2124,58 @@ async fn changes_reach_endpoints_on_every_replica(b: Backend) {
     // A registration through B: a new hello on A counts 4 endpoints at once.
     let join = rb.join_token(pool.id).await;
     rb.register(&join, "host3").await;
-    let (_again, welcome) = endpoint_ws(&ra, &eps[1].endpoint_token).await;
+    let (mut again, welcome) = endpoint_ws(&ra, &eps[1].endpoint_token).await;
     let ServerMsg::Welcome { pool_endpoints, .. } = welcome else {
         unreachable!()
     };
     assert_eq!(pool_endpoints, Some(4));
+
+    // Anyone who can connect to the database can NOTIFY on the replicas' channel. A kick
+    // without a valid code is dropped; the same with the code the replicas share (derived
+    // from the admin token) is obeyed. NOTIFYs arrive in commit order, so the socket closing
+    // as "moved" (4004), not "removed" (4003), shows the forgery was dropped, and the channel
+    // name right.
+    let pg = db.pg.as_ref().unwrap();
+    let key = {
+        use sha2::Digest;
+        let mut k = sha2::Sha256::new();
+        k.update(b"pacpool replica bus v1\0");
+        k.update(sha2::Sha256::digest(ADMIN.as_bytes()));
+        k.finalize()
+    };
+    let channel = {
+        use sha2::Digest;
+        format!(
+            "pacpool_bus_{}",
+            hex::encode(&sha2::Sha256::digest(key)[..6])
+        )
+    };
+    let notify = |why: &str, signed: bool| {
+        use hmac::{KeyInit, Mac};
+        let origin = "00000000000000ff";
+        let event = json!({ "k": "kick", "endpoint": eps[1].endpoint_id, "why": why }).to_string();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{origin}\n{event}").as_bytes());
+        let code = if signed {
+            hex::encode(mac.finalize().into_bytes())
+        } else {
+            "00".repeat(32)
+        };
+        let payload = json!({ "o": origin, "e": event, "m": code }).to_string();
+        pg.psql(
+            "pacpool",
+            &format!("SELECT pg_notify('{channel}', '{payload}')"),
+        );
+    };
+    notify("removed", false);
+    notify("moved", true);
+    let closed = loop {
+        match ws_next(&mut again).await {
+            Ok(_) => continue,
+            Err(frame) => break frame,
+        }
+    };
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(4004));
 
     let (st, v) = rb
         .call(

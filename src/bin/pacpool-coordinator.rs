@@ -58,8 +58,14 @@ enum Command {
         /// The SQLite database: `sqlite:/var/lib/pacpool-coordinator/coordinator.db`.
         #[arg(long, value_name = "sqlite:PATH")]
         from: String,
-        /// The PostgreSQL database: `postgres://USER:PASSWORD@HOST/DATABASE`.
-        #[arg(long, value_name = "URL")]
+        /// The PostgreSQL database: `postgres://USER:PASSWORD@HOST/DATABASE` (or
+        /// PACPOOL_MIGRATE_TO, which keeps a password out of the process list).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "PACPOOL_MIGRATE_TO",
+            hide_env_values = true
+        )]
         to: String,
         /// A CA certificate (PEM) trusted besides the system's for `sslmode=require`.
         #[arg(long, value_name = "FILE")]

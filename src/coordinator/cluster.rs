@@ -11,9 +11,14 @@
 //! so the row is visible by then).
 //!
 //! NOTIFY is at most once: a replica whose listening connection broke misses what was sent
-//! meanwhile. Endpoints tolerate that (they ask for their state on every reconnect, and a
-//! socket's token is checked again periodically), and after reconnecting the listener a
-//! replica re-checks its sockets' endpoints (revoked, removed, moved) at once.
+//! meanwhile. After reconnecting the listener it closes every endpoint socket it holds
+//! ([`Kick::Resync`]); each endpoint reconnects and learns the current target, policy and
+//! pending operations from its Welcome and its operation list, as after any reconnect.
+//!
+//! Any role that can connect to the database may NOTIFY. So every event carries an
+//! HMAC-SHA256 keyed by the admin token's hash (which every replica must share), and the
+//! channel name is derived from it too (two pacpool deployments on one database never hear
+//! each other); an event without a valid code is dropped.
 //!
 //! The listening connection also holds the session advisory locks that elect which replica
 //! runs each periodic job ([`Job`]); a replica that dies releases them with its connection.
@@ -22,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -29,8 +35,8 @@ use super::AppState;
 use super::db_pg::PgDb;
 use super::hub::{Audience, Kick};
 
-/// The NOTIFY channel.
-const CHANNEL: &str = "pacpool_bus";
+/// The NOTIFY channel's prefix (the rest comes from the bus key).
+const CHANNEL_PREFIX: &str = "pacpool_bus_";
 /// Largest event sent inline (PostgreSQL refuses payloads of 8,000 bytes and more).
 const INLINE_LIMIT: usize = 7_900;
 /// Advisory lock namespace (first key) of the periodic jobs.
@@ -101,6 +107,7 @@ pub(crate) enum WireKick {
     Revoked,
     Removed,
     Moved,
+    Resync,
 }
 
 impl From<Kick> for WireKick {
@@ -109,6 +116,7 @@ impl From<Kick> for WireKick {
             Kick::Revoked => Self::Revoked,
             Kick::Removed => Self::Removed,
             Kick::Moved => Self::Moved,
+            Kick::Resync => Self::Resync,
         }
     }
 }
@@ -119,6 +127,7 @@ impl From<WireKick> for Kick {
             WireKick::Revoked => Self::Revoked,
             WireKick::Removed => Self::Removed,
             WireKick::Moved => Self::Moved,
+            WireKick::Resync => Self::Resync,
         }
     }
 }
@@ -143,17 +152,62 @@ pub(crate) enum ClusterEvent {
 struct Envelope {
     /// The sending replica.
     o: String,
-    /// The event, inline.
+    /// The event (JSON of a [`ClusterEvent`]), inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    e: Option<ClusterEvent>,
+    e: Option<String>,
     /// Or the id of its `bus_events` row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     r: Option<i64>,
+    /// HMAC-SHA256 (hex) of `o`, a newline and the event's JSON.
+    m: String,
+}
+
+/// The shared secret of the replicas' bus, derived from the admin token's hash.
+#[derive(Clone)]
+pub(crate) struct BusKey([u8; 32]);
+
+impl BusKey {
+    pub(crate) fn new(admin_hash: &[u8; 32]) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"pacpool replica bus v1\0");
+        h.update(admin_hash);
+        Self(h.finalize().into())
+    }
+
+    /// The NOTIFY channel of this deployment.
+    fn channel(&self) -> String {
+        use sha2::Digest;
+        let id = sha2::Sha256::digest(self.0);
+        format!("{CHANNEL_PREFIX}{}", hex::encode(&id[..6]))
+    }
+
+    fn code(&self, origin: &str, event_json: &str) -> String {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        mac.update(origin.as_bytes());
+        mac.update(b"\n");
+        mac.update(event_json.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn verify(&self, origin: &str, event_json: &str, code: &str) -> bool {
+        let Ok(code) = hex::decode(code) else {
+            return false;
+        };
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        mac.update(origin.as_bytes());
+        mac.update(b"\n");
+        mac.update(event_json.as_bytes());
+        mac.verify_slice(&code).is_ok()
+    }
 }
 
 /// This replica's end of the bus: sends events, and holds the job locks.
 pub(crate) struct Bus {
     id: ReplicaId,
+    key: BusKey,
     out: mpsc::UnboundedSender<ClusterEvent>,
     /// The listening connection (advisory locks live on it), while it is up.
     listener: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
@@ -207,18 +261,20 @@ pub(crate) async fn start(
     state: &AppState,
     db: &PgDb,
     id: ReplicaId,
+    key: BusKey,
 ) -> Result<Arc<Bus>, tokio_postgres::Error> {
     let (out, rx) = mpsc::unbounded_channel();
     let bus = Arc::new(Bus {
         id,
+        key: key.clone(),
         out,
         listener: tokio::sync::Mutex::new(None),
         held: Default::default(),
     });
     let (incoming_tx, incoming) = mpsc::unbounded_channel::<String>();
-    let client = listen(db, incoming_tx.clone()).await?;
+    let client = listen(db, &key, incoming_tx.clone()).await?;
     *bus.listener.lock().await = Some(client);
-    tokio::spawn(run_sender(db.clone(), id, rx, state.shutdown.clone()));
+    tokio::spawn(run_sender(db.clone(), id, key, rx, state.shutdown.clone()));
     tokio::spawn(run_receiver(
         state.clone(),
         bus.clone(),
@@ -232,6 +288,7 @@ pub(crate) async fn start(
 /// A connection that LISTENs, forwarding payloads to `incoming`.
 async fn listen(
     db: &PgDb,
+    key: &BusKey,
     incoming: mpsc::UnboundedSender<String>,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let client = db
@@ -241,71 +298,91 @@ async fn listen(
             }
         })
         .await?;
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    client
+        .batch_execute(&format!("LISTEN {}", key.channel()))
+        .await?;
     Ok(client)
 }
 
-/// Sends queued events, in order, on its own connection (reconnecting after a failure; an
-/// event that could not be sent is logged and dropped).
+/// Sends queued events, in order, on its own connection, reconnecting after a failure (for
+/// about 15 s per event; one that still could not be sent is logged and dropped: the other
+/// replicas' endpoints learn it at their next reconnect).
 async fn run_sender(
     db: PgDb,
     id: ReplicaId,
+    key: BusKey,
     mut rx: mpsc::UnboundedReceiver<ClusterEvent>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let origin = id.to_string();
+    let channel = key.channel();
     let mut client: Option<tokio_postgres::Client> = None;
     loop {
         let event = tokio::select! {
             e = rx.recv() => match e { Some(e) => e, None => return },
             _ = super::stopped(&mut shutdown) => return,
         };
-        for attempt in 0..3 {
+        let mut sent = false;
+        for attempt in 0..8u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis((100u64 << attempt).min(5_000))).await;
+            }
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = match db.connect().await {
                     Ok(c) => Some(c),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot connect to send to other replicas");
-                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                         continue;
                     }
                 };
             }
             let Some(c) = client.as_ref() else { continue };
-            match send_one(c, &origin, &event).await {
-                Ok(()) => break,
+            match send_one(c, &key, &channel, &origin, &event).await {
+                Ok(()) => {
+                    sent = true;
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "cannot send an event to other replicas");
                     client = None;
                 }
             }
         }
+        if !sent {
+            tracing::error!(
+                "an event for the other replicas was dropped: the database stayed unreachable"
+            );
+        }
     }
 }
 
 async fn send_one(
     client: &tokio_postgres::Client,
+    key: &BusKey,
+    channel: &str,
     origin: &str,
     event: &ClusterEvent,
 ) -> Result<(), tokio_postgres::Error> {
+    let json = serde_json::to_string(event).unwrap_or_default();
     let inline = serde_json::to_string(&Envelope {
         o: origin.to_owned(),
-        e: Some(event.clone()),
+        m: key.code(origin, &json),
+        e: Some(json.clone()),
         r: None,
     })
     .unwrap_or_default();
     if inline.len() <= INLINE_LIMIT {
         client
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &inline])
+            .execute("SELECT pg_notify($1, $2)", &[&channel, &inline])
             .await?;
         return Ok(());
     }
-    let body = serde_json::to_string(event).unwrap_or_default();
+    let code = key.code(origin, &json);
     client
         .execute(
             "WITH e AS (INSERT INTO bus_events (at, body) VALUES ($1, $2) RETURNING id)
-             SELECT pg_notify($3, json_build_object('o', $4::text, 'r', e.id)::text) FROM e",
-            &[&super::db::now(), &body, &CHANNEL, &origin],
+             SELECT pg_notify($3, json_build_object('o', $4::text, 'r', e.id, 'm', $5::text)::text) FROM e",
+            &[&super::db::now(), &json, &channel, &origin, &code],
         )
         .await?;
     Ok(())
@@ -335,7 +412,10 @@ async fn run_receiver(
                 let alive = {
                     let guard = bus.listener.lock().await;
                     match guard.as_ref() {
-                        Some(c) => c.simple_query("SELECT 1").await.is_ok(),
+                        // Bounded: a partition must not hold the listener (and `leads`).
+                        Some(c) => tokio::time::timeout(PING, c.simple_query("SELECT 1"))
+                            .await
+                            .is_ok_and(|r| r.is_ok()),
                         None => false,
                     }
                 };
@@ -347,7 +427,7 @@ async fn run_receiver(
                 for slot in &bus.held {
                     slot.store(false, Ordering::Relaxed);
                 }
-                match listen(&db, incoming_tx.clone()).await {
+                match listen(&db, &bus.key, incoming_tx.clone()).await {
                     Ok(c) => {
                         *bus.listener.lock().await = Some(c);
                         tracing::info!("listening to other replicas again");
@@ -364,14 +444,14 @@ async fn deliver(state: &AppState, bus: &Bus, own: &str, payload: &str) {
     let Ok(env) = serde_json::from_str::<Envelope>(payload) else {
         tracing::warn!(
             bytes = payload.len(),
-            "an unreadable event from another replica"
+            "an unreadable event on the replicas' channel"
         );
         return;
     };
     if env.o == own {
         return;
     }
-    let event = match (env.e, env.r) {
+    let json = match (env.e, env.r) {
         (Some(e), _) => e,
         (None, Some(id)) => {
             let guard = bus.listener.lock().await;
@@ -380,15 +460,7 @@ async fn deliver(state: &AppState, bus: &Bus, own: &str, payload: &str) {
                 .query_opt("SELECT body FROM bus_events WHERE id = $1", &[&id])
                 .await
             {
-                Ok(Some(row)) => {
-                    match serde_json::from_str::<ClusterEvent>(&row.get::<_, String>(0)) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            tracing::warn!(error = %e, id, "an unreadable stored event");
-                            return;
-                        }
-                    }
-                }
+                Ok(Some(row)) => row.get::<_, String>(0),
                 Ok(None) => {
                     tracing::warn!(id, "a stored event is gone before it was read");
                     return;
@@ -401,6 +473,21 @@ async fn deliver(state: &AppState, bus: &Bus, own: &str, payload: &str) {
         }
         (None, None) => return,
     };
+    if !bus.key.verify(&env.o, &json, &env.m) {
+        tracing::warn!(
+            origin = %crate::display::clean(&env.o),
+            "dropped an event on the replicas' channel that no replica of this deployment sent \
+             (its code does not match the shared admin token): check who can connect to the database"
+        );
+        return;
+    }
+    let event = match serde_json::from_str::<ClusterEvent>(&json) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "an unreadable event from another replica");
+            return;
+        }
+    };
     match event {
         ClusterEvent::Publish { pool, to, msg } => state.hub.deliver(pool, to.into(), msg),
         ClusterEvent::Kick { endpoint, why } => {
@@ -410,53 +497,20 @@ async fn deliver(state: &AppState, bus: &Bus, own: &str, payload: &str) {
     }
 }
 
-/// After the listener was down: events of that time are lost, so close the sockets of
-/// endpoints that were revoked, removed or moved meanwhile (they reconnect and learn the
-/// rest, as after any reconnect).
+/// After the listener was down, events of that time are lost: every endpoint socket here is
+/// closed ([`Kick::Resync`]), and each endpoint reconnects and learns the current target,
+/// policy and pending operations, as after any reconnect (on this replica or another).
 async fn resync(state: &AppState) {
     state.forget_pool_sizes();
     let sockets = state.hub.registered();
-    if sockets.is_empty() {
-        return;
+    for (endpoint, _) in &sockets {
+        state.hub.deliver_kick(*endpoint, Kick::Resync);
     }
-    let ids: Vec<i64> = sockets.iter().map(|(e, _)| *e).collect();
-    let found = state
-        .db
-        .read(move |conn| {
-            let mut out = Vec::new();
-            let mut stmt = conn.prepare_cached(
-                "SELECT pool_id, token_hash IS NULL FROM endpoints WHERE id = ?1",
-            )?;
-            for id in ids {
-                let row = stmt
-                    .query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)))
-                    .map(Some)
-                    .or_else(|e| match e {
-                        super::sql::Error::NoRows => Ok(None),
-                        e => Err(e),
-                    })?;
-                out.push((id, row));
-            }
-            Ok(out)
-        })
-        .await;
-    let Ok(found) = found else {
-        tracing::warn!("cannot re-check endpoint sockets after a bus gap");
-        return;
-    };
-    for ((endpoint, pool), (_, row)) in sockets.iter().zip(found) {
-        match row {
-            None => {
-                state.hub.deliver_kick(*endpoint, Kick::Removed);
-            }
-            Some((_, true)) => {
-                state.hub.deliver_kick(*endpoint, Kick::Revoked);
-            }
-            Some((p, false)) if Some(p) != *pool => {
-                state.hub.deliver_kick(*endpoint, Kick::Moved);
-            }
-            Some(_) => {}
-        }
+    if !sockets.is_empty() {
+        tracing::info!(
+            sockets = sockets.len(),
+            "closed the endpoint sockets that may have missed events from other replicas"
+        );
     }
 }
 
@@ -478,16 +532,31 @@ mod tests {
             },
             ClusterEvent::Membership,
         ] {
+            let key = BusKey::new(&[7; 32]);
+            let json = serde_json::to_string(&e).unwrap();
             let env = Envelope {
                 o: "00ff".into(),
-                e: Some(e.clone()),
+                m: key.code("00ff", &json),
+                e: Some(json),
                 r: None,
             };
             let text = serde_json::to_string(&env).unwrap();
             let back: Envelope = serde_json::from_str(&text).unwrap();
-            assert_eq!(back.e, Some(e));
+            let json = back.e.unwrap();
+            assert!(key.verify(&back.o, &json, &back.m));
+            assert_eq!(serde_json::from_str::<ClusterEvent>(&json).unwrap(), e);
+            // Another deployment's key, another origin or another event: refused.
+            assert!(!BusKey::new(&[8; 32]).verify(&back.o, &json, &back.m));
+            assert!(!key.verify("00fe", &json, &back.m));
+            let other = r#"{"k":"kick","endpoint":12345,"why":"revoked"}"#;
+            assert!(!key.verify(&back.o, other, &back.m));
+            assert!(!key.verify(&back.o, &json, "zz"));
         }
-        let by_ref: Envelope = serde_json::from_str(r#"{"o":"ab","r":42}"#).unwrap();
+        let by_ref: Envelope = serde_json::from_str(r#"{"o":"ab","r":42,"m":""}"#).unwrap();
         assert_eq!((by_ref.e, by_ref.r), (None, Some(42)));
+        assert_ne!(
+            BusKey::new(&[7; 32]).channel(),
+            BusKey::new(&[8; 32]).channel()
+        );
     }
 }

@@ -72,8 +72,26 @@ pub(crate) enum Tls {
     Rustls(tokio_postgres_rustls::MakeRustlsConnect),
 }
 
-/// `url` without its password (`postgres://user:secret@host/db` → `postgres://user:***@host/db`).
+/// `url` without its password (`postgres://user:secret@host/db` → `postgres://user:***@host/db`,
+/// and `?password=secret` → `?password=***`).
 pub fn redact(url: &str) -> String {
+    let url = redact_userinfo(url);
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -118,6 +136,30 @@ impl PgDb {
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
+        }
+        // Bounds on the server side: a unit waits at most 10 s for a row lock (then 503,
+        // retried by the daemons), a session idle inside a transaction (a stuck replica) is
+        // ended after a minute, and a replica that vanished without closing its connections
+        // (a host crash, a partition) is noticed within about a minute, so its job locks
+        // pass to another replica.
+        let server = "-c lock_timeout=10s -c idle_in_transaction_session_timeout=60s \
+                      -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3";
+        let options = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {server}"),
+            _ => server.to_owned(),
+        };
+        config.options(&options);
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        // Over the network, TLS is required unless the URL says otherwise: tokio-postgres
+        // would otherwise "prefer" it and carry on in plain text when the server (or a
+        // machine in between) declines.
+        let tcp = config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)));
+        if tcp && !url.contains("sslmode=") {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
         let tls = match config.get_ssl_mode() {
             tokio_postgres::config::SslMode::Disable => Tls::None,
@@ -206,6 +248,10 @@ impl PgDb {
             .await
             .map_err(|e| format!("cannot start the schema migration: {e}"))?;
         let step = |e: tokio_postgres::Error| format!("schema migration failed: {e}");
+        // Another replica may be migrating: wait for it however long it takes.
+        tx.batch_execute("SET LOCAL lock_timeout = 0")
+            .await
+            .map_err(step)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(step)?;
@@ -246,28 +292,26 @@ impl PgDb {
         Ok(())
     }
 
-    /// Takes a pooled connection for a unit of work on a blocking thread.
-    pub(crate) fn blocking_session(
-        &self,
-        handle: &tokio::runtime::Handle,
-    ) -> Result<Connection, ApiErr> {
-        self.session(handle)
+    /// A pooled connection as a session for blocking code (the migration tool).
+    pub(crate) async fn session(&self) -> Result<Connection, ApiErr> {
+        let client = self.connection().await?;
+        Ok(Connection::Postgres(PgSession::new(
+            client,
+            tokio::runtime::Handle::current(),
+        )))
     }
 
-    fn session(&self, handle: &tokio::runtime::Handle) -> Result<Connection, ApiErr> {
-        let client = handle.block_on(self.pool.get()).map_err(|e| {
+    /// A pooled connection, waited for on the runtime (not on a blocking thread: a burst of
+    /// units waiting for the pool must not take the blocking threads file I/O needs).
+    async fn connection(&self) -> Result<deadpool_postgres::Object, ApiErr> {
+        self.pool.get().await.map_err(|e| {
             tracing::warn!(error = %e, database = %self.shown, "no database connection");
             ApiErr::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the coordinator cannot reach its database: retry in a moment",
             )
-        })?;
-        Ok(Connection::Postgres(PgSession {
-            client,
-            handle: handle.clone(),
-            retry: std::cell::Cell::new(false),
-        }))
+        })
     }
 
     /// See `Db::write`.
@@ -293,22 +337,21 @@ impl PgDb {
         T: Send + 'static,
         F: FnMut(&Connection) -> Result<T, ApiErr> + Send + 'static,
     {
-        let db = self.clone();
+        let client = self.connection().await?;
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let conn = db.session(&handle)?;
+            let conn = Connection::Postgres(PgSession::new(client, handle));
             let Connection::Postgres(s) = &conn else {
                 unreachable!()
             };
             for attempt in 1..=MAX_ATTEMPTS {
-                s.retry.set(false);
                 let out = match isolation {
                     Isolation::Serializable => {
-                        s.batch("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+                        s.begin("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
                         f(&conn)
                     }
                     Isolation::EndpointRow(id) => {
-                        s.batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+                        s.begin("BEGIN ISOLATION LEVEL READ COMMITTED")?;
                         // Missing row: the closure's own read says "removed".
                         conn.query_row(
                             "SELECT 1 FROM endpoints WHERE id = ?1 FOR UPDATE",
@@ -320,24 +363,25 @@ impl PgDb {
                         .and_then(|_| f(&conn))
                     }
                 };
-                let retry = match out {
-                    Ok(v) => match s.batch("COMMIT") {
+                match out {
+                    Ok(v) => match s.commit() {
                         Ok(()) => return Ok(v),
-                        Err(e) if e.is_retryable() => true,
+                        Err(e) if e.is_retryable() => {}
                         Err(e) => return Err(e.into()),
                     },
                     Err(e) => {
-                        let retry = s.retry.get();
-                        if let Err(r) = s.batch("ROLLBACK") {
-                            tracing::warn!(error = %r, "cannot roll back a database transaction");
-                        }
+                        // A reference broken by a concurrent delete (retention removing a
+                        // snapshot a report was about to point to) is worth a rerun only in
+                        // an endpoint-row unit; in a serializable one it is a bug to see.
+                        let retry = s.retry.get()
+                            || (matches!(isolation, Isolation::EndpointRow(_))
+                                && s.broken_reference.get());
+                        s.rollback();
                         if !retry {
                             return Err(e);
                         }
-                        true
                     }
-                };
-                debug_assert!(retry);
+                }
                 // Conflicting units back off for a short, growing, random time so that
                 // they do not collide again in step.
                 let jitter = u64::from(rand_u16()) % (attempt as u64 * 4 + 1);
@@ -363,21 +407,19 @@ impl PgDb {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, ApiErr> + Send + 'static,
     {
-        let db = self.clone();
+        let client = self.connection().await?;
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let conn = db.session(&handle)?;
+            let conn = Connection::Postgres(PgSession::new(client, handle));
             let Connection::Postgres(s) = &conn else {
                 unreachable!()
             };
-            s.batch("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+            s.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
             let out = f(&conn);
-            let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            if let Err(e) = s.batch(end) {
-                if out.is_ok() {
-                    return Err(e.into());
-                }
-                tracing::warn!(error = %e, "cannot end a read transaction");
+            if out.is_ok() {
+                s.commit()?;
+            } else {
+                s.rollback();
             }
             out
         })
@@ -414,6 +456,10 @@ fn spawn_connection<S, T>(
 }
 
 #[cfg(test)]
+#[path = "../../tests/support/pg.rs"]
+mod pg_fixture;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -428,7 +474,92 @@ mod tests {
             "postgresql:///pacpool?host=/run/postgresql"
         );
         assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(
+            redact("postgresql:///db?host=/run/pg&password=s3cret&user=u"),
+            "postgresql:///db?host=/run/pg&password=***&user=u"
+        );
         assert!(is_postgres_url("postgresql://x") && !is_postgres_url("/var/lib/x.db"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_or_panicking_unit_never_leaves_a_transaction_open() {
+        let cluster = match pg_fixture::PgCluster::start() {
+            Ok(c) => c,
+            Err(why) => {
+                eprintln!("SKIPPED: {why}");
+                return;
+            }
+        };
+        let url = cluster.database("units");
+        let db = PgDb::open(
+            &url,
+            &PgOptions {
+                pool_size: 2,
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        db.write(|tx| {
+            tx.execute(
+                "INSERT INTO pools (name, policy, created_at) VALUES ('p', '{}', 0)",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // A closure that panics while its transaction holds a row lock.
+        let panicked = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(|tx| -> Result<(), ApiErr> {
+                    tx.execute("UPDATE pools SET name = 'locked' WHERE name = 'p'", [])?;
+                    panic!("a bug in a change");
+                })
+                .await
+            }
+        })
+        .await;
+        assert!(panicked.is_err() || panicked.unwrap().is_err());
+        // A closure that swallows a failed statement and returns Ok: nothing is committed.
+        let swallowed = db
+            .write(|tx| {
+                tx.execute("UPDATE pools SET name = 'half' WHERE name = 'p'", [])?;
+                let _ = tx.execute(
+                    "INSERT INTO pools (id, name, policy, created_at) VALUES (1, 'dup', '{}', 0)",
+                    [],
+                );
+                Ok(())
+            })
+            .await;
+        assert!(swallowed.is_err(), "{swallowed:?}");
+        // The pool's two connections still work, the row is not locked, nothing half-done
+        // was committed, and no session stays inside a transaction.
+        for i in 0..6 {
+            db.write(move |tx| {
+                tx.execute("UPDATE pools SET created_at = ?1 WHERE name = 'p'", [i])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        let names = db
+            .read(|conn| {
+                let rows = conn
+                    .prepare("SELECT name FROM pools ORDER BY id")?
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<crate::coordinator::sql::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(names, ["p"]);
+        let idle = cluster.psql(
+            "units",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'units' AND state LIKE 'idle in transaction%'",
+        );
+        assert_eq!(idle, "0");
     }
 
     #[test]

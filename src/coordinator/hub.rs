@@ -52,6 +52,9 @@ pub enum Kick {
     Removed,
     /// The endpoint was moved to another pool: reconnecting gives it the new pool's target.
     Moved,
+    /// This replica may have missed events from other replicas (its database connection
+    /// broke): reconnecting gives the endpoint the current state of things.
+    Resync,
 }
 
 impl Kick {
@@ -60,6 +63,7 @@ impl Kick {
             Kick::Revoked => 4001,
             Kick::Removed => 4003,
             Kick::Moved => 4004,
+            Kick::Resync => 4005,
         }
     }
 
@@ -68,6 +72,7 @@ impl Kick {
             Kick::Revoked => "endpoint token revoked: register again with a join token",
             Kick::Removed => "endpoint removed: register again with a join token",
             Kick::Moved => "endpoint moved to another pool: reconnect",
+            Kick::Resync => "the coordinator may have missed events: reconnect",
         }
     }
 }

@@ -121,30 +121,24 @@ pub async fn migrate(
         },
     )
     .await?;
-    let handle = tokio::runtime::Handle::current();
+    let to = target.session().await?;
     tokio::task::spawn_blocking(move || {
-        let to = target.blocking_session(&handle)?;
-        copy(&source, &to)?;
-        let mut out = Vec::new();
-        for (table, order) in TABLES {
-            let (from_rows, from_sha) = digest(&source, table, order)?;
-            let (to_rows, to_sha) = digest(&to, table, order)?;
-            if (from_rows, &from_sha) != (to_rows, &to_sha) {
-                return Err(MigrateError::Mismatch {
-                    table,
-                    from_rows,
-                    from_sha,
-                    to_rows,
-                    to_sha,
-                });
+        let Connection::Postgres(session) = &to else {
+            unreachable!("the target is PostgreSQL")
+        };
+        // One transaction: copied and checked, then committed, or nothing at all.
+        session.begin("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+        let checked = copy_tables(&source, &to).and_then(|()| check(&source, &to));
+        match checked {
+            Ok(out) => {
+                session.commit()?;
+                Ok(out)
             }
-            out.push(TableCheck {
-                table,
-                rows: to_rows,
-                sha256: to_sha,
-            });
+            Err(e) => {
+                session.rollback();
+                Err(e)
+            }
         }
-        Ok(out)
     })
     .await
     .map_err(|e| MigrateError::Database(format!("the copy stopped unexpectedly: {e}")))?
@@ -159,7 +153,7 @@ fn open_source(path: &Path) -> Result<Connection, MigrateError> {
     }
     let conn = rusqlite::Connection::open_with_flags(
         path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| MigrateError::Refused(format!("cannot open {}: {e}", path.display())))?;
     let version: i64 = conn
@@ -175,9 +169,17 @@ fn open_source(path: &Path) -> Result<Connection, MigrateError> {
             MIGRATIONS.len()
         )));
     }
-    // One read transaction: the copy and its check see the same state.
-    conn.execute_batch("BEGIN")
+    // One transaction that holds the write lock: the copy and its check see the same state,
+    // and a coordinator still writing to the file makes the tool stop here instead of
+    // losing what it writes during the copy. Nothing is written.
+    conn.busy_timeout(std::time::Duration::from_secs(2))
         .map_err(|e| MigrateError::Database(e.to_string()))?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+        MigrateError::Refused(format!(
+            "cannot lock {} ({e}): is the coordinator still running? stop it first",
+            path.display()
+        ))
+    })?;
     Ok(Connection::Sqlite(conn))
 }
 
@@ -192,22 +194,28 @@ fn columns(source: &Connection, table: &str) -> Result<Vec<String>, MigrateError
     Ok(names)
 }
 
-fn copy(source: &Connection, to: &Connection) -> Result<(), MigrateError> {
-    let Connection::Postgres(session) = to else {
-        unreachable!("the target is PostgreSQL")
-    };
-    session.batch("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
-    let result = copy_tables(source, to);
-    match result {
-        Ok(()) => {
-            session.batch("COMMIT")?;
-            Ok(())
+/// Every table's rows and hash, equal on both sides.
+fn check(source: &Connection, to: &Connection) -> Result<Vec<TableCheck>, MigrateError> {
+    let mut out = Vec::new();
+    for (table, order) in TABLES {
+        let (from_rows, from_sha) = digest(source, table, order)?;
+        let (to_rows, to_sha) = digest(to, table, order)?;
+        if (from_rows, &from_sha) != (to_rows, &to_sha) {
+            return Err(MigrateError::Mismatch {
+                table,
+                from_rows,
+                from_sha,
+                to_rows,
+                to_sha,
+            });
         }
-        Err(e) => {
-            let _ = session.batch("ROLLBACK");
-            Err(e)
-        }
+        out.push(TableCheck {
+            table,
+            rows: to_rows,
+            sha256: to_sha,
+        });
     }
+    Ok(out)
 }
 
 fn copy_tables(source: &Connection, to: &Connection) -> Result<(), MigrateError> {

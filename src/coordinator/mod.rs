@@ -555,12 +555,13 @@ pub async fn launch(
         shutdown: stop_rx.clone(),
     }));
     if let Some(pg) = state.db.postgres() {
-        let bus = cluster::start(&state, pg, replica).await.map_err(|e| {
-            CoordinatorError::PostgresDatabase {
+        let key = cluster::BusKey::new(&state.admin_hash);
+        let bus = cluster::start(&state, pg, replica, key)
+            .await
+            .map_err(|e| CoordinatorError::PostgresDatabase {
                 url: format!("{pg:?}"),
                 detail: format!("cannot listen for the other replicas' events: {e}"),
-            }
-        })?;
+            })?;
         state.hub.attach_bus(bus);
         tracing::info!(%replica, "coordinator replica on PostgreSQL");
     }

@@ -420,8 +420,8 @@ impl PackageStore {
         }
     }
 
-    /// Deletes stored files that no retained revision's manifest refers to.
-    pub async fn collect_garbage(&self, state: &AppState) -> Result<u64, ApiErr> {
+    /// The digests every kept revision's manifest names.
+    async fn referenced(state: &AppState) -> Result<HashSet<String>, ApiErr> {
         let bodies = state
             .db
             .read(|conn| {
@@ -436,6 +436,12 @@ impl PackageStore {
                 keep.extend(m.entries.into_iter().filter_map(|e| e.sha256));
             }
         }
+        Ok(keep)
+    }
+
+    /// Deletes stored files that no retained revision's manifest refers to.
+    pub async fn collect_garbage(&self, state: &AppState) -> Result<u64, ApiErr> {
+        let mut keep = Self::referenced(state).await?;
         let mut freed = 0;
         let _ = self.blobs.clean_parts().await;
         let stored = self
@@ -443,6 +449,9 @@ impl PackageStore {
             .list()
             .await
             .map_err(|e| ApiErr::internal(format!("cannot list the pool repository: {e}")))?;
+        // A revision set since the first read may name an old file again: read once more, just
+        // before deleting (the window left is between this read and the deletes).
+        keep.extend(Self::referenced(state).await?);
         let now = std::time::SystemTime::now();
         let mut kept = 0;
         for b in stored {

@@ -44,6 +44,8 @@ pub enum Error {
     Postgres(#[from] tokio_postgres::Error),
     #[error("column {column}: {detail}")]
     Type { column: usize, detail: String },
+    #[error("a statement of this change failed, so the change was rolled back")]
+    Aborted,
 }
 
 impl Error {
@@ -71,16 +73,12 @@ impl Error {
     }
 }
 
-/// Serialization failures and deadlocks, and a foreign key that a concurrent unit's delete
-/// broke (retention removing a snapshot a `READ COMMITTED` report was about to point to: run
-/// again, the report stores the snapshot anew).
+/// Serialization failures and deadlocks: the unit conflicted with a concurrent one.
 pub(crate) fn is_pg_retryable(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     matches!(
         e.code(),
-        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
-            || *c == SqlState::T_R_DEADLOCK_DETECTED
-            || *c == SqlState::FOREIGN_KEY_VIOLATION
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
     )
 }
 
@@ -424,6 +422,19 @@ impl rusqlite::ToSql for Value<'_> {
 
 type BoxErr = Box<dyn std::error::Error + Sync + Send>;
 
+/// Types whose binary form is their UTF-8 text.
+fn is_text(ty: &Type) -> bool {
+    matches!(
+        *ty,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+    )
+}
+
+fn unsupported(ty: &Type) -> BoxErr {
+    format!("a parameter of type {ty} is not supported: cast it in the query (CAST(?N AS BIGINT), ?N::text)")
+        .into()
+}
+
 impl PgToSql for Value<'_> {
     fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> std::result::Result<IsNull, BoxErr> {
         match self {
@@ -435,22 +446,26 @@ impl PgToSql for Value<'_> {
                 Type::BOOL => (*i != 0).to_sql(ty, out),
                 Type::FLOAT8 => (*i as f64).to_sql(ty, out),
                 Type::OID => u32::try_from(*i)?.to_sql(ty, out),
-                _ => i.to_string().as_str().to_sql(&Type::TEXT, out),
+                _ if is_text(ty) => i.to_string().as_str().to_sql(&Type::TEXT, out),
+                _ => Err(unsupported(ty)),
             },
             Value::Real(f) => match *ty {
                 Type::FLOAT4 => (*f as f32).to_sql(ty, out),
                 Type::FLOAT8 => f.to_sql(ty, out),
-                _ => f.to_string().as_str().to_sql(&Type::TEXT, out),
+                _ if is_text(ty) => f.to_string().as_str().to_sql(&Type::TEXT, out),
+                _ => Err(unsupported(ty)),
             },
             Value::Text(t) => match *ty {
                 Type::INT8 => t.parse::<i64>()?.to_sql(ty, out),
                 Type::INT4 => t.parse::<i32>()?.to_sql(ty, out),
                 Type::BYTEA => t.as_bytes().to_sql(ty, out),
-                _ => t.as_ref().to_sql(&Type::TEXT, out),
+                _ if is_text(ty) => t.as_ref().to_sql(&Type::TEXT, out),
+                _ => Err(unsupported(ty)),
             },
             Value::Blob(b) => match *ty {
                 Type::BYTEA => b.as_ref().to_sql(ty, out),
-                _ => std::str::from_utf8(b)?.to_sql(&Type::TEXT, out),
+                _ if is_text(ty) => std::str::from_utf8(b)?.to_sql(&Type::TEXT, out),
+                _ => Err(unsupported(ty)),
             },
         }
     }
@@ -467,7 +482,8 @@ impl PgToSql for Value<'_> {
 pub(crate) fn pg_text(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut chars = sql.chars().peekable();
-    let mut next = 1u32;
+    // SQLite numbers a bare `?` one past the largest number so far.
+    let mut largest = 0u32;
     while let Some(c) = chars.next() {
         match c {
             '\'' | '"' => {
@@ -496,9 +512,10 @@ pub(crate) fn pg_text(sql: &str) -> String {
                 }
                 out.push('$');
                 if n.is_empty() {
-                    out.push_str(&next.to_string());
-                    next += 1;
+                    largest += 1;
+                    out.push_str(&largest.to_string());
                 } else {
+                    largest = largest.max(n.parse().unwrap_or(0));
                     out.push_str(&n);
                 }
             }
@@ -509,17 +526,62 @@ pub(crate) fn pg_text(sql: &str) -> String {
 }
 
 /// A PostgreSQL connection taken from the pool for one unit of work, on a blocking thread.
+///
+/// Architecture Invariant: a connection goes back to the pool only outside a transaction.
+/// One dropped inside one (a panicking closure, a failed `COMMIT` or `ROLLBACK`) is
+/// detached from the pool and closed, so its locks end with it and the next unit never
+/// finds a half-done transaction.
 pub struct PgSession {
-    pub(crate) client: deadpool_postgres::Object,
-    pub(crate) handle: tokio::runtime::Handle,
+    client: Option<deadpool_postgres::Object>,
+    handle: tokio::runtime::Handle,
     /// A statement failed in a way that makes the whole unit worth running again.
     pub(crate) retry: Cell<bool>,
+    /// A foreign key check failed (worth a rerun in an endpoint-row unit only).
+    pub(crate) broken_reference: Cell<bool>,
+    /// A statement failed since `BEGIN` (PostgreSQL then refuses the rest of the
+    /// transaction, and would answer `COMMIT` with a rollback).
+    failed: Cell<bool>,
+    /// Between `BEGIN` and a successful `COMMIT` or `ROLLBACK`.
+    in_transaction: Cell<bool>,
+}
+
+impl Drop for PgSession {
+    fn drop(&mut self) {
+        if self.in_transaction.get()
+            && let Some(obj) = self.client.take()
+        {
+            tracing::warn!("a database connection was left inside a transaction; closing it");
+            drop(deadpool_postgres::Object::take(obj));
+        }
+    }
 }
 
 impl PgSession {
+    pub(crate) fn new(client: deadpool_postgres::Object, handle: tokio::runtime::Handle) -> Self {
+        Self {
+            client: Some(client),
+            handle,
+            retry: Cell::new(false),
+            broken_reference: Cell::new(false),
+            failed: Cell::new(false),
+            in_transaction: Cell::new(false),
+        }
+    }
+
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.client
+            .as_ref()
+            .expect("a session keeps its connection until dropped")
+    }
+
     fn note(&self, e: tokio_postgres::Error) -> Error {
+        use tokio_postgres::error::SqlState;
+        self.failed.set(true);
         if is_pg_retryable(&e) {
             self.retry.set(true);
+        }
+        if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
+            self.broken_reference.set(true);
         }
         Error::Postgres(e)
     }
@@ -527,7 +589,7 @@ impl PgSession {
     fn prepare(&self, sql: &str) -> Result<tokio_postgres::Statement> {
         let text = pg_text(sql);
         self.handle
-            .block_on(self.client.prepare_cached(&text))
+            .block_on(self.client().prepare_cached(&text))
             .map_err(|e| self.note(e))
     }
 
@@ -540,7 +602,7 @@ impl PgSession {
         let refs: Vec<&(dyn PgToSql + Sync)> =
             values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
         self.handle
-            .block_on(self.client.query(stmt, &refs))
+            .block_on(self.client().query(stmt, &refs))
             .map_err(|e| self.note(e))
     }
 
@@ -549,15 +611,55 @@ impl PgSession {
         let refs: Vec<&(dyn PgToSql + Sync)> =
             values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
         self.handle
-            .block_on(self.client.execute(stmt, &refs))
+            .block_on(self.client().execute(stmt, &refs))
             .map(|n| n as usize)
             .map_err(|e| self.note(e))
     }
 
     pub(crate) fn batch(&self, sql: &str) -> Result<()> {
         self.handle
-            .block_on(self.client.batch_execute(sql))
+            .block_on(self.client().batch_execute(sql))
             .map_err(|e| self.note(e))
+    }
+
+    /// Starts a transaction (`begin`: `BEGIN …`), with the failure flags cleared.
+    pub(crate) fn begin(&self, begin: &str) -> Result<()> {
+        self.retry.set(false);
+        self.broken_reference.set(false);
+        self.failed.set(false);
+        self.in_transaction.set(true);
+        self.batch(begin)
+    }
+
+    /// Commits; a transaction in which a statement failed is rolled back instead and
+    /// answered [`Error::Aborted`] (PostgreSQL would "commit" it as a rollback).
+    pub(crate) fn commit(&self) -> Result<()> {
+        if self.failed.get() {
+            self.rollback();
+            return Err(Error::Aborted);
+        }
+        match self.batch("COMMIT") {
+            Ok(()) => {
+                self.in_transaction.set(false);
+                Ok(())
+            }
+            Err(e) => {
+                // A serialization failure at commit ends the transaction; anything else
+                // (a lost connection) leaves it unknown: the connection is closed on drop.
+                if e.is_retryable() {
+                    self.in_transaction.set(false);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls back (a connection that cannot is closed when the session is dropped).
+    pub(crate) fn rollback(&self) {
+        match self.batch("ROLLBACK") {
+            Ok(()) => self.in_transaction.set(false),
+            Err(e) => tracing::warn!(error = %e, "cannot roll back a database transaction"),
+        }
     }
 }
 
@@ -719,7 +821,7 @@ mod tests {
             pg_text(
                 "SELECT a FROM t WHERE x = ?1 AND y IN (?2, ?10) AND z = '?3' -- ?4\n AND w = ?"
             ),
-            "SELECT a FROM t WHERE x = $1 AND y IN ($2, $10) AND z = '?3' -- ?4\n AND w = $1"
+            "SELECT a FROM t WHERE x = $1 AND y IN ($2, $10) AND z = '?3' -- ?4\n AND w = $11"
         );
         assert_eq!(pg_text("SELECT \"?1\", ?1"), "SELECT \"?1\", $1");
     }
