@@ -2320,15 +2320,19 @@ mod replicas {
 // ---------------------------------------------------------------------------------------------
 // SQLite → PostgreSQL with `pacpool-coordinator migrate`.
 
-fn migrate_cli(from: &Path, to: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"))
-        .arg("migrate")
+/// `pacpool-coordinator migrate`, the URL given as `--to` or (keeping a password out of the
+/// process list) in `PACPOOL_MIGRATE_TO`.
+fn migrate_cli(from: &Path, to: &str, in_env: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pacpool-coordinator"));
+    cmd.arg("migrate")
         .arg("--from")
-        .arg(format!("sqlite:{}", from.display()))
-        .arg("--to")
-        .arg(to)
-        .output()
-        .unwrap()
+        .arg(format!("sqlite:{}", from.display()));
+    if in_env {
+        cmd.env("PACPOOL_MIGRATE_TO", to);
+    } else {
+        cmd.arg("--to").arg(to);
+    }
+    cmd.output().unwrap()
 }
 
 /// A populated SQLite coordinator moves to PostgreSQL, checked table by table, and its
@@ -2429,7 +2433,7 @@ fn migrate_moves_a_sqlite_coordinator_to_postgres() {
 
         let file = sqlite.database();
         let url = pg.url.clone().unwrap();
-        let out = migrate_cli(&file, &url);
+        let out = migrate_cli(&file, &url, true);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -2552,7 +2556,7 @@ fn migrate_moves_a_sqlite_coordinator_to_postgres() {
 
         // Into a database that is no longer empty: refused, nothing changed.
         let endpoints = db_count(&pg, "SELECT count(*) FROM endpoints");
-        let out = migrate_cli(&file, &url);
+        let out = migrate_cli(&file, &url, false);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("not empty"), "{stderr}");
