@@ -2293,7 +2293,88 @@ async fn one_replica_tells_every_admin_once_that_an_endpoint_went_offline(b: Bac
     rb.shutdown().await;
 }
 
+/// A dashboard login on one replica is a login on every replica (sessions are rows of the
+/// database), and a logout through another replica ends it everywhere.
+async fn dashboard_sessions_are_shared_by_replicas(b: Backend) {
+    let db = TestDb::new(b);
+    let on = |s: &mut Settings| s.dashboard.enabled = true;
+    let (ra, rb) = (start_with(&db, on).await, start_with(&db, on).await);
+    let root = |s: &Server| s.base.trim_end_matches("/api/v1").to_owned();
+    let no_redirect = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = no_redirect
+        .post(format!("{}/dashboard/login", root(&ra)))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN}&next=%2Fdashboard%2F"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let page = |s: &Server| {
+        no_redirect
+            .get(format!("{}/dashboard/", root(s)))
+            .header("cookie", &cookie)
+            .send()
+    };
+    let on_b = page(&rb).await.unwrap();
+    assert_eq!(
+        on_b.status(),
+        StatusCode::OK,
+        "the session from A is known to B"
+    );
+    let html = on_b.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page's logout form carries the CSRF token")
+        .to_owned();
+    let out = no_redirect
+        .post(format!("{}/dashboard/logout", root(&rb)))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf={}",
+            csrf.bytes()
+                .map(|b| if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                })
+                .collect::<String>()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let on_a = page(&ra).await.unwrap();
+    assert_eq!(
+        on_a.status(),
+        StatusCode::SEE_OTHER,
+        "logged out through B, so A sends the browser to the login page"
+    );
+    ra.shutdown().await;
+    rb.shutdown().await;
+}
+
 mod replicas {
+    #[test]
+    fn dashboard_sessions_are_shared_by_replicas() {
+        super::run(
+            super::Backend::Postgres,
+            super::dashboard_sessions_are_shared_by_replicas,
+        )
+    }
     #[test]
     fn changes_reach_endpoints_on_every_replica() {
         super::run(

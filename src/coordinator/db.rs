@@ -185,6 +185,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      CREATE INDEX audit_actor ON audit(actor, id);
      CREATE INDEX audit_action ON audit(action, id);
      CREATE INDEX audit_subject ON audit(subject, id);",
+    // 8 (#15): the dashboard's login sessions, in the database so that every coordinator
+    // replica knows them (keyed by the SHA-256 of the cookie's id).
+    "CREATE TABLE dashboard_sessions (
+        id_hash TEXT PRIMARY KEY NOT NULL,
+        csrf TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX dashboard_sessions_expires ON dashboard_sessions(expires_at);",
 ];
 
 /// Longest chain of delta-stored snapshots: reading one applies at most this many deltas.

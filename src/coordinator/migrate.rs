@@ -31,6 +31,7 @@ const TABLES: &[(&str, &str)] = &[
     ("rollouts", "pool_id, revision"),
     ("holds", "endpoint_id"),
     ("endpoint_states", "id"),
+    ("dashboard_sessions", "id_hash"),
 ];
 
 /// Tables whose `id` is an identity column (sequences to move past the copied ids).

@@ -168,7 +168,6 @@ pub(crate) struct Inner {
     /// Held while rollout steps run (the task's and a clock change's never interleave).
     rollout_running: tokio::sync::Mutex<()>,
     /// The dashboard's login sessions.
-    dashboard_sessions: dashboard::Sessions,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -542,7 +541,6 @@ pub async fn launch(
         statuses: Mutex::new(HashMap::new()),
         pool_sizes: Mutex::new(HashMap::new()),
         pool_repo,
-        dashboard_sessions: dashboard::Sessions::default(),
         token_limiter,
         anonymous_limiter,
         invalid_token_limiter,

@@ -170,4 +170,11 @@ pub const PG_MIGRATIONS: &[&str] = &[
      CREATE INDEX audit_actor ON audit(actor, id);
      CREATE INDEX audit_action ON audit(action, id);
      CREATE INDEX audit_subject ON audit(subject, id);"#,
+    // 8: the dashboard's login sessions (see db.rs 8).
+    r#"CREATE TABLE dashboard_sessions (
+        id_hash TEXT COLLATE "C" PRIMARY KEY,
+        csrf TEXT COLLATE "C" NOT NULL,
+        expires_at BIGINT NOT NULL
+     );
+     CREATE INDEX dashboard_sessions_expires ON dashboard_sessions(expires_at);"#,
 ];

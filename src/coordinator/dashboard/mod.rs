@@ -31,8 +31,6 @@ use crate::proto::{CreateJoinToken, CreateOperation, EndpointState, OperationKin
 use session::Session;
 use views::{AuditQuery, PoolQuery, PoolRows, Refused};
 
-pub use session::Sessions;
-
 /// Rows per page of the pool's endpoint table.
 const PAGE_ROWS: usize = 100;
 /// Rows per page of the audit log.
@@ -185,7 +183,7 @@ async fn login(
             .into_response();
     }
     let ttl = state.settings.dashboard.session_secs;
-    let (id, _) = match state.dashboard_sessions.create(ttl) {
+    let (id, _) = match session::create(&state, ttl).await {
         Ok(s) => s,
         Err(e) => return Refused::from(e).into_response(),
     };
@@ -201,7 +199,7 @@ struct CsrfForm {
 
 async fn logout(s: Session, State(state): State<AppState>, Form(f): Form<CsrfForm>) -> Page {
     s.check_csrf(&f.csrf)?;
-    state.dashboard_sessions.remove(&s.id);
+    session::remove(&state, &s.id).await?;
     let cookie = session::set_cookie(None, 0, state.settings.tls.is_some());
     Ok((
         [(header::SET_COOKIE, cookie)],

@@ -2,11 +2,9 @@
 //! browser in an `HttpOnly`, `SameSite=Strict` cookie (`Secure` under TLS). Each session has
 //! its own CSRF token, which every state-changing form carries back.
 //!
-//! Sessions live in memory, keyed by the SHA-256 of the id (a memory dump holds no usable
-//! cookie): a restart of the coordinator logs everybody out.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! Sessions are rows of the database (`dashboard_sessions`), keyed by the SHA-256 of the id
+//! (the database holds no usable cookie): every coordinator replica knows every session, so
+//! a balancer may send each request anywhere, and a restart logs nobody out.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -18,72 +16,75 @@ use super::super::AppState;
 use super::super::auth::new_token;
 use super::super::db::now;
 use super::super::error::ApiErr;
+use super::super::sql::{OptionalExtension, params};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "pacpool_session";
 
 /// Sessions at most; past it the oldest-expiring are dropped (a login flood cannot grow
-/// memory without bound).
-const MAX_SESSIONS: usize = 10_000;
+/// the table without bound).
+const MAX_SESSIONS: i64 = 10_000;
 
-#[derive(Debug, Clone)]
-struct Entry {
-    csrf: String,
-    expires: i64,
+fn key(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
 }
 
-#[derive(Debug, Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Entry>>,
-}
-
-fn key(id: &str) -> [u8; 32] {
-    Sha256::digest(id.as_bytes()).into()
-}
-
-impl Sessions {
-    /// A new session lasting `ttl` seconds: (cookie value, CSRF token).
-    pub fn create(&self, ttl: u64) -> Result<(String, String), ApiErr> {
-        let id = new_token("pps_")?;
-        let csrf = new_token("")?;
-        let t = now();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, e| e.expires > t);
-        if map.len() >= MAX_SESSIONS
-            && let Some(k) = map.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k)
-        {
-            map.remove(&k);
-        }
-        map.insert(
-            key(&id),
-            Entry {
-                csrf: csrf.clone(),
-                expires: t.saturating_add(ttl as i64),
-            },
-        );
-        Ok((id, csrf))
-    }
-
-    /// The CSRF token of a live session.
-    fn csrf_of(&self, id: &str) -> Option<String> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let k = key(id);
-        match map.get(&k) {
-            Some(e) if e.expires > now() => Some(e.csrf.clone()),
-            Some(_) => {
-                map.remove(&k);
-                None
+/// A new session lasting `ttl` seconds: (cookie value, CSRF token).
+pub async fn create(state: &AppState, ttl: u64) -> Result<(String, String), ApiErr> {
+    let id = new_token("pps_")?;
+    let csrf = new_token("")?;
+    let (hash, token) = (key(&id), csrf.clone());
+    state
+        .db
+        .write(move |tx| {
+            let t = now();
+            tx.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?1", [t])?;
+            let n: i64 =
+                tx.query_row("SELECT count(*) FROM dashboard_sessions", [], |r| r.get(0))?;
+            if n >= MAX_SESSIONS {
+                tx.execute(
+                    "DELETE FROM dashboard_sessions WHERE id_hash IN (
+                        SELECT id_hash FROM dashboard_sessions ORDER BY expires_at LIMIT ?1)",
+                    [n - MAX_SESSIONS + 1],
+                )?;
             }
-            None => None,
-        }
-    }
+            tx.execute(
+                "INSERT INTO dashboard_sessions (id_hash, csrf, expires_at) VALUES (?1, ?2, ?3)",
+                params![hash, token, t.saturating_add(ttl as i64)],
+            )?;
+            Ok(())
+        })
+        .await?;
+    Ok((id, csrf))
+}
 
-    pub fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key(id));
-    }
+/// The CSRF token of a live session.
+async fn csrf_of(state: &AppState, id: &str) -> Result<Option<String>, ApiErr> {
+    let hash = key(id);
+    state
+        .db
+        .read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT csrf FROM dashboard_sessions WHERE id_hash = ?1 AND expires_at > ?2",
+                    params![hash, now()],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?)
+        })
+        .await
+}
+
+/// Ends a session (logout).
+pub async fn remove(state: &AppState, id: &str) -> Result<(), ApiErr> {
+    let hash = key(id);
+    state
+        .db
+        .write(move |tx| {
+            tx.execute("DELETE FROM dashboard_sessions WHERE id_hash = ?1", [&hash])?;
+            Ok(())
+        })
+        .await
 }
 
 /// The session id in a request's cookies.
@@ -137,9 +138,14 @@ impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        if let Some(id) = cookie_in(&parts.headers)
-            && let Some(csrf) = state.dashboard_sessions.csrf_of(id)
-        {
+        let found = match cookie_in(&parts.headers) {
+            Some(id) => csrf_of(state, id)
+                .await
+                .map_err(|e| super::views::Refused::from(e).into_response())?
+                .map(|csrf| (id, csrf)),
+            None => None,
+        };
+        if let Some((id, csrf)) = found {
             return Ok(Session {
                 id: id.to_owned(),
                 csrf,
@@ -192,21 +198,6 @@ pub fn safe_next(next: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sessions_expire_and_are_removed() {
-        let s = Sessions::default();
-        let (id, csrf) = s.create(60).unwrap();
-        assert_eq!(s.csrf_of(&id).as_deref(), Some(csrf.as_str()));
-        assert!(s.csrf_of("pps_other").is_none());
-        s.remove(&id);
-        assert!(s.csrf_of(&id).is_none());
-        let (id, _) = s.create(0).unwrap();
-        assert!(
-            s.csrf_of(&id).is_none(),
-            "a session of 0 s is expired at once"
-        );
-    }
 
     #[test]
     fn cookies_and_redirects() {
