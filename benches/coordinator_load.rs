@@ -83,23 +83,9 @@ const RECORDED: &[(&str, f64, f64)] = &[
     ("one-package deltas, c=50", 2688.0, 43.8),
 ];
 
+/// Endpoint `seed`'s full state in round `round` (see `states::distinct_state`).
 fn state(seed: usize, round: usize) -> Snapshot {
-    Snapshot::new(
-        (0..STATE_PACKAGES)
-            .map(|i| {
-                // Every endpoint differs in one package, so bodies are not deduplicated away.
-                package(
-                    i,
-                    if i == seed % STATE_PACKAGES {
-                        format!("9.{seed}.{round}-1")
-                    } else {
-                        format!("1.{i}-1")
-                    },
-                )
-            })
-            .collect(),
-    )
-    .unwrap()
+    states::distinct_state(seed, round, STATE_PACKAGES)
 }
 
 /// The common state every WebSocket endpoint starts from, as canonical text lines, so that

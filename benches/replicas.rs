@@ -54,7 +54,6 @@ use measure::{Stats, arg, cpu_secs, ingest_to, pct, raise_nofile, rss_mib, wait_
 use pacpool::proto::{RegisterResponse, ServerMsg, SetTargetRequest, StateReport};
 use pacpool::snapshot::Snapshot;
 use sha2::Digest;
-use states::package;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -66,24 +65,9 @@ const ADMIN: &str = "replicas-admin-token-0123456789abcdef";
 /// The longest wait for one target change to reach every socket.
 const FAN_WAIT: Duration = Duration::from_secs(30);
 
-/// Endpoint `seed`'s full state in round `round`: the common 1,500 packages with one of them
-/// at a version of its own (the states of `coordinator_load`), so no two bodies are alike.
+/// Endpoint `seed`'s full state in round `round` (see `states::distinct_state`).
 fn state(seed: usize, round: usize) -> Snapshot {
-    Snapshot::new(
-        (0..STATE_PACKAGES)
-            .map(|i| {
-                package(
-                    i,
-                    if i == seed % STATE_PACKAGES {
-                        format!("9.{seed}.{round}-1")
-                    } else {
-                        format!("1.{i}-1")
-                    },
-                )
-            })
-            .collect(),
-    )
-    .unwrap()
+    states::distinct_state(seed, round, STATE_PACKAGES)
 }
 
 /// One configuration under test.

@@ -503,19 +503,8 @@ async fn set_as_latest_race_has_one_winner(b: Backend) {
         set(a.endpoint_token.clone(), sa.hash()),
         set(b.endpoint_token.clone(), sb.hash())
     );
-    let (win, lose) = if ra.0 == StatusCode::OK {
-        (ra, rb)
-    } else {
-        (rb, ra)
-    };
-    assert_eq!(win.0, StatusCode::OK, "{win:?} {lose:?}");
-    assert_eq!(lose.0, StatusCode::CONFLICT, "{lose:?}");
-    let e = err(&lose.1);
-    assert_eq!(e.code, "revision_conflict");
-    let current: TargetInfo = serde_json::from_value(e.detail.unwrap()).unwrap();
-    let won: TargetInfo = serde_json::from_value(win.1).unwrap();
-    assert_eq!((current.revision, won.revision), (1, 1));
-    assert_eq!(current, won);
+    let won = one_winner(ra, rb);
+    assert_eq!(won.revision, 1);
     let history: Vec<TargetInfo> = s
         .ok(
             Method::GET,
@@ -571,6 +560,24 @@ async fn set_as_latest_race_has_one_winner(b: Backend) {
         (3, Some(1), won.snapshot)
     );
     s.shutdown().await;
+}
+
+/// Two answers to set-latest at one expected revision: exactly one 200, and one 409
+/// `revision_conflict` naming the winner's target; returns that target.
+fn one_winner(x: (StatusCode, Value), y: (StatusCode, Value)) -> TargetInfo {
+    let (win, lose) = if x.0 == StatusCode::OK {
+        (x, y)
+    } else {
+        (y, x)
+    };
+    assert_eq!(win.0, StatusCode::OK, "{win:?} {lose:?}");
+    assert_eq!(lose.0, StatusCode::CONFLICT, "{lose:?}");
+    let e = err(&lose.1);
+    assert_eq!(e.code, "revision_conflict");
+    let current: TargetInfo = serde_json::from_value(e.detail.unwrap()).unwrap();
+    let won: TargetInfo = serde_json::from_value(win.1).unwrap();
+    assert_eq!(current, won);
+    won
 }
 
 async fn delta_reports_and_recovery(b: Backend) {
@@ -2228,18 +2235,7 @@ async fn set_latest_race_across_replicas_has_one_winner(b: Backend) {
                 json!({ "expected_revision": round, "snapshot": sy.hash() }),
             )
         );
-        let (win, lose) = if rx.0 == StatusCode::OK {
-            (rx, ry)
-        } else {
-            (ry, rx)
-        };
-        assert_eq!(win.0, StatusCode::OK, "round {round}: {win:?} {lose:?}");
-        assert_eq!(lose.0, StatusCode::CONFLICT, "round {round}: {lose:?}");
-        let e = err(&lose.1);
-        assert_eq!(e.code, "revision_conflict");
-        let current: TargetInfo = serde_json::from_value(e.detail.unwrap()).unwrap();
-        let won: TargetInfo = serde_json::from_value(win.1).unwrap();
-        assert_eq!((won.revision, current), (round + 1, won));
+        assert_eq!(one_winner(rx, ry).revision, round + 1, "round {round}");
     }
     let history: Vec<TargetInfo> = rb
         .ok(

@@ -19,3 +19,25 @@ pub fn package(i: usize, version: impl AsRef<str>) -> PackageState {
         repo: Some("extra".parse().unwrap()),
     }
 }
+
+/// Endpoint `seed`'s full state of `packages` packages in round `round`: the common packages
+/// with one of them at a version of its own, so no two endpoints' bodies are alike (nothing
+/// is deduplicated away).
+#[allow(dead_code)] // not every bench reports full states
+pub fn distinct_state(seed: usize, round: usize, packages: usize) -> pacpool::snapshot::Snapshot {
+    pacpool::snapshot::Snapshot::new(
+        (0..packages)
+            .map(|i| {
+                package(
+                    i,
+                    if i == seed % packages {
+                        format!("9.{seed}.{round}-1")
+                    } else {
+                        format!("1.{i}-1")
+                    },
+                )
+            })
+            .collect(),
+    )
+    .unwrap()
+}
