@@ -2363,7 +2363,44 @@ async fn dashboard_sessions_are_shared_by_replicas(b: Backend) {
     rb.shutdown().await;
 }
 
+/// A replica whose connection to the database broke may have missed other replicas'
+/// events: after listening again it closes its endpoint sockets (4005), so each endpoint
+/// reconnects and learns the current state of things.
+async fn a_replica_that_lost_its_listener_closes_its_sockets(b: Backend) {
+    let db = TestDb::new(b);
+    let s = start(&db).await;
+    let (_, eps) = pool_with(&s, "gap", 1).await;
+    let (mut ws, _) = endpoint_ws(&s, &eps[0].endpoint_token).await;
+    // Every connection of the coordinator ends, as when the database restarts.
+    let killed = db.pg.as_ref().unwrap().psql(
+        "pacpool",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name LIKE 'pacpool-coordinator %'",
+    );
+    assert_ne!(killed, "0");
+    let closed = loop {
+        match ws_next(&mut ws).await {
+            Ok(_) => continue,
+            Err(frame) => break frame,
+        }
+    };
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(4005));
+    // The endpoint comes back, and the coordinator works on new connections.
+    let (_ws, welcome) = endpoint_ws(&s, &eps[0].endpoint_token).await;
+    assert!(matches!(welcome, ServerMsg::Welcome { .. }));
+    s.report_full(&eps[0].endpoint_token, &snap(&[("bash", "5.2-1")]))
+        .await;
+    s.shutdown().await;
+}
+
 mod replicas {
+    #[test]
+    fn a_replica_that_lost_its_listener_closes_its_sockets() {
+        super::run(
+            super::Backend::Postgres,
+            super::a_replica_that_lost_its_listener_closes_its_sockets,
+        )
+    }
     #[test]
     fn dashboard_sessions_are_shared_by_replicas() {
         super::run(
