@@ -136,32 +136,55 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
 /// wrong and how to fix it; `ca_hint` says how this program is given an extra CA (e.g.
 /// "--ca-file FILE").
 pub fn certificate_hint(err: &(dyn std::error::Error + 'static), ca_hint: &str) -> Option<String> {
+    certificate_hint_for(err, "the coordinator", ca_hint)
+}
+
+/// [`certificate_hint`] for a connection to `peer` ("the coordinator", "the database").
+pub fn certificate_hint_for(
+    err: &(dyn std::error::Error + 'static),
+    peer: &str,
+    ca_hint: &str,
+) -> Option<String> {
     let tls = find_rustls(err)?;
     use rustls::{CertificateError, Error};
     Some(match tls {
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
-            "the coordinator's TLS certificate is not signed by a CA this machine trusts (unknown issuer): give the CA certificate with {ca_hint}, or add it to the system's trust store"
+            "{peer}'s TLS certificate is not signed by a CA this machine trusts (unknown issuer): give the CA certificate with {ca_hint}, or add it to the system's trust store"
         ),
         Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "the coordinator's TLS certificate is not valid for the host name in the URL: use the name (or IP address) the certificate was issued for".to_owned(),
+        ) => format!("{peer}'s TLS certificate is not valid for the host name in the URL: use the name (or IP address) the certificate was issued for"),
         Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "the coordinator's TLS certificate has expired: renew it on the coordinator".to_owned(),
+        ) => format!("{peer}'s TLS certificate has expired: renew it"),
         Error::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
-        ) => "the coordinator's TLS certificate is not valid yet: check the clocks of both machines".to_owned(),
-        Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+        ) => format!("{peer}'s TLS certificate is not valid yet: check the clocks of both machines"),
+        Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            if peer == "the coordinator" =>
+        {
             "the server did not answer with TLS: if the coordinator has no [tls] configured, use an http:// URL".to_owned()
         }
-        other => format!("the TLS connection to the coordinator failed: {other}"),
+        Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            format!("{peer} did not answer with TLS")
+        }
+        other => format!("the TLS connection to {peer} failed: {other}"),
     })
 }
 
 /// A failed connection in one line: the certificate hint when the handshake failed,
 /// otherwise the error and its causes (skipping text already shown).
 pub fn connect_error_text(err: &(dyn std::error::Error + 'static), ca_hint: &str) -> String {
-    if let Some(hint) = certificate_hint(err, ca_hint) {
+    connect_error_text_for(err, "the coordinator", ca_hint)
+}
+
+/// [`connect_error_text`] for a connection to `peer`.
+pub fn connect_error_text_for(
+    err: &(dyn std::error::Error + 'static),
+    peer: &str,
+    ca_hint: &str,
+) -> String {
+    if let Some(hint) = certificate_hint_for(err, peer, ca_hint) {
         return hint;
     }
     crate::display::std_error_line(err)

@@ -10,8 +10,14 @@
 //!   daemon receives the close frame over TLS.
 //! - A missing certificate, a key file without a key, a key of another certificate, or a
 //!   certificate without a key: the coordinator does not start and says which file and why.
+//! - The coordinator on a real PostgreSQL serving TLS with that CA's certificate: over TCP it
+//!   requires TLS, refuses to start without the CA (`database_ca_file`), and with it connects
+//!   over TLS only (checked in `pg_stat_ssl`).
 
 mod support;
+
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -468,4 +474,70 @@ fn bad_certificate_or_key_stops_the_start_with_the_file_named() {
     let (code, stderr) = run(&config, &["--tls-cert", cert.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("without its key"), "{stderr}");
+}
+
+#[test]
+fn postgresql_over_tls_with_the_same_trust_rules() {
+    let mut cluster = match pg::PgCluster::start() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    cluster.database("pacpool");
+    let pki = Pki::new();
+    let port = cluster.serve_tls(
+        &std::fs::read(pki.path("server.pem")).unwrap(),
+        &std::fs::read(pki.path("server.key")).unwrap(),
+    );
+    let config = |name: &str, ca: Option<&Path>| -> PathBuf {
+        // No sslmode in the URL: over TCP the coordinator requires TLS by itself.
+        let mut text = format!(
+            "listen = \"127.0.0.1:0\"\ndatabase = \"postgres://postgres@localhost:{port}/pacpool\"\n\
+             admin_token_file = \"{}\"\n",
+            pki.path("admin-token").display()
+        );
+        if let Some(ca) = ca {
+            text.push_str(&format!("database_ca_file = \"{}\"\n", ca.display()));
+        }
+        text.push_str(&format!(
+            "\n[repo]\ndir = \"{}\"\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.path("packages").display(),
+            pki.path("server.pem").display(),
+            pki.path("server.key").display()
+        ));
+        let path = pki.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // Without the CA the database's certificate is not trusted: no start, and why.
+    let out = coordinator_command(&config("pg-no-ca.toml", None), &[])
+        .output()
+        .unwrap();
+    let text = plain(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    ));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the database's TLS certificate is not signed by a CA")
+            && text.contains("database_ca_file"),
+        "{text}"
+    );
+    assert!(!text.contains("coordinator listening"), "{text}");
+    // With it: the coordinator starts, and every connection it holds is TLS.
+    let server = Server::start(&config("pg-ca.toml", Some(&pki.path("ca.pem"))));
+    let sessions = cluster.psql(
+        "postgres",
+        "SELECT count(*) || '/' || count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a
+         JOIN pg_stat_ssl s USING (pid) WHERE a.application_name LIKE 'pacpool-coordinator %'",
+    );
+    let (all, tls) = sessions.split_once('/').unwrap();
+    assert!(
+        all != "0" && all == tls,
+        "coordinator sessions / over TLS: {sessions}\n{}",
+        server.log()
+    );
 }

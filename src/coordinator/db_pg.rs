@@ -226,11 +226,12 @@ impl PgDb {
     }
 
     async fn migrate(&self) -> Result<(), String> {
-        let mut client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut client = self.pool.get().await.map_err(|e| {
+            format!(
+                "cannot connect: {}",
+                crate::tls::connect_error_text_for(&e, "the database", "database_ca_file")
+            )
+        })?;
         let version: i32 = client
             .query_one("SHOW server_version_num", &[])
             .await

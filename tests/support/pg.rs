@@ -57,6 +57,10 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     data: PathBuf,
     env: &'static PgEnv,
+    /// The port (in the socket's name, and on 127.0.0.1 once [`PgCluster::serve_tls`] ran).
+    port: u16,
+    /// Extra server options ([`PgCluster::serve_tls`]).
+    extra: String,
 }
 
 /// Where the binaries are and whom they run as.
@@ -108,7 +112,13 @@ impl PgCluster {
             &format!("cp -a {} {}", template.display(), data.display()),
         )
         .unwrap_or_else(|e| panic!("copying the template data directory: {e}"));
-        let cluster = PgCluster { dir, data, env };
+        let cluster = PgCluster {
+            dir,
+            data,
+            env,
+            port: PORT.parse().unwrap(),
+            extra: String::new(),
+        };
         cluster.pg_ctl_start();
         Ok(cluster)
     }
@@ -131,8 +141,9 @@ impl PgCluster {
     /// The URL of database `name` (which must exist, e.g. `postgres`), as `database` returns.
     pub fn url(&self, name: &str) -> String {
         format!(
-            "postgresql:///{name}?host={}&user={SUPERUSER}",
-            self.socket_dir().display()
+            "postgresql:///{name}?host={}&port={}&user={SUPERUSER}",
+            self.socket_dir().display(),
+            self.port
         )
     }
 
@@ -142,7 +153,16 @@ impl PgCluster {
         let mut cmd = Command::new(&self.env.psql);
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.socket_dir())
-            .args(["-p", PORT, "-U", SUPERUSER, "-d", db, "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null());
         clear_pg_env(&mut cmd);
         match check(cmd.output(), &format!("psql -d {db} -c {sql:?}")) {
@@ -166,11 +186,47 @@ impl PgCluster {
         tail(&self.dir.path().join("log"), 40)
     }
 
+    /// Restarts the server listening on 127.0.0.1 too, with TLS from `cert_pem` (the chain)
+    /// and `key_pem`; returns the port (the Unix socket moves to it as well).
+    pub fn serve_tls(&mut self, cert_pem: &[u8], key_pem: &[u8]) -> u16 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let mut stop = self.env.tool("pg_ctl", self.dir.path());
+        stop.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"]);
+        check(stop.output(), "pg_ctl stop").unwrap_or_else(|e| panic!("{e}"));
+        let (cert, key) = (
+            self.dir.path().join("server.crt"),
+            self.dir.path().join("server.key"),
+        );
+        fs::write(&cert, cert_pem).unwrap();
+        fs::write(&key, key_pem).unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((_, owner)) = &self.env.as_postgres {
+            for f in [&cert, &key] {
+                std::os::unix::fs::chown(f, Some(owner.uid), Some(owner.gid)).unwrap();
+            }
+        }
+        self.port = port;
+        self.extra = format!(
+            "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
+        self.pg_ctl_start();
+        port
+    }
+
     fn pg_ctl_start(&self) {
         let opts = format!(
-            "-p {PORT} -c listen_addresses='' -k {} -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB",
-            self.socket_dir().display()
+            "-p {} -c listen_addresses='' -k {} -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB {}",
+            self.port,
+            self.socket_dir().display(),
+            self.extra
         );
         let mut cmd = self.env.tool("pg_ctl", self.dir.path());
         cmd.arg("-D")
