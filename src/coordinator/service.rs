@@ -170,9 +170,28 @@ pub(crate) fn compile_keyed(policy: &PoolPolicy) -> Result<PolicyKey, ApiErr> {
     })
 }
 
+/// Whether a change's unit of work has charged the storage budget already.
+#[derive(Default)]
+struct Charged(bool);
+
 impl AppState {
     /// Takes `bytes` from the endpoint's storage budget (`storage_per_endpoint_mib_per_hour`),
     /// or refuses the change with 429.
+    /// [`Self::charge_storage`] at most once per change, however often its unit of work runs
+    /// (PostgreSQL runs it again after a conflict with a concurrent one).
+    fn charge_once(
+        &self,
+        charged: &mut Charged,
+        endpoint: i64,
+        bytes: usize,
+    ) -> Result<(), ApiErr> {
+        if !charged.0 {
+            self.charge_storage(endpoint, bytes)?;
+            charged.0 = true;
+        }
+        Ok(())
+    }
+
     fn charge_storage(&self, endpoint: i64, bytes: usize) -> Result<(), ApiErr> {
         let kib = bytes as f64 / 1024.0;
         let key = super::limits::Key::Endpoint(endpoint);
@@ -869,6 +888,7 @@ impl AppState {
         let stored = new.clone();
         let st = self.clone();
         // Only this endpoint's rows and its rule (the base must be its current state).
+        let mut charged = Charged::default();
         let outcome = self
             .db
             .write_endpoint(id, move |tx| {
@@ -892,7 +912,7 @@ impl AppState {
                         _ => stored.text.len(),
                     };
                     let source_len = source_json.as_ref().map_or(0, String::len);
-                    st.charge_storage(id, size + source_len + 2 * ROW_COST_BYTES)?;
+                    st.charge_once(&mut charged, id, size + source_len + 2 * ROW_COST_BYTES)?;
                     let from = base.as_ref().map(|(h, json)| (h, json.as_str()));
                     db::put_snapshot(tx, &stored, from.filter(|(_, j)| !j.is_empty()))?;
                 }
@@ -970,6 +990,7 @@ impl AppState {
             .map(encode_manifest)
             .transpose()?
             .map(|body| (req.manifest.as_ref().map_or(0, |m| m.entries.len()), body));
+        let mut charged = Charged::default();
         let (info, previous) = self
             .db
             .write(move |tx| {
@@ -1001,7 +1022,7 @@ impl AppState {
                 }
                 let next = revision + 1;
                 let manifest_bytes = manifest.as_ref().map_or(0, |(_, body)| body.len());
-                st.charge_storage(ep.id, 2 * ROW_COST_BYTES + manifest_bytes)?;
+                st.charge_once(&mut charged, ep.id, 2 * ROW_COST_BYTES + manifest_bytes)?;
                 tx.prepare_cached(
                     "INSERT INTO targets (pool_id, revision, snapshot, set_by_endpoint, set_by, set_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1113,6 +1134,7 @@ impl AppState {
             ));
         }
         let st = self.clone();
+        let mut charged = Charged::default();
         let (op, created) = self
             .db
             .write(move |tx| {
@@ -1165,7 +1187,7 @@ impl AppState {
                 }
                 let offered = rollout_run::offered_for_sync(tx, endpoint_id, pool_id, req.kind, st.clock.now())?;
                 if actor == Actor::Endpoint(endpoint_id) {
-                    st.charge_storage(endpoint_id, 2 * ROW_COST_BYTES)?;
+                    st.charge_once(&mut charged, endpoint_id, 2 * ROW_COST_BYTES)?;
                 }
                 let t = st.clock.now();
                 let id: i64 = tx
@@ -1316,6 +1338,7 @@ impl AppState {
     ) -> Result<Operation, ApiErr> {
         let endpoint_id = ep.id;
         let st = self.clone();
+        let mut charged = Charged::default();
         let op = self
             .db
             .write(move |tx| {
@@ -1347,7 +1370,7 @@ impl AppState {
                 };
                 let size = progress_json.as_ref().map_or(0, String::len)
                     + result_json.as_ref().map_or(0, String::len);
-                st.charge_storage(endpoint_id, size + ROW_COST_BYTES)?;
+                st.charge_once(&mut charged, endpoint_id, size + ROW_COST_BYTES)?;
                 tx.prepare_cached(
                     "UPDATE operations SET state = ?1, progress = COALESCE(?2, progress),
                      result = COALESCE(?3, result), updated_at = ?4 WHERE id = ?5",
