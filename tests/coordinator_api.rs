@@ -2393,43 +2393,22 @@ async fn a_replica_that_lost_its_listener_closes_its_sockets(b: Backend) {
     s.shutdown().await;
 }
 
-mod replicas {
-    #[test]
-    fn a_replica_that_lost_its_listener_closes_its_sockets() {
-        super::run(
-            super::Backend::Postgres,
-            super::a_replica_that_lost_its_listener_closes_its_sockets,
-        )
-    }
-    #[test]
-    fn dashboard_sessions_are_shared_by_replicas() {
-        super::run(
-            super::Backend::Postgres,
-            super::dashboard_sessions_are_shared_by_replicas,
-        )
-    }
-    #[test]
-    fn changes_reach_endpoints_on_every_replica() {
-        super::run(
-            super::Backend::Postgres,
-            super::changes_reach_endpoints_on_every_replica,
-        )
-    }
-    #[test]
-    fn set_latest_race_across_replicas_has_one_winner() {
-        super::run(
-            super::Backend::Postgres,
-            super::set_latest_race_across_replicas_has_one_winner,
-        )
-    }
-    #[test]
-    fn one_replica_tells_every_admin_once_that_an_endpoint_went_offline() {
-        super::run(
-            super::Backend::Postgres,
-            super::one_replica_tells_every_admin_once_that_an_endpoint_went_offline,
-        )
-    }
+/// Tests that need several replicas: PostgreSQL only (SQLite is one process).
+macro_rules! on_postgres {
+    ($m:ident: $($t:ident),* $(,)?) => {
+        mod $m {
+            $( #[test] fn $t() { super::run(super::Backend::Postgres, super::$t) } )*
+        }
+    };
 }
+
+on_postgres!(replicas:
+    a_replica_that_lost_its_listener_closes_its_sockets,
+    dashboard_sessions_are_shared_by_replicas,
+    changes_reach_endpoints_on_every_replica,
+    set_latest_race_across_replicas_has_one_winner,
+    one_replica_tells_every_admin_once_that_an_endpoint_went_offline,
+);
 
 // ---------------------------------------------------------------------------------------------
 // SQLite → PostgreSQL with `pacpool-coordinator migrate`.

@@ -53,6 +53,17 @@ impl EndpointMove {
     }
 }
 
+/// An endpoint's pool and name, or 404.
+fn endpoint_of(tx: &super::sql::Connection, id: i64) -> Result<(i64, String), ApiErr> {
+    tx.query_row(
+        "SELECT pool_id, name FROM endpoints WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?
+    .ok_or_else(|| no_endpoint(id))
+}
+
 impl AppState {
     // -----------------------------------------------------------------------------------------
     // Health and metrics
@@ -220,14 +231,7 @@ impl AppState {
     ) -> Result<EndpointMove, ApiErr> {
         self.db
             .write(move |tx| {
-                let (old_pool, old_name): (i64, String) = tx
-                    .query_row(
-                        "SELECT pool_id, name FROM endpoints WHERE id = ?1",
-                        [id],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?
-                    .ok_or_else(|| no_endpoint(id))?;
+                let (old_pool, old_name) = endpoint_of(tx, id)?;
                 let new_pool = req.pool_id.unwrap_or(old_pool);
                 let name = req.name.clone().unwrap_or(old_name);
                 if new_pool != old_pool {
@@ -279,14 +283,7 @@ impl AppState {
     ) -> Result<(), ApiErr> {
         self.db
             .write(move |tx| {
-                let row: (i64, String) = tx
-                    .query_row(
-                        "SELECT pool_id, name FROM endpoints WHERE id = ?1",
-                        [id],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?
-                    .ok_or_else(|| no_endpoint(id))?;
+                let row = endpoint_of(tx, id)?;
                 tx.execute("DELETE FROM endpoints WHERE id = ?1", [id])?;
                 db::audit(
                     tx,
@@ -309,11 +306,7 @@ impl AppState {
     ) -> Result<(), ApiErr> {
         self.db
             .write(move |tx| {
-                tx.query_row("SELECT pool_id FROM endpoints WHERE id = ?1", [id], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .optional()?
-                .ok_or_else(|| no_endpoint(id))?;
+                endpoint_of(tx, id)?;
                 tx.execute("UPDATE endpoints SET token_hash = NULL WHERE id = ?1", [id])?;
                 db::audit(
                     tx,
