@@ -2037,6 +2037,15 @@ on_both!(
 // ---------------------------------------------------------------------------------------------
 // Several replicas on one PostgreSQL database (PostgreSQL only: SQLite is one process).
 
+/// The close code the socket ends with (messages before it are skipped).
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        if let Err(frame) = ws_next(ws).await {
+            return frame.map(|f| u16::from(f.code));
+        }
+    }
+}
+
 /// The next message on `ws` that `want` accepts (others are skipped); panics on a close.
 async fn ws_until(ws: &mut Ws, mut want: impl FnMut(&ServerMsg) -> bool) -> ServerMsg {
     loop {
@@ -2176,13 +2185,7 @@ async fn changes_reach_endpoints_on_every_replica(b: Backend) {
     };
     notify("removed", false);
     notify("moved", true);
-    let closed = loop {
-        match ws_next(&mut again).await {
-            Ok(_) => continue,
-            Err(frame) => break frame,
-        }
-    };
-    assert_eq!(closed.map(|f| u16::from(f.code)), Some(4004));
+    assert_eq!(close_code(&mut again).await, Some(4004));
 
     let (st, v) = rb
         .call(
@@ -2193,14 +2196,8 @@ async fn changes_reach_endpoints_on_every_replica(b: Backend) {
         )
         .await;
     assert!(st.is_success(), "{st} {v}");
-    let closed = loop {
-        match ws_next(&mut on_a).await {
-            Ok(_) => continue,
-            Err(frame) => break frame,
-        }
-    };
     assert_eq!(
-        closed.map(|f| u16::from(f.code)),
+        close_code(&mut on_a).await,
         Some(4001),
         "the revoked endpoint's socket on another replica is closed as revoked"
     );
@@ -2378,13 +2375,7 @@ async fn a_replica_that_lost_its_listener_closes_its_sockets(b: Backend) {
          WHERE application_name LIKE 'pacpool-coordinator %'",
     );
     assert_ne!(killed, "0");
-    let closed = loop {
-        match ws_next(&mut ws).await {
-            Ok(_) => continue,
-            Err(frame) => break frame,
-        }
-    };
-    assert_eq!(closed.map(|f| u16::from(f.code)), Some(4005));
+    assert_eq!(close_code(&mut ws).await, Some(4005));
     // The endpoint comes back, and the coordinator works on new connections.
     let (_ws, welcome) = endpoint_ws(&s, &eps[0].endpoint_token).await;
     assert!(matches!(welcome, ServerMsg::Welcome { .. }));
