@@ -436,9 +436,7 @@ async fn main() {
                 last_states.push(s);
             }
             let stats = ingest(&client, &report_url, jobs, concurrency).await;
-            all.latencies.extend(stats.latencies);
-            all.errors += stats.errors;
-            all.wall += stats.wall;
+            all.absorb(stats);
         }
         let label = format!("full 1,500-pkg states, c={concurrency}");
         print_with_recorded(&all, &label);
@@ -477,9 +475,7 @@ async fn main() {
     let cpu = CpuMark::now(server.pid());
     for chunk in jobs.chunks(INGEST_ENDPOINTS) {
         let s = ingest(&client, &report_url, chunk.to_vec(), 50).await;
-        all.latencies.extend(s.latencies);
-        all.errors += s.errors;
-        all.wall += s.wall;
+        all.absorb(s);
     }
     print_with_recorded(&all, "one-package deltas, c=50");
     println!("      {}", cpu.since(server.pid()));

@@ -492,9 +492,7 @@ async fn run(setup: &Setup, opts: &Opts) -> Row {
             last_states.push(s);
         }
         let s = ingest_to(&client, jobs, CONCURRENCY).await;
-        full.latencies.extend(s.latencies);
-        full.errors += s.errors;
-        full.wall += s.wall;
+        full.absorb(s);
     }
     println!(
         "  {}",
@@ -530,9 +528,7 @@ async fn run(setup: &Setup, opts: &Opts) -> Row {
     let mark = probe.mark(&client).await;
     for jobs in rounds {
         let s = ingest_to(&client, jobs, CONCURRENCY).await;
-        delta.latencies.extend(s.latencies);
-        delta.errors += s.errors;
-        delta.wall += s.wall;
+        delta.absorb(s);
     }
     println!(
         "  {}",

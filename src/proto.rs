@@ -699,6 +699,17 @@ pub struct Page<T> {
     pub next: Option<i64>,
 }
 
+impl<T> Page<T> {
+    /// A keyset page of at most `limit` items, newest first: a full page's last id is the
+    /// cursor for the next one; a shorter page is the last.
+    pub fn keyset(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Self {
+        let next = (items.len() as i64 == limit)
+            .then(|| items.last().map(id))
+            .flatten();
+        Self { items, next }
+    }
+}
+
 /// Admin: rename an endpoint or move it to another pool (`PATCH /api/v1/endpoints/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -20,6 +20,15 @@ pub struct Stats {
     pub wall: Duration,
 }
 
+impl Stats {
+    /// Another run's figures added to these (latencies, errors and wall time).
+    pub fn absorb(&mut self, other: Stats) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.wall += other.wall;
+    }
+}
+
 /// Percentile `p` (0–1) of sorted latencies, in milliseconds.
 pub fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted

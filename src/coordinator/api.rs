@@ -845,10 +845,7 @@ async fn list_audit(
 ) -> ApiResult<Page<AuditEntry>> {
     let limit = page_limit(&q)?;
     let items = state.audit_entries(q.cursor, limit).await?;
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().map(|e| e.id))
-        .flatten();
-    Ok(Json(Page { items, next }))
+    Ok(Json(Page::keyset(items, limit, |e| e.id)))
 }
 
 /// `GET /endpoints/{id}/changes`: the endpoint's state changes and where each came from.
@@ -860,10 +857,7 @@ async fn endpoint_changes(
 ) -> ApiResult<Page<crate::proto::StateChange>> {
     let limit = page_limit(&q)?;
     let items = state.endpoint_changes(id, q.cursor, limit).await?;
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().map(|e| e.id))
-        .flatten();
-    Ok(Json(Page { items, next }))
+    Ok(Json(Page::keyset(items, limit, |e| e.id)))
 }
 
 async fn list_operations(

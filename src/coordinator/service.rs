@@ -1309,10 +1309,7 @@ impl AppState {
                     .collect::<Result<Vec<_>, _>>()
             })
             .await?;
-        let next = (items.len() as i64 == limit)
-            .then(|| items.last().map(|o| o.id))
-            .flatten();
-        Ok(crate::proto::Page { items, next })
+        Ok(crate::proto::Page::keyset(items, limit, |o| o.id))
     }
 
     pub(crate) async fn operation_updated(&self, op: &Operation) {
